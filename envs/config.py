@@ -1,0 +1,261 @@
+"""Typed, validated configuration of the ecosystem simulator.
+
+Every knob is a dataclass field with its documentation and its allowed range beside it.
+``EcosystemConfig.from_dict`` turns user input (keyword arguments, YAML) into these objects and
+rejects unknown keys and bad values with a message that names the source, the key and what is
+allowed — the one place where input is checked, so nothing downstream has to guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PHASES = ("recommend", "respond", "create")
+BUILTIN_ROLES = ("system", "user", "creator")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the source, the key and the allowed values."""
+
+
+def spec(default, doc: str, *, low=None, high=None, choices=None, low_open: bool = False):
+    """A dataclass field carrying its documentation and allowed range."""
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "low_open": low_open}
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _describe(meta: Mapping[str, Any]) -> str:
+    if meta.get("choices") is not None:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    low, high = meta.get("low"), meta.get("high")
+    left = "(" if meta.get("low_open") else "["
+    if low is not None and high is not None:
+        return f"a number in {left}{low}, {high}]"
+    if low is not None:
+        return f"a number {'>' if meta.get('low_open') else '>='} {low}"
+    if high is not None:
+        return f"a number <= {high}"
+    return "a value of the declared type"
+
+
+class _Section:
+    """Shared parsing and validation for every config dataclass."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "<config>", prefix: str = ""):
+        values = dict(values or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key {prefix + unknown[0]!r}; allowed keys: "
+                f"{', '.join(prefix + k for k in known)}"
+            )
+        kwargs = {}
+        for name, value in values.items():
+            f = known[name]
+            key = prefix + name
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if isinstance(default, _Section):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}: {key!r} must be a mapping of {type(default).__name__} keys")
+                kwargs[name] = type(default).from_dict(value, source, prefix=key + ".")
+            else:
+                kwargs[name] = _check_value(value, default, f.metadata, source, key)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _check_value(value, default, meta, source: str, key: str):
+    allowed = _describe(meta)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{source}: {key!r} must be an integer ({allowed}), got {value!r}")
+        value = int(value)
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{source}: {key!r} must be a finite number ({allowed}), got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key!r} must be a string ({allowed}), got {value!r}")
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key!r} must be a list, got {value!r}")
+        value = list(value)
+        if meta.get("choices") is not None:
+            for item in value:
+                if item not in meta["choices"]:
+                    raise ConfigError(f"{source}: {key!r} contains {item!r}; allowed values: {allowed}")
+        return value
+    elif isinstance(default, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{source}: {key!r} is {value!r}; allowed values: {allowed}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value < low or (meta.get("low_open") and value == low)):
+        raise ConfigError(f"{source}: {key!r} is {value!r}; allowed values: {allowed}")
+    if high is not None and value > high:
+        raise ConfigError(f"{source}: {key!r} is {value!r}; allowed values: {allowed}")
+    return value
+
+
+@dataclass(frozen=True)
+class ItemConfig(_Section):
+    """How items (videos) are generated."""
+
+    generator: str = spec("topics", "item generator (registry ITEM_GENERATORS): 'topics' or 'recsim_utility'")
+    topic_spread: float = spec(0.35, "std of an item embedding around its topic centre, before normalising", low=0.0)
+    quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0)
+    length_mean: float = spec(4.0, "mean item length in minutes", low=0.0, low_open=True)
+    length_std: float = spec(1.0, "std of item length in minutes", low=0.0)
+    freshness_half_life: float = spec(
+        25.0, "rounds after which an item's engagement is halved; 0 turns ageing off", low=0.0
+    )
+
+
+@dataclass(frozen=True)
+class SamplerConfig(_Section):
+    """How the M candidates of each user are drawn (RECOMMEND phase)."""
+
+    name: str = spec("mixed", "candidate sampler (registry CANDIDATE_SAMPLERS): 'mixed' or 'resample'")
+    fresh_fraction: float = spec(0.4, "share of candidates drawn from the newest items", low=0.0, high=1.0)
+    popular_fraction: float = spec(0.2, "share of candidates drawn from the currently popular items", low=0.0, high=1.0)
+    fresh_window: int = spec(64, "how many of the newest items count as fresh", low=1)
+    popular_pool: int = spec(64, "size of the tracked popular set", low=1)
+    popularity_decay: float = spec(0.9, "per-round decay of the click counts that rank popularity", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class UserConfig(_Section):
+    """User behaviour (choice) and transition (budget, interest, fatigue)."""
+
+    dynamics: str = spec("ecosystem", "user dynamics (registry USER_DYNAMICS): 'ecosystem' or 'recsim_iev'")
+    choice_model: str = spec("mnl", "choice model (registry CHOICE_MODELS): 'mnl' or 'proportional'")
+    time_budget: float = spec(120.0, "session time budget in minutes at the start of an episode", low=0.0, low_open=True)
+    affinity_scale: float = spec(4.0, "MNL logit per unit of affinity (interest · embedding)", low=0.0)
+    no_click_logit: float = spec(1.0, "MNL logit of the no-click option", low=-20.0, high=20.0)
+    position_bias: float = spec(0.3, "MNL logit lost per slate position (0 = no position bias)", low=0.0)
+    repeat_penalty: float = spec(3.0, "MNL logit lost by an item the user has already consumed", low=0.0)
+    engagement_affinity: float = spec(2.0, "watch-fraction logit per unit of affinity", low=0.0)
+    engagement_quality: float = spec(2.0, "watch-fraction logit per unit of quality", low=0.0)
+    engagement_bias: float = spec(0.0, "watch-fraction logit offset", low=-10.0, high=10.0)
+    quality_refill: float = spec(
+        0.4, "budget refilled per minute watched per unit of quality (RecSim: low quality drains)", low=0.0
+    )
+    step_cost: float = spec(1.0, "budget (minutes) spent on a slate with no click", low=0.0)
+    interest_drift: float = spec(0.05, "step of the interest toward a consumed item's embedding", low=0.0, high=1.0)
+    fatigue_rate: float = spec(0.25, "fatigue (logit) added to a topic when consumed", low=0.0)
+    fatigue_decay: float = spec(0.8, "per-round decay of every topic's fatigue", low=0.0, high=1.0)
+    interest_concentration: float = spec(
+        0.6, "weight of a user's favourite topic centre in its initial interest (rest is noise)", low=0.0, high=1.0
+    )
+    # RecSim interest_evolution constants (used by 'recsim_iev' and 'proportional').
+    min_normalizer: float = spec(-1.0, "proportional choice: offset subtracted from scores (RecSim)", high=0.0)
+    no_click_mass: float = spec(1.0, "proportional choice: score of the no-click option (RecSim)")
+    interest_update_x_intercept: float = spec(1.0, "recsim_iev: x intercept of the interest step size line", low=0.0, low_open=True)
+    interest_update_y_intercept: float = spec(0.3, "recsim_iev: y intercept of the interest step size line", low=0.0)
+
+
+@dataclass(frozen=True)
+class CreatorConfig(_Section):
+    """Creator publishing and viability (EcoAgent-style churn)."""
+
+    dynamics: str = spec("ecosystem", "creator dynamics (registry CREATOR_DYNAMICS)")
+    initial_items: int = spec(12, "items each creator has in the catalogue at the start", low=0)
+    skill_mean: float = spec(0.0, "mean creator skill (the mean quality of its items)")
+    skill_std: float = spec(0.5, "spread of creator skill", low=0.0)
+    effort_levels: int = spec(3, "number of effort levels a creator can publish with", low=1)
+    effort_quality: float = spec(0.3, "quality gained per effort level", low=0.0)
+    effort_cost: float = spec(0.1, "individual reward lost per effort level spent", low=0.0)
+    base_publish_rate: float = spec(0.8, "publishing probability of a creator at full viability", low=0.0, high=1.0)
+    viability_initial: float = spec(1.0, "viability at the start", low=0.0)
+    viability_memory: float = spec(0.85, "weight of last round's viability in the update", low=0.0, high=1.0)
+    exposure_weight: float = spec(0.5, "weight of the exposure share in the viability target", low=0.0)
+    engagement_weight: float = spec(0.5, "weight of the engagement share in the viability target", low=0.0)
+    leave_threshold: float = spec(0.35, "a creator below this viability for longer than the grace period leaves", low=0.0)
+    grace_period: int = spec(8, "rounds a creator may stay under the threshold before leaving", low=0)
+    demand_drift: float = spec(0.2, "chance that a publication follows demand rather than the home topic", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class RewardConfig(_Section):
+    """The cooperative team reward and the individual rewards."""
+
+    name: str = spec("ecosystem", "reward function (registry REWARDS): 'ecosystem' or 'watch_time'")
+    engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0)
+    creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0)
+    diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0)
+
+
+@dataclass(frozen=True)
+class EcosystemConfig(_Section):
+    """One ecosystem_v0 environment: scale, roles, parts and their parameters."""
+
+    num_users: int = spec(16, "users (and per-user system agents) per environment", low=1)
+    num_creators: int = spec(8, "content creators at the start (0: items come from the generator alone)", low=0)
+    num_topics: int = spec(8, "latent topics T", low=1)
+    embedding_dim: int = spec(8, "item/interest embedding dimension d", low=1)
+    catalogue_size: int = spec(1024, "capacity of the item ring buffer (newest items push out the oldest)", low=1)
+    num_candidates: int = spec(20, "candidates M drawn per user per round", low=1)
+    slate_size: int = spec(3, "slate size K", low=1)
+    history_length: int = spec(8, "consumed items H the system agent sees", low=1)
+    max_steps: int = spec(100, "rounds before truncation", low=1)
+    roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated")
+    behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
+    reward_mix: float = spec(1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual", low=0.0, high=1.0)
+    oracle_observations: bool = spec(False, "let the system agent see true interest and quality")
+    user: UserConfig = spec(UserConfig(), "user model")
+    creator: CreatorConfig = spec(CreatorConfig(), "creator model")
+    item: ItemConfig = spec(ItemConfig(), "item generator")
+    sampler: SamplerConfig = spec(SamplerConfig(), "candidate sampler")
+    reward: RewardConfig = spec(RewardConfig(), "reward function")
+
+    def __post_init__(self):
+        if self.slate_size > self.num_candidates:
+            raise ConfigError(
+                f"slate_size ({self.slate_size}) must be <= num_candidates ({self.num_candidates})"
+            )
+        if self.sampler.fresh_fraction + self.sampler.popular_fraction > 1.0:
+            raise ConfigError("sampler.fresh_fraction + sampler.popular_fraction must be <= 1")
+        if len(set(self.roles)) != len(self.roles) or not self.roles:
+            raise ConfigError(f"'roles' must be a non-empty list of distinct role names, got {self.roles!r}")
+
+    @property
+    def item_feature_dim(self) -> int:
+        """Features per item seen by the system agent (see ``Simulator.item_features``)."""
+        return self.embedding_dim + 5 + (1 if self.oracle_observations else 0)
+
+    @property
+    def user_feature_dim(self) -> int:
+        return self.embedding_dim + 4
+
+
+def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base``; dotted keys (``user.time_budget``) address nested keys."""
+    merged = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            value = {rest: value}
+        if isinstance(value, Mapping) and isinstance(merged.get(head), Mapping):
+            merged[head] = merge_overrides(merged[head], value)
+        else:
+            merged[head] = value
+    return merged

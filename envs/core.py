@@ -1,0 +1,301 @@
+"""The simulation core: one round = RECOMMEND → RESPOND → CREATE over numpy arrays.
+
+``Simulator`` owns the state and the named parts; the PettingZoo and RLlib front-ends are thin
+views over it. It imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.rewards import intra_list_diversity
+from marl_rec.envs.registry import (
+    CANDIDATE_SAMPLERS,
+    CHOICE_MODELS,
+    CREATOR_DYNAMICS,
+    ITEM_GENERATORS,
+    REWARDS,
+    USER_DYNAMICS,
+)
+from marl_rec.envs.state import Catalogue, EcosystemState, Round
+
+
+class Simulator:
+    """State and dynamics of one platform. Every part defaults to the one the config names.
+
+    Args:
+        config: the validated ``EcosystemConfig``.
+        sampler, item_generator, choice_model, user_dynamics, creator_dynamics, reward_fn:
+            part instances to use instead of the registered ones the config names.
+    """
+
+    def __init__(
+        self,
+        config: EcosystemConfig,
+        *,
+        sampler=None,
+        item_generator=None,
+        choice_model=None,
+        user_dynamics=None,
+        creator_dynamics=None,
+        reward_fn=None,
+    ):
+        self.config = config
+        self.sampler = sampler or CANDIDATE_SAMPLERS.build(config.sampler.name, config)
+        self.item_generator = item_generator or ITEM_GENERATORS.build(config.item.generator, config)
+        self.choice_model = choice_model or CHOICE_MODELS.build(config.user.choice_model, config)
+        self.user_dynamics = user_dynamics or USER_DYNAMICS.build(config.user.dynamics, config)
+        self.creator_dynamics = creator_dynamics or CREATOR_DYNAMICS.build(config.creator.dynamics, config)
+        self.reward_fn = reward_fn or REWARDS.build(config.reward.name, config)
+        self.state: EcosystemState | None = None
+        self.rng: np.random.Generator | None = None
+        self._age_scale = config.item.freshness_half_life or 50.0
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, rng: np.random.Generator) -> None:
+        c = self.config
+        self.rng = rng
+        centres = self.item_generator.topic_centres(rng)
+        users = self.user_dynamics.initial_users(rng, centres)
+        creators = self.creator_dynamics.initial_creators(rng)
+        p = c.sampler.popular_pool
+        self.state = EcosystemState(
+            t=0,
+            topic_centres=centres,
+            topic_demand=np.full(c.num_topics, 1.0 / c.num_topics),
+            catalogue=Catalogue.empty(c.catalogue_size, c.embedding_dim),
+            users=users,
+            creators=creators,
+            round=self._empty_round(),
+            popular=np.full(p, -1, np.int64),
+            popular_score=np.zeros(p),
+            popular_uid=np.full(p, -1, np.int64),
+        )
+        self.creator_dynamics.seed_catalogue(self, rng)
+        self.team_return = 0.0
+        self.diversity_sum = 0.0
+        self.diversity_count = 0
+        self.shown_uids: list[np.ndarray] = []
+        self.last_diversity = np.zeros(c.num_users)
+        self.begin_round()
+
+    def _empty_round(self) -> Round:
+        c = self.config
+        u, m, k, n = c.num_users, c.num_candidates, c.slate_size, c.num_creators
+        return Round(
+            candidates=np.zeros((u, m), np.int64),
+            candidate_mask=np.zeros((u, m), bool),
+            slate=np.tile(np.arange(k), (u, 1)),
+            choice=np.full(u, -1, np.int64),
+            watch_time=np.zeros(u),
+            clicked_slot=np.full(u, -1, np.int64),
+            publish_topic=np.full(n, -1, np.int64),
+            publish_effort=np.zeros(n, np.int64),
+            users_active_at_start=np.ones(u, bool),
+            creators_active_at_start=np.ones(n, bool),
+        )
+
+    def publish(self, rng, *, topic, quality_mean, creator, n: int, birth=None) -> np.ndarray:
+        """Generate ``n`` items and write them into the catalogue; returns their slots."""
+        items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)
+        birth = np.full(n, self.state.t) if birth is None else birth
+        return self.state.catalogue.push(
+            items["embedding"], items["topic"], items["quality"], items["length"], creator, birth
+        )
+
+    # ------------------------------------------------------------------ phases
+    def begin_round(self) -> None:
+        """RECOMMEND, first half: draw every active user's candidates."""
+        s = self.state
+        rnd = s.round
+        rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
+        rnd.choice[:] = -1
+        rnd.watch_time[:] = 0.0
+        rnd.clicked_slot[:] = -1
+        rnd.publish_topic[:] = -1
+        rnd.publish_effort[:] = 0
+        rnd.users_active_at_start = s.users.active.copy()
+        rnd.creators_active_at_start = s.creators.active.copy()
+        s.creators.exposure[:] = 0.0
+        s.creators.clicks[:] = 0.0
+        s.creators.engagement[:] = 0.0
+
+    def set_slates(self, slate: np.ndarray) -> None:
+        """RECOMMEND, second half: the system's slates, (U, K) candidate indices."""
+        self.state.round.slate = np.asarray(slate, np.int64)
+
+    def slate_slots(self) -> np.ndarray:
+        rnd = self.state.round
+        return np.take_along_axis(rnd.candidates, rnd.slate, axis=1)
+
+    def choice_probabilities(self) -> np.ndarray:
+        """(U, K + 1) click probabilities of the current slates under the choice model."""
+        return self.choice_model.probabilities(self, self.slate_slots())
+
+    def respond(self, choice: np.ndarray) -> None:
+        """RESPOND: users pick slate position ``choice`` (K = no click); apply the consequences."""
+        s, c = self.state, self.config
+        users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
+        k = c.slate_size
+        active = np.flatnonzero(users.active)
+        choice = np.asarray(choice, np.int64)[active]
+        slate_slots = self.slate_slots()[active]
+        clicked = choice < k
+        slots = np.take_along_axis(slate_slots, np.minimum(choice, k - 1)[:, None], axis=1)[:, 0]
+
+        watch = self.user_dynamics.respond(self, self.rng, active, slots, clicked)
+        rnd.choice[active] = choice
+        rnd.watch_time[active] = watch
+        rnd.clicked_slot[active] = np.where(clicked, slots, -1)
+
+        # exposure and engagement bookkeeping, all O(users × K)
+        shown = slate_slots.ravel()
+        np.add.at(cat.impressions, shown, 1.0)
+        c_users, c_slots, c_watch = active[clicked], slots[clicked], watch[clicked]
+        np.add.at(cat.clicks, c_slots, 1.0)
+        np.add.at(cat.watch_time, c_slots, c_watch)
+        if c.num_creators:
+            shown_creator = cat.creator[shown]
+            shown_creator = shown_creator[shown_creator >= 0]
+            creators.exposure += np.bincount(shown_creator, minlength=c.num_creators)
+            click_creator = cat.creator[c_slots]
+            has_creator = click_creator >= 0
+            creators.clicks += np.bincount(click_creator[has_creator], minlength=c.num_creators)
+            creators.engagement += np.bincount(
+                click_creator[has_creator], weights=c_watch[has_creator], minlength=c.num_creators
+            )
+            creators.exposure_total += creators.exposure
+        topic_clicks = np.bincount(cat.topic[c_slots], minlength=c.num_topics)
+        if len(c_slots):
+            s.topic_demand = 0.9 * s.topic_demand + 0.1 * topic_clicks / len(c_slots)
+
+        # users' histories (newest first) and running interest estimate
+        users.history_uid[c_users, 1:] = users.history_uid[c_users, :-1]
+        users.history_embedding[c_users, 1:] = users.history_embedding[c_users, :-1]
+        users.history_watch[c_users, 1:] = users.history_watch[c_users, :-1]
+        users.history_uid[c_users, 0] = cat.uid[c_slots]
+        users.history_embedding[c_users, 0] = cat.embedding[c_slots]
+        users.history_watch[c_users, 0] = c_watch
+        users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * cat.embedding[c_slots]
+        users.clicks[c_users] += 1
+        users.slates_seen[active] += 1
+        users.watch_total[active] += watch
+        users.session_length[active] += 1
+        users.active[active] = users.time_budget[active] > 0
+
+        self._update_popular(c_slots)
+        self.last_diversity = intra_list_diversity(self)
+        self.diversity_sum += float(self.last_diversity[active].sum())
+        self.diversity_count += len(active)
+        self.shown_uids.append(cat.uid[shown])
+
+    def _update_popular(self, clicked_slots: np.ndarray) -> None:
+        """Decayed click counts over the tracked pool plus this round's clicks; keep the top P."""
+        s, cat = self.state, self.state.catalogue
+        alive = (s.popular >= 0) & (cat.uid[np.maximum(s.popular, 0)] == s.popular_uid)
+        slots = np.concatenate([s.popular[alive], clicked_slots])
+        scores = np.concatenate([s.popular_score[alive] * self.config.sampler.popularity_decay,
+                                 np.ones(len(clicked_slots))])
+        if len(slots) == 0:
+            return
+        unique, inverse = np.unique(slots, return_inverse=True)
+        totals = np.bincount(inverse, weights=scores)
+        p = len(s.popular)
+        top = np.argsort(-totals, kind="stable")[:p]
+        s.popular = np.full(p, -1, np.int64)
+        s.popular_score = np.zeros(p)
+        s.popular_uid = np.full(p, -1, np.int64)
+        s.popular[: len(top)] = unique[top]
+        s.popular_score[: len(top)] = totals[top]
+        s.popular_uid[: len(top)] = cat.uid[unique[top]]
+
+    def create(self, actions: np.ndarray) -> None:
+        """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
+        viability and churn, the round's rewards, and the clock."""
+        s, c = self.state, self.config
+        rnd = s.round
+        if c.num_creators:
+            actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
+            topic = np.where(actions[:, 0] < c.num_topics, actions[:, 0], -1)
+            topic = np.where(s.creators.active, topic, -1)
+            rnd.publish_topic, rnd.publish_effort = topic, actions[:, 1]
+            self.creator_dynamics.resolve(self, self.rng, topic, actions[:, 1])
+        rnd.team_reward, rnd.individual_reward, rnd.reward_terms = self.reward_fn(self)
+        self.team_return += rnd.team_reward
+        s.t += 1
+
+    # ------------------------------------------------------------------ views
+    def item_features(self, slots: np.ndarray) -> np.ndarray:
+        """What the system sees of items: embedding, length, age, log impressions, smoothed CTR,
+        mean watch per click (and true quality with ``oracle_observations``). Shape (..., F)."""
+        cat, c = self.state.catalogue, self.config
+        impressions = cat.impressions[slots]
+        clicks = cat.clicks[slots]
+        columns = [
+            cat.embedding[slots],
+            (cat.length[slots] / c.item.length_mean)[..., None],
+            ((self.state.t - cat.birth[slots]) / self._age_scale)[..., None],
+            (np.log1p(impressions) / 5.0)[..., None],
+            ((clicks + 1.0) / (impressions + 2.0))[..., None],
+            (cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean)[..., None],
+        ]
+        if c.oracle_observations:
+            columns.append(cat.quality[slots][..., None])
+        return np.concatenate(columns, axis=-1).astype(np.float32)
+
+    def user_features(self) -> np.ndarray:
+        """What the system sees of its user: (U, d + 4). Never the true interest unless oracle."""
+        users, c = self.state.users, self.config
+        interest = users.interest if c.oracle_observations else users.interest_estimate
+        return np.concatenate(
+            [
+                interest,
+                (users.session_length / c.max_steps)[:, None],
+                (users.clicks / (users.slates_seen + 1.0))[:, None],
+                (users.history_watch[:, 0] / c.item.length_mean)[:, None],
+                (users.watch_total / c.user.time_budget)[:, None],
+            ],
+            axis=1,
+        ).astype(np.float32)
+
+    def global_state(self) -> np.ndarray:
+        """Everything a centralised critic may see, as one flat float32 vector of fixed size."""
+        s, c = self.state, self.config
+        return np.concatenate(
+            [
+                s.users.interest.ravel(),
+                s.users.time_budget / c.user.time_budget,
+                s.users.active,
+                s.creators.viability,
+                s.creators.active,
+                s.topic_demand,
+                [s.t / c.max_steps],
+            ]
+        ).astype(np.float32)
+
+    def metrics(self) -> dict[str, float]:
+        """The recommender metrics of the episode so far (see README's metrics table)."""
+        s, c = self.state, self.config
+        users, creators = s.users, s.creators
+        slates = max(int(users.slates_seen.sum()), 1)
+        shown = np.unique(np.concatenate(self.shown_uids)) if self.shown_uids else np.zeros(0)
+        exposure = np.sort(creators.exposure_total)
+        n = len(exposure)
+        if n and exposure.sum() > 0:
+            gini = float((2 * np.arange(1, n + 1) - n - 1) @ exposure / (n * exposure.sum()))
+        else:
+            gini = 0.0
+        return {
+            "team_return": float(self.team_return),
+            "watch_time": float(users.watch_total.sum() / c.num_users),
+            "clicks": float(users.clicks.sum() / c.num_users),
+            "ctr": float(users.clicks.sum() / slates),
+            "session_length": float(users.session_length.mean()),
+            "user_retention": float(users.active.mean()),
+            "creator_retention": float(creators.active.mean()) if n else 1.0,
+            "coverage": float(len(shown) / max(s.catalogue.next_uid, 1)),
+            "exposure_gini": gini,
+            "diversity": float(self.diversity_sum / max(self.diversity_count, 1)),
+        }

@@ -1,0 +1,213 @@
+"""ecosystem_v0: a recommendation platform as a PettingZoo environment.
+
+Users, content creators and the recommender ("system") share one platform. Each round has
+three phases: RECOMMEND (``system_<u>`` picks a slate of K of the M candidates drawn for user
+u), RESPOND (``user_<u>`` clicks one slate item or none; the consumed item yields watch time,
+drains or refills the user's time budget, moves the user's interest and fatigue) and CREATE
+(``creator_<c>`` publishes an item on a topic with some effort, or nothing; its viability
+follows the exposure and engagement it got and it leaves when that stays too low).
+
+Roles listed in ``roles`` are agents; the others are simulated by their behaviour models.
+
+## Agents, observations and actions
+
+| agent | phase | observation | action |
+|---|---|---|---|
+| ``system_<u>`` | recommend | Dict: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+5), action_mask (M) | MultiDiscrete([M]*K), distinct, masked-in |
+| ``user_<u>`` | respond | Dict: interest (d), budget (1), fatigue (T), slate (K, d+2) | Discrete(K+1); K = no click |
+| ``creator_<c>`` | create | Box(6+2T): own statistics, home topic, topic demand | MultiDiscrete([T+1, E]); T = nothing |
+
+## Rewards
+Every round a cooperative team reward (``reward.name``, default: mean watch time per user +
+mean creator utility log(1 + engagement) + optional diversity) and an individual reward per
+role; each agent gets ``reward_mix · team + (1 − reward_mix) · individual``. Both parts are in
+``infos`` (``team_reward``, ``individual_reward``).
+
+## Starting state
+Topic centres, users (interest, budget), creators (home topic, skill) and the creators' back
+catalogue are drawn from the seed passed to ``reset``; one ``np.random.Generator`` drives all.
+
+## Episode end
+``terminated``: a user's time budget is spent (``user_<u>`` and ``system_<u>``), a creator
+leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``max_steps`` rounds.
+
+## Arguments
+``scenario`` ("creator_economy" or "recsim_interest_evolution"), ``render_mode``
+("ansi", "rgb_array") and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
+or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``.
+Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,
+``user_dynamics``, ``creator_dynamics``, ``reward_fn``.
+
+## Version history
+* v0: initial release.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pettingzoo import AECEnv, ParallelEnv
+
+from marl_rec.envs.config import ConfigError, EcosystemConfig
+from marl_rec.envs.presets import make_config
+from marl_rec.envs.rounds import RoundRunner
+
+PART_KEYS = ("sampler", "item_generator", "choice_model", "user_dynamics", "creator_dynamics", "reward_fn")
+METADATA = {"name": "ecosystem_v0", "render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+
+def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | None = None, **kwargs) -> RoundRunner:
+    parts = {k: kwargs.pop(k) for k in PART_KEYS if k in kwargs and not isinstance(kwargs[k], dict)}
+    if config is None:
+        config = make_config(scenario, kwargs)
+    elif kwargs:
+        raise ConfigError("pass either config=EcosystemConfig(...) or keyword overrides, not both")
+    return RoundRunner(config, **parts)
+
+
+class raw_env(AECEnv):
+    """The canonical turn-based form: agents act one at a time in phase order."""
+
+    metadata = METADATA
+
+    def __init__(self, scenario: str = "creator_economy", render_mode: str | None = None, **kwargs):
+        super().__init__()
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r}; allowed values: {METADATA['render_modes']}")
+        self.runner = build_runner(scenario, **kwargs)
+        self.config = self.runner.config
+        self.render_mode = render_mode
+        self.possible_agents = list(self.runner.possible_agents)
+        self.agents = []
+
+    def observation_space(self, agent):
+        return self.runner.observation_space(agent)
+
+    def action_space(self, agent):
+        return self.runner.action_space(agent)
+
+    @property
+    def sim(self):
+        return self.runner.sim
+
+    def reset(self, seed=None, options=None):
+        self.runner.reset(seed)
+        self.agents = [a for a in self.possible_agents if a in self.runner.live]
+        self.rewards = {a: 0.0 for a in self.agents}
+        self._cumulative_rewards = {a: 0.0 for a in self.agents}
+        self.terminations = {a: False for a in self.agents}
+        self.truncations = {a: False for a in self.agents}
+        self.infos = {a: {} for a in self.agents}
+        self._pending: dict[str, np.ndarray] = {}
+        self._queue = self.runner.acting_agents()
+        self.agent_selection = self._queue[0] if self._queue else None
+
+    def observe(self, agent):
+        return self.runner.observe([agent])[agent]
+
+    def state(self):
+        return self.sim.global_state()
+
+    def step(self, action):
+        agent = self.agent_selection
+        if self.terminations[agent] or self.truncations[agent]:
+            return self._was_dead_step(action)
+        self._pending[agent] = self.runner.check_action(agent, action)
+        self._cumulative_rewards[agent] = 0.0
+        self.rewards = {a: 0.0 for a in self.agents}
+        position = self._queue.index(agent) + 1
+        if position < len(self._queue):
+            self.agent_selection = self._queue[position]
+        else:
+            outcome = self.runner.step(self._pending)
+            self._pending = {}
+            self.rewards.update(outcome.rewards)
+            for a, info in outcome.infos.items():
+                self.infos[a] = info
+            for a in outcome.terminated:
+                self.terminations[a] = True
+            for a in outcome.truncated:
+                self.truncations[a] = True
+            self._queue = self.runner.acting_agents()
+            if self._queue:
+                self.agent_selection = self._queue[0]
+        self._accumulate_rewards()
+        self._deads_step_first()
+        if self.render_mode == "ansi":
+            pass  # rendering is on demand through render()
+
+    def render(self):
+        from marl_rec.envs.render import render
+
+        return render(self.sim, self.render_mode, runner=self.runner)
+
+    def close(self):
+        pass
+
+
+class EcosystemParallelEnv(ParallelEnv):
+    """All external agents act at once. Valid when every external role acts in one phase."""
+
+    metadata = METADATA
+
+    def __init__(self, scenario: str = "creator_economy", render_mode: str | None = None, **kwargs):
+        self.runner = build_runner(scenario, **kwargs)
+        phases = {self.runner.roles[r].phase for r in self.runner.external}
+        if len(phases) > 1:
+            raise ConfigError(
+                f"parallel_env needs every external role to act in one phase, but roles "
+                f"{self.runner.external} act in phases {sorted(phases)}; use env() (AEC) or the RLlib adapter"
+            )
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r}; allowed values: {METADATA['render_modes']}")
+        self.config = self.runner.config
+        self.render_mode = render_mode
+        self.possible_agents = list(self.runner.possible_agents)
+        self.agents = []
+
+    @property
+    def sim(self):
+        return self.runner.sim
+
+    def observation_space(self, agent):
+        return self.runner.observation_space(agent)
+
+    def action_space(self, agent):
+        return self.runner.action_space(agent)
+
+    def reset(self, seed=None, options=None):
+        self.runner.reset(seed)
+        self.agents = self.runner.acting_agents()
+        return self.runner.observe(self.agents), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        stepped = list(self.agents)
+        outcome = self.runner.step(actions)
+        self.agents = self.runner.acting_agents()
+        rewards = {a: outcome.rewards.get(a, 0.0) for a in stepped}
+        terminations = {a: a in outcome.terminated for a in stepped}
+        truncations = {a: a in outcome.truncated for a in stepped}
+        infos = {a: outcome.infos.get(a, {}) for a in stepped}
+        return self.runner.observe(self.agents), rewards, terminations, truncations, infos
+
+    def state(self):
+        return self.sim.global_state()
+
+    def render(self):
+        from marl_rec.envs.render import render
+
+        return render(self.sim, self.render_mode, runner=self.runner)
+
+    def close(self):
+        pass
+
+
+def env(scenario: str = "creator_economy", render_mode: str | None = None, **kwargs) -> AECEnv:
+    """The AEC environment (canonical form). See the module docstring for the arguments."""
+    from pettingzoo.utils import wrappers
+
+    return wrappers.OrderEnforcingWrapper(raw_env(scenario, render_mode=render_mode, **kwargs))
+
+
+def parallel_env(scenario: str = "creator_economy", render_mode: str | None = None, **kwargs) -> ParallelEnv:
+    """The parallel environment; a ConfigError unless all external roles act in one phase."""
+    return EcosystemParallelEnv(scenario, render_mode=render_mode, **kwargs)

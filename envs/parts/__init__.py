@@ -1,0 +1,6 @@
+"""The named parts of the simulation: items, candidates, choices, transitions, rewards, behaviours.
+
+Importing this package registers the built-in parts.
+"""
+
+from marl_rec.envs.parts import behaviours, choice, creators, items, rewards, samplers, users  # noqa: F401

@@ -1,0 +1,84 @@
+"""Behaviour models: what a simulated (internal) role does each round.
+
+A behaviour acts for every agent of its role at once: ``act(sim, rng)`` returns a batch of
+actions in the role's action-space format. Roles that are external get their actions from
+PettingZoo / RLlib instead; roles that are internal get them from the behaviour named in
+``config.behaviours`` (or the role's default).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.choice import sample_choice
+from marl_rec.envs.registry import BEHAVIOURS
+
+
+def top_k_slate(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best masked-in scores per row, best first (position 0 gets the most attention)."""
+    scores = np.where(mask, scores, -np.inf)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def resolve_behaviour(name: str):
+    """The behaviour class called ``name``; loads marl_rec.policies' baselines on first miss."""
+    if name not in BEHAVIOURS:
+        importlib.import_module("marl_rec.policies.baselines")
+    return BEHAVIOURS.get(name)
+
+
+@BEHAVIOURS.register("random")
+class RandomSlate:
+    """System: a uniformly random slate of distinct valid candidates."""
+
+    role = "system"
+
+    def __init__(self, config: EcosystemConfig):
+        self.k = config.slate_size
+
+    def act(self, sim, rng: np.random.Generator) -> np.ndarray:
+        mask = sim.state.round.candidate_mask
+        keys = rng.random(mask.shape) + (~mask) * 2.0
+        return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
+
+
+@BEHAVIOURS.register("choice_model")
+class ChoiceModelUser:
+    """User: sample a slate position (or K = no click) from the environment's choice model."""
+
+    role = "user"
+
+    def __init__(self, config: EcosystemConfig):
+        pass
+
+    def act(self, sim, rng: np.random.Generator) -> np.ndarray:
+        return sample_choice(sim.choice_probabilities(), rng)
+
+
+@BEHAVIOURS.register("ecosystem")
+class ViabilityPublisher:
+    """Creator: publish with probability base_rate · min(viability, 1), on the home topic or,
+    with probability demand_drift, on a topic drawn from the platform's demand; middle effort."""
+
+    role = "creator"
+
+    def __init__(self, config: EcosystemConfig):
+        self.creator = config.creator
+        self.num_topics = config.num_topics
+
+    def act(self, sim, rng: np.random.Generator) -> np.ndarray:
+        creators, demand = sim.state.creators, sim.state.topic_demand
+        n = len(creators.active)
+        publish = rng.random(n) < self.creator.base_publish_rate * np.minimum(creators.viability, 1.0)
+        follow_demand = rng.random(n) < self.creator.demand_drift
+        demand_cdf = np.cumsum(demand / demand.sum())
+        demand_topic = np.minimum(np.searchsorted(demand_cdf, rng.random(n)), self.num_topics - 1)
+        topic = np.where(follow_demand, demand_topic, creators.home_topic)
+        topic = np.where(publish, topic, self.num_topics)  # T = publish nothing
+        effort = np.full(n, (self.creator.effort_levels - 1) // 2)
+        return np.stack([topic, effort], axis=1)

@@ -1,0 +1,62 @@
+"""Choice models: P(click slate position k), with a no-click option as the last column."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.registry import CHOICE_MODELS
+
+
+def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
+    """interest · embedding for each user and slate item: (U, K)."""
+    embedding = sim.state.catalogue.embedding[slate_slots]  # (U, K, d)
+    return np.einsum("ukd,ud->uk", embedding, sim.state.users.interest)
+
+
+def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row)."""
+    cdf = np.cumsum(probabilities, axis=1)
+    u = rng.random(len(probabilities))[:, None] * cdf[:, -1:]
+    return np.minimum((u >= cdf).sum(axis=1), probabilities.shape[1] - 1)
+
+
+@CHOICE_MODELS.register("mnl")
+class MultinomialLogitChoice:
+    """Multinomial logit over the slate plus a no-click option.
+
+    logit_k = affinity_scale · affinity − fatigue[topic] − position_bias · k − repeat_penalty · seen
+    logit_none = no_click_logit
+    (RecSim ``MultinomialLogitChoiceModel`` with fatigue and position bias added.)
+    """
+
+    def __init__(self, config: EcosystemConfig):
+        self.user = config.user
+        self.position_logit = -self.user.position_bias * np.arange(config.slate_size, dtype=np.float32)
+
+    def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
+        cat, users = sim.state.catalogue, sim.state.users
+        logits = self.user.affinity_scale * affinity(sim, slate_slots)
+        logits -= np.take_along_axis(users.fatigue, cat.topic[slate_slots], axis=1)
+        logits += self.position_logit
+        if self.user.repeat_penalty:
+            seen = (cat.uid[slate_slots][:, :, None] == users.history_uid[:, None, :]).any(axis=2)
+            logits -= self.user.repeat_penalty * seen
+        logits = np.concatenate([logits, np.full((len(logits), 1), self.user.no_click_logit)], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+
+@CHOICE_MODELS.register("proportional")
+class ProportionalChoice:
+    """RecSim ``MultinomialProportionalChoiceModel``: P ∝ score − min_normalizer, no-click mass included."""
+
+    def __init__(self, config: EcosystemConfig):
+        self.user = config.user
+
+    def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
+        scores = affinity(sim, slate_slots) - self.user.min_normalizer
+        no_click = np.full((len(scores), 1), self.user.no_click_mass - self.user.min_normalizer)
+        scores = np.maximum(np.concatenate([scores, no_click], axis=1), 0.0)
+        return scores / scores.sum(axis=1, keepdims=True)

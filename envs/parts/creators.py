@@ -1,0 +1,98 @@
+"""Creator transitions: publishing, viability and leaving (EcoAgent's creator churn).
+
+EcoAgent (Mladenov et al. 2021, "RecSim NG" ecosystem example; Zhan et al. 2021) models
+creators whose satisfaction is fed by the exposure and engagement they get and who leave the
+platform when it stays too low; this is a vectorised version of that mechanism.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.registry import CREATOR_DYNAMICS
+from marl_rec.envs.state import Creators
+
+
+def _share(x: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """x relative to its mean over active creators (1 = an average creator), 0 when nobody got any."""
+    n = max(int(active.sum()), 1)
+    mean = (x * active).sum() / n
+    return x / mean if mean > 0 else np.zeros_like(x)
+
+
+@CREATOR_DYNAMICS.register("ecosystem")
+class EcosystemCreatorDynamics:
+    """Viability follows the creator's share of exposure and engagement; under a threshold for
+    longer than the grace period, the creator leaves.
+
+    viability ← memory · viability + (1 − memory) · (w_e · exposure share + w_g · engagement share)
+    Published items have quality ~ skill + effort_quality · effort + noise.
+    """
+
+    def __init__(self, config: EcosystemConfig):
+        self.config = config
+        self.creator = config.creator
+
+    def initial_creators(self, rng: np.random.Generator) -> Creators:
+        c, n = self.config, self.config.num_creators
+        zeros = np.zeros(n, np.float64)
+        return Creators(
+            home_topic=rng.integers(0, c.num_topics, size=n),
+            skill=rng.normal(self.creator.skill_mean, self.creator.skill_std, size=n),
+            viability=np.full(n, self.creator.viability_initial),
+            active=np.ones(n, bool),
+            rounds_below=np.zeros(n, np.int64),
+            exposure=zeros.copy(),
+            clicks=zeros.copy(),
+            engagement=zeros.copy(),
+            exposure_total=zeros.copy(),
+            published=np.zeros(n, np.int64),
+        )
+
+    def seed_catalogue(self, sim, rng: np.random.Generator) -> None:
+        """Each creator's back catalogue, published over the rounds before the episode."""
+        creators, cc = sim.state.creators, self.creator
+        if len(creators.active):
+            creator = np.repeat(np.arange(len(creators.active)), cc.initial_items)
+            topic = creators.home_topic[creator]
+            quality_mean = creators.skill[creator] + cc.effort_quality * (cc.effort_levels - 1) / 2
+        else:  # no creators: a creatorless back catalogue from the item generator
+            creator = np.full(cc.initial_items * self.config.num_topics, -1)
+            topic = None
+            quality_mean = np.full(len(creator), cc.skill_mean)
+        birth = -rng.integers(1, 2 * cc.initial_items + 2, size=len(creator))
+        keep = np.argsort(birth, kind="stable")[-sim.state.catalogue.capacity :]  # oldest first
+        if len(keep):
+            sim.publish(
+                rng,
+                topic=None if topic is None else topic[keep],
+                quality_mean=quality_mean[keep],
+                creator=creator[keep],
+                n=len(keep),
+                birth=birth[keep],
+            )
+
+    def resolve(self, sim, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
+        """Publish what creators chose, then update viability and churn from last round's stats."""
+        creators, cc = sim.state.creators, self.creator
+        publishing = np.flatnonzero(creators.active & (topic >= 0))
+        if len(publishing):
+            sim.publish(
+                rng,
+                topic=topic[publishing],
+                quality_mean=creators.skill[publishing] + cc.effort_quality * effort[publishing],
+                creator=publishing,
+                n=len(publishing),
+            )
+            creators.published[publishing] += 1
+        active = creators.active
+        target = cc.exposure_weight * _share(creators.exposure, active) + cc.engagement_weight * _share(
+            creators.engagement, active
+        )
+        creators.viability = np.where(
+            active, cc.viability_memory * creators.viability + (1.0 - cc.viability_memory) * target, 0.0
+        )
+        below = active & (creators.viability < cc.leave_threshold)
+        creators.rounds_below = np.where(below, creators.rounds_below + 1, 0)
+        creators.active = active & (creators.rounds_below <= cc.grace_period)

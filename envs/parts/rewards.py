@@ -1,0 +1,69 @@
+"""Reward functions: one cooperative team reward per round, plus an individual reward per role."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.registry import REWARDS
+
+
+def intra_list_diversity(sim) -> np.ndarray:
+    """Mean pairwise cosine distance between the items of each user's slate: (U,)."""
+    rnd = sim.state.round
+    slots = np.take_along_axis(rnd.candidates, rnd.slate, axis=1)
+    emb = sim.state.catalogue.embedding[slots]  # (U, K, d), unit rows
+    k = emb.shape[1]
+    if k < 2:
+        return np.zeros(len(emb))
+    gram = np.einsum("ukd,ujd->ukj", emb, emb)
+    mean_sim = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
+    return 1.0 - mean_sim
+
+
+@REWARDS.register("ecosystem")
+class EcosystemReward:
+    """team = w_e · mean watch time per user + w_c · mean creator utility + w_d · mean diversity.
+
+    Creator utility is log(1 + minutes watched of its items this round): concave, so spreading
+    engagement over creators is worth more than piling it on a few, and a departed creator
+    counts as zero for the rest of the episode (the mean is over the creators at reset).
+    Individual rewards: system_<u> and user_<u> get user u's watch time; creator_<c> gets its
+    utility minus the cost of the effort it published with.
+    """
+
+    def __init__(self, config: EcosystemConfig):
+        self.config = config
+        self.weights = config.reward
+
+    def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
+        rnd, creators = sim.state.round, sim.state.creators
+        n_users = max(int(rnd.users_active_at_start.sum()), 1)
+        engagement = float(rnd.watch_time.sum()) / n_users
+        utility = np.log1p(creators.engagement) * rnd.creators_active_at_start
+        creator_term = float(utility.sum()) / max(self.config.num_creators, 1)
+        diversity = sim.last_diversity[rnd.users_active_at_start]
+        diversity_term = float(diversity.mean()) if len(diversity) else 0.0
+        w = self.weights
+        terms = {
+            "engagement": engagement,
+            "creator_utility": creator_term,
+            "diversity": diversity_term,
+        }
+        team = w.engagement_weight * engagement + w.creator_weight * creator_term + w.diversity_weight * diversity_term
+        published = rnd.publish_topic >= 0
+        individual = {
+            "system": rnd.watch_time.copy(),
+            "user": rnd.watch_time.copy(),
+            "creator": utility - self.config.creator.effort_cost * rnd.publish_effort * published,
+        }
+        return team, individual, terms
+
+
+@REWARDS.register("watch_time")
+class WatchTimeReward(EcosystemReward):
+    """RecSim's ``clicked_watchtime_reward``: total minutes watched this round."""
+
+    def __call__(self, sim):
+        _, individual, terms = super().__call__(sim)
+        return float(sim.state.round.watch_time.sum()), individual, terms

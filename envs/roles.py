@@ -1,0 +1,276 @@
+"""Roles: who acts in which phase, what they observe, what they may do, what they get.
+
+A role is a small class registered in ``ROLES``. The three built-in roles are ``system``
+(RECOMMEND), ``user`` (RESPOND) and ``creator`` (CREATE). A new role (say, a moderator that
+demotes candidates in a phase of its own before RECOMMEND) subclasses ``Role``, registers
+itself and is named in ``roles:``; see tests/test_custom_role.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from gymnasium import spaces
+
+from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.registry import ROLES
+
+
+class InvalidActionError(ValueError):
+    """An agent's action is outside its action space (the message names both)."""
+
+
+class Role:
+    """Base class. Subclasses set the class attributes and implement the views.
+
+    Attributes:
+        name: role name, also the agent-id prefix (``<name>_<index>``).
+        phase: the phase the role acts in. A new phase name creates a phase, placed before
+            ``phase_before`` (or at the end of the round when that is None).
+        default_behaviour: behaviour model (``BEHAVIOURS``) used when the role is simulated.
+    """
+
+    name: str = ""
+    phase: str = ""
+    phase_before: str | None = None
+    default_behaviour: str | None = None
+
+    def __init__(self, config: EcosystemConfig):
+        self.config = config
+
+    def num_agents(self) -> int:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def observation_space(self) -> spaces.Space:
+        return self.make_observation_space()
+
+    @functools.cached_property
+    def action_space(self) -> spaces.Space:
+        return self.make_action_space()
+
+    def make_observation_space(self) -> spaces.Space:
+        raise NotImplementedError
+
+    def make_action_space(self) -> spaces.Space:
+        raise NotImplementedError
+
+    def observe(self, sim, idx: np.ndarray):
+        """Observations of agents ``idx``, batched along the first axis (arrays or a dict of them)."""
+        raise NotImplementedError
+
+    def noop_actions(self, sim) -> np.ndarray:
+        """A batch of actions for every agent of the role, used for agents that are not acting."""
+        raise NotImplementedError
+
+    def apply(self, sim, actions: np.ndarray) -> None:
+        """Carry out the whole role's batch of actions (one row per agent)."""
+        raise NotImplementedError
+
+    def active(self, sim) -> np.ndarray:
+        """(num_agents,) bool: which agents are still in the episode."""
+        return np.ones(self.num_agents(), bool)
+
+    def individual_reward(self, sim) -> np.ndarray:
+        return np.zeros(self.num_agents())
+
+    def check_action(self, sim, index: int, action, agent: str) -> np.ndarray:
+        """The action as an array, or an ``InvalidActionError`` naming the agent and its space."""
+        space = self.action_space
+        try:
+            array = np.asarray(action)
+        except Exception:  # noqa: BLE001 - anything unconvertible is simply invalid
+            array = None
+        if array is None or array.shape != space.shape:
+            raise InvalidActionError(
+                f"invalid action for {agent}: {action!r} has shape "
+                f"{None if array is None else array.shape}, expected {space.shape} in {space}"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidActionError(f"invalid action for {agent}: {action!r} is not finite; expected {space}")
+        if array.dtype.kind in "fc" and not np.array_equal(array, np.round(array.real)):
+            raise InvalidActionError(f"invalid action for {agent}: {action!r} is not integer; expected {space}")
+        array = array.astype(np.int64)
+        if not space.contains(array.astype(space.dtype)):
+            raise InvalidActionError(f"invalid action for {agent}: {action!r} is outside {space}")
+        return array
+
+
+@ROLES.register("system")
+class SystemRole(Role):
+    """One recommender agent per user: picks K distinct candidates, best position first.
+
+    Observation (Dict): user (d+4) observed user features; history (H, d+1) consumed items'
+    embeddings and watch times; history_mask (H,); candidates (M, F) item features;
+    action_mask (M,) 1 for real candidates. Action: MultiDiscrete([M] * K), distinct, masked-in.
+    """
+
+    name = "system"
+    phase = "recommend"
+    default_behaviour = "random"
+
+    def num_agents(self) -> int:
+        return self.config.num_users
+
+    def make_observation_space(self) -> spaces.Space:
+        c = self.config
+        f = c.item_feature_dim
+        inf = np.float32(np.inf)
+        return spaces.Dict(
+            {
+                "user": spaces.Box(-inf, inf, (c.user_feature_dim,), np.float32),
+                "history": spaces.Box(-inf, inf, (c.history_length, c.embedding_dim + 1), np.float32),
+                "history_mask": spaces.Box(0.0, 1.0, (c.history_length,), np.float32),
+                "candidates": spaces.Box(-inf, inf, (c.num_candidates, f), np.float32),
+                "action_mask": spaces.Box(0.0, 1.0, (c.num_candidates,), np.float32),
+            }
+        )
+
+    def make_action_space(self) -> spaces.Space:
+        return spaces.MultiDiscrete([self.config.num_candidates] * self.config.slate_size)
+
+    def observe(self, sim, idx):
+        users, rnd, c = sim.state.users, sim.state.round, self.config
+        history = np.concatenate(
+            [users.history_embedding[idx], (users.history_watch[idx] / c.item.length_mean)[..., None]], axis=-1
+        )
+        return {
+            "user": sim.user_features()[idx],
+            "history": history.astype(np.float32),
+            "history_mask": (users.history_uid[idx] >= 0).astype(np.float32),
+            "candidates": sim.item_features(rnd.candidates[idx]),
+            "action_mask": rnd.candidate_mask[idx].astype(np.float32),
+        }
+
+    def noop_actions(self, sim):
+        return np.tile(np.arange(self.config.slate_size), (self.num_agents(), 1))
+
+    def apply(self, sim, actions):
+        sim.set_slates(actions)
+
+    def active(self, sim):
+        return sim.state.users.active
+
+    def check_action(self, sim, index, action, agent):
+        array = super().check_action(sim, index, action, agent)
+        if len(np.unique(array)) != len(array):
+            raise InvalidActionError(
+                f"invalid action for {agent}: slate {array.tolist()} repeats a candidate; "
+                f"a slate is {self.config.slate_size} distinct indices in {self.action_space}"
+            )
+        mask = sim.state.round.candidate_mask[index]
+        if not mask[array].all():
+            raise InvalidActionError(
+                f"invalid action for {agent}: slate {array.tolist()} includes masked-out candidates "
+                f"{array[~mask[array]].tolist()} (see observation['action_mask'])"
+            )
+        return array
+
+
+@ROLES.register("user")
+class UserRole(Role):
+    """One agent per user: clicks slate position k, or K for no click.
+
+    Observation (Dict): interest (d,), budget (1,) as a fraction of the initial budget,
+    fatigue (T,), slate (K, d+2) embedding, quality and length of each slate item.
+    Action: Discrete(K + 1).
+    """
+
+    name = "user"
+    phase = "respond"
+    default_behaviour = "choice_model"
+
+    def num_agents(self):
+        return self.config.num_users
+
+    def make_observation_space(self):
+        c = self.config
+        inf = np.float32(np.inf)
+        return spaces.Dict(
+            {
+                "interest": spaces.Box(-inf, inf, (c.embedding_dim,), np.float32),
+                "budget": spaces.Box(-inf, inf, (1,), np.float32),
+                "fatigue": spaces.Box(-inf, inf, (c.num_topics,), np.float32),
+                "slate": spaces.Box(-inf, inf, (c.slate_size, c.embedding_dim + 2), np.float32),
+            }
+        )
+
+    def make_action_space(self):
+        return spaces.Discrete(self.config.slate_size + 1)
+
+    def observe(self, sim, idx):
+        users, cat, c = sim.state.users, sim.state.catalogue, self.config
+        slots = sim.slate_slots()[idx]
+        slate = np.concatenate(
+            [cat.embedding[slots], cat.quality[slots][..., None], (cat.length[slots] / c.item.length_mean)[..., None]],
+            axis=-1,
+        )
+        return {
+            "interest": users.interest[idx].astype(np.float32),
+            "budget": (users.time_budget[idx] / c.user.time_budget)[:, None].astype(np.float32),
+            "fatigue": users.fatigue[idx].astype(np.float32),
+            "slate": slate.astype(np.float32),
+        }
+
+    def noop_actions(self, sim):
+        return np.full(self.num_agents(), self.config.slate_size)
+
+    def apply(self, sim, actions):
+        sim.respond(actions)
+
+    def active(self, sim):
+        return sim.state.users.active
+
+
+@ROLES.register("creator")
+class CreatorRole(Role):
+    """One agent per creator: publish on a topic with an effort level, or publish nothing.
+
+    Observation (Box, 6 + 2T): viability, exposure share, clicks per user, engagement per user,
+    rounds under the threshold (scaled by the grace period), skill, home topic one-hot (T),
+    topic demand (T). Action: MultiDiscrete([T + 1, effort_levels]); topic T = nothing.
+    """
+
+    name = "creator"
+    phase = "create"
+    default_behaviour = "ecosystem"
+
+    def num_agents(self):
+        return self.config.num_creators
+
+    def make_observation_space(self):
+        inf = np.float32(np.inf)
+        return spaces.Box(-inf, inf, (6 + 2 * self.config.num_topics,), np.float32)
+
+    def make_action_space(self):
+        c = self.config
+        return spaces.MultiDiscrete([c.num_topics + 1, c.creator.effort_levels])
+
+    def observe(self, sim, idx):
+        cr, c = sim.state.creators, self.config
+        n_users = max(c.num_users, 1)
+        mean_exposure = max(cr.exposure[cr.active].mean(), 1e-8) if cr.active.any() else 1.0
+        home = np.eye(c.num_topics, dtype=np.float32)[cr.home_topic[idx]]
+        stats = np.stack(
+            [
+                cr.viability[idx],
+                cr.exposure[idx] / mean_exposure,
+                cr.clicks[idx] / n_users,
+                cr.engagement[idx] / (n_users * c.item.length_mean),
+                cr.rounds_below[idx] / (c.creator.grace_period + 1),
+                cr.skill[idx],
+            ],
+            axis=1,
+        )
+        demand = np.broadcast_to(sim.state.topic_demand, (len(idx), c.num_topics))
+        return np.concatenate([stats, home, demand], axis=1).astype(np.float32)
+
+    def noop_actions(self, sim):
+        return np.tile([self.config.num_topics, 0], (self.num_agents(), 1))
+
+    def apply(self, sim, actions):
+        sim.create(actions)
+
+    def active(self, sim):
+        return sim.state.creators.active

@@ -1,0 +1,209 @@
+"""The phase machine shared by every front-end (AEC, parallel, RLlib adapter).
+
+It knows which roles act in which phase, which of them are external (agents) and which are
+simulated (behaviour models), and advances the simulator phase by phase: external agents of a
+phase act together, simulated phases run in between, and a round's rewards, terminations and
+truncations come out when its last phase ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from marl_rec.envs.config import BUILTIN_ROLES, PHASES, ConfigError, EcosystemConfig
+from marl_rec.envs.core import Simulator
+from marl_rec.envs.parts.behaviours import resolve_behaviour
+from marl_rec.envs.registry import ROLES, UnknownNameError
+from marl_rec.envs.roles import InvalidActionError, Role
+
+
+class AgentNotActingError(RuntimeError):
+    """An action was given for an agent that is not acting now (terminated, or not its phase)."""
+
+
+@dataclass
+class Outcome:
+    """What one call of ``RoundRunner.step`` produced."""
+
+    rewards: dict[str, float] = field(default_factory=dict)  # only when a round ended
+    terminated: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    rounds_completed: int = 0
+    infos: dict[str, dict] = field(default_factory=dict)
+
+
+class RoundRunner:
+    """Drive one ``Simulator`` through its phases for a set of external roles."""
+
+    def __init__(self, config: EcosystemConfig, **parts):
+        self.config = config
+        self.sim = Simulator(config, **parts)
+        for name in list(config.roles) + list(config.behaviours):
+            if name not in ROLES:
+                raise ConfigError(f"unknown role {name!r} in 'roles'/'behaviours'; registered roles: {', '.join(ROLES.names())}")
+        if "creator" in config.roles and config.num_creators == 0:
+            raise ConfigError("'roles' includes 'creator' but num_creators is 0")
+        names = list(BUILTIN_ROLES) + [r for r in list(config.roles) + list(config.behaviours) if r not in BUILTIN_ROLES]
+        self.roles: dict[str, Role] = {name: ROLES.get(name)(config) for name in dict.fromkeys(names)}
+        self.external = [name for name in self.roles if name in config.roles]
+        self.behaviours = {}
+        for name, role in self.roles.items():
+            if name in self.external:
+                continue
+            behaviour = config.behaviours.get(name, role.default_behaviour)
+            if behaviour is None:
+                raise ConfigError(f"role {name!r} is simulated but has no behaviour; set behaviours.{name}")
+            try:
+                self.behaviours[name] = resolve_behaviour(behaviour)(config)
+            except UnknownNameError as err:
+                raise ConfigError(f"behaviours.{name}: {err}") from None
+
+        self.phases = list(PHASES)
+        for role in self.roles.values():
+            if role.phase not in self.phases:
+                at = self.phases.index(role.phase_before) if role.phase_before in self.phases else len(self.phases)
+                self.phases.insert(at, role.phase)
+        self.phase_roles = {p: [n for n, r in self.roles.items() if r.phase == p] for p in self.phases}
+
+        self.possible_agents: list[str] = []
+        self.agent_role: dict[str, tuple[str, int]] = {}
+        for name in self.external:
+            for i in range(self.roles[name].num_agents()):
+                agent = f"{name}_{i}"
+                self.possible_agents.append(agent)
+                self.agent_role[agent] = (name, i)
+        self.role_agents = {n: [f"{n}_{i}" for i in range(self.roles[n].num_agents())] for n in self.external}
+        self.live: set[str] = set()
+        self.phase_index = 0
+        self.done = True
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self, agent: str):
+        return self.roles[self.agent_role[agent][0]].observation_space
+
+    def action_space(self, agent: str):
+        return self.roles[self.agent_role[agent][0]].action_space
+
+    @property
+    def phase(self) -> str:
+        return self.phases[self.phase_index]
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, seed: int | None = None) -> None:
+        self.sim.reset(np.random.default_rng(seed))
+        self.live = set(self.possible_agents)
+        self.phase_index = 0
+        self.done = not self.live
+        self._pending_outcome = Outcome()
+        self._advance(self._pending_outcome)
+
+    def acting_agents(self) -> list[str]:
+        """Live external agents of the current phase, in agent order."""
+        if self.done:
+            return []
+        return [a for name in self.phase_roles[self.phase] if name in self.role_agents
+                for a in self.role_agents[name] if a in self.live]
+
+    def observe(self, agents: list[str]) -> dict:
+        """Observations of ``agents``, computed one batch per role."""
+        by_role: dict[str, list[int]] = {}
+        for agent in agents:
+            name, i = self.agent_role[agent]
+            by_role.setdefault(name, []).append(i)
+        out = {}
+        for name, idx in by_role.items():
+            batch = self.roles[name].observe(self.sim, np.asarray(idx))
+            prefix = name + "_"
+            if isinstance(batch, dict):
+                for j, i in enumerate(idx):
+                    out[prefix + str(i)] = {k: v[j] for k, v in batch.items()}
+            else:
+                for j, i in enumerate(idx):
+                    out[prefix + str(i)] = batch[j]
+        return out
+
+    def check_action(self, agent: str, action) -> np.ndarray:
+        if agent not in self.agent_role:
+            raise AgentNotActingError(f"{agent!r} is not an agent of this environment; agents: {self.possible_agents}")
+        if agent not in self.live:
+            raise AgentNotActingError(f"{agent} has terminated or been truncated and cannot act")
+        name, i = self.agent_role[agent]
+        if self.roles[name].phase != self.phase:
+            raise AgentNotActingError(
+                f"{agent} acts in the {self.roles[name].phase!r} phase, but the current phase is {self.phase!r}"
+            )
+        return self.roles[name].check_action(self.sim, i, action, agent)
+
+    def step(self, actions: dict) -> Outcome:
+        """Apply the current phase's external actions (validated), then run on to the next
+        phase that has acting agents. Rewards appear for every round that ended on the way."""
+        acting = self.acting_agents()
+        missing = [a for a in acting if a not in actions]
+        if missing:
+            raise AgentNotActingError(f"no action given for acting agents {missing} in phase {self.phase!r}")
+        checked = {agent: self.check_action(agent, action) for agent, action in actions.items()}
+        outcome = self._pending_outcome
+        self._pending_outcome = Outcome()
+        self._run_phase(checked, outcome)
+        self._advance(outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ internals
+    def _run_phase(self, actions: dict[str, np.ndarray], outcome: Outcome) -> None:
+        sim = self.sim
+        for name in self.phase_roles[self.phase]:
+            role = self.roles[name]
+            if name in self.behaviours:
+                batch = self.behaviours[name].act(sim, sim.rng)
+            else:
+                batch = role.noop_actions(sim)
+                for agent in self.role_agents[name]:
+                    if agent in actions:
+                        batch[self.agent_role[agent][1]] = actions[agent]
+            role.apply(sim, batch)
+        self.phase_index += 1
+        if self.phase_index == len(self.phases):
+            self._end_round(outcome)
+
+    def _advance(self, outcome: Outcome) -> None:
+        while not self.done and not self.acting_agents():
+            self._run_phase({}, outcome)
+
+    def _end_round(self, outcome: Outcome) -> None:
+        sim, c = self.sim, self.config
+        rnd = sim.state.round
+        alpha = c.reward_mix
+        outcome.rounds_completed += 1
+        users_left = not sim.state.users.active.any()
+        truncate = sim.state.t >= c.max_steps
+        for name in self.external:
+            role = self.roles[name]
+            individual = (rnd.individual_reward or {}).get(name)
+            if individual is None:
+                individual = role.individual_reward(sim)
+            active = role.active(sim)
+            for i, agent in enumerate(self.role_agents[name]):
+                if agent not in self.live:
+                    continue
+                reward = alpha * rnd.team_reward + (1.0 - alpha) * float(individual[i])
+                outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + reward
+                outcome.infos[agent] = {
+                    "team_reward": rnd.team_reward,
+                    "individual_reward": float(individual[i]),
+                    **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()},
+                }
+                if users_left or not active[i]:
+                    outcome.terminated.append(agent)
+                elif truncate:
+                    outcome.truncated.append(agent)
+        self.live -= set(outcome.terminated) | set(outcome.truncated)
+        if users_left or truncate or not self.live:
+            self.done = True
+            metrics = sim.metrics()
+            for agent in outcome.infos:
+                outcome.infos[agent]["episode_metrics"] = metrics
+            return
+        self.phase_index = 0
+        sim.begin_round()

@@ -1,0 +1,135 @@
+"""The whole simulation state: a handful of numpy arrays. Agents are views into them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Catalogue:
+    """Items in a bounded ring buffer: publishing writes at ``head``, pushing out the oldest."""
+
+    embedding: np.ndarray  # (N, d) unit vectors near the item's topic centre
+    topic: np.ndarray  # (N,) int
+    quality: np.ndarray  # (N,) float; < 0 is "clickbait" that drains time budgets
+    length: np.ndarray  # (N,) minutes
+    creator: np.ndarray  # (N,) int, -1 for items with no creator
+    birth: np.ndarray  # (N,) round the item was published (may be negative for the seed catalogue)
+    uid: np.ndarray  # (N,) int64, unique over the episode, -1 for an empty slot
+    impressions: np.ndarray  # (N,) times shown in a slate
+    clicks: np.ndarray  # (N,) times consumed
+    watch_time: np.ndarray  # (N,) minutes watched in total
+    head: int = 0  # next slot to write
+    count: int = 0  # live items (<= capacity)
+    next_uid: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int, dim: int) -> "Catalogue":
+        return cls(
+            embedding=np.zeros((capacity, dim), np.float32),
+            topic=np.zeros(capacity, np.int64),
+            quality=np.zeros(capacity, np.float32),
+            length=np.zeros(capacity, np.float32),
+            creator=np.full(capacity, -1, np.int64),
+            birth=np.zeros(capacity, np.int64),
+            uid=np.full(capacity, -1, np.int64),
+            impressions=np.zeros(capacity, np.float32),
+            clicks=np.zeros(capacity, np.float32),
+            watch_time=np.zeros(capacity, np.float32),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return len(self.uid)
+
+    def push(self, embedding, topic, quality, length, creator, birth) -> np.ndarray:
+        """Write ``n`` new items; returns their slots. Cost is O(n), never O(capacity)."""
+        n = len(topic)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        if n > self.capacity:
+            raise ValueError(f"cannot publish {n} items into a catalogue of capacity {self.capacity}")
+        slots = (self.head + np.arange(n)) % self.capacity
+        self.embedding[slots] = embedding
+        self.topic[slots] = topic
+        self.quality[slots] = quality
+        self.length[slots] = length
+        self.creator[slots] = creator
+        self.birth[slots] = birth
+        self.uid[slots] = self.next_uid + np.arange(n)
+        self.impressions[slots] = 0.0
+        self.clicks[slots] = 0.0
+        self.watch_time[slots] = 0.0
+        self.next_uid += n
+        self.head = int((self.head + n) % self.capacity)
+        self.count = min(self.capacity, self.count + n)
+        return slots
+
+    def newest(self, offsets: np.ndarray) -> np.ndarray:
+        """Slots of the items ``offsets`` places back from the newest (0 = newest)."""
+        return (self.head - 1 - offsets) % self.capacity
+
+
+@dataclass
+class Users:
+    interest: np.ndarray  # (U, d) true interest, hidden from the system agent
+    time_budget: np.ndarray  # (U,) minutes left in the session
+    fatigue: np.ndarray  # (T, ) per user: (U, T) logit penalty per topic
+    active: np.ndarray  # (U,) bool; False once the budget is spent
+    history_uid: np.ndarray  # (U, H) uids of the last H consumed items, newest first, -1 pad
+    history_embedding: np.ndarray  # (U, H, d) their embeddings (kept: the slot may be overwritten)
+    history_watch: np.ndarray  # (U, H) minutes watched
+    interest_estimate: np.ndarray  # (U, d) running mean of consumed embeddings (observable)
+    clicks: np.ndarray  # (U,) clicks so far this episode
+    slates_seen: np.ndarray  # (U,) slates seen this episode
+    watch_total: np.ndarray  # (U,) minutes watched this episode
+    session_length: np.ndarray  # (U,) rounds spent on the platform
+
+
+@dataclass
+class Creators:
+    home_topic: np.ndarray  # (C,) int
+    skill: np.ndarray  # (C,) mean quality of its items
+    viability: np.ndarray  # (C,)
+    active: np.ndarray  # (C,) bool
+    rounds_below: np.ndarray  # (C,) consecutive rounds under the leaving threshold
+    exposure: np.ndarray  # (C,) slate impressions last round
+    clicks: np.ndarray  # (C,) clicks last round
+    engagement: np.ndarray  # (C,) minutes watched last round
+    exposure_total: np.ndarray  # (C,) over the episode
+    published: np.ndarray  # (C,) items published this episode
+
+
+@dataclass
+class Round:
+    """What happened in the current round, phase by phase."""
+
+    candidates: np.ndarray  # (U, M) catalogue slots
+    candidate_mask: np.ndarray  # (U, M) bool: slot holds a valid, non-duplicate item
+    slate: np.ndarray  # (U, K) candidate indices picked by the system
+    choice: np.ndarray  # (U,) slate position chosen, K = no click, -1 = user inactive
+    watch_time: np.ndarray  # (U,) minutes watched this round
+    clicked_slot: np.ndarray  # (U,) catalogue slot consumed, -1 for none
+    publish_topic: np.ndarray  # (C,) topic published, -1 for nothing
+    publish_effort: np.ndarray  # (C,) effort level
+    users_active_at_start: np.ndarray  # (U,) bool
+    creators_active_at_start: np.ndarray  # (C,) bool
+    team_reward: float = 0.0
+    individual_reward: dict | None = None  # role -> (n_agents,) array
+    reward_terms: dict | None = None  # name -> float, the parts of the team reward
+
+
+@dataclass
+class EcosystemState:
+    t: int
+    topic_centres: np.ndarray  # (T, d) unit vectors
+    topic_demand: np.ndarray  # (T,) running share of clicks per topic
+    catalogue: Catalogue
+    users: Users
+    creators: Creators
+    round: Round
+    popular: np.ndarray  # (P,) slots of the tracked popular items, -1 pad
+    popular_score: np.ndarray  # (P,) their decayed click counts
+    popular_uid: np.ndarray  # (P,) uids, to detect slots overwritten since

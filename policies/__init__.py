@@ -1,0 +1,1 @@
+"""marl_rec.policies: non-learning baselines (numpy) and RLlib RLModules (torch)."""

@@ -216,7 +216,7 @@ class EcosystemConfig(_Section):
     num_candidates: int = spec(20, "candidates M drawn per user per round", low=1)
     slate_size: int = spec(3, "slate size K", low=1)
     history_length: int = spec(8, "consumed items H the system agent sees", low=1)
-    max_steps: int = spec(100, "rounds before truncation", low=1)
+    max_cycles: int = spec(100, "rounds before truncation", low=1)
     roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated")
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
     reward_mix: float = spec(1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual", low=0.0, high=1.0)

@@ -252,7 +252,7 @@ class Simulator:
         return np.concatenate(
             [
                 interest,
-                (users.session_length / c.max_steps)[:, None],
+                (users.session_length / c.max_cycles)[:, None],
                 (users.clicks / (users.slates_seen + 1.0))[:, None],
                 (users.history_watch[:, 0] / c.item.length_mean)[:, None],
                 (users.watch_total / c.user.time_budget)[:, None],
@@ -271,7 +271,7 @@ class Simulator:
                 s.creators.viability,
                 s.creators.active,
                 s.topic_demand,
-                [s.t / c.max_steps],
+                [s.t / c.max_cycles],
             ]
         ).astype(np.float32)
 

@@ -15,7 +15,7 @@ Roles listed in ``roles`` are agents; the others are simulated by their behaviou
 |---|---|---|---|
 | ``system_<u>`` | recommend | Dict: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+5), action_mask (M) | MultiDiscrete([M]*K), distinct, masked-in |
 | ``user_<u>`` | respond | Dict: interest (d), budget (1), fatigue (T), slate (K, d+2) | Discrete(K+1); K = no click |
-| ``creator_<c>`` | create | Box(6+2T): own statistics, home topic, topic demand | MultiDiscrete([T+1, E]); T = nothing |
+| ``creator_<c>`` | create | Dict: own (6+T) statistics and home topic, topic_demand (T) | MultiDiscrete([T+1, E]); T = nothing |
 
 ## Rewards
 Every round a cooperative team reward (``reward.name``, default: mean watch time per user +
@@ -29,11 +29,11 @@ catalogue are drawn from the seed passed to ``reset``; one ``np.random.Generator
 
 ## Episode end
 ``terminated``: a user's time budget is spent (``user_<u>`` and ``system_<u>``), a creator
-leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``max_steps`` rounds.
+leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``max_cycles`` rounds.
 
 ## Arguments
 ``scenario`` ("creator_economy" or "recsim_interest_evolution"), ``render_mode``
-("ansi", "rgb_array") and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
+("human": prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
 or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``.
 Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,
 ``user_dynamics``, ``creator_dynamics``, ``reward_fn``.
@@ -52,7 +52,7 @@ from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
 PART_KEYS = ("sampler", "item_generator", "choice_model", "user_dynamics", "creator_dynamics", "reward_fn")
-METADATA = {"name": "ecosystem_v0", "render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+METADATA = {"name": "ecosystem_v0", "render_modes": ["human", "ansi", "rgb_array"], "render_fps": 4}
 
 
 def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | None = None, **kwargs) -> RoundRunner:
@@ -98,6 +98,7 @@ class raw_env(AECEnv):
         self.truncations = {a: False for a in self.agents}
         self.infos = {a: {} for a in self.agents}
         self._pending: dict[str, np.ndarray] = {}
+        self._rounds_this_step = 0
         self._queue = self.runner.acting_agents()
         self.agent_selection = self._queue[0] if self._queue else None
 
@@ -113,12 +114,14 @@ class raw_env(AECEnv):
             return self._was_dead_step(action)
         self._pending[agent] = self.runner.check_action(agent, action)
         self._cumulative_rewards[agent] = 0.0
+        self._rounds_this_step = 0
         self.rewards = {a: 0.0 for a in self.agents}
         position = self._queue.index(agent) + 1
         if position < len(self._queue):
             self.agent_selection = self._queue[position]
         else:
             outcome = self.runner.step(self._pending)
+            self._rounds_this_step = outcome.rounds_completed
             self._pending = {}
             self.rewards.update(outcome.rewards)
             for a, info in outcome.infos.items():
@@ -132,8 +135,8 @@ class raw_env(AECEnv):
                 self.agent_selection = self._queue[0]
         self._accumulate_rewards()
         self._deads_step_first()
-        if self.render_mode == "ansi":
-            pass  # rendering is on demand through render()
+        if self.render_mode == "human" and self._rounds_this_step:
+            self.render()
 
     def render(self):
         from marl_rec.envs.render import render
@@ -187,7 +190,8 @@ class EcosystemParallelEnv(ParallelEnv):
         terminations = {a: a in outcome.terminated for a in stepped}
         truncations = {a: a in outcome.truncated for a in stepped}
         infos = {a: outcome.infos.get(a, {}) for a in stepped}
-        return self.runner.observe(self.agents), rewards, terminations, truncations, infos
+        # agents that ended this step get a final observation too (PettingZoo's parallel contract)
+        return self.runner.observe(stepped), rewards, terminations, truncations, infos
 
     def state(self):
         return self.sim.global_state()

@@ -20,7 +20,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "catalogue_size": 64,
         "num_candidates": 10,
         "slate_size": 2,
-        "max_steps": 1000,
+        "max_cycles": 1000,
         "sampler": {"name": "resample"},
         "item": {"generator": "recsim_utility", "length_mean": 4.0, "freshness_half_life": 0.0},
         "creator": {"initial_items": 0},

@@ -16,7 +16,7 @@ def ansi_summary(sim, runner=None) -> str:
     phase = runner.phase if runner is not None and not runner.done else "done"
     m = sim.metrics()
     lines = [
-        f"ecosystem_v0  round {s.t}/{c.max_steps}  next phase: {phase}",
+        f"ecosystem_v0  round {s.t}/{c.max_cycles}  next phase: {phase}",
         f"users    active {int(users.active.sum())}/{c.num_users}  mean budget {users.time_budget.mean():7.2f} min"
         f"  clicks this round {int((rnd.clicked_slot >= 0).sum())}  watch {rnd.watch_time.sum():7.2f} min",
         f"creators active {int(creators.active.sum())}/{c.num_creators}"
@@ -84,6 +84,9 @@ def render(sim, mode: str | None, runner=None):
         return None
     if mode == "ansi":
         return ansi_summary(sim, runner)
+    if mode == "human":
+        print(ansi_summary(sim, runner))
+        return None
     if mode == "rgb_array":
         return rgb_picture(sim)
-    raise ValueError(f"render_mode {mode!r}; allowed values: ['ansi', 'rgb_array']")
+    raise ValueError(f"render_mode {mode!r}; allowed values: ['human', 'ansi', 'rgb_array']")

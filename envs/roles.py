@@ -15,6 +15,12 @@ from gymnasium import spaces
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.registry import ROLES
+from marl_rec.envs.spaces import Slate
+
+
+# Finite bounds on feature boxes (PettingZoo's api_test flags infinite ones); every feature is
+# a normalised quantity far inside them.
+BOUND = np.float32(1e6)
 
 
 class InvalidActionError(ValueError):
@@ -103,7 +109,7 @@ class SystemRole(Role):
 
     Observation (Dict): user (d+4) observed user features; history (H, d+1) consumed items'
     embeddings and watch times; history_mask (H,); candidates (M, F) item features;
-    action_mask (M,) 1 for real candidates. Action: MultiDiscrete([M] * K), distinct, masked-in.
+    action_mask (M,) 1 for real candidates. Action: Slate(M, K), i.e. MultiDiscrete([M] * K) with distinct, masked-in entries.
     """
 
     name = "system"
@@ -116,7 +122,7 @@ class SystemRole(Role):
     def make_observation_space(self) -> spaces.Space:
         c = self.config
         f = c.item_feature_dim
-        inf = np.float32(np.inf)
+        inf = BOUND
         return spaces.Dict(
             {
                 "user": spaces.Box(-inf, inf, (c.user_feature_dim,), np.float32),
@@ -128,7 +134,7 @@ class SystemRole(Role):
         )
 
     def make_action_space(self) -> spaces.Space:
-        return spaces.MultiDiscrete([self.config.num_candidates] * self.config.slate_size)
+        return Slate(self.config.num_candidates, self.config.slate_size)
 
     def observe(self, sim, idx):
         users, rnd, c = sim.state.users, sim.state.round, self.config
@@ -186,7 +192,7 @@ class UserRole(Role):
 
     def make_observation_space(self):
         c = self.config
-        inf = np.float32(np.inf)
+        inf = BOUND
         return spaces.Dict(
             {
                 "interest": spaces.Box(-inf, inf, (c.embedding_dim,), np.float32),
@@ -227,9 +233,9 @@ class UserRole(Role):
 class CreatorRole(Role):
     """One agent per creator: publish on a topic with an effort level, or publish nothing.
 
-    Observation (Box, 6 + 2T): viability, exposure share, clicks per user, engagement per user,
-    rounds under the threshold (scaled by the grace period), skill, home topic one-hot (T),
-    topic demand (T). Action: MultiDiscrete([T + 1, effort_levels]); topic T = nothing.
+    Observation (Dict): own (6 + T) viability, exposure share, clicks per user, engagement per
+    user, rounds under the threshold (scaled by the grace period), skill, home topic one-hot;
+    topic_demand (T) the platform's recent share of clicks per topic. Action: MultiDiscrete([T + 1, effort_levels]); topic T = nothing.
     """
 
     name = "creator"
@@ -240,8 +246,13 @@ class CreatorRole(Role):
         return self.config.num_creators
 
     def make_observation_space(self):
-        inf = np.float32(np.inf)
-        return spaces.Box(-inf, inf, (6 + 2 * self.config.num_topics,), np.float32)
+        inf, t = BOUND, self.config.num_topics
+        return spaces.Dict(
+            {
+                "own": spaces.Box(-inf, inf, (6 + t,), np.float32),
+                "topic_demand": spaces.Box(0.0, 1.0, (t,), np.float32),
+            }
+        )
 
     def make_action_space(self):
         c = self.config
@@ -263,8 +274,10 @@ class CreatorRole(Role):
             ],
             axis=1,
         )
-        demand = np.broadcast_to(sim.state.topic_demand, (len(idx), c.num_topics))
-        return np.concatenate([stats, home, demand], axis=1).astype(np.float32)
+        return {
+            "own": np.concatenate([stats, home], axis=1).astype(np.float32),
+            "topic_demand": np.broadcast_to(sim.state.topic_demand.astype(np.float32), (len(idx), c.num_topics)),
+        }
 
     def noop_actions(self, sim):
         return np.tile([self.config.num_topics, 0], (self.num_agents(), 1))

@@ -177,7 +177,7 @@ class RoundRunner:
         alpha = c.reward_mix
         outcome.rounds_completed += 1
         users_left = not sim.state.users.active.any()
-        truncate = sim.state.t >= c.max_steps
+        truncate = sim.state.t >= c.max_cycles
         for name in self.external:
             role = self.roles[name]
             individual = (rnd.individual_reward or {}).get(name)

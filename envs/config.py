@@ -152,12 +152,15 @@ class UserConfig(_Section):
     affinity_scale: float = spec(4.0, "MNL logit per unit of affinity (interest · embedding)", low=0.0)
     no_click_logit: float = spec(1.0, "MNL logit of the no-click option", low=-20.0, high=20.0)
     position_bias: float = spec(0.3, "MNL logit lost per slate position (0 = no position bias)", low=0.0)
+    clickbait_appeal: float = spec(
+        1.0, "MNL logit gained per unit of quality *below zero*: low-quality items look appealing", low=0.0
+    )
     repeat_penalty: float = spec(3.0, "MNL logit lost by an item the user has already consumed", low=0.0)
     engagement_affinity: float = spec(2.0, "watch-fraction logit per unit of affinity", low=0.0)
-    engagement_quality: float = spec(2.0, "watch-fraction logit per unit of quality", low=0.0)
+    engagement_quality: float = spec(0.5, "watch-fraction logit per unit of quality", low=0.0)
     engagement_bias: float = spec(0.0, "watch-fraction logit offset", low=-10.0, high=10.0)
     quality_refill: float = spec(
-        0.4, "budget refilled per minute watched per unit of quality (RecSim: low quality drains)", low=0.0
+        0.8, "budget refilled per minute watched per unit of quality (RecSim: low quality drains)", low=0.0
     )
     step_cost: float = spec(1.0, "budget (minutes) spent on a slate with no click", low=0.0)
     interest_drift: float = spec(0.05, "step of the interest toward a consumed item's embedding", low=0.0, high=1.0)
@@ -217,7 +220,7 @@ class EcosystemConfig(_Section):
     slate_size: int = spec(3, "slate size K", low=1)
     history_length: int = spec(8, "consumed items H the system agent sees", low=1)
     max_cycles: int = spec(100, "rounds before truncation", low=1)
-    roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated")
+    roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated; [] simulates all")
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
     reward_mix: float = spec(1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual", low=0.0, high=1.0)
     oracle_observations: bool = spec(False, "let the system agent see true interest and quality")
@@ -234,8 +237,8 @@ class EcosystemConfig(_Section):
             )
         if self.sampler.fresh_fraction + self.sampler.popular_fraction > 1.0:
             raise ConfigError("sampler.fresh_fraction + sampler.popular_fraction must be <= 1")
-        if len(set(self.roles)) != len(self.roles) or not self.roles:
-            raise ConfigError(f"'roles' must be a non-empty list of distinct role names, got {self.roles!r}")
+        if len(set(self.roles)) != len(self.roles):
+            raise ConfigError(f"'roles' must be a list of distinct role names, got {self.roles!r}")
 
     @property
     def item_feature_dim(self) -> int:

@@ -95,7 +95,7 @@ class RoundRunner:
         self.sim.reset(np.random.default_rng(seed))
         self.live = set(self.possible_agents)
         self.phase_index = 0
-        self.done = not self.live
+        self.done = bool(self.external) and not self.live
         self._pending_outcome = Outcome()
         self._advance(self._pending_outcome)
 
@@ -168,8 +168,19 @@ class RoundRunner:
             self._end_round(outcome)
 
     def _advance(self, outcome: Outcome) -> None:
-        while not self.done and not self.acting_agents():
+        while not self.done and self.external and not self.acting_agents():
             self._run_phase({}, outcome)
+
+    def play_round(self) -> Outcome:
+        """With no external roles: play one whole round with every role simulated."""
+        if self.external:
+            raise RuntimeError("play_round() is for fully simulated runs (roles: []); use step() with actions")
+        outcome = Outcome()
+        while not self.done:
+            self._run_phase({}, outcome)
+            if outcome.rounds_completed:
+                break
+        return outcome
 
     def _end_round(self, outcome: Outcome) -> None:
         sim, c = self.sim, self.config
@@ -199,7 +210,7 @@ class RoundRunner:
                 elif truncate:
                     outcome.truncated.append(agent)
         self.live -= set(outcome.terminated) | set(outcome.truncated)
-        if users_left or truncate or not self.live:
+        if users_left or truncate or (self.external and not self.live):
             self.done = True
             metrics = sim.metrics()
             for agent in outcome.infos:

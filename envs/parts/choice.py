@@ -14,6 +14,11 @@ def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
     return np.einsum("ukd,ud->uk", embedding, sim.state.users.interest)
 
 
+def item_appeal(cat, slots: np.ndarray, user_config) -> np.ndarray:
+    """Click logit an item gains from looking sensational: low quality reads as appealing."""
+    return user_config.clickbait_appeal * np.maximum(-cat.quality[slots], 0.0)
+
+
 def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row)."""
     cdf = np.cumsum(probabilities, axis=1)
@@ -25,9 +30,10 @@ def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.nda
 class MultinomialLogitChoice:
     """Multinomial logit over the slate plus a no-click option.
 
-    logit_k = affinity_scale · affinity − fatigue[topic] − position_bias · k − repeat_penalty · seen
+    logit_k = affinity_scale · affinity + clickbait_appeal · max(−quality, 0) − fatigue[topic]
+              − position_bias · k − repeat_penalty · seen
     logit_none = no_click_logit
-    (RecSim ``MultinomialLogitChoiceModel`` with fatigue and position bias added.)
+    (RecSim ``MultinomialLogitChoiceModel`` with clickbait appeal, fatigue and position bias added.)
     """
 
     def __init__(self, config: EcosystemConfig):
@@ -37,6 +43,7 @@ class MultinomialLogitChoice:
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
         cat, users = sim.state.catalogue, sim.state.users
         logits = self.user.affinity_scale * affinity(sim, slate_slots)
+        logits += item_appeal(cat, slate_slots, self.user)
         logits -= np.take_along_axis(users.fatigue, cat.topic[slate_slots], axis=1)
         logits += self.position_logit
         if self.user.repeat_penalty:

@@ -1,0 +1,121 @@
+"""Throughput benchmarks (figures, not tests): ``marl-rec bench env``.
+
+Run on one core (``taskset -c 0``) to compare with the README's table.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from marl_rec.envs import ecosystem_v0
+from marl_rec.envs.presets import make_config
+from marl_rec.envs.rounds import RoundRunner
+
+RECSIM_STEPS_PER_S = 6700.0  # RecSim 0.2.4 interest_evolution, random slates, measured on this machine (issue #2)
+ECONOMY = {"num_users": 64, "num_creators": 16, "num_candidates": 50, "slate_size": 5}
+
+
+def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, K) distinct masked-in candidate indices, one vectorised draw for all agents."""
+    keys = rng.random(mask.shape) + (mask < 0.5) * 2.0
+    return np.argpartition(keys, k - 1, axis=1)[:, :k]
+
+
+def bench_recsim_parallel(seconds: float = 5.0) -> dict:
+    """(a) recsim_interest_evolution through parallel_env with uniformly random slates."""
+    env = ecosystem_v0.parallel_env("recsim_interest_evolution")
+    rng = np.random.default_rng(0)
+    steps, episodes, elapsed = 0, 0, 0.0
+    while elapsed < seconds:
+        start = time.perf_counter()
+        observations, _ = env.reset(seed=episodes)
+        while env.agents:
+            slate = random_slates(observations["system_0"]["action_mask"][None], 2, rng)[0]
+            observations, *_ = env.step({"system_0": slate})
+            steps += 1
+        elapsed += time.perf_counter() - start
+        episodes += 1
+    rate = steps / elapsed
+    return {"env_steps_per_s": rate, "x_recsim": rate / RECSIM_STEPS_PER_S, "episodes": episodes}
+
+
+def bench_core(seconds: float = 5.0, **overrides) -> dict:
+    """(b) the core alone: every role simulated (random slates), user interactions per second."""
+    config = make_config("creator_economy", {**ECONOMY, **overrides, "roles": []})
+    runner = RoundRunner(config)
+    interactions, rounds, elapsed, episode = 0, 0, 0.0, 0
+    while elapsed < seconds:
+        runner.reset(episode)
+        episode += 1
+        while not runner.done:
+            start = time.perf_counter()
+            active = int(runner.sim.state.users.active.sum())
+            runner.play_round()
+            elapsed += time.perf_counter() - start
+            interactions += active
+            rounds += 1
+    return {"interactions_per_s": interactions / elapsed, "us_per_round": 1e6 * elapsed / rounds}
+
+
+def bench_rllib_adapter(seconds: float = 5.0) -> dict:
+    """(b) the RLlib MultiAgentEnv adapter, system agents external: agent-steps per second."""
+    from marl_rec.rllib_env import EcosystemRLlibEnv
+
+    env = EcosystemRLlibEnv(dict(ECONOMY))
+    rng = np.random.default_rng(0)
+    k = ECONOMY["slate_size"]
+    agent_steps, env_time, action_time, episode = 0, 0.0, 0.0, 0
+    while env_time < seconds:
+        start = time.perf_counter()
+        observations, _ = env.reset(seed=episode)
+        env_time += time.perf_counter() - start
+        episode += 1
+        done = False
+        while not done:
+            start = time.perf_counter()
+            agents = list(observations)
+            masks = np.stack([observations[a]["action_mask"] for a in agents])
+            slates = random_slates(masks, k, rng)
+            actions = dict(zip(agents, slates))
+            action_time += time.perf_counter() - start
+            start = time.perf_counter()
+            observations, _, terminateds, truncateds, _ = env.step(actions)
+            env_time += time.perf_counter() - start
+            agent_steps += len(actions)
+            done = terminateds["__all__"] or truncateds["__all__"]
+            observations = {a: o for a, o in observations.items() if a in env.runner.live}
+    return {"agent_steps_per_s": agent_steps / env_time, "with_action_sampling": agent_steps / (env_time + action_time)}
+
+
+def bench_scaling(seconds: float = 3.0) -> dict:
+    """(c) cost per round against catalogue size (flat) and users (linear)."""
+    out = {}
+    for size in (1_000, 100_000):
+        out[f"catalogue_{size}"] = bench_core(seconds, catalogue_size=size)["us_per_round"]
+    for users in (16, 64, 256):
+        out[f"users_{users}"] = bench_core(seconds, num_users=users)["us_per_round"]
+    return out
+
+
+def run_env_benchmarks(seconds: float = 5.0) -> str:
+    a = bench_recsim_parallel(seconds)
+    b_core = bench_core(seconds)
+    b_rllib = bench_rllib_adapter(seconds)
+    c = bench_scaling(max(seconds / 2, 1.0))
+    ratio = c["catalogue_100000"] / c["catalogue_1000"]
+    lines = [
+        "| benchmark | figure | target |",
+        "|---|---|---|",
+        f"| (a) recsim_interest_evolution, parallel_env, random slates | {a['env_steps_per_s']:,.0f} env steps/s "
+        f"({a['x_recsim']:.1f}x RecSim's {RECSIM_STEPS_PER_S:,.0f}) | >= 5x RecSim |",
+        f"| (b) creator_economy core, 64 users, 16 creators, M=50, K=5 | {b_core['interactions_per_s']:,.0f} "
+        f"user interactions/s ({b_core['us_per_round']:.0f} us/round) | >= 200,000 |",
+        f"| (b) same, RLlib adapter, system agents | {b_rllib['agent_steps_per_s']:,.0f} agent-steps/s "
+        f"({b_rllib['with_action_sampling']:,.0f} with random-slate sampling) | >= 50,000 |",
+        f"| (c) us/round, catalogue 10^3 vs 10^5 | {c['catalogue_1000']:.0f} vs {c['catalogue_100000']:.0f} "
+        f"({100 * (ratio - 1):+.0f}%) | within 20% |",
+        f"| (c) us/round, 16 / 64 / 256 users | {c['users_16']:.0f} / {c['users_64']:.0f} / {c['users_256']:.0f} | linear |",
+    ]
+    return "\n".join(lines)

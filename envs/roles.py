@@ -81,6 +81,9 @@ class Role:
     def individual_reward(self, sim) -> np.ndarray:
         return np.zeros(self.num_agents())
 
+    def in_range(self, action: np.ndarray) -> bool:
+        return self.action_space.contains(action)
+
     def check_action(self, sim, index: int, action, agent: str) -> np.ndarray:
         """The action as an array, or an ``InvalidActionError`` naming the agent and its space."""
         space = self.action_space
@@ -98,7 +101,7 @@ class Role:
         if array.dtype.kind in "fc" and not np.array_equal(array, np.round(array.real)):
             raise InvalidActionError(f"invalid action for {agent}: {action!r} is not integer; expected {space}")
         array = array.astype(np.int64)
-        if not space.contains(array.astype(space.dtype)):
+        if not self.in_range(array.astype(space.dtype)):
             raise InvalidActionError(f"invalid action for {agent}: {action!r} is outside {space}")
         return array
 
@@ -157,6 +160,9 @@ class SystemRole(Role):
 
     def active(self, sim):
         return sim.state.users.active
+
+    def in_range(self, action):
+        return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
 
     def check_action(self, sim, index, action, agent):
         array = super().check_action(sim, index, action, agent)

@@ -66,6 +66,7 @@ class RoundRunner:
                 at = self.phases.index(role.phase_before) if role.phase_before in self.phases else len(self.phases)
                 self.phases.insert(at, role.phase)
         self.phase_roles = {p: [n for n, r in self.roles.items() if r.phase == p] for p in self.phases}
+        self.external.sort(key=lambda name: self.phases.index(self.roles[name].phase))  # turn order
 
         self.possible_agents: list[str] = []
         self.agent_role: dict[str, tuple[str, int]] = {}

@@ -90,9 +90,8 @@ class EcosystemCreatorDynamics:
         target = cc.exposure_weight * _share(creators.exposure, active) + cc.engagement_weight * _share(
             creators.engagement, active
         )
-        creators.viability = np.where(
-            active, cc.viability_memory * creators.viability + (1.0 - cc.viability_memory) * target, 0.0
-        )
+        creators.viability = cc.viability_memory * creators.viability + (1.0 - cc.viability_memory) * target
         below = active & (creators.viability < cc.leave_threshold)
         creators.rounds_below = np.where(below, creators.rounds_below + 1, 0)
         creators.active = active & (creators.rounds_below <= cc.grace_period)
+        creators.viability = np.where(creators.active, creators.viability, 0.0)

@@ -52,6 +52,7 @@ class Simulator:
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
         self._age_scale = config.item.freshness_half_life or 50.0
+        self._rows = np.arange(config.num_users)[:, None]
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -127,8 +128,9 @@ class Simulator:
         self.state.round.slate = np.asarray(slate, np.int64)
 
     def slate_slots(self) -> np.ndarray:
+        """(U, K) catalogue slots of the current slates."""
         rnd = self.state.round
-        return np.take_along_axis(rnd.candidates, rnd.slate, axis=1)
+        return rnd.candidates[self._rows, rnd.slate]
 
     def choice_probabilities(self) -> np.ndarray:
         """(U, K + 1) click probabilities of the current slates under the choice model."""
@@ -141,9 +143,10 @@ class Simulator:
         k = c.slate_size
         active = np.flatnonzero(users.active)
         choice = np.asarray(choice, np.int64)[active]
-        slate_slots = self.slate_slots()[active]
+        all_slate_slots = self.slate_slots()
+        slate_slots = all_slate_slots[active]
         clicked = choice < k
-        slots = np.take_along_axis(slate_slots, np.minimum(choice, k - 1)[:, None], axis=1)[:, 0]
+        slots = slate_slots[np.arange(len(active)), np.minimum(choice, k - 1)]
 
         watch = self.user_dynamics.respond(self, self.rng, active, slots, clicked)
         rnd.choice[active] = choice
@@ -186,7 +189,7 @@ class Simulator:
         users.active[active] = users.time_budget[active] > 0
 
         self._update_popular(c_slots)
-        self.last_diversity = intra_list_diversity(self)
+        self.last_diversity = intra_list_diversity(self, all_slate_slots)
         self.diversity_sum += float(self.last_diversity[active].sum())
         self.diversity_count += len(active)
         self.shown_uids.append(cat.uid[shown])
@@ -194,22 +197,20 @@ class Simulator:
     def _update_popular(self, clicked_slots: np.ndarray) -> None:
         """Decayed click counts over the tracked pool plus this round's clicks; keep the top P."""
         s, cat = self.state, self.state.catalogue
-        alive = (s.popular >= 0) & (cat.uid[np.maximum(s.popular, 0)] == s.popular_uid)
+        alive = (s.popular >= 0) & (cat.uid[s.popular] == s.popular_uid)
         slots = np.concatenate([s.popular[alive], clicked_slots])
-        scores = np.concatenate([s.popular_score[alive] * self.config.sampler.popularity_decay,
-                                 np.ones(len(clicked_slots))])
         if len(slots) == 0:
             return
+        scores = np.concatenate([s.popular_score[alive] * self.config.sampler.popularity_decay,
+                                 np.ones(len(clicked_slots))])
         unique, inverse = np.unique(slots, return_inverse=True)
         totals = np.bincount(inverse, weights=scores)
         p = len(s.popular)
         top = np.argsort(-totals, kind="stable")[:p]
-        s.popular = np.full(p, -1, np.int64)
-        s.popular_score = np.zeros(p)
-        s.popular_uid = np.full(p, -1, np.int64)
-        s.popular[: len(top)] = unique[top]
-        s.popular_score[: len(top)] = totals[top]
-        s.popular_uid[: len(top)] = cat.uid[unique[top]]
+        n = len(top)
+        s.popular[:n], s.popular[n:] = unique[top], -1
+        s.popular_score[:n], s.popular_score[n:] = totals[top], 0.0
+        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[unique[top]], -1
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then

@@ -51,7 +51,10 @@ class Catalogue:
             return np.zeros(0, np.int64)
         if n > self.capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {self.capacity}")
-        slots = (self.head + np.arange(n)) % self.capacity
+        if self.head + n <= self.capacity:  # contiguous: slice writes are cheaper than fancy indexing
+            slots = slice(self.head, self.head + n)
+        else:
+            slots = (self.head + np.arange(n)) % self.capacity
         self.embedding[slots] = embedding
         self.topic[slots] = topic
         self.quality[slots] = quality
@@ -63,9 +66,10 @@ class Catalogue:
         self.clicks[slots] = 0.0
         self.watch_time[slots] = 0.0
         self.next_uid += n
+        first = self.head
         self.head = int((self.head + n) % self.capacity)
         self.count = min(self.capacity, self.count + n)
-        return slots
+        return np.arange(first, first + n) % self.capacity if isinstance(slots, slice) else slots
 
     def newest(self, offsets: np.ndarray) -> np.ndarray:
         """Slots of the items ``offsets`` places back from the newest (0 = newest)."""

@@ -8,17 +8,19 @@ from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.registry import REWARDS
 
 
-def intra_list_diversity(sim) -> np.ndarray:
-    """Mean pairwise cosine distance between the items of each user's slate: (U,)."""
-    rnd = sim.state.round
-    slots = np.take_along_axis(rnd.candidates, rnd.slate, axis=1)
+def intra_list_diversity(sim, slate_slots: np.ndarray | None = None) -> np.ndarray:
+    """Mean pairwise cosine distance between the items of each user's slate: (U,).
+
+    For unit embeddings, the sum of pairwise cosines over i != j is |sum_k e_k|^2 - K.
+    """
+    slots = sim.slate_slots() if slate_slots is None else slate_slots
     emb = sim.state.catalogue.embedding[slots]  # (U, K, d), unit rows
     k = emb.shape[1]
     if k < 2:
         return np.zeros(len(emb))
-    gram = np.einsum("ukd,ujd->ukj", emb, emb)
-    mean_sim = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
-    return 1.0 - mean_sim
+    total = emb.sum(axis=1)
+    mean_cosine = (np.einsum("ud,ud->u", total, total) - k) / (k * (k - 1))
+    return 1.0 - mean_cosine
 
 
 @REWARDS.register("ecosystem")

@@ -5,33 +5,40 @@ Every sampler costs O(users × M), never O(catalogue size).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 
 
-def mask_duplicates(candidates: np.ndarray) -> np.ndarray:
-    """True where a row's entry is valid (>= 0) and its first occurrence in that row."""
-    order = np.argsort(candidates, axis=1, kind="stable")
-    sorted_c = np.take_along_axis(candidates, order, axis=1)
-    first = np.ones_like(sorted_c, dtype=bool)
-    first[:, 1:] = sorted_c[:, 1:] != sorted_c[:, :-1]
-    keep = np.empty_like(first)
-    np.put_along_axis(keep, order, first, axis=1)
-    return keep & (candidates >= 0)
+@functools.lru_cache(maxsize=4096)
+def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    edges = low + ((high - low) * np.arange(k + 1)) // k
+    return edges[:-1], np.diff(edges).astype(np.float64)
+
+
+def stratified(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
+    """(n_rows, k) distinct integers in [low, high): one uniform draw in each of k equal strata.
+
+    Cost O(n_rows · k), whatever the size of the range; needs high − low >= k.
+    """
+    start, width = _strata(low, high, k)
+    return start + (rng.random((n_rows, k)) * width).astype(np.int64)
 
 
 @CANDIDATE_SAMPLERS.register("mixed")
 class MixedSampler:
     """A mix of fresh items (the newest window), popular items (the tracked set) and random
-    older items, distinct within each user's set.
+    older items, distinct within each user's set, at a cost of O(users × M).
 
-    Fresh items are drawn without replacement from the window; the other slots come from the
-    older items, stratified (one draw per stratum keeps them distinct), and popular items
-    replace the first of them where the pool has an older one to offer; a stratified draw
-    that collides with a popular pick moves to its stratum neighbour. While the catalogue
-    holds fewer than window + M items, missing candidates are padded and masked out.
+    Each source draws one item per stratum of its range, so its picks are distinct; the sources
+    are disjoint by construction: fresh = the newest ``fresh_window`` items; popular = tracked
+    popular items older than that; random = older items outside the popular pool (a draw that
+    lands in the pool moves along its stratum). When the pool has too few eligible items, random
+    older items fill in. While the catalogue holds fewer than window + M items, candidates are
+    drawn from whatever is there and the missing ones are padded and masked out.
     """
 
     def __init__(self, config: EcosystemConfig):
@@ -41,50 +48,50 @@ class MixedSampler:
         self.num_popular = int(round(m * s.popular_fraction))
         self.num_older = m - self.num_fresh
         self.window = s.fresh_window
+        self.in_pool = np.zeros(config.catalogue_size, bool)  # slot -> currently in the popular pool
+        self.pool_slots = np.zeros(0, np.int64)
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cat = sim.state.catalogue
         n_users, count = sim.config.num_users, cat.count
         window = min(self.window, count)
-        older = count - window
-        if window < self.num_fresh or older < self.num_older:
+        if window < self.num_fresh or count - window < self.num_older + len(sim.state.popular):
             return self._sample_small(cat, n_users, rng)
 
-        # fresh: distinct offsets within the window, by ranking random keys (cost U × window)
-        keys = rng.random((n_users, window))
-        fresh = np.argpartition(keys, self.num_fresh - 1, axis=1)[:, : self.num_fresh] if self.num_fresh else \
-            np.zeros((n_users, 0), np.int64)
+        # the popular pool's items older than the fresh window (O(P) per round)
+        pool = sim.state.popular
+        pool_offset = (cat.head - 1 - pool) % cat.capacity
+        eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
+        self.in_pool[self.pool_slots] = False
+        self.in_pool[eligible] = True
+        self.pool_slots = eligible
 
-        # older: one offset per stratum of [window, count)
-        edges = window + (older * np.arange(self.num_older + 1)) // self.num_older
-        start, width = edges[:-1], np.diff(edges)
-        within = (rng.random((n_users, self.num_older)) * width).astype(np.int64)
-        offsets = start + within
-
-        if self.num_popular:
-            pool = sim.state.popular
-            pool_offset = (cat.head - 1 - pool) % cat.capacity
-            eligible = (pool >= 0) & (pool_offset >= window) & (pool_offset < count)
-            k = min(self.num_popular, len(pool))
-            pick_keys = rng.random((n_users, len(pool))) + ~eligible
-            picks = np.argpartition(pick_keys, k - 1, axis=1)[:, :k]
-            chosen = np.take_along_axis(np.broadcast_to(pool_offset, pick_keys.shape), picks, axis=1)
-            ok = np.take_along_axis(np.broadcast_to(eligible, pick_keys.shape), picks, axis=1)
-            offsets[:, :k] = np.where(ok, chosen, offsets[:, :k])
-            popular = np.zeros(offsets.shape, bool)
-            popular[:, :k] = ok
-            # a stratified draw equal to a popular pick moves to the next offset of its stratum
-            for _ in range(self.num_popular + 1):
-                clash = ~popular & (offsets[:, :, None] == np.where(popular, offsets, -1)[:, None, :]).any(axis=2)
+        parts = [cat.newest(stratified(rng, n_users, 0, window, self.num_fresh))] if self.num_fresh else []
+        num_popular = min(self.num_popular, len(eligible))
+        if num_popular:
+            parts.append(eligible[stratified(rng, n_users, 0, len(eligible), num_popular)])
+        num_random = self.num_older - num_popular
+        if num_random:
+            start, width = _strata(window, count, num_random)
+            width = width.astype(np.int64)
+            within = (rng.random((n_users, num_random)) * width).astype(np.int64)
+            slots = cat.newest(start + within)
+            clash = self.in_pool[slots]
+            for _ in range(int(width.max())):
                 if not clash.any():
                     break
                 within = np.where(clash, (within + 1) % width, within)
-                offsets = np.where(popular, offsets, start + within)
-        candidates = cat.newest(np.concatenate([fresh, offsets], axis=1))
-        return candidates, mask_duplicates(candidates)
+                slots = cat.newest(start + within)
+                clash = self.in_pool[slots]
+            parts.append(slots)
+        candidates = np.concatenate(parts, axis=1)
+        mask = np.ones(candidates.shape, bool)
+        if num_random and clash.any():  # a stratum made only of pool items: mask rather than duplicate
+            mask[:, -num_random:] = ~clash
+        return candidates, mask
 
     def _sample_small(self, cat, n_users: int, rng) -> tuple[np.ndarray, np.ndarray]:
-        """Fewer items than the sampler needs: any distinct items, padded with masked slots."""
+        """Too few items for the strata: any distinct items, padded with masked slots."""
         m = self.num_fresh + self.num_older
         candidates = np.full((n_users, m), -1, np.int64)
         if cat.count:

@@ -120,7 +120,7 @@ class raw_env(AECEnv):
         if position < len(self._queue):
             self.agent_selection = self._queue[position]
         else:
-            outcome = self.runner.step(self._pending)
+            outcome = self.runner.step(self._pending)  # validated again, as one batch
             self._rounds_this_step = outcome.rounds_completed
             self._pending = {}
             self.rewards.update(outcome.rewards)

@@ -81,6 +81,32 @@ class Role:
     def individual_reward(self, sim) -> np.ndarray:
         return np.zeros(self.num_agents())
 
+    def check_actions(self, sim, idx: np.ndarray, actions: list, agents: list[str]) -> np.ndarray:
+        """Validate many agents' actions at once: one vectorised check for the common case where
+        all are fine, else the per-agent check, whose error names the first offending agent."""
+        space = self.action_space
+        try:
+            batch = np.asarray(actions)
+        except (ValueError, TypeError):
+            batch = None
+        if (
+            batch is not None
+            and batch.dtype.kind in "iu"
+            and batch.shape == (len(actions), *space.shape)
+            and self.batch_valid(sim, idx, batch)
+        ):
+            return batch.astype(np.int64, copy=False)
+        return np.stack([self.check_action(sim, i, a, agent) for i, a, agent in zip(idx, actions, agents)])
+
+    def batch_valid(self, sim, idx: np.ndarray, batch: np.ndarray) -> bool:
+        """Vectorised legality of an integer batch (one row per agent)."""
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            return bool(((batch >= space.start) & (batch < space.start + space.n)).all())
+        if isinstance(space, spaces.MultiDiscrete):
+            return bool(((batch >= space.start) & (batch < space.start + space.nvec)).all())
+        return all(space.contains(row) for row in batch)
+
     def in_range(self, action: np.ndarray) -> bool:
         return self.action_space.contains(action)
 
@@ -163,6 +189,14 @@ class SystemRole(Role):
 
     def in_range(self, action):
         return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
+
+    def batch_valid(self, sim, idx, batch):
+        if not ((batch >= 0) & (batch < self.config.num_candidates)).all():
+            return False
+        ordered = np.sort(batch, axis=1)
+        if (ordered[:, 1:] == ordered[:, :-1]).any():
+            return False
+        return bool(sim.state.round.candidate_mask[idx[:, None], batch].all())
 
     def check_action(self, sim, index, action, agent):
         array = super().check_action(sim, index, action, agent)

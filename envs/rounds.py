@@ -126,16 +126,21 @@ class RoundRunner:
         return out
 
     def check_action(self, agent: str, action) -> np.ndarray:
+        """One agent's action, validated (see ``Role.check_action``), or an error saying why not."""
+        self._check_turn(agent)
+        name, i = self.agent_role[agent]
+        return self.roles[name].check_action(self.sim, i, action, agent)
+
+    def _check_turn(self, agent: str) -> None:
         if agent not in self.agent_role:
             raise AgentNotActingError(f"{agent!r} is not an agent of this environment; agents: {self.possible_agents}")
         if agent not in self.live:
             raise AgentNotActingError(f"{agent} has terminated or been truncated and cannot act")
-        name, i = self.agent_role[agent]
+        name = self.agent_role[agent][0]
         if self.roles[name].phase != self.phase:
             raise AgentNotActingError(
                 f"{agent} acts in the {self.roles[name].phase!r} phase, but the current phase is {self.phase!r}"
             )
-        return self.roles[name].check_action(self.sim, i, action, agent)
 
     def step(self, actions: dict) -> Outcome:
         """Apply the current phase's external actions (validated), then run on to the next
@@ -144,7 +149,15 @@ class RoundRunner:
         missing = [a for a in acting if a not in actions]
         if missing:
             raise AgentNotActingError(f"no action given for acting agents {missing} in phase {self.phase!r}")
-        checked = {agent: self.check_action(agent, action) for agent, action in actions.items()}
+        for agent in actions:
+            self._check_turn(agent)
+        checked = {}
+        for name in self.phase_roles[self.phase]:
+            agents = [a for a in self.role_agents.get(name, ()) if a in actions]
+            if agents:
+                idx = np.array([self.agent_role[a][1] for a in agents])
+                batch = self.roles[name].check_actions(self.sim, idx, [actions[a] for a in agents], agents)
+                checked[name] = (idx, batch)
         outcome = self._pending_outcome
         self._pending_outcome = Outcome()
         self._run_phase(checked, outcome)
@@ -152,7 +165,8 @@ class RoundRunner:
         return outcome
 
     # ------------------------------------------------------------------ internals
-    def _run_phase(self, actions: dict[str, np.ndarray], outcome: Outcome) -> None:
+    def _run_phase(self, actions: dict[str, tuple[np.ndarray, np.ndarray]], outcome: Outcome) -> None:
+        """``actions``: role -> (agent indices, validated action batch) for the external agents."""
         sim = self.sim
         for name in self.phase_roles[self.phase]:
             role = self.roles[name]
@@ -160,9 +174,9 @@ class RoundRunner:
                 batch = self.behaviours[name].act(sim, sim.rng)
             else:
                 batch = role.noop_actions(sim)
-                for agent in self.role_agents[name]:
-                    if agent in actions:
-                        batch[self.agent_role[agent][1]] = actions[agent]
+                if name in actions:
+                    idx, given = actions[name]
+                    batch[idx] = given
             role.apply(sim, batch)
         self.phase_index += 1
         if self.phase_index == len(self.phases):

@@ -116,13 +116,13 @@ class RoundRunner:
         out = {}
         for name, idx in by_role.items():
             batch = self.roles[name].observe(self.sim, np.asarray(idx))
-            prefix = name + "_"
+            agents = [f"{name}_{i}" for i in idx]
             if isinstance(batch, dict):
-                for j, i in enumerate(idx):
-                    out[prefix + str(i)] = {k: v[j] for k, v in batch.items()}
+                keys = list(batch)
+                for agent, values in zip(agents, zip(*batch.values())):
+                    out[agent] = dict(zip(keys, values))
             else:
-                for j, i in enumerate(idx):
-                    out[prefix + str(i)] = batch[j]
+                out.update(zip(agents, batch))
         return out
 
     def check_action(self, agent: str, action) -> np.ndarray:
@@ -204,26 +204,27 @@ class RoundRunner:
         outcome.rounds_completed += 1
         users_left = not sim.state.users.active.any()
         truncate = sim.state.t >= c.max_cycles
+        common = {"team_reward": rnd.team_reward, **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()}}
         for name in self.external:
             role = self.roles[name]
+            agents = [a for a in self.role_agents[name] if a in self.live]
+            if not agents:
+                continue
+            idx = np.array([self.agent_role[a][1] for a in agents])
             individual = (rnd.individual_reward or {}).get(name)
             if individual is None:
                 individual = role.individual_reward(sim)
-            active = role.active(sim)
-            for i, agent in enumerate(self.role_agents[name]):
-                if agent not in self.live:
-                    continue
-                reward = alpha * rnd.team_reward + (1.0 - alpha) * float(individual[i])
-                outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + reward
-                outcome.infos[agent] = {
-                    "team_reward": rnd.team_reward,
-                    "individual_reward": float(individual[i]),
-                    **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()},
-                }
-                if users_left or not active[i]:
-                    outcome.terminated.append(agent)
-                elif truncate:
-                    outcome.truncated.append(agent)
+            individual = np.asarray(individual, np.float64)[idx]
+            reward = alpha * rnd.team_reward + (1.0 - alpha) * individual
+            for agent, r in zip(agents, reward.tolist()):
+                outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + r
+            outcome.infos.update(
+                {agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual.tolist())}
+            )
+            ended = np.ones(len(agents), bool) if users_left else ~role.active(sim)[idx]
+            outcome.terminated.extend(a for a, e in zip(agents, ended) if e)
+            if truncate:
+                outcome.truncated.extend(a for a, e in zip(agents, ended) if not e)
         self.live -= set(outcome.terminated) | set(outcome.truncated)
         if users_left or truncate or (self.external and not self.live):
             self.done = True

@@ -219,8 +219,9 @@ class UserRole(Role):
     """One agent per user: clicks slate position k, or K for no click.
 
     Observation (Dict): interest (d,), budget (1,) as a fraction of the initial budget,
-    fatigue (T,), slate (K, d+2) embedding, quality and length of each slate item.
-    Action: Discrete(K + 1).
+    fatigue (T,), slate (K, d+2) embedding, quality and length of each slate item, and
+    behaviour_probs (K+1,) the simulated user's choice probabilities (so a non-learning
+    module can act exactly as the behaviour model would). Action: Discrete(K + 1).
     """
 
     name = "user"
@@ -239,6 +240,7 @@ class UserRole(Role):
                 "budget": spaces.Box(-inf, inf, (1,), np.float32),
                 "fatigue": spaces.Box(-inf, inf, (c.num_topics,), np.float32),
                 "slate": spaces.Box(-inf, inf, (c.slate_size, c.embedding_dim + 2), np.float32),
+                "behaviour_probs": spaces.Box(0.0, 1.0, (c.slate_size + 1,), np.float32),
             }
         )
 
@@ -257,6 +259,7 @@ class UserRole(Role):
             "budget": (users.time_budget[idx] / c.user.time_budget)[:, None].astype(np.float32),
             "fatigue": users.fatigue[idx].astype(np.float32),
             "slate": slate.astype(np.float32),
+            "behaviour_probs": sim.choice_probabilities()[idx].astype(np.float32),
         }
 
     def noop_actions(self, sim):

@@ -57,12 +57,22 @@ class MyopicSlate(_GreedySlate):
     and watch time per click, the same features its observation carries."""
 
     def scores(self, sim):
-        rnd, d = sim.state.round, self.config.embedding_dim
-        features = sim.item_features(rnd.candidates)  # (U, M, F)
-        interest = sim.user_features()[:, :d]
-        affinity = np.einsum("umd,ud->um", features[..., :d], interest)
-        ctr, watch_per_click = features[..., d + 3], features[..., d + 4]
-        return affinity + ctr + 0.5 * watch_per_click
+        features = sim.item_features(sim.state.round.candidates)  # (U, M, F)
+        return myopic_scores(sim.user_features(), features, self.config.embedding_dim)
+
+
+def myopic_scores(user: np.ndarray, candidates: np.ndarray, dim: int) -> np.ndarray:
+    """The myopic score from the system observation alone: (..., M) from user (..., d+4) and
+    candidates (..., M, F) features (see ``Simulator.user_features`` / ``item_features``)."""
+    affinity = np.einsum("...md,...d->...m", candidates[..., :dim], user[..., :dim])
+    ctr, watch_per_click = candidates[..., dim + 3], candidates[..., dim + 4]
+    return affinity + ctr + 0.5 * watch_per_click
+
+
+def popularity_scores(candidates: np.ndarray, dim: int) -> np.ndarray:
+    """Clicks so far, recovered from the observed log-impressions and smoothed CTR features."""
+    impressions = np.expm1(candidates[..., dim + 2] * 5.0)
+    return candidates[..., dim + 3] * (impressions + 2.0) - 1.0
 
 
 def expected_watch(sim, config: EcosystemConfig) -> np.ndarray:

@@ -60,6 +60,21 @@ class ChoiceModelUser:
         return sample_choice(sim.choice_probabilities(), rng)
 
 
+def viability_publishing(
+    rng: np.random.Generator, viability: np.ndarray, home_topic: np.ndarray, demand: np.ndarray,
+    base_rate: float, demand_drift: float, effort_levels: int,
+) -> np.ndarray:
+    """(n, 2) (topic, effort) actions of ``ViabilityPublisher`` from the creators' own view."""
+    n, num_topics = len(viability), len(demand)
+    publish = rng.random(n) < base_rate * np.minimum(viability, 1.0)
+    follow_demand = rng.random(n) < demand_drift
+    demand_cdf = np.cumsum(demand / demand.sum())
+    demand_topic = np.minimum(np.searchsorted(demand_cdf, rng.random(n)), num_topics - 1)
+    topic = np.where(follow_demand, demand_topic, home_topic)
+    topic = np.where(publish, topic, num_topics)  # T = publish nothing
+    return np.stack([topic, np.full(n, (effort_levels - 1) // 2)], axis=1)
+
+
 @BEHAVIOURS.register("ecosystem")
 class ViabilityPublisher:
     """Creator: publish with probability base_rate · min(viability, 1), on the home topic or,
@@ -69,16 +84,10 @@ class ViabilityPublisher:
 
     def __init__(self, config: EcosystemConfig):
         self.creator = config.creator
-        self.num_topics = config.num_topics
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
-        creators, demand = sim.state.creators, sim.state.topic_demand
-        n = len(creators.active)
-        publish = rng.random(n) < self.creator.base_publish_rate * np.minimum(creators.viability, 1.0)
-        follow_demand = rng.random(n) < self.creator.demand_drift
-        demand_cdf = np.cumsum(demand / demand.sum())
-        demand_topic = np.minimum(np.searchsorted(demand_cdf, rng.random(n)), self.num_topics - 1)
-        topic = np.where(follow_demand, demand_topic, creators.home_topic)
-        topic = np.where(publish, topic, self.num_topics)  # T = publish nothing
-        effort = np.full(n, (self.creator.effort_levels - 1) // 2)
-        return np.stack([topic, effort], axis=1)
+        creators, cc = sim.state.creators, self.creator
+        return viability_publishing(
+            rng, creators.viability, creators.home_topic, sim.state.topic_demand,
+            cc.base_publish_rate, cc.demand_drift, cc.effort_levels,
+        )

@@ -1,0 +1,157 @@
+"""Experiment files: one YAML per training run, parsed into typed, validated config objects.
+
+    name: quickstart
+    scenario: creator_economy
+    env: {num_users: 16, roles: [system]}          # EcosystemConfig overrides
+    algorithm: {name: PPO, training: {lr: 3.0e-4}} # AlgorithmConfig.training(...) keywords
+    modules: {system: {type: transformer, model_config: {d_model: 64}}}
+    train_roles: [system]
+    resources: {num_env_runners: 1, num_envs_per_env_runner: 4}
+    evaluation: {episodes: 20, seed: 10000, baselines: [random, myopic]}
+    stop: {training_iteration: 20}
+    seed: 0
+
+Every key is checked here, before Ray starts: an unknown key or a bad value raises a
+``ConfigError`` naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
+from marl_rec.envs.presets import SCENARIOS, make_config
+
+ALGORITHMS = ("PPO", "APPO", "IMPALA", "DQN")
+MODULE_TYPES = ("transformer", "mlp", "creator_mlp", "fixed")
+
+
+@dataclass(frozen=True)
+class AlgorithmSection(_Section):
+    name: str = spec("PPO", "RLlib algorithm", choices=ALGORITHMS)
+    training: dict = spec({}, "keywords for AlgorithmConfig.training(...), e.g. lr, gamma, train_batch_size_per_learner")
+
+
+@dataclass(frozen=True)
+class ModuleSection(_Section):
+    type: str = spec("transformer", "RLModule (marl_rec.policies.MODULES)", choices=MODULE_TYPES)
+    model_config: dict = spec({}, "the module's model_config (see its class docstring)")
+
+
+@dataclass(frozen=True)
+class ResourcesSection(_Section):
+    num_env_runners: int = spec(0, "remote EnvRunner actors (0: sample in the driver)", low=0)
+    num_envs_per_env_runner: int = spec(4, "vectorised sub-environments per EnvRunner", low=1)
+    num_learners: int = spec(0, "remote Learner actors (0: learn in the driver)", low=0)
+    num_gpus_per_learner: float = spec(0.0, "GPUs per Learner (CUDA with bf16 autocast when > 0)", low=0.0)
+    num_cpus: int = spec(0, "CPUs Ray may use when the CLI starts it locally (0: all)", low=0)
+
+
+@dataclass(frozen=True)
+class EvaluationSection(_Section):
+    episodes: int = spec(20, "held-out episodes for the final evaluation table", low=1)
+    seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0)
+    baselines: list = spec(["random", "myopic", "oracle_myopic", "long_term"], "non-learning recommenders to compare")
+    interval: int = spec(0, "run RLlib's evaluation EnvRunners every N iterations (0: off)", low=0)
+    duration: int = spec(4, "episodes per in-training evaluation", low=1)
+    num_env_runners: int = spec(0, "evaluation EnvRunner actors (0: the local one)", low=0)
+
+
+@dataclass(frozen=True)
+class StopSection(_Section):
+    training_iteration: int = spec(10, "stop after this many iterations (0: no limit)", low=0)
+    num_env_steps_sampled_lifetime: int = spec(0, "stop after this many env steps (0: no limit)", low=0)
+    time_total_s: float = spec(0.0, "stop after this many seconds (0: no limit)", low=0.0)
+
+    def as_tune_stop(self) -> dict[str, float]:
+        stop = {}
+        if self.training_iteration:
+            stop["training_iteration"] = self.training_iteration
+        if self.num_env_steps_sampled_lifetime:
+            stop["num_env_steps_sampled_lifetime"] = self.num_env_steps_sampled_lifetime
+        if self.time_total_s:
+            stop["time_total_s"] = self.time_total_s
+        return stop
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(_Section):
+    name: str = spec("experiment", "run name: results go to <results_dir>/<name>")
+    description: str = spec("", "what the run is for and the result it should reach")
+    scenario: str = spec("creator_economy", "scenario preset", choices=tuple(SCENARIOS))
+    env: dict = spec({}, "EcosystemConfig overrides (see marl_rec.envs.config)")
+    algorithm: AlgorithmSection = spec(AlgorithmSection(), "algorithm and its hyper-parameters")
+    modules: dict = spec({}, "role -> {type, model_config}; roles left out get the default module")
+    train_roles: list = spec([], "roles whose modules learn ([] = every external role with a learning module)")
+    resources: ResourcesSection = spec(ResourcesSection(), "Ray resources")
+    evaluation: EvaluationSection = spec(EvaluationSection(), "evaluation")
+    stop: StopSection = spec(StopSection(), "stop criteria (the first reached ends the run)")
+    seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0)
+    checkpoint_every: int = spec(5, "checkpoint every N iterations (and at the end)", low=1)
+    results_dir: str = spec("results", "where runs are written")
+    source: str = spec("<config>", "the file this came from (for messages)")
+
+    def env_config(self):
+        """The validated EcosystemConfig of this experiment."""
+        return make_config(self.scenario, self.env, source=f"{self.source}: env")
+
+    def module_sections(self) -> dict[str, ModuleSection]:
+        """role -> ModuleSection for every external role, defaults filled in."""
+        roles = self.env_config().roles
+        unknown = sorted(set(self.modules) - set(roles))
+        if unknown:
+            raise ConfigError(f"{self.source}: 'modules.{unknown[0]}' is not an external role; roles: {roles}")
+        defaults = {"system": {"type": "transformer"}, "creator": {"type": "creator_mlp"},
+                    "user": {"type": "fixed", "model_config": {"policy": "behaviour"}}}
+        out = {}
+        for role in roles:
+            raw = self.modules.get(role, defaults.get(role))
+            if raw is None:
+                raise ConfigError(f"{self.source}: role {role!r} needs an entry under 'modules'")
+            out[role] = ModuleSection.from_dict(raw, self.source, prefix=f"modules.{role}.")
+        return out
+
+    def trained_roles(self) -> list[str]:
+        sections = self.module_sections()
+        learning = [r for r, m in sections.items() if m.type != "fixed"]
+        roles = list(self.train_roles) or learning
+        for role in roles:
+            if role not in sections:
+                raise ConfigError(f"{self.source}: 'train_roles' names {role!r}, not an external role; roles: {list(sections)}")
+            if sections[role].type == "fixed":
+                raise ConfigError(f"{self.source}: 'train_roles' names {role!r}, whose module is fixed (non-learning)")
+        if not roles:
+            raise ConfigError(f"{self.source}: nothing to train: every external role has a fixed module")
+        return roles
+
+    def validate(self) -> "ExperimentConfig":
+        """Check everything that can be checked without Ray (env config, modules, roles)."""
+        self.env_config()
+        self.trained_roles()
+        from marl_rec.envs.parts.behaviours import resolve_behaviour
+
+        for name in self.evaluation.baselines:
+            try:
+                resolve_behaviour(name)
+            except KeyError as err:
+                raise ConfigError(f"{self.source}: 'evaluation.baselines': {err}") from None
+        return self
+
+
+def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML (``yaml.safe_load``), apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
+    raw = merge_overrides(raw, dict(overrides or {}))
+    raw.setdefault("name", path.stem)
+    raw["source"] = str(path)
+    return ExperimentConfig.from_dict(raw, source=str(path)).validate()

@@ -1,0 +1,1 @@
+"""RLlib integration: algorithm-config builder, callbacks, training and evaluation of checkpoints."""

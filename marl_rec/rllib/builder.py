@@ -1,0 +1,104 @@
+"""ExperimentConfig → RLlib AlgorithmConfig (new API stack, multi-agent, one module per role)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune.registry import register_env
+
+from marl_rec.envs.config import ConfigError
+from marl_rec.experiment import ExperimentConfig
+from marl_rec.rllib.callbacks import RecommenderMetricsCallback
+from marl_rec.rllib_env import ENV_NAME, EcosystemRLlibEnv
+
+
+def role_of(agent_id: str, episode=None, **kwargs) -> str:
+    """policy_mapping_fn: every agent of a role shares the role's module (parameter sharing)."""
+    return agent_id.rsplit("_", 1)[0]
+
+
+def algorithm_config_class(name: str) -> type[AlgorithmConfig]:
+    if name == "PPO":
+        from ray.rllib.algorithms.ppo import PPOConfig as cls
+    elif name == "APPO":
+        from ray.rllib.algorithms.appo import APPOConfig as cls
+    elif name == "IMPALA":
+        from ray.rllib.algorithms.impala import IMPALAConfig as cls
+    elif name == "DQN":
+        from ray.rllib.algorithms.dqn import DQNConfig as cls
+    else:
+        raise ConfigError(f"unknown algorithm {name!r}; allowed values: PPO, APPO, IMPALA, DQN")
+    return cls
+
+
+def env_config(exp: ExperimentConfig) -> dict[str, Any]:
+    config = {"scenario": exp.scenario, **exp.env}
+    if exp.algorithm.name == "DQN":
+        config["single_item_slates"] = True
+    return config
+
+
+def module_specs(exp: ExperimentConfig) -> MultiRLModuleSpec:
+    from marl_rec.policies import MODULES
+
+    env = exp.env_config()
+    specs = {}
+    for role, section in exp.module_sections().items():
+        model_config = dict(section.model_config)
+        if section.type == "fixed":
+            model_config.setdefault("policy", "random" if role == "system" else "behaviour")
+            model_config.setdefault("seed", exp.seed)
+            if role == "creator":
+                model_config.setdefault("base_rate", env.creator.base_publish_rate)
+                model_config.setdefault("demand_drift", env.creator.demand_drift)
+                model_config.setdefault("effort_levels", env.creator.effort_levels)
+        specs[role] = RLModuleSpec(module_class=MODULES[section.type], model_config=model_config)
+    return MultiRLModuleSpec(rl_module_specs=specs)
+
+
+def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
+    register_env(ENV_NAME, lambda cfg: EcosystemRLlibEnv(cfg))
+    cls = algorithm_config_class(exp.algorithm.name)
+    config = cls()
+    res = exp.resources
+    trained = exp.trained_roles()
+    modules = module_specs(exp)
+    config = (
+        config.environment(ENV_NAME, env_config=env_config(exp))
+        .env_runners(num_env_runners=res.num_env_runners, num_envs_per_env_runner=res.num_envs_per_env_runner)
+        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        .multi_agent(policies=set(modules.rl_module_specs), policy_mapping_fn=role_of, policies_to_train=trained)
+        .rl_module(rl_module_spec=modules)
+        .callbacks(RecommenderMetricsCallback)
+        .debugging(seed=exp.seed)
+    )
+    if exp.algorithm.name == "DQN":
+        # RLlib 2.60: multi-agent DQN needs the multi-agent episode buffer and short fragments.
+        config = config.training(replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000})
+        config = config.env_runners(rollout_fragment_length=50)
+    training = dict(exp.algorithm.training)
+    unknown = sorted(k for k in training if not hasattr(config, k))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], [k for k in vars(config) if not k.startswith("_")], n=5)
+        raise ConfigError(
+            f"{exp.source}: unknown key 'algorithm.training.{unknown[0]}' for {exp.algorithm.name}"
+            + (f"; did you mean: {', '.join(close)}" if close else "")
+            + f" (allowed: the keyword arguments of {cls.__name__}.training)"
+        )
+    if training:
+        config = config.training(**training)
+    ev = exp.evaluation
+    if ev.interval:
+        config = config.evaluation(
+            evaluation_interval=ev.interval,
+            evaluation_duration=ev.duration,
+            evaluation_duration_unit="episodes",
+            evaluation_num_env_runners=ev.num_env_runners,
+            evaluation_config={"explore": False},
+        )
+    return config

@@ -26,9 +26,43 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def cmd_train(args) -> int:
+    from marl_rec.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, parse_sets(args.set))  # validated before Ray starts
+    from marl_rec.evaluate import summarise
+    from marl_rec.rllib.evaluation import comparison, latest_checkpoint, load_modules
+    from marl_rec.rllib.train import run_dir, train
+
+    print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
+          f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
+          f"results in {run_dir(exp)}", flush=True)
+    result = train(exp, address=args.address, resume=args.resume)
+    checkpoint = latest_checkpoint(result.checkpoint.path)
+    print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
+    table = summarise(comparison(exp, load_modules(checkpoint)))
+    header = (f"{exp.name}: final evaluation, {exp.evaluation.episodes} episodes on held-out seeds "
+              f"{exp.evaluation.seed}..{exp.evaluation.seed + exp.evaluation.episodes - 1} (mean ± standard error)")
+    print(header)
+    print(table)
+    (run_dir(exp) / "evaluation.md").write_text(header + "\n\n" + table + "\n")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
+    if args.checkpoint:
+        from marl_rec.rllib.evaluation import comparison, find_experiment, latest_checkpoint, load_modules
+
+        checkpoint = latest_checkpoint(args.checkpoint)
+        exp = find_experiment(checkpoint)
+        seed = exp.evaluation.seed if args.seed is None else args.seed
+        print(f"{exp.name} checkpoint {checkpoint}: {args.episodes} episodes on seeds {seed}..{seed + args.episodes - 1}"
+              " (mean ± standard error)")
+        print(summarise(comparison(exp, load_modules(checkpoint), args.episodes, seed)))
+        return 0
+    args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)
     results = {}
     for policy in args.policy:
@@ -57,9 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="behaviour names (random, popularity, myopic, oracle_myopic, long_term, ...)")
     ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
     ev.add_argument("--episodes", type=int, default=20)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
+    ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its baselines")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (dotted keys)")
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train an experiment with RLlib (local Ray on loopback unless --address)")
+    tr.add_argument("experiment", help="experiments/<name>.yaml")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+    tr.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in results/<name> after a crash")
+    tr.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="throughput benchmarks")
     bench.add_argument("target", choices=["env"])

@@ -1,0 +1,99 @@
+"""Train an experiment with Ray Tune + RLlib: live progress, checkpoints, final evaluation."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from marl_rec.experiment import ExperimentConfig
+
+
+def init_ray(address: str | None = None, num_cpus: int = 0) -> None:
+    """Local Ray on loopback only with no dashboard, or join the cluster at ``address``."""
+    # Ray binds its listeners to the machine's address unless this is off (ray/_private/services.py);
+    # it must be set before ray is imported anywhere in the process.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False)
+    else:
+        ray.init(num_cpus=num_cpus or None, include_dashboard=False, dashboard_host="127.0.0.1")
+
+
+def _progress_callback(exp: ExperimentConfig):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per iteration: iteration, env steps, team return, key metrics, ETA."""
+
+        def __init__(self):
+            self.start = time.time()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            runners = result.get("env_runners", {})
+            it = result.get("training_iteration", 0)
+            elapsed = time.time() - self.start
+            eta = ""
+            if exp.stop.training_iteration:
+                eta = f"  eta {elapsed / max(it, 1) * (exp.stop.training_iteration - it):6.0f}s"
+            if exp.stop.time_total_s:
+                eta = f"  eta<= {max(exp.stop.time_total_s - result.get('time_total_s', 0), 0):6.0f}s"
+
+            def fmt(key, spec=".2f"):
+                value = runners.get(key)
+                return "-" if value is None else format(value, spec)
+
+            print(
+                f"[{exp.name}] iter {it:4d}  env steps {result.get('num_env_steps_sampled_lifetime', 0):9,d}  "
+                f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
+                f"ctr {fmt('ctr', '.3f')}  users kept {fmt('user_retention', '.2f')}  "
+                f"creators kept {fmt('creator_retention', '.2f')}  {elapsed:6.0f}s{eta}",
+                flush=True,
+            )
+
+    return Progress()
+
+
+def run_dir(exp: ExperimentConfig) -> Path:
+    return Path(exp.results_dir).resolve() / exp.name
+
+
+def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False):
+    """Run ``exp`` as a one-trial Tune experiment under results_dir/name; returns the Tune Result."""
+    init_ray(address, exp.resources.num_cpus)
+    from ray import tune
+
+    from marl_rec.rllib.builder import build_algorithm_config
+
+    import yaml
+
+    config = build_algorithm_config(exp)
+    path = run_dir(exp)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=exp.algorithm.name, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            exp.algorithm.name,
+            param_space=config,
+            run_config=tune.RunConfig(
+                name=exp.name,
+                storage_path=str(path.parent),
+                stop=exp.stop.as_tune_stop(),
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=exp.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
+                ),
+                callbacks=[_progress_callback(exp)],
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    result = results[0]
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    return result

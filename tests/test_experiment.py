@@ -1,0 +1,59 @@
+"""Experiment files: every shipped YAML validates; bad keys and values name file, key, allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from marl_rec.envs.config import ConfigError
+from marl_rec.experiment import load_experiment
+
+EXPERIMENTS = sorted(Path(__file__).resolve().parent.parent.joinpath("experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_shipped_experiments_validate(path):
+    exp = load_experiment(path)
+    assert exp.name == path.stem and exp.trained_roles()
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("algorithm: {name: SAC}", r"exp.yaml: 'algorithm.name' is 'SAC'; allowed values: one of 'PPO', 'APPO', 'IMPALA', 'DQN'"),
+        ("resources: {num_gpus: 1}", r"exp.yaml: unknown key 'resources.num_gpus'; allowed keys: resources.num_env_runners"),
+        ("stop: {training_iteration: -1}", r"'stop.training_iteration' is -1; allowed values: a number >= 0"),
+        ("env: {num_users: 0}", r"exp.yaml: env: 'num_users' is 0; allowed values: a number >= 1"),
+        ("env: {roles: [system]}\nmodules: {creator: {type: mlp}}", r"'modules.creator' is not an external role"),
+        ("modules: {system: {type: lstm}}", r"'modules.system.type' is 'lstm'; allowed values: one of 'transformer'"),
+        ("modules: {system: {type: fixed}}", r"nothing to train"),
+        ("train_roles: [user]", r"'train_roles' names 'user', not an external role"),
+        ("evaluation: {baselines: [oracle]}", r"'evaluation.baselines': unknown behaviour model 'oracle'"),
+        ("scenario: nowhere", r"'scenario' is 'nowhere'; allowed values: one of 'creator_economy'"),
+        ("- a list", r"exp.yaml: an experiment file must be a mapping"),
+        ("seed: [1, 2]", r"'seed' must be an integer"),
+    ],
+)
+def test_bad_experiment_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(write(tmp_path, text))
+
+
+def test_set_overrides_use_dotted_keys(tmp_path):
+    exp = load_experiment(write(tmp_path, "algorithm: {name: PPO}"), {"algorithm.training.lr": 0.01, "env.num_users": 3})
+    assert exp.algorithm.training == {"lr": 0.01} and exp.env == {"num_users": 3}
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    with pytest.raises(Exception, match="could not determine a constructor"):
+        load_experiment(write(tmp_path, "name: !!python/object/apply:os.system ['echo hacked']"))

@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.registry import ROLES
-from marl_rec.envs.spaces import Slate
+from marl_rec.envs.spaces import PlatformSlates, Slate
 
 
 # Finite bounds on feature boxes (PettingZoo's api_test flags infinite ones); every feature is
@@ -35,12 +35,15 @@ class Role:
         phase: the phase the role acts in. A new phase name creates a phase, placed before
             ``phase_before`` (or at the end of the round when that is None).
         default_behaviour: behaviour model (``BEHAVIOURS``) used when the role is simulated.
+        replaces: a built-in role that this role takes the place of (e.g. ``platform`` for
+            ``system``): when this role is external, that one is left out.
     """
 
     name: str = ""
     phase: str = ""
     phase_before: str | None = None
     default_behaviour: str | None = None
+    replaces: str | None = None  # a built-in role this one stands in for when external
 
     def __init__(self, config: EcosystemConfig):
         self.config = config
@@ -211,6 +214,83 @@ class SystemRole(Role):
                 f"invalid action for {agent}: slate {array.tolist()} includes masked-out candidates "
                 f"{array[~mask[array]].tolist()} (see observation['action_mask'])"
             )
+        return array
+
+
+@ROLES.register("platform")
+class PlatformRole(SystemRole):
+    """The system role as ONE agent per environment that serves every user at once.
+
+    RLlib's per-agent bookkeeping, not the simulator, bounds sampling speed; one platform agent
+    instead of U system agents cuts it U-fold while the policy still scores each user's
+    candidates (a factorised per-user slate). Observation: the system observation of every user
+    stacked on a leading (U,) axis, plus user_mask (U,) 1 for users still on the platform.
+    Action: PlatformSlates(U, M, K); rows of users who left are ignored.
+    """
+
+    name = "platform"
+    replaces = "system"
+    default_behaviour = "random"
+
+    def num_agents(self):
+        return 1
+
+    def make_observation_space(self):
+        c = self.config
+        per_user = super().make_observation_space()
+        stacked = {
+            key: spaces.Box(np.min(box.low), np.max(box.high), (c.num_users, *box.shape), np.float32)
+            for key, box in per_user.spaces.items()
+        }
+        stacked["user_mask"] = spaces.Box(0.0, 1.0, (c.num_users,), np.float32)
+        return spaces.Dict(stacked)
+
+    def make_action_space(self):
+        c = self.config
+        return PlatformSlates(c.num_users, c.num_candidates, c.slate_size)
+
+    def observe(self, sim, idx):
+        per_user = super().observe(sim, np.arange(self.config.num_users))
+        per_user["user_mask"] = sim.state.users.active.astype(np.float32)
+        return {key: np.repeat(value[None], len(idx), axis=0) for key, value in per_user.items()}
+
+    def noop_actions(self, sim):
+        return np.tile(np.arange(self.config.slate_size), (1, self.config.num_users, 1))
+
+    def apply(self, sim, actions):
+        sim.set_slates(actions[0])
+
+    def active(self, sim):
+        return np.array([sim.state.users.active.any()])
+
+    def individual_reward(self, sim):
+        rnd = sim.state.round
+        return np.array([rnd.watch_time.sum() / max(int(rnd.users_active_at_start.sum()), 1)])
+
+    def in_range(self, action):
+        return spaces.MultiDiscrete.contains(self.action_space, action)
+
+    def batch_valid(self, sim, idx, batch):
+        return all(self._problem(sim, slates) is None for slates in batch)
+
+    def _problem(self, sim, slates: np.ndarray) -> str | None:
+        active = sim.state.users.active
+        if not ((slates >= 0) & (slates < self.config.num_candidates)).all():
+            return "an index outside the candidates"
+        ordered = np.sort(slates[active], axis=1)
+        repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+        if len(repeated):
+            return f"a slate that repeats a candidate (user {np.flatnonzero(active)[repeated[0]]})"
+        allowed = sim.state.round.candidate_mask[np.flatnonzero(active)[:, None], slates[active]]
+        if not allowed.all():
+            return f"masked-out candidates (user {np.flatnonzero(active)[np.flatnonzero(~allowed.all(axis=1))[0]]})"
+        return None
+
+    def check_action(self, sim, index, action, agent):
+        array = Role.check_action(self, sim, index, action, agent)
+        problem = self._problem(sim, array)
+        if problem:
+            raise InvalidActionError(f"invalid action for {agent}: {problem}; expected {self.action_space}")
         return array
 
 

@@ -46,7 +46,11 @@ class RoundRunner:
         if "creator" in config.roles and config.num_creators == 0:
             raise ConfigError("'roles' includes 'creator' but num_creators is 0")
         names = list(BUILTIN_ROLES) + [r for r in list(config.roles) + list(config.behaviours) if r not in BUILTIN_ROLES]
-        self.roles: dict[str, Role] = {name: ROLES.get(name)(config) for name in dict.fromkeys(names)}
+        replaced = {ROLES.get(name).replaces for name in config.roles} - {None}
+        if replaced & set(config.roles):
+            raise ConfigError(f"'roles' lists both {sorted(replaced & set(config.roles))} and a role that replaces it")
+        names = [n for n in dict.fromkeys(names) if n not in replaced]
+        self.roles: dict[str, Role] = {name: ROLES.get(name)(config) for name in names}
         self.external = [name for name in self.roles if name in config.roles]
         self.behaviours = {}
         for name, role in self.roles.items():

@@ -45,3 +45,40 @@ class Slate(spaces.MultiDiscrete):
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, Slate) and super().__eq__(other)
+
+
+class PlatformSlates(spaces.MultiDiscrete):
+    """One slate per user, ``MultiDiscrete`` of shape (U, K) with distinct entries in each row.
+
+    ``sample(mask)`` takes a (U, M) mask and draws every row like ``Slate.sample``.
+    """
+
+    def __init__(self, num_users: int, num_candidates: int, slate_size: int, seed=None):
+        if slate_size > num_candidates:
+            raise ValueError(f"slate_size {slate_size} > num_candidates {num_candidates}")
+        super().__init__(np.full((num_users, slate_size), num_candidates), dtype=np.int64, seed=seed)
+        self.num_users = num_users
+        self.num_candidates = num_candidates
+        self.slate_size = slate_size
+
+    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
+        if mask is None:
+            mask = np.ones((self.num_users, self.num_candidates))
+        mask = np.asarray(mask)
+        if mask.shape != (self.num_users, self.num_candidates):
+            raise ValueError(f"PlatformSlates.sample expects a mask of shape {(self.num_users, self.num_candidates)}")
+        keys = self.np_random.random(mask.shape) + (mask <= 0) * 2.0
+        return np.argpartition(keys, self.slate_size - 1, axis=1)[:, : self.slate_size].astype(self.dtype)
+
+    def contains(self, x: Any) -> bool:
+        if not super().contains(x):
+            return False
+        ordered = np.sort(np.asarray(x), axis=1)
+        return not (ordered[:, 1:] == ordered[:, :-1]).any()
+
+    def __repr__(self) -> str:
+        return (f"PlatformSlates(num_users={self.num_users}, num_candidates={self.num_candidates}, "
+                f"slate_size={self.slate_size})")
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, PlatformSlates) and super().__eq__(other)

@@ -14,13 +14,15 @@ DESIGNED_ADVISORIES = (
     "Agents have different observation space sizes",
     "The class of observation spaces is different between two agents",
 )
+# The platform role (one agent serving every user) has one action mask per user: (U, M).
+PLATFORM_ADVISORIES = ("Action mask has more than 1 dimension",)
 
 
 @contextlib.contextmanager
-def strict_warnings():
+def strict_warnings(extra: tuple[str, ...] = ()):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for message in DESIGNED_ADVISORIES:
+        for message in DESIGNED_ADVISORIES + tuple(extra):
             warnings.filterwarnings("ignore", message=message)
         yield
 

@@ -101,4 +101,8 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
             evaluation_num_env_runners=ev.num_env_runners,
             evaluation_config={"explore": False},
         )
+    try:
+        config.validate()
+    except ValueError as err:  # RLlib's own consistency checks, reported against the file
+        raise ConfigError(f"{exp.source}: {err}".split("\nTo suppress")[0]) from None
     return config

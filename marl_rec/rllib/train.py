@@ -47,8 +47,9 @@ def _progress_callback(exp: ExperimentConfig):
                 value = runners.get(key)
                 return "-" if value is None else format(value, spec)
 
+            steps = result.get("num_env_steps_sampled_lifetime") or runners.get("num_env_steps_sampled_lifetime", 0)
             print(
-                f"[{exp.name}] iter {it:4d}  env steps {result.get('num_env_steps_sampled_lifetime', 0):9,d}  "
+                f"[{exp.name}] iter {it:4d}  env steps {int(steps):9,d}  "
                 f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
                 f"ctr {fmt('ctr', '.3f')}  users kept {fmt('user_retention', '.2f')}  "
                 f"creators kept {fmt('creator_retention', '.2f')}  {elapsed:6.0f}s{eta}",

@@ -1,0 +1,61 @@
+"""Small pieces shared by the torch RLModules: masking constant, MLP builder, space checks,
+mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterable, Mapping
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+# Masked logits get this finite value, not -inf or RLlib's FLOAT_MIN (-3.4e38): softmax gives them
+# probability 0, 0 * NEG stays 0 in entropies, and adding to it cannot overflow to -inf.
+NEG = -1e9
+
+
+def mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``logits`` in float32 with entries where ``mask`` (0/1 floats) is 0 set to ``NEG``."""
+    return logits.float().masked_fill(mask < 0.5, NEG)
+
+
+def mlp(in_dim: int, hidden_dims: Iterable[int], out_dim: int | None = None) -> nn.Sequential:
+    """Linear + ReLU per hidden size, then an optional linear output layer."""
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
+    if not layers:
+        raise ValueError("mlp() needs at least one hidden size or an output size")
+    return nn.Sequential(*layers)
+
+
+def dict_boxes(space: spaces.Space, keys: Iterable[str], expected: str, owner: str) -> Mapping[str, spaces.Box]:
+    """The Box sub-spaces ``keys`` of a Dict ``space``; a ValueError naming ``expected`` otherwise."""
+    keys = list(keys)
+    ok = isinstance(space, spaces.Dict) and all(isinstance(space.spaces.get(k), spaces.Box) for k in keys)
+    if not ok:
+        raise ValueError(f"{owner} expects the observation space {expected}; got {space}")
+    return {k: space[k] for k in keys}
+
+
+def options(model_config) -> dict:
+    """An RLModule's ``model_config`` as a dict: RLlib passes a dict, or None when built without one."""
+    if model_config is None:
+        return {}
+    if isinstance(model_config, Mapping):
+        return dict(model_config)
+    return dataclasses.asdict(model_config)  # RLlib's DefaultModelConfig
+
+
+def autocast(module: nn.Module, enabled: bool):
+    """bf16 autocast while ``module``'s parameters live on CUDA and ``enabled``; a no-op otherwise,
+    so CPU and GPU run the same code."""
+    device = next(module.parameters()).device
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,94 @@
+"""The creator role's policy: which topic to publish on (or nothing) and with what effort."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI, ValueFunctionAPI
+from ray.rllib.core.rl_module.apis.target_network_api import TARGET_NETWORK_ACTION_DIST_INPUTS
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+from marl_rec.policies.common import dict_boxes, mlp, options
+
+CREATOR_OBSERVATION = "Dict(own: Box(6+T), topic_demand: Box(T)) of the creator role"
+CREATOR_ACTION = "MultiDiscrete([T+1, E]) (topic or T = publish nothing, effort level)"
+
+
+class CreatorMLPModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
+    """Creator-role RLModule: an MLP over concat(own, topic_demand) gives T+1 topic logits and E
+    effort logits (RLlib's ``TorchMultiCategorical``, one categorical per action component) and a
+    value.
+
+    model_config:
+        hidden_dims (list[int], [64, 64]): widths of the shared MLP.
+
+    ``RLModuleSpec(module_class=CreatorMLPModule, model_config={"hidden_dims": [64, 64]})``
+    """
+
+    @override(RLModule)
+    def setup(self):
+        self.model_config = options(self.model_config)
+        owner = type(self).__name__
+        boxes = dict_boxes(self.observation_space, ("own", "topic_demand"), CREATOR_OBSERVATION, owner)
+        own, demand = boxes["own"].shape, boxes["topic_demand"].shape
+        if len(demand) != 1 or own != (6 + demand[0],):
+            raise ValueError(f"{owner} expects the observation space {CREATOR_OBSERVATION}; got {self.observation_space}")
+        num_topics = demand[0]
+        action = self.action_space
+        if not (isinstance(action, spaces.MultiDiscrete) and action.shape == (2,) and action.nvec[0] == num_topics + 1):
+            raise ValueError(f"{owner} expects the action space {CREATOR_ACTION} with T = {num_topics}; got {action}")
+        self.logit_sizes = [int(n) for n in action.nvec]
+
+        hidden_dims = [int(width) for width in self.model_config.get("hidden_dims", [64, 64])]
+        if not hidden_dims:
+            raise ValueError(f"{owner}: model_config['hidden_dims'] needs at least one width")
+        self.encoder = mlp(own[0] + num_topics, hidden_dims)
+        self.heads = nn.ModuleDict(
+            {"policy": nn.Linear(hidden_dims[-1], sum(self.logit_sizes)), "value": nn.Linear(hidden_dims[-1], 1)}
+        )
+        self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=self.logit_sizes)
+
+    def _encode(self, obs: dict[str, torch.Tensor], target: bool = False) -> torch.Tensor:
+        encoder = self._target_encoder if target else self.encoder
+        return encoder(torch.cat([obs["own"], obs["topic_demand"]], dim=-1))
+
+    @override(RLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.heads["policy"](self._encode(batch[Columns.OBS]))}
+
+    @override(RLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        embeddings = self._encode(batch[Columns.OBS])
+        return {Columns.ACTION_DIST_INPUTS: self.heads["policy"](embeddings), Columns.EMBEDDINGS: embeddings}
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings = self._encode(batch[Columns.OBS])
+        return self.heads["value"](embeddings).squeeze(-1)
+
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        self._target_encoder = make_target_network(self.encoder)
+        self._target_heads = make_target_network(self.heads)
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self._target_encoder), (self.heads, self._target_heads)]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        embeddings = self._encode(batch[Columns.OBS], target=True)
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_heads["policy"](embeddings)}
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target_encoder", "_target_heads"]

@@ -1,0 +1,52 @@
+"""The system role's MLP policy, the transformer's baseline: each candidate scored on its own."""
+
+from __future__ import annotations
+
+import torch
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+from marl_rec.policies.common import mlp
+from marl_rec.policies.slate_module import SlateDims, SlateScorerModule
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, N, C) over the N axis where ``mask`` (B, N) is 1; zeros if none."""
+    mask = mask.unsqueeze(-1)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SlateMLPEncoder(nn.Module):
+    """One MLP applied to every candidate's [features, user features, mean of the masked-in
+    history]; the summary is the mean of the masked-in candidates' outputs."""
+
+    def __init__(self, dims: SlateDims, hidden_dims: list[int]):
+        super().__init__()
+        in_dim = dims.candidate_features + dims.user_features + dims.history_features
+        self.scorer = mlp(in_dim, hidden_dims)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        candidates = obs["candidates"]
+        context = torch.cat([obs["user"], masked_mean(obs["history"], obs["history_mask"])], dim=-1)
+        context = context.unsqueeze(1).expand(-1, candidates.shape[1], -1)
+        outputs = self.scorer(torch.cat([candidates, context], dim=-1))
+        return outputs, masked_mean(outputs, obs["action_mask"])
+
+
+class SlateMLPModule(SlateScorerModule):
+    """System-role RLModule: a per-candidate MLP scorer; same spaces, distribution and APIs as
+    ``SlateTransformerModule``.
+
+    model_config:
+        hidden_dims (list[int], [64, 64]): widths of the per-candidate MLP.
+        mixed_precision (bool, True): bf16 autocast when the parameters are on CUDA.
+
+    ``RLModuleSpec(module_class=SlateMLPModule, model_config={"hidden_dims": [64, 64]})``
+    """
+
+    @override(SlateScorerModule)
+    def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
+        hidden_dims = [int(width) for width in self.model_config.get("hidden_dims", [64, 64])]
+        if not hidden_dims:
+            raise ValueError("SlateMLPModule: model_config['hidden_dims'] needs at least one width")
+        return SlateMLPEncoder(dims, hidden_dims), hidden_dims[-1]

@@ -1,0 +1,151 @@
+"""Plackett-Luce distribution over slates: K distinct candidates drawn in order from masked logits.
+
+A slate (a_1, ..., a_K) has probability prod_k softmax(logits with a_<k removed)[a_k]: a
+softmax draw without replacement (Plackett 1975; Luce 1959). Masked-out candidates must
+already carry ``NEG`` logits (``common.mask_logits``), because RLlib rebuilds the distribution
+from the stored logits alone (``Distribution.from_logits``). At least K candidates per row must
+be masked in, else masked ones are drawn once the valid ones run out.
+
+``logp`` is exact. The entropy and the KL of a Plackett-Luce over M items need a sum over all
+M!/(M-K)! slates, so both are estimated along one slate: the chain rule gives
+H = E_slate[sum_k H(step k | a_<k)], and summing the per-step entropies (or per-step KLs)
+along a slate is that estimate with one sample. The slate is the last one passed to
+``logp`` (RLlib's PPO/APPO losses call ``logp(batch[ACTIONS])`` before ``entropy``/``kl``, so
+it is the slate taken, drawn from the behaviour policy), else a fresh sample.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import gymnasium as gym
+import torch
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
+from ray.rllib.utils.annotations import override
+
+from marl_rec.policies.common import NEG
+
+
+class TorchSlateDistribution(TorchDistribution):
+    """Plackett-Luce over ordered K-subsets of the M candidates.
+
+    Inputs: logits (B, M), masked. Samples: int64 (B, K), distinct per row, fit for
+    ``Slate(M, K)`` / ``MultiDiscrete([M] * K)``. Use a concrete class from
+    ``slate_distribution_cls(K)``.
+    """
+
+    slate_size: int = 0  # K, set by slate_distribution_cls
+
+    def __init__(self, logits: torch.Tensor, deterministic: bool = False):
+        if self.slate_size < 1:
+            raise TypeError("use slate_distribution_cls(slate_size) to get a distribution class with K set")
+        # TorchDistribution.__init__ would build one torch.distributions object; a slate has none.
+        super(TorchDistribution, self).__init__()
+        self.logits = logits
+        self.deterministic = deterministic
+        self._last_slate: torch.Tensor | None = None  # the path for entropy/kl estimates
+
+    @override(TorchDistribution)
+    def _get_torch_distribution(self, *args, **kwargs):
+        raise NotImplementedError("a Plackett-Luce slate has no single torch.distributions counterpart")
+
+    @classmethod
+    @override(TorchDistribution)
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> "TorchSlateDistribution":
+        return cls(logits=logits, **kwargs)
+
+    @staticmethod
+    @override(TorchDistribution)
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        if not (isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1 and len(set(space.nvec)) == 1):
+            raise ValueError(f"a slate distribution needs Slate(M, K) = MultiDiscrete([M] * K); got {space}")
+        return int(space.nvec[0])
+
+    @override(TorchDistribution)
+    def to_deterministic(self) -> "TorchSlateDistribution":
+        """Greedy: the K highest logits, best first."""
+        return type(self)(self.logits, deterministic=True)
+
+    @override(TorchDistribution)
+    def sample(self, *, sample_shape=()) -> torch.Tensor:
+        if tuple(sample_shape or ()) != ():
+            raise ValueError("TorchSlateDistribution.sample draws one slate per row; sample_shape is not supported")
+        with torch.no_grad():
+            taken = torch.zeros_like(self.logits, dtype=torch.bool)
+            picks = []
+            for _ in range(self.slate_size):
+                step_logits = self.logits.masked_fill(taken, NEG)
+                if self.deterministic:
+                    pick = step_logits.argmax(-1)
+                else:
+                    pick = torch.distributions.Categorical(logits=step_logits).sample()
+                picks.append(pick)
+                taken = taken.scatter(-1, pick.unsqueeze(-1), True)
+        return torch.stack(picks, dim=-1)
+
+    @override(TorchDistribution)
+    def rsample(self, *, sample_shape=()):
+        raise NotImplementedError("a slate is discrete; there is no reparameterised sample")
+
+    def step_log_probs(self, slate: torch.Tensor) -> list[torch.Tensor]:
+        """Log-softmax (B, M) of each of the K draws along ``slate`` (B, K): the candidates
+        drawn before step k are removed from step k."""
+        slate = slate.long()
+        taken = torch.zeros_like(self.logits, dtype=torch.bool)
+        log_probs = []
+        for k in range(self.slate_size):
+            log_probs.append(torch.log_softmax(self.logits.masked_fill(taken, NEG), dim=-1))
+            taken = taken.scatter(-1, slate[..., k : k + 1], True)
+        return log_probs
+
+    @override(TorchDistribution)
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Exact log-probability (B,) of the ordered slates ``value`` (B, K)."""
+        self._last_slate = value
+        slate = value.long()
+        step_logp = [lp.gather(-1, slate[..., k : k + 1]).squeeze(-1) for k, lp in enumerate(self.step_log_probs(slate))]
+        return torch.stack(step_logp, dim=-1).sum(-1)
+
+    def _estimation_slate(self, other: "TorchSlateDistribution | None" = None) -> torch.Tensor:
+        for slate in (self._last_slate, other._last_slate if other is not None else None):
+            if slate is not None:
+                return slate
+        return self.sample()
+
+    @override(TorchDistribution)
+    def entropy(self, **kwargs) -> torch.Tensor:
+        """One-slate chain-rule estimate (B,) of the entropy; see the module docstring."""
+        step_entropy = [-(lp.exp() * lp).sum(-1) for lp in self.step_log_probs(self._estimation_slate())]
+        return torch.stack(step_entropy, dim=-1).sum(-1)
+
+    @override(TorchDistribution)
+    def kl(self, other: "TorchSlateDistribution", **kwargs) -> torch.Tensor:
+        """One-slate chain-rule estimate (B,) of KL(self || other); see the module docstring."""
+        slate = self._estimation_slate(other)
+        step_kl = [
+            (lp.exp() * (lp - lq)).sum(-1)
+            for lp, lq in zip(self.step_log_probs(slate), other.step_log_probs(slate))
+        ]
+        return torch.stack(step_kl, dim=-1).sum(-1)
+
+
+_CLASS_NAME = re.compile(r"TorchSlateDistributionK(\d+)$")
+
+
+@functools.lru_cache(maxsize=None)
+def slate_distribution_cls(slate_size: int) -> type[TorchSlateDistribution]:
+    """The slate distribution class for slates of ``slate_size`` items (one class per K, as
+    RLlib asks an RLModule for a class, not an instance)."""
+    if slate_size < 1:
+        raise ValueError(f"slate_size must be >= 1, got {slate_size}")
+    name = f"TorchSlateDistributionK{slate_size}"
+    return type(name, (TorchSlateDistribution,), {"slate_size": slate_size, "__module__": __name__, "__qualname__": name})
+
+
+def __getattr__(name: str):
+    # Lets pickle find the classes made by slate_distribution_cls in a fresh process.
+    match = _CLASS_NAME.match(name)
+    if match:
+        return slate_distribution_cls(int(match.group(1)))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

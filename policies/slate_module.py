@@ -1,0 +1,227 @@
+"""Shared RLlib plumbing of the system-role modules: an encoder scores every candidate, heads
+turn the scores into slate logits, state values and (single-item slates) Q-values.
+
+Subclasses (``transformer.SlateTransformerModule``, ``mlp.SlateMLPModule``) only build the
+encoder: ``build_encoder(dims) -> (encoder, width)`` where ``encoder(obs)`` returns per-candidate
+outputs (B, M, width) and a summary of the whole observation (B, width).
+
+Algorithms: PPO/IMPALA (``ValueFunctionAPI``), APPO (plus ``TargetNetworkAPI``, whose
+``forward_target`` gives the old policy's logits), and DQN when the action space is
+``Discrete(M)``: RLlib 2.60's DQN learner gathers Q-values at ``batch[ACTIONS]``, so it only
+takes Discrete actions (``dqn_torch_learner.py``); a slate of one item is that case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, ValueFunctionAPI
+from ray.rllib.core.rl_module.apis.target_network_api import TARGET_NETWORK_ACTION_DIST_INPUTS
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.schedules.scheduler import Scheduler
+from torch import nn
+
+from marl_rec.policies.common import autocast, dict_boxes, mask_logits, options
+from marl_rec.policies.slate_distribution import slate_distribution_cls
+
+SYSTEM_OBSERVATION = (
+    "Dict(user: Box(d+4), history: Box(H, d+1), history_mask: Box(H), candidates: Box(M, F), "
+    "action_mask: Box(M)) of the system role"
+)
+SYSTEM_ACTION = "Slate(M, K) = MultiDiscrete([M] * K), or Discrete(M) for a single-item slate"
+
+
+@dataclass(frozen=True)
+class SlateDims:
+    """Sizes read from the system role's spaces."""
+
+    user_features: int  # d + 4
+    history_length: int  # H
+    history_features: int  # d + 1
+    num_candidates: int  # M
+    candidate_features: int  # F = d + 5 (d + 6 with oracle observations)
+    slate_size: int  # K (1 for Discrete(M))
+
+    @classmethod
+    def from_spaces(cls, observation_space: spaces.Space, action_space: spaces.Space, owner: str) -> "SlateDims":
+        keys = ("user", "history", "history_mask", "candidates", "action_mask")
+        boxes = dict_boxes(observation_space, keys, SYSTEM_OBSERVATION, owner)
+        shapes = {k: box.shape for k, box in boxes.items()}
+        ranks = {"user": 1, "history": 2, "history_mask": 1, "candidates": 2, "action_mask": 1}
+        if any(len(shapes[k]) != r for k, r in ranks.items()):
+            raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
+        (user,), (h, history_features), (m, f) = shapes["user"], shapes["history"], shapes["candidates"]
+        consistent = (
+            history_features == user - 3 and f >= user + 1 and shapes["history_mask"] == (h,) and shapes["action_mask"] == (m,)
+        )
+        if not consistent:
+            raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
+        if isinstance(action_space, spaces.Discrete) and action_space.n == m:
+            k = 1
+        elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1 and (action_space.nvec == m).all():
+            k = len(action_space.nvec)
+        else:
+            raise ValueError(f"{owner} expects the action space {SYSTEM_ACTION} with M = {m}; got {action_space}")
+        return cls(user, h, history_features, m, f, k)
+
+
+class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
+    """Base of the system-role modules; see the module docstring.
+
+    model_config (besides the subclass's keys):
+        mixed_precision (bool, True): bf16 autocast while the parameters are on CUDA.
+        epsilon, double_q, dueling, num_atoms: read only under DQN, which puts them into every
+            module's model_config (``DQNConfig._model_config_auto_includes``); their presence
+            ("epsilon") switches the module to acting epsilon-greedily on Q-values.
+    """
+
+    def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
+        raise NotImplementedError
+
+    @override(RLModule)
+    def setup(self):
+        self.model_config = options(self.model_config)
+        self.dims = SlateDims.from_spaces(self.observation_space, self.action_space, type(self).__name__)
+        self.mixed_precision = bool(self.model_config.get("mixed_precision", True))
+        self.single_item = isinstance(self.action_space, spaces.Discrete)
+
+        self.encoder, width = self.build_encoder(self.dims)
+        self.heads = nn.ModuleDict({"policy": nn.Linear(width, 1), "value": nn.Linear(width, 1)})
+        if self.single_item:
+            self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
+        self.action_dist_cls = TorchCategorical if self.single_item else slate_distribution_cls(self.dims.slate_size)
+
+        self.q_learning = "epsilon" in self.model_config
+        if self.q_learning:
+            if not self.single_item:
+                raise ValueError(
+                    f"{type(self).__name__}: DQN in RLlib 2.60 takes Discrete actions only; give the system "
+                    f"role a Discrete(M) action space (a single-item slate), not {self.action_space}"
+                )
+            if self.model_config.get("num_atoms", 1) > 1:
+                raise ValueError(f"{type(self).__name__}: distributional DQN (num_atoms > 1) is not supported")
+            self.double_q = bool(self.model_config.get("double_q", True))
+            self.dueling = bool(self.model_config.get("dueling", False))
+            self.epsilon_schedule = Scheduler(fixed_value_or_schedule=self.model_config["epsilon"], framework="torch")
+
+    # -- encoder and heads -------------------------------------------------------------------
+
+    def _encode(self, obs: dict, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        encoder = self._target_encoder if target else self.encoder
+        with autocast(self, self.mixed_precision):
+            return encoder(obs)
+
+    def _head(self, name: str, features: torch.Tensor, target: bool = False) -> torch.Tensor:
+        heads = self._target_heads if target else self.heads
+        with autocast(self, self.mixed_precision):
+            return heads[name](features).squeeze(-1).float()
+
+    def _policy_logits(self, obs: dict, candidates: torch.Tensor, target: bool = False) -> torch.Tensor:
+        return mask_logits(self._head("policy", candidates, target), obs["action_mask"])
+
+    def _q_values(self, obs: dict, candidates: torch.Tensor, summary: torch.Tensor, target: bool = False):
+        q = self._head("q", candidates, target)
+        if self.q_learning and self.dueling:
+            # Q = V + A - mean A over the valid candidates (Wang et al. 2016, dueling networks)
+            mask = obs["action_mask"]
+            mean_advantage = (q * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+            q = self._head("value", summary, target).unsqueeze(-1) + q - mean_advantage
+        return mask_logits(q, obs["action_mask"])
+
+    # -- forward passes ----------------------------------------------------------------------
+
+    @override(RLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        candidates, _ = self._encode(obs)
+        return {Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates)}
+
+    @override(RLModule)
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if not self.q_learning:
+            return self._forward(batch)
+        return {Columns.ACTIONS: self.compute_q_values(batch)[QF_PREDS].argmax(-1)}
+
+    @override(RLModule)
+    def _forward_exploration(self, batch: dict[str, Any], t: int | None = None, **kwargs) -> dict[str, Any]:
+        if not self.q_learning:
+            return self._forward(batch)
+        obs = batch[Columns.OBS]
+        greedy = self.compute_q_values(batch)[QF_PREDS].argmax(-1)
+        if t is not None:
+            self.epsilon_schedule.update(t)
+        epsilon = self.epsilon_schedule.get_current_value()
+        uniform_valid = mask_logits(torch.zeros_like(obs["action_mask"]), obs["action_mask"])
+        random_pick = torch.distributions.Categorical(logits=uniform_valid).sample()
+        explore = torch.rand(greedy.shape, device=greedy.device) < epsilon
+        return {Columns.ACTIONS: torch.where(explore, random_pick, greedy)}
+
+    @override(RLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if self.q_learning:
+            return self._forward_train_q(batch)
+        obs = batch[Columns.OBS]
+        candidates, summary = self._encode(obs)
+        # the summary goes to compute_values(embeddings=...) so PPO encodes each observation once
+        return {Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates), Columns.EMBEDDINGS: summary}
+
+    def _forward_train_q(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What DQNTorchLearner reads, as ``DefaultDQNTorchRLModule._forward_train`` gives it."""
+        obs, next_obs = batch[Columns.OBS], batch[Columns.NEXT_OBS]
+        out = {}
+        if self.double_q:
+            # one pass over current and next observations; the online net picks the next action
+            both = {key: torch.cat([obs[key], next_obs[key]], dim=0) for key in obs}
+            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(self.compute_q_values({Columns.OBS: both})[QF_PREDS], 2, dim=0)
+        else:
+            out[QF_PREDS] = self.compute_q_values(batch)[QF_PREDS]
+        out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: next_obs})[QF_PREDS]
+        return out
+
+    # -- API mixins --------------------------------------------------------------------------
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        if embeddings is None:
+            _, embeddings = self._encode(batch[Columns.OBS])
+        return self._head("value", embeddings)
+
+    @override(QNetAPI)
+    def compute_q_values(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if not self.single_item:
+            raise ValueError(f"{type(self).__name__} has Q-values only for a Discrete(M) action space, not {self.action_space}")
+        obs = batch[Columns.OBS]
+        candidates, summary = self._encode(obs)
+        return {QF_PREDS: self._q_values(obs, candidates, summary)}
+
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        self._target_encoder = make_target_network(self.encoder)
+        self._target_heads = make_target_network(self.heads)
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self._target_encoder), (self.heads, self._target_heads)]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Old policy logits (APPO) and, for Discrete(M), target Q-values (DQN)."""
+        obs = batch[Columns.OBS]
+        candidates, summary = self._encode(obs, target=True)
+        out = {TARGET_NETWORK_ACTION_DIST_INPUTS: self._policy_logits(obs, candidates, target=True)}
+        if self.single_item:
+            out[QF_PREDS] = self._q_values(obs, candidates, summary, target=True)
+        return out
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target_encoder", "_target_heads"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from marl_rec.envs.config import ConfigError
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "address", None):
+        # A Ray started here listens on loopback only; Ray reads this when it is first imported
+        # (ray/_private/services.py: otherwise it binds to the machine's address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         return args.func(args)
     except ConfigError as err:

@@ -11,9 +11,10 @@ from marl_rec.experiment import ExperimentConfig
 
 def init_ray(address: str | None = None, num_cpus: int = 0) -> None:
     """Local Ray on loopback only with no dashboard, or join the cluster at ``address``."""
-    # Ray binds its listeners to the machine's address unless this is off (ray/_private/services.py);
-    # it must be set before ray is imported anywhere in the process.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not address:
+        # Ray binds its listeners to the machine's address unless this is off
+        # (ray/_private/services.py). Ray reads it on first import: marl-rec's CLI sets it at start.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -65,14 +66,14 @@ def run_dir(exp: ExperimentConfig) -> Path:
 
 def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False):
     """Run ``exp`` as a one-trial Tune experiment under results_dir/name; returns the Tune Result."""
-    init_ray(address, exp.resources.num_cpus)
-    from ray import tune
+    import yaml
 
     from marl_rec.rllib.builder import build_algorithm_config
 
-    import yaml
+    config = build_algorithm_config(exp)  # every check before Ray starts
+    init_ray(address, exp.resources.num_cpus)
+    from ray import tune
 
-    config = build_algorithm_config(exp)
     path = run_dir(exp)
     path.mkdir(parents=True, exist_ok=True)
     (path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))

@@ -62,7 +62,9 @@ class FixedPolicyModule(RLModule):
         roles = [role for role, role_keys in ROLE_KEYS.items() if role_keys <= keys]
         if len(roles) != 1:
             expected = "; ".join(f"{role}: Dict({', '.join(sorted(k))})" for role, k in ROLE_KEYS.items())
-            raise ValueError(f"{owner} expects the observation space of one role ({expected}); got {self.observation_space}")
+            raise ValueError(
+                f"{owner} expects the observation space of one role ({expected}); got {self.observation_space}"
+            )
         self.role = roles[0]
         self.policy = self.model_config.get("policy")
         if self.policy not in POLICIES[self.role]:

@@ -61,13 +61,20 @@ class SlateDims:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
         (user,), (h, history_features), (m, f) = shapes["user"], shapes["history"], shapes["candidates"]
         consistent = (
-            history_features == user - 3 and f >= user + 1 and shapes["history_mask"] == (h,) and shapes["action_mask"] == (m,)
+            history_features == user - 3  # d + 1 against d + 4
+            and f >= user + 1  # d + 5 or more
+            and shapes["history_mask"] == (h,)
+            and shapes["action_mask"] == (m,)
         )
         if not consistent:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
         if isinstance(action_space, spaces.Discrete) and action_space.n == m:
             k = 1
-        elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1 and (action_space.nvec == m).all():
+        elif (
+            isinstance(action_space, spaces.MultiDiscrete)
+            and action_space.nvec.ndim == 1
+            and (action_space.nvec == m).all()
+        ):
             k = len(action_space.nvec)
         else:
             raise ValueError(f"{owner} expects the action space {SYSTEM_ACTION} with M = {m}; got {action_space}")
@@ -181,7 +188,8 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
         if self.double_q:
             # one pass over current and next observations; the online net picks the next action
             both = {key: torch.cat([obs[key], next_obs[key]], dim=0) for key in obs}
-            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(self.compute_q_values({Columns.OBS: both})[QF_PREDS], 2, dim=0)
+            q_both = self.compute_q_values({Columns.OBS: both})[QF_PREDS]
+            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(q_both, 2, dim=0)
         else:
             out[QF_PREDS] = self.compute_q_values(batch)[QF_PREDS]
         out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: next_obs})[QF_PREDS]
@@ -198,7 +206,9 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
     @override(QNetAPI)
     def compute_q_values(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not self.single_item:
-            raise ValueError(f"{type(self).__name__} has Q-values only for a Discrete(M) action space, not {self.action_space}")
+            raise ValueError(
+                f"{type(self).__name__} has Q-values only for a Discrete(M) action space, not {self.action_space}"
+            )
         obs = batch[Columns.OBS]
         candidates, summary = self._encode(obs)
         return {QF_PREDS: self._q_values(obs, candidates, summary)}

@@ -55,19 +55,19 @@ def build(module_class, env, role, model_config=None, action_space=None):
 
 
 def role_batch(env, role, batch_size=64, seed=0):
-    """A batch of ``role`` observations: the reset's rows, tiled, with random masks for the
-    system role (each row keeps at least K candidates)."""
+    """A seeded batch of ``role`` observations: standard-normal features, random masks (each
+    system row keeps at least K candidates), probability vectors where the space has them."""
     rng = np.random.default_rng(seed)
     space = env.observation_spaces[f"{role}_0"]
-    obs = {key: np.stack([sub.sample() for _ in range(batch_size)]) for key, sub in space.spaces.items()}
+    obs = {key: rng.normal(size=(batch_size, *sub.shape)).astype(np.float32) for key, sub in space.spaces.items()}
     if role == "system":
         m, k = space["action_mask"].shape[0], len(env.action_spaces["system_0"].nvec)
         keep = rng.integers(k, m + 1, batch_size)
         obs["action_mask"] = (rng.random((batch_size, m)).argsort(1) < keep[:, None]).astype(np.float32)
         obs["history_mask"] = (rng.random(obs["history_mask"].shape) < 0.5).astype(np.float32)
-        obs["candidates"] = rng.normal(size=obs["candidates"].shape).astype(np.float32)
-    if role == "creator":
-        obs["own"] = rng.normal(size=obs["own"].shape).astype(np.float32)
+    for key in ("behaviour_probs", "topic_demand"):
+        if key in obs:
+            obs[key] = rng.dirichlet(np.ones(obs[key].shape[1]), batch_size).astype(np.float32)
     return {Columns.OBS: {key: torch.as_tensor(value) for key, value in obs.items()}}
 
 
@@ -175,6 +175,35 @@ def test_system_output_shapes_and_greedy_mode(env, name):
     assert torch.equal(greedy, logits.argsort(-1, descending=True)[:, :3])
     module.make_target_networks()
     assert module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS].shape == (5, 20)
+
+
+@pytest.mark.parametrize("name", SYSTEM_MODULES)
+def test_mixed_precision_changes_nothing_on_cpu(env, name):
+    batch = role_batch(env, "system", batch_size=5)
+    logits = {}
+    for mixed_precision in (True, False):
+        torch.manual_seed(0)
+        module = build(SYSTEM_MODULES[name], env, "system", {"mixed_precision": mixed_precision})
+        logits[mixed_precision] = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+    assert torch.equal(logits[True], logits[False])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transformer_runs_in_bf16_on_cuda(env):
+    module = build(SlateTransformerModule, env, "system").to("cuda")
+    batch = {Columns.OBS: {k: v.cuda() for k, v in role_batch(env, "system", batch_size=16)[Columns.OBS].items()}}
+    head_dtypes = []
+    module.heads["policy"].register_forward_hook(lambda mod, inputs, output: head_dtypes.append(output.dtype))
+    out = module.forward_train(batch)
+    logits = out[Columns.ACTION_DIST_INPUTS]
+    assert head_dtypes == [torch.bfloat16] and logits.dtype == torch.float32
+    dist = module.get_train_action_dist_cls().from_logits(logits)
+    slates = dist.sample()
+    assert batch[Columns.OBS]["action_mask"].gather(1, slates).all()
+    loss = -dist.logp(slates).mean() + module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS]).pow(2).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
 
 
 def test_creator_module_shapes_and_legal_actions(env):

@@ -105,7 +105,7 @@ class ExperimentConfig(_Section):
         unknown = sorted(set(self.modules) - set(roles))
         if unknown:
             raise ConfigError(f"{self.source}: 'modules.{unknown[0]}' is not an external role; roles: {roles}")
-        defaults = {"system": {"type": "transformer"}, "creator": {"type": "creator_mlp"},
+        defaults = {"system": {"type": "transformer"}, "platform": {"type": "transformer"}, "creator": {"type": "creator_mlp"},
                     "user": {"type": "fixed", "model_config": {"policy": "behaviour"}}}
         out = {}
         for role in roles:

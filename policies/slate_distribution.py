@@ -20,6 +20,7 @@ import functools
 import re
 
 import gymnasium as gym
+import numpy as np
 import torch
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDistribution
 from ray.rllib.utils.annotations import override
@@ -130,7 +131,75 @@ class TorchSlateDistribution(TorchDistribution):
         return torch.stack(step_kl, dim=-1).sum(-1)
 
 
-_CLASS_NAME = re.compile(r"TorchSlateDistributionK(\d+)$")
+class TorchPlatformSlateDistribution(TorchDistribution):
+    """Independent Plackett-Luce slates for the U users of a platform agent: logits (B, U, M),
+    samples (B, U, K); log-probabilities, entropies and KLs add up over users. Rows of users
+    who left carry constant logits (see ``SlateScorerModule``), so they add a constant."""
+
+    slate_size: int = 0
+
+    def __init__(self, logits: torch.Tensor, deterministic: bool = False):
+        if self.slate_size < 1:
+            raise TypeError("use platform_slate_distribution_cls(slate_size)")
+        super(TorchDistribution, self).__init__()
+        self.logits = logits
+        self.users = logits.shape[:-1]  # (B, U)
+        self.inner = slate_distribution_cls(self.slate_size)(logits.reshape(-1, logits.shape[-1]), deterministic)
+
+    @override(TorchDistribution)
+    def _get_torch_distribution(self, *args, **kwargs):
+        raise NotImplementedError("a platform slate has no single torch.distributions counterpart")
+
+    @classmethod
+    @override(TorchDistribution)
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> "TorchPlatformSlateDistribution":
+        return cls(logits=logits, **kwargs)
+
+    @staticmethod
+    @override(TorchDistribution)
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        return int(np.prod(space.nvec.shape[:-1])) * int(space.nvec.flat[0])
+
+    @override(TorchDistribution)
+    def to_deterministic(self) -> "TorchPlatformSlateDistribution":
+        return type(self)(self.logits, deterministic=True)
+
+    def _per_user(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.reshape(self.users).sum(-1)
+
+    def _flat_slates(self, value: torch.Tensor) -> torch.Tensor:
+        return value.reshape(-1, self.slate_size)
+
+    @override(TorchDistribution)
+    def sample(self, *, sample_shape=()) -> torch.Tensor:
+        return self.inner.sample(sample_shape=sample_shape).reshape(*self.users, self.slate_size)
+
+    @override(TorchDistribution)
+    def rsample(self, *, sample_shape=()):
+        raise NotImplementedError("a slate is discrete; there is no reparameterised sample")
+
+    @override(TorchDistribution)
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._per_user(self.inner.logp(self._flat_slates(value)))
+
+    @override(TorchDistribution)
+    def entropy(self, **kwargs) -> torch.Tensor:
+        return self._per_user(self.inner.entropy())
+
+    @override(TorchDistribution)
+    def kl(self, other: "TorchPlatformSlateDistribution", **kwargs) -> torch.Tensor:
+        return self._per_user(self.inner.kl(other.inner))
+
+
+@functools.lru_cache(maxsize=None)
+def platform_slate_distribution_cls(slate_size: int) -> type[TorchPlatformSlateDistribution]:
+    """The per-user-factorised slate distribution class of a platform agent."""
+    name = f"TorchPlatformSlateDistributionK{slate_size}"
+    attributes = {"slate_size": slate_size, "__module__": __name__, "__qualname__": name}
+    return type(name, (TorchPlatformSlateDistribution,), attributes)
+
+
+_CLASS_NAME = re.compile(r"Torch(Platform)?SlateDistributionK(\d+)$")
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,5 +216,6 @@ def __getattr__(name: str):
     # Lets pickle find the classes made by slate_distribution_cls in a fresh process.
     match = _CLASS_NAME.match(name)
     if match:
-        return slate_distribution_cls(int(match.group(1)))
+        make = platform_slate_distribution_cls if match.group(1) else slate_distribution_cls
+        return make(int(match.group(2)))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

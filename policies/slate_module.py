@@ -31,7 +31,7 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
 from marl_rec.policies.common import autocast, dict_boxes, mask_logits, options
-from marl_rec.policies.slate_distribution import slate_distribution_cls
+from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
 SYSTEM_OBSERVATION = (
     "Dict(user: Box(d+4), history: Box(H, d+1), history_mask: Box(H), candidates: Box(M, F), "
@@ -42,7 +42,7 @@ SYSTEM_ACTION = "Slate(M, K) = MultiDiscrete([M] * K), or Discrete(M) for a sing
 
 @dataclass(frozen=True)
 class SlateDims:
-    """Sizes read from the system role's spaces."""
+    """Sizes read from the system (or platform) role's spaces."""
 
     user_features: int  # d + 4
     history_length: int  # H
@@ -50,9 +50,22 @@ class SlateDims:
     num_candidates: int  # M
     candidate_features: int  # F = d + 5 (d + 6 with oracle observations)
     slate_size: int  # K (1 for Discrete(M))
+    num_users: int = 0  # U for the platform form (one agent serving U users), 0 per-user
 
     @classmethod
     def from_spaces(cls, observation_space: spaces.Space, action_space: spaces.Space, owner: str) -> "SlateDims":
+        platform = isinstance(observation_space, spaces.Dict) and "user_mask" in observation_space.spaces
+        if platform:
+            # the platform form stacks every user's observation on a leading (U,) axis
+            num_users = observation_space["user_mask"].shape[0]
+            observation_space = spaces.Dict({
+                k: spaces.Box(box.low[0], box.high[0], box.shape[1:], box.dtype)
+                for k, box in observation_space.spaces.items() if k != "user_mask"
+            })
+            if not (isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 2
+                    and action_space.nvec.shape[0] == num_users):
+                raise ValueError(f"{owner} expects PlatformSlates(U, M, K) for a platform agent; got {action_space}")
+            action_space = spaces.MultiDiscrete(action_space.nvec[0])
         keys = ("user", "history", "history_mask", "candidates", "action_mask")
         boxes = dict_boxes(observation_space, keys, SYSTEM_OBSERVATION, owner)
         shapes = {k: box.shape for k, box in boxes.items()}
@@ -61,24 +74,17 @@ class SlateDims:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
         (user,), (h, history_features), (m, f) = shapes["user"], shapes["history"], shapes["candidates"]
         consistent = (
-            history_features == user - 3  # d + 1 against d + 4
-            and f >= user + 1  # d + 5 or more
-            and shapes["history_mask"] == (h,)
-            and shapes["action_mask"] == (m,)
+            history_features == user - 3 and f >= user + 1 and shapes["history_mask"] == (h,) and shapes["action_mask"] == (m,)
         )
         if not consistent:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
-        if isinstance(action_space, spaces.Discrete) and action_space.n == m:
+        if isinstance(action_space, spaces.Discrete) and action_space.n == m and not platform:
             k = 1
-        elif (
-            isinstance(action_space, spaces.MultiDiscrete)
-            and action_space.nvec.ndim == 1
-            and (action_space.nvec == m).all()
-        ):
+        elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1 and (action_space.nvec == m).all():
             k = len(action_space.nvec)
         else:
             raise ValueError(f"{owner} expects the action space {SYSTEM_ACTION} with M = {m}; got {action_space}")
-        return cls(user, h, history_features, m, f, k)
+        return cls(user, h, history_features, m, f, k, num_users if platform else 0)
 
 
 class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
@@ -105,11 +111,17 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
         self.heads = nn.ModuleDict({"policy": nn.Linear(width, 1), "value": nn.Linear(width, 1)})
         if self.single_item:
             self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
-        self.action_dist_cls = TorchCategorical if self.single_item else slate_distribution_cls(self.dims.slate_size)
+        self.platform = self.dims.num_users > 0
+        if self.platform:
+            self.action_dist_cls = platform_slate_distribution_cls(self.dims.slate_size)
+        elif self.single_item:
+            self.action_dist_cls = TorchCategorical
+        else:
+            self.action_dist_cls = slate_distribution_cls(self.dims.slate_size)
 
         self.q_learning = "epsilon" in self.model_config
         if self.q_learning:
-            if not self.single_item:
+            if not self.single_item or self.platform:
                 raise ValueError(
                     f"{type(self).__name__}: DQN in RLlib 2.60 takes Discrete actions only; give the system "
                     f"role a Discrete(M) action space (a single-item slate), not {self.action_space}"
@@ -123,9 +135,17 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
     # -- encoder and heads -------------------------------------------------------------------
 
     def _encode(self, obs: dict, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(…, M, width) candidate outputs and (…, width) summaries; … is (B,) or, for a
+        platform agent, (B, U): its users go through the encoder as one batch of B · U."""
         encoder = self._target_encoder if target else self.encoder
+        if self.platform:
+            lead = obs["user_mask"].shape  # (B, U)
+            obs = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items() if k != "user_mask"}
         with autocast(self, self.mixed_precision):
-            return encoder(obs)
+            candidates, summary = encoder(obs)
+        if self.platform:
+            candidates, summary = candidates.reshape(*lead, *candidates.shape[1:]), summary.reshape(*lead, -1)
+        return candidates, summary
 
     def _head(self, name: str, features: torch.Tensor, target: bool = False) -> torch.Tensor:
         heads = self._target_heads if target else self.heads
@@ -133,7 +153,18 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
             return heads[name](features).squeeze(-1).float()
 
     def _policy_logits(self, obs: dict, candidates: torch.Tensor, target: bool = False) -> torch.Tensor:
-        return mask_logits(self._head("policy", candidates, target), obs["action_mask"])
+        logits = self._head("policy", candidates, target)
+        if self.platform:
+            # users who left: constant logits, so their (ignored) slates add a constant log-prob
+            logits = torch.where(obs["user_mask"].unsqueeze(-1) > 0.5, logits, torch.zeros_like(logits))
+        return mask_logits(logits, obs["action_mask"])
+
+    def _value_features(self, obs: dict, summary: torch.Tensor) -> torch.Tensor:
+        """The summary the value head reads: a platform averages its active users' summaries."""
+        if not self.platform:
+            return summary
+        mask = obs["user_mask"].unsqueeze(-1).to(summary.dtype)
+        return (summary * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
 
     def _q_values(self, obs: dict, candidates: torch.Tensor, summary: torch.Tensor, target: bool = False):
         q = self._head("q", candidates, target)
@@ -179,7 +210,10 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
         obs = batch[Columns.OBS]
         candidates, summary = self._encode(obs)
         # the summary goes to compute_values(embeddings=...) so PPO encodes each observation once
-        return {Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates), Columns.EMBEDDINGS: summary}
+        return {
+            Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates),
+            Columns.EMBEDDINGS: self._value_features(obs, summary),
+        }
 
     def _forward_train_q(self, batch: dict[str, Any]) -> dict[str, Any]:
         """What DQNTorchLearner reads, as ``DefaultDQNTorchRLModule._forward_train`` gives it."""
@@ -200,7 +234,8 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
     @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         if embeddings is None:
-            _, embeddings = self._encode(batch[Columns.OBS])
+            obs = batch[Columns.OBS]
+            embeddings = self._value_features(obs, self._encode(obs)[1])
         return self._head("value", embeddings)
 
     @override(QNetAPI)

@@ -53,6 +53,7 @@ class Simulator:
         self.rng: np.random.Generator | None = None
         self._age_scale = config.item.freshness_half_life or 50.0
         self._rows = np.arange(config.num_users)[:, None]
+        self.lifetime_slates = 0  # slates served over every episode of this simulator (benchmarks)
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -184,6 +185,7 @@ class Simulator:
         users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * cat.embedding[c_slots]
         users.clicks[c_users] += 1
         users.slates_seen[active] += 1
+        self.lifetime_slates += len(active)
         users.watch_total[active] += watch
         users.session_length[active] += 1
         users.active[active] = users.time_budget[active] > 0

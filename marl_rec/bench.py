@@ -119,3 +119,59 @@ def run_env_benchmarks(seconds: float = 5.0) -> str:
         f"| (c) us/round, 16 / 64 / 256 users | {c['users_16']:.0f} / {c['users_64']:.0f} / {c['users_256']:.0f} | linear |",
     ]
     return "\n".join(lines)
+
+
+def bench_train(experiment: str = "experiments/quickstart.yaml", roles=("system", "platform"), iterations: int = 3,
+                overrides: dict | None = None) -> str:
+    """End-to-end PPO training throughput: recommendations sampled and learned per second, and
+    where an iteration's time goes (env, module forward, RLlib's own bookkeeping, learner)."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    from marl_rec.envs.config import merge_overrides
+    from marl_rec.experiment import load_experiment
+    from marl_rec.rllib.builder import build_algorithm_config
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    rows = [
+        "| form | recommendations/s end to end | sampling /s | learning /s | learner share of time | "
+        "sampling time: env / forward / RLlib bookkeeping |",
+        "|---|---|---|---|---|---|",
+    ]
+    for role in roles:
+        exp = load_experiment(experiment, merge_overrides({"resources.num_env_runners": 0}, overrides or {}))
+        # the same recommender module, as per-user system agents or as one platform agent
+        module = exp.modules.get("system", exp.modules.get("platform"))
+        exp = exp.replace(env={**exp.env, "roles": [role]}, modules={role: module} if module else {}).validate()
+        algo = build_algorithm_config(exp).build_algo()
+        sub_envs = [e.unwrapped for e in algo.env_runner.env.unwrapped.envs]
+
+        def served():
+            return sum(e.sim.lifetime_slates for e in sub_envs)
+
+        algo.train()  # warm-up: module build, first episodes
+        start_recs, start = served(), time.perf_counter()
+        sample_s = learn_s = env_s = forward_s = 0.0
+        for _ in range(iterations):
+            result = algo.train()
+            runners = result["env_runners"]
+            sample_s += result["timers"]["env_runner_sampling_timer"]
+            learn_s += result["timers"]["learner_update_timer"]
+            steps = runners["num_env_steps_sampled"] / len(sub_envs)  # vector steps
+            env_s += runners["env_step_timer"] * steps
+            forward_s += runners["rlmodule_inference_timer"] * steps
+        total_s = time.perf_counter() - start
+        recs = served() - start_recs
+        algo.stop()
+        # RLlib's env-step and inference timers are moving averages: shares of sampling time, capped
+        env_share = min(env_s / sample_s, 1.0)
+        forward_share = min(forward_s / sample_s, 1.0 - env_share)
+        rows.append(
+            f"| {role} ({len(sub_envs)} envs) | {recs / total_s:,.0f} | {recs / sample_s:,.0f} | {recs / learn_s:,.0f} | "
+            f"{100 * learn_s / total_s:.0f}% | {100 * env_share:.0f}% / {100 * forward_share:.0f}% / "
+            f"{100 * (1 - env_share - forward_share):.0f}% |"
+        )
+    return "\n".join(rows)

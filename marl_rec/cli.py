@@ -80,7 +80,10 @@ def cmd_bench(args) -> int:
 
         print(run_env_benchmarks(args.seconds))
         return 0
-    raise SystemExit(f"unknown benchmark {args.target!r}")
+    from marl_rec.bench import bench_train
+
+    print(bench_train(args.experiment, iterations=args.iterations, overrides=parse_sets(args.set)))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="throughput benchmarks")
-    bench.add_argument("target", choices=["env"])
-    bench.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
+    bench.add_argument("target", choices=["env", "train"])
+    bench.add_argument("--seconds", type=float, default=5.0, help="env: measuring time per figure")
+    bench.add_argument("--experiment", default="experiments/quickstart.yaml", help="train: the experiment to time")
+    bench.add_argument("--iterations", type=int, default=3, help="train: timed iterations (after one warm-up)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -18,7 +18,6 @@ from ray.rllib.core.rl_module.apis import TargetNetworkAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.apis.target_network_api import TARGET_NETWORK_ACTION_DIST_INPUTS
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from marl_rec.policies import (
     MODULES,
@@ -396,36 +395,15 @@ def test_appo_trains_the_transformer_without_hanging(ray_session):
     assert "'system'" in run.stdout.splitlines()[-1] and "'creator'" in run.stdout.splitlines()[-1], run.stdout[-2000:]
 
 
-class SingleItemEcosystemEnv(MultiAgentEnv):
-    """Test-only: the ecosystem with one-item slates whose system action is Discrete(M), the
-    form RLlib 2.60's DQN takes; action a is sent to the env as the slate [a]."""
-
-    def __init__(self, config=None):
-        super().__init__()
-        self.env = EcosystemRLlibEnv({**(config or {}), "slate_size": 1})
-        self.possible_agents = list(self.env.possible_agents)
-        self.agents = list(self.possible_agents)
-        self.observation_spaces = dict(self.env.observation_spaces)
-        self.action_spaces = {
-            agent: gym.spaces.Discrete(int(space.nvec[0])) if agent.startswith("system") else space
-            for agent, space in self.env.action_spaces.items()
-        }
-
-    def reset(self, *, seed=None, options=None):
-        return self.env.reset(seed=seed, options=options)
-
-    def step(self, action_dict):
-        as_slates = {a: np.array([act]) if a.startswith("system") else act for a, act in action_dict.items()}
-        return self.env.step(as_slates)
-
-
 @pytest.mark.slow
 def test_dqn_trains_the_transformer_on_single_item_slates(ray_session):
     from ray.rllib.algorithms.dqn import DQNConfig
 
     config = (
         DQNConfig()
-        .environment(SingleItemEcosystemEnv, env_config={"roles": ["system"], **SMALL})
+        # single_item_slates: the adapter exposes Discrete(M), the action form RLlib's DQN takes
+        .environment(EcosystemRLlibEnv, env_config={"roles": ["system"], **SMALL, "slate_size": 1,
+                                                     "single_item_slates": True})
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=25)
         .multi_agent(policies={"system"}, policy_mapping_fn=role_of)
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={

@@ -27,11 +27,11 @@ def ray_session():
     ray.shutdown()
 
 
-def experiment(algorithm="PPO", roles=("system",), training=None, modules=None, **extra) -> ExperimentConfig:
+def experiment(algorithm="PPO", roles=("system",), training=None, modules=None, env=None, **extra) -> ExperimentConfig:
     training = training or {"train_batch_size_per_learner": 64, "minibatch_size": 64, "num_epochs": 1}
     raw = {
         "name": f"test_{algorithm.lower()}",
-        "env": {**TINY_ENV, "roles": list(roles)},
+        "env": env or {**TINY_ENV, "roles": list(roles)},
         "algorithm": {"name": algorithm, "training": training},
         "modules": modules or {"system": {"type": "transformer", "model_config": TINY_MODEL}},
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
@@ -112,3 +112,17 @@ def test_agents_terminating_at_fragment_boundaries():
             terminated_seen += result["env_runners"]["num_episodes"]
         assert terminated_seen > 0
         algo.stop()
+
+
+def test_dqn_through_the_experiment_layer_uses_single_item_slates():
+    exp = experiment(
+        "DQN",
+        training={"num_steps_sampled_before_learning_starts": 40, "train_batch_size_per_learner": 32},
+        env={**TINY_ENV, "roles": ["system"], "slate_size": 1},
+    )
+    config = build_algorithm_config(exp).reporting(min_sample_timesteps_per_iteration=80)
+    assert config.env_config["single_item_slates"] is True
+    algo = config.build_algo()
+    results = [algo.train() for _ in range(2)]
+    assert np.isfinite(results[-1]["learners"]["system"]["qf_loss"])
+    algo.stop()

@@ -59,3 +59,20 @@ def autocast(module: nn.Module, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class EncoderHeadsTargets:
+    """TargetNetworkAPI / InferenceOnlyAPI plumbing for a module made of ``self.encoder`` and
+    ``self.heads``: frozen copies of both, which the EnvRunners' inference-only copies drop."""
+
+    def make_target_networks(self) -> None:
+        from ray.rllib.core.learner.utils import make_target_network
+
+        self._target_encoder = make_target_network(self.encoder)
+        self._target_heads = make_target_network(self.heads)
+
+    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self._target_encoder), (self.heads, self._target_heads)]
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target_encoder", "_target_heads"]

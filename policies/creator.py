@@ -8,7 +8,6 @@ import torch
 from gymnasium import spaces
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
-from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.apis.target_network_api import TARGET_NETWORK_ACTION_DIST_INPUTS
 from ray.rllib.core.rl_module.rl_module import RLModule
@@ -16,13 +15,13 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
-from marl_rec.policies.common import dict_boxes, mlp, options
+from marl_rec.policies.common import EncoderHeadsTargets, dict_boxes, mlp, options
 
 CREATOR_OBSERVATION = "Dict(own: Box(6+T), topic_demand: Box(T)) of the creator role"
 CREATOR_ACTION = "MultiDiscrete([T+1, E]) (topic or T = publish nothing, effort level)"
 
 
-class CreatorMLPModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
+class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Creator-role RLModule: an MLP over concat(own, topic_demand) gives T+1 topic logits and E
     effort logits (RLlib's ``TorchMultiCategorical``, one categorical per action component) and a
     value.
@@ -76,19 +75,6 @@ class CreatorMLPModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infere
         return self.heads["value"](embeddings).squeeze(-1)
 
     @override(TargetNetworkAPI)
-    def make_target_networks(self) -> None:
-        self._target_encoder = make_target_network(self.encoder)
-        self._target_heads = make_target_network(self.heads)
-
-    @override(TargetNetworkAPI)
-    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self._target_encoder), (self.heads, self._target_heads)]
-
-    @override(TargetNetworkAPI)
     def forward_target(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         embeddings = self._encode(batch[Columns.OBS], target=True)
         return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_heads["policy"](embeddings)}
-
-    @override(InferenceOnlyAPI)
-    def get_non_inference_attributes(self) -> list[str]:
-        return ["_target_encoder", "_target_heads"]

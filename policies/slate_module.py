@@ -21,7 +21,6 @@ from gymnasium import spaces
 from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
-from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.apis.target_network_api import TARGET_NETWORK_ACTION_DIST_INPUTS
 from ray.rllib.core.rl_module.rl_module import RLModule
@@ -30,7 +29,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
-from marl_rec.policies.common import autocast, dict_boxes, mask_logits, options
+from marl_rec.policies.common import EncoderHeadsTargets, autocast, dict_boxes, mask_logits, options
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
 SYSTEM_OBSERVATION = (
@@ -87,7 +86,7 @@ class SlateDims:
         return cls(user, h, history_features, m, f, k, num_users if platform else 0)
 
 
-class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
+class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
     """Base of the system-role modules; see the module docstring.
 
     model_config (besides the subclass's keys):
@@ -249,15 +248,6 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
         return {QF_PREDS: self._q_values(obs, candidates, summary)}
 
     @override(TargetNetworkAPI)
-    def make_target_networks(self) -> None:
-        self._target_encoder = make_target_network(self.encoder)
-        self._target_heads = make_target_network(self.heads)
-
-    @override(TargetNetworkAPI)
-    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self._target_encoder), (self.heads, self._target_heads)]
-
-    @override(TargetNetworkAPI)
     def forward_target(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """Old policy logits (APPO) and, for Discrete(M), target Q-values (DQN)."""
         obs = batch[Columns.OBS]
@@ -266,7 +256,3 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetA
         if self.single_item:
             out[QF_PREDS] = self._q_values(obs, candidates, summary, target=True)
         return out
-
-    @override(InferenceOnlyAPI)
-    def get_non_inference_attributes(self) -> list[str]:
-        return ["_target_encoder", "_target_heads"]

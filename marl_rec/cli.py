@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
           f"results in {run_dir(exp)}", flush=True)
-    result = train(exp, address=args.address, resume=args.resume)
+    result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard)
     checkpoint = latest_checkpoint(result.checkpoint.path)
     print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
     table = summarise(comparison(exp, load_modules(checkpoint)))
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
     tr.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     tr.add_argument("--resume", action="store_true", help="continue the run in results/<name> after a crash")
+    tr.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (on 127.0.0.1)")
     tr.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="throughput benchmarks")

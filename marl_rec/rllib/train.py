@@ -9,8 +9,8 @@ from pathlib import Path
 from marl_rec.experiment import ExperimentConfig
 
 
-def init_ray(address: str | None = None, num_cpus: int = 0) -> None:
-    """Local Ray on loopback only with no dashboard, or join the cluster at ``address``."""
+def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False) -> None:
+    """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``."""
     if not address:
         # Ray binds its listeners to the machine's address unless this is off
         # (ray/_private/services.py). Ray reads it on first import: marl-rec's CLI sets it at start.
@@ -20,9 +20,9 @@ def init_ray(address: str | None = None, num_cpus: int = 0) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, include_dashboard=False)
+        ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus or None, include_dashboard=False, dashboard_host="127.0.0.1")
+        ray.init(num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
 
 def _progress_callback(exp: ExperimentConfig):
@@ -64,14 +64,14 @@ def run_dir(exp: ExperimentConfig) -> Path:
     return Path(exp.results_dir).resolve() / exp.name
 
 
-def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False):
+def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False):
     """Run ``exp`` as a one-trial Tune experiment under results_dir/name; returns the Tune Result."""
     import yaml
 
     from marl_rec.rllib.builder import build_algorithm_config
 
     config = build_algorithm_config(exp)  # every check before Ray starts
-    init_ray(address, exp.resources.num_cpus)
+    init_ray(address, exp.resources.num_cpus, dashboard)
     from ray import tune
 
     path = run_dir(exp)

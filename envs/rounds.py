@@ -16,7 +16,7 @@ from marl_rec.envs.config import BUILTIN_ROLES, PHASES, ConfigError, EcosystemCo
 from marl_rec.envs.core import Simulator
 from marl_rec.envs.parts.behaviours import resolve_behaviour
 from marl_rec.envs.registry import ROLES, UnknownNameError
-from marl_rec.envs.roles import InvalidActionError, Role
+from marl_rec.envs.roles import Role
 
 
 class AgentNotActingError(RuntimeError):

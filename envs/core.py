@@ -205,8 +205,11 @@ class Simulator:
             return
         scores = np.concatenate([s.popular_score[alive] * self.config.sampler.popularity_decay,
                                  np.ones(len(clicked_slots))])
-        unique, inverse = np.unique(slots, return_inverse=True)
-        totals = np.bincount(inverse, weights=scores)
+        # sum the scores of repeated slots: sort, then add up runs of equal slots
+        order = np.argsort(slots, kind="stable")
+        slots, scores = slots[order], scores[order]
+        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+        unique, totals = slots[starts], np.add.reduceat(scores, starts)
         p = len(s.popular)
         top = np.argsort(-totals, kind="stable")[:p]
         n = len(top)

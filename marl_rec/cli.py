@@ -50,6 +50,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from marl_rec.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, parse_sets(args.set))
+    from marl_rec.rllib.sweep import sweep
+    from marl_rec.rllib.train import run_dir
+
+    results = sweep(exp, address=args.address, resume=args.resume)
+    errors = [r for r in results if r.error]
+    print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}")
+    best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
+    if best is not None:
+        print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): {best.metrics.get(exp.tune.metric)} "
+              f"with {{{', '.join(f'{k}: {best.config.get(k)}' for k in list(exp.tune.search_space) + ['seed'])}}}")
+    return 1 if errors else 0
+
+
 def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
@@ -107,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in results/<name> after a crash")
     tr.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (on 127.0.0.1)")
     tr.set_defaults(func=cmd_train)
+
+    sw = sub.add_parser("sweep", help="Ray Tune sweep over the experiment's tune: section (resumable)")
+    sw.add_argument("experiment", help="experiments/<name>.yaml with a tune: section")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+    sw.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    sw.add_argument("--resume", action="store_true", help="finish an interrupted sweep in results/<name>")
+    sw.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser("bench", help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])

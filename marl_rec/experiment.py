@@ -78,6 +78,25 @@ class StopSection(_Section):
         return stop
 
 
+SEARCH_SPACES = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = ("fifo", "asha", "pbt")
+
+
+@dataclass(frozen=True)
+class TuneSection(_Section):
+    """A Ray Tune sweep over experiment keys (``marl-rec sweep``)."""
+
+    search_space: dict = spec({}, "dotted experiment key -> {grid|choice: [...]}, {uniform|loguniform|randint: [low, high]}")
+    seeds: list = spec([], "experiment seeds, a grid dimension of the sweep ([] = the experiment's seed)")
+    num_samples: int = spec(1, "samples of the non-grid dimensions (per grid point)", low=1)
+    metric: str = spec("env_runners/team_return", "the result key schedulers and the summary rank by")
+    mode: str = spec("max", "whether the metric is maximised or minimised", choices=("max", "min"))
+    scheduler: dict = spec({}, "{type: fifo|asha|pbt, ...options}; asha: grace_period, reduction_factor; "
+                               "pbt: perturbation_interval (PBT mutates the search_space keys)")
+    search_alg: str = spec("", "'' (random/grid search) or 'optuna' (needs the optuna package)", choices=("", "optuna"))
+    max_concurrent_trials: int = spec(0, "trials running at once (0: as many as resources allow)", low=0)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig(_Section):
     name: str = spec("experiment", "run name: results go to <results_dir>/<name>")
@@ -92,6 +111,7 @@ class ExperimentConfig(_Section):
     stop: StopSection = spec(StopSection(), "stop criteria (the first reached ends the run)")
     seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0)
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and at the end)", low=1)
+    tune: TuneSection = spec(TuneSection(), "the sweep (marl-rec sweep)")
     results_dir: str = spec("results", "where runs are written")
     source: str = spec("<config>", "the file this came from (for messages)")
 
@@ -129,9 +149,10 @@ class ExperimentConfig(_Section):
         return roles
 
     def validate(self) -> "ExperimentConfig":
-        """Check everything that can be checked without Ray (env config, modules, roles)."""
+        """Check everything that can be checked without Ray (env config, modules, roles, sweep)."""
         self.env_config()
         self.trained_roles()
+        self.check_search_space()
         from marl_rec.envs.parts.behaviours import resolve_behaviour
 
         for name in self.evaluation.baselines:
@@ -140,6 +161,47 @@ class ExperimentConfig(_Section):
             except KeyError as err:
                 raise ConfigError(f"{self.source}: 'evaluation.baselines': {err}") from None
         return self
+
+
+    def check_search_space(self) -> None:
+        """Every search-space entry is a known kind with sane bounds, and its key is an
+        experiment key: each value it can take must give a valid experiment."""
+        for key, entry in self.tune.search_space.items():
+            where = f"{self.source}: 'tune.search_space.{key}'"
+            if not (isinstance(entry, Mapping) and len(entry) == 1 and next(iter(entry)) in SEARCH_SPACES):
+                raise ConfigError(f"{where} must be one of {{grid: [...]}}, {{choice: [...]}}, "
+                                  f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}, {{randint: [low, high]}}; got {entry!r}")
+            kind, values = next(iter(entry.items()))
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: {kind} needs a non-empty list, got {values!r}")
+            if kind in ("uniform", "loguniform", "randint"):
+                ok = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                if not ok or values[0] >= values[1] or (kind == "loguniform" and values[0] <= 0):
+                    raise ConfigError(f"{where}: {kind} needs [low, high] with low < high"
+                                      + (" and low > 0" if kind == "loguniform" else "") + f", got {values!r}")
+                samples = [values[0], values[1] - (1 if kind == "randint" else 0)]
+            else:
+                samples = values
+            for value in samples:
+                self.with_overrides({key: value}, where)
+        if self.tune.scheduler:
+            kind = self.tune.scheduler.get("type", "fifo")
+            if kind not in SCHEDULERS:
+                raise ConfigError(f"{self.source}: 'tune.scheduler.type' is {kind!r}; allowed values: {', '.join(SCHEDULERS)}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.tune.seeds):
+            raise ConfigError(f"{self.source}: 'tune.seeds' must be a list of integers >= 0, got {self.tune.seeds!r}")
+
+    def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None) -> "ExperimentConfig":
+        """This experiment with dotted-key ``overrides`` applied and validated."""
+        raw = merge_overrides(self.to_dict(), dict(overrides))
+        try:
+            exp = ExperimentConfig.from_dict(raw, source=self.source)
+            exp.env_config()
+            exp.trained_roles()
+        except ConfigError as err:
+            detail = str(err).removeprefix(f"{self.source}: ")
+            raise ConfigError(f"{where}: {detail}" if where else str(err)) from None
+        return exp
 
 
 def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:

@@ -1,0 +1,95 @@
+"""`marl-rec sweep`: a tiny real sweep, resumed after the driver is killed with SIGKILL."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from marl_rec.envs.config import ConfigError
+from marl_rec.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+name: tiny_sweep
+env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
+algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
+modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
+resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
+stop: {training_iteration: 3}
+checkpoint_every: 1
+tune:
+  search_space:
+    algorithm.training.lr: {grid: [0.001, 0.0005, 0.0003]}
+  seeds: [0]
+  max_concurrent_trials: 1
+"""
+
+
+def sweep_command(path, results, *extra):
+    return [sys.executable, "-m", "marl_rec.cli", "sweep", str(path), "--set", f"results_dir={results}", *extra]
+
+
+def result_lines(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_sweep_resumes_after_kill_without_rerunning_finished_trials(tmp_path):
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(TINY)
+    results = tmp_path / "results"
+    driver = subprocess.Popen(sweep_command(experiment, results), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = results / "tiny_sweep"
+    deadline = time.time() + 300
+    finished = None
+    while time.time() < deadline and finished is None:  # wait until a trial is done and the next has begun
+        time.sleep(1)
+        trials = sorted(sweep_dir.glob("trial_*"))
+        done = [t for t in trials if any(r.get("training_iteration") == 3 for r in result_lines(t))]
+        if done and len(trials) >= 2 and result_lines(trials[-1]):
+            finished = done[0]
+    assert finished is not None, "the sweep did not get one trial done in time"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started die at once
+    driver.wait()
+    before = result_lines(finished)
+
+    resumed = subprocess.run(sweep_command(experiment, results, "--resume"), cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert result_lines(finished) == before  # the finished trial was not run again, its results kept
+    rows = list(csv.DictReader((sweep_dir / "sweep.csv").open()))
+    assert len(rows) == 3 and all(row["training_iteration"] == "3" for row in rows)
+    assert {float(row["algorithm.training.lr"]) for row in rows} == {0.001, 0.0005, 0.0003}
+
+
+def test_sweep_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(TINY)
+    run = subprocess.run(sweep_command(experiment, tmp_path / "empty", "--resume"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and "nothing to resume" in run.stderr
+
+
+@pytest.mark.parametrize("tune, message", [
+    ("{search_space: {algorithm.training.lr: {normal: [0, 1]}}}", r"'tune.search_space.algorithm.training.lr' must be one of"),
+    ("{search_space: {algorithm.training.lr: {loguniform: [0, 1]}}}", r"loguniform needs \[low, high\] with low < high and low > 0"),
+    ("{search_space: {env.num_user: {grid: [2]}}}", r"'tune.search_space.env.num_user': env: unknown key 'num_user'"),
+    ("{search_space: {env.num_users: {grid: [0, 2]}}}", r"'tune.search_space.env.num_users': env: 'num_users' is 0"),
+    ("{seeds: [one]}", r"'tune.seeds' must be a list of integers"),
+    ("{scheduler: {type: hyperband}}", r"'tune.scheduler.type' is 'hyperband'; allowed values: fifo, asha, pbt"),
+    ("{mode: maximise}", r"'tune.mode' is 'maximise'; allowed values: one of 'max', 'min'"),
+])
+def test_bad_tune_sections_name_the_key(tmp_path, tune, message):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"tune: {tune}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path)

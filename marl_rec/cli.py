@@ -67,6 +67,25 @@ def cmd_sweep(args) -> int:
     return 1 if errors else 0
 
 
+def cmd_compare(args) -> int:
+    from marl_rec.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, parse_sets(args.set))
+    from marl_rec.rllib.compare import compare
+
+    path = compare(exp, address=args.address, resume=args.resume)
+    print((path / "comparison.md").read_text())
+    print(f"[{exp.name}] results: {path}/comparison.csv, comparison.md, learning_curves.png, performance_profile.png")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from marl_rec.rllib.compare import report
+
+    print(report(args.directory))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
@@ -131,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     sw.add_argument("--resume", action="store_true", help="finish an interrupted sweep in results/<name>")
     sw.set_defaults(func=cmd_sweep)
+
+    cp = sub.add_parser("compare", help="algorithms x seeds against the baselines, with IQM and bootstrap CIs")
+    cp.add_argument("experiment", help="experiments/<name>.yaml with a compare: section")
+    cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+    cp.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    cp.add_argument("--resume", action="store_true", help="finish an interrupted comparison")
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="rebuild a comparison's tables and plots from its results folder")
+    rp.add_argument("directory", help="results/<name>")
+    rp.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])

@@ -98,6 +98,18 @@ class TuneSection(_Section):
 
 
 @dataclass(frozen=True)
+class CompareSection(_Section):
+    """Algorithms x seeds against the baselines (``marl-rec compare``)."""
+
+    variants: dict = spec({}, "label -> dotted overrides of this experiment, e.g. {PPO: {}, APPO: {algorithm.name: APPO}}")
+    seeds: list = spec([0, 1, 2, 3, 4], "training seeds, the same for every variant")
+    episodes: int = spec(20, "held-out evaluation episodes per run (seeds from evaluation.seed)", low=1)
+    gamma: float = spec(0.0, "optimality-gap target (0: the best baseline's mean team return)", low=0.0)
+    reps: int = spec(2000, "bootstrap replicates for the confidence intervals", low=100)
+    max_concurrent_trials: int = spec(0, "runs at once (0: as many as resources allow)", low=0)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig(_Section):
     name: str = spec("experiment", "run name: results go to <results_dir>/<name>")
     description: str = spec("", "what the run is for and the result it should reach")
@@ -112,6 +124,7 @@ class ExperimentConfig(_Section):
     seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0)
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and at the end)", low=1)
     tune: TuneSection = spec(TuneSection(), "the sweep (marl-rec sweep)")
+    compare: CompareSection = spec(CompareSection(), "the algorithm comparison (marl-rec compare)")
     results_dir: str = spec("results", "where runs are written")
     source: str = spec("<config>", "the file this came from (for messages)")
 
@@ -188,8 +201,15 @@ class ExperimentConfig(_Section):
             kind = self.tune.scheduler.get("type", "fifo")
             if kind not in SCHEDULERS:
                 raise ConfigError(f"{self.source}: 'tune.scheduler.type' is {kind!r}; allowed values: {', '.join(SCHEDULERS)}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.tune.seeds):
-            raise ConfigError(f"{self.source}: 'tune.seeds' must be a list of integers >= 0, got {self.tune.seeds!r}")
+        for section, seeds in (("tune", self.tune.seeds), ("compare", self.compare.seeds)):
+            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+                raise ConfigError(f"{self.source}: '{section}.seeds' must be a list of integers >= 0, got {seeds!r}")
+        if self.compare.variants and not self.compare.seeds:
+            raise ConfigError(f"{self.source}: 'compare.seeds' is empty: a comparison needs seeds")
+        for label, overrides in self.compare.variants.items():
+            if not isinstance(overrides, Mapping):
+                raise ConfigError(f"{self.source}: 'compare.variants.{label}' must be a mapping of dotted keys")
+            self.with_overrides(overrides, f"{self.source}: 'compare.variants.{label}'")
 
     def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None) -> "ExperimentConfig":
         """This experiment with dotted-key ``overrides`` applied and validated."""

@@ -51,6 +51,15 @@ def flat_result(result: dict) -> dict[str, float]:
     return out
 
 
+def trial_experiment(config: dict) -> ExperimentConfig:
+    """The experiment a trial runs: the base, a comparison variant's overrides (if any), then
+    the sampled keys."""
+    base = ExperimentConfig.from_dict(config["__experiment__"], source=config["__experiment__"]["source"])
+    overrides = dict(base.compare.variants.get(config.get("__variant__"), {}))
+    overrides.update({k: v for k, v in config.items() if not k.startswith("__")})
+    return base.with_overrides(overrides)
+
+
 def trial(config: dict) -> None:
     """Tune function trainable: train the experiment with this trial's overrides."""
     from ray import tune
@@ -58,8 +67,7 @@ def trial(config: dict) -> None:
 
     from marl_rec.rllib.builder import build_algorithm_config
 
-    base = ExperimentConfig.from_dict(config["__experiment__"], source=config["__experiment__"]["source"])
-    exp = base.with_overrides({k: v for k, v in config.items() if k != "__experiment__"})
+    exp = trial_experiment(config)
     algo = build_algorithm_config(exp).build_algo()
     iteration = 0
     checkpoint = tune.get_checkpoint()

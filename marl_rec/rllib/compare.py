@@ -1,0 +1,179 @@
+"""``marl-rec compare``: algorithms x seeds against the non-learning baselines, with reliable
+statistics (Agarwal et al. 2021; the protocol of Gorsane et al. 2022).
+
+Every variant trains on the same seeds; each run's final policy is evaluated on the same
+held-out episodes as every baseline. A run's score is its mean team return over those
+episodes; a baseline's runs are its evaluation episodes. ``results/<name>/`` gets runs.json
+(everything ``marl-rec report`` needs), comparison.csv, comparison.md, learning_curves.png and
+performance_profile.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from marl_rec import stats
+from marl_rec.envs.config import ConfigError
+from marl_rec.evaluate import evaluate_behaviour
+from marl_rec.experiment import ExperimentConfig
+from marl_rec.rllib.train import init_ray, run_dir
+
+RUNS_FILE = "runs.json"
+
+
+def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False) -> Path:
+    """Train every variant x seed (a Tune grid, resumable), evaluate, write the report."""
+    if not exp.compare.variants:
+        raise ConfigError(f"{exp.source}: 'compare.variants' is empty: name the algorithms to compare")
+    from marl_rec.rllib.sweep import trial, trial_experiment, trial_resources
+
+    resources = max((trial_resources(exp.with_overrides(o)) for o in exp.compare.variants.values()),
+                    key=lambda r: sum(b.get("CPU", 0) for b in r.bundles))
+    init_ray(address, exp.resources.num_cpus)
+    from ray import tune
+
+    path = run_dir(exp)
+    trainable = tune.with_resources(trial, resources)
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"__experiment__": exp.to_dict(), "__variant__": tune.grid_search(list(exp.compare.variants)),
+                         "seed": tune.grid_search(list(exp.compare.seeds))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=exp.compare.max_concurrent_trials or None),
+            run_config=tune.RunConfig(name=exp.name, storage_path=str(path.parent), stop=exp.stop.as_tune_stop(),
+                                      verbose=1),
+        )
+    results = tuner.fit()
+
+    from marl_rec.rllib.evaluation import evaluate_modules, load_modules
+
+    c, first = exp.compare, exp.evaluation.seed
+    runs = []
+    for result in results:
+        label, seed = result.config["__variant__"], result.config["seed"]
+        entry = {"variant": label, "seed": seed, "error": str(result.error) if result.error else None}
+        frame = result.metrics_dataframe
+        if frame is not None and "env_runners/team_return" in frame:
+            entry["curve"] = {
+                "env_steps": frame["num_env_steps_sampled_lifetime"].tolist(),
+                "team_return": frame["env_runners/team_return"].tolist(),
+            }
+        if result.checkpoint is not None and not result.error:
+            run_exp = trial_experiment(result.config)
+            modules = load_modules(Path(result.checkpoint.path) / "algorithm")
+            entry["evaluation"] = evaluate_modules(modules, run_exp, c.episodes, first)["team_return"].tolist()
+        runs.append(entry)
+    baselines = {name: evaluate_behaviour(name, exp.scenario, c.episodes, first, overrides=exp.env)["team_return"].tolist()
+                 for name in exp.evaluation.baselines}
+    (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines}, indent=1))
+    report(path)
+    return path
+
+
+def report(path: str | Path) -> str:
+    """Rebuild comparison.csv / .md and the plots from runs.json; returns the Markdown."""
+    path = Path(path)
+    source = path / RUNS_FILE
+    if not source.is_file():
+        raise ConfigError(f"{path}: no {RUNS_FILE} (written by marl-rec compare)")
+    data = json.loads(source.read_text())
+    exp = ExperimentConfig.from_dict(data["experiment"], source=str(source))
+    c = exp.compare
+    rng = np.random.default_rng(exp.seed)
+
+    scores: dict[str, np.ndarray] = {}
+    for label in c.variants:
+        finals = [np.mean(r["evaluation"]) for r in data["runs"] if r["variant"] == label and r.get("evaluation")]
+        if finals:
+            scores[label] = np.array(finals)[:, None]  # (runs, 1 task)
+    baselines = {name: np.array(v)[:, None] for name, v in data["baselines"].items()}
+    everything = {**scores, **baselines}
+    gamma = c.gamma if c.gamma or not baselines else max(float(v.mean()) for v in baselines.values())
+    rows = stats.summary_table(everything, rng, gamma=gamma, reps=c.reps)
+
+    improvement = {}
+    for label, x in scores.items():
+        for name, y in baselines.items():
+            improvement[(label, name)] = stats.probability_of_improvement(x, y, rng, reps=c.reps)
+
+    with (path / "comparison.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algorithm", "runs", "metric", "point", "ci_low", "ci_high"])
+        for row in rows:
+            for metric in ("mean", "median", "iqm", "optimality_gap"):
+                interval = getattr(row, metric)
+                writer.writerow([row.algorithm, len(everything[row.algorithm]), metric, *interval])
+        for (label, name), interval in improvement.items():
+            writer.writerow([label, len(scores[label]), f"P({label} > {name})", *interval])
+
+    lines = [
+        f"# {exp.name}: team return, {c.episodes} held-out episodes per run (seeds {exp.evaluation.seed}..)",
+        "",
+        f"Learned variants: {len(c.seeds)} training seeds each (a run's score is its mean over the episodes); "
+        f"baselines: one run per episode. 95% stratified-bootstrap CIs ({c.reps} replicates); optimality gap "
+        f"below {gamma:.1f}.",
+        "",
+        stats.to_markdown(rows),
+    ]
+    if improvement:
+        lines += ["", "| probability of improvement | point [95% CI] |", "|---|---|"]
+        lines += [f"| P({a} > {b}) | {i.point:.3f} [{i.low:.3f}, {i.high:.3f}] |" for (a, b), i in improvement.items()]
+    failed = [f"{r['variant']} seed {r['seed']}" for r in data["runs"] if r.get("error")]
+    if failed:
+        lines += ["", f"Failed runs (left out): {', '.join(failed)}"]
+    text = "\n".join(lines) + "\n"
+    (path / "comparison.md").write_text(text)
+    plot(path, data, everything, rng, c.reps)
+    return text
+
+
+def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label in dict.fromkeys(r["variant"] for r in data["runs"]):
+        curves = [r["curve"] for r in data["runs"] if r["variant"] == label and r.get("curve")]
+        if not curves:
+            continue
+        length = min(len(cv["team_return"]) for cv in curves)
+        steps = np.array(curves[0]["env_steps"][:length])
+        returns = np.array([cv["team_return"][:length] for cv in curves])  # (runs, points)
+        point = np.array([stats.iqm(returns[:, [i]]) for i in range(length)], dtype=float)
+        band = [stats.stratified_bootstrap_ci({label: returns[:, [i]]}, stats.iqm, rng, reps=min(reps, 500))[label]
+                for i in range(length)]
+        ax.plot(steps, point, label=label)
+        ax.fill_between(steps, [b.low for b in band], [b.high for b in band], alpha=0.25)
+    for (name, values), style in zip(data["baselines"].items(), ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4):
+        ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0, label=f"{name} (eval mean)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("team return (IQM, 95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path / "learning_curves.png")
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    everything = np.concatenate([v.ravel() for v in scores.values()])
+    taus = np.linspace(everything.min(), everything.max(), 60)
+    bands = stats.performance_profile_ci(scores, taus, rng, reps=min(reps, 500))
+    for name, band in bands.items():
+        ax.plot(taus, band.point, label=name)
+        ax.fill_between(taus, band.low, band.high, alpha=0.2)
+    ax.set_xlabel("team return τ")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path / "performance_profile.png")

@@ -224,6 +224,9 @@ class EcosystemConfig(_Section):
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
     reward_mix: float = spec(1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual", low=0.0, high=1.0)
     oracle_observations: bool = spec(False, "let the system agent see true interest and quality")
+    state_in_observations: bool = spec(
+        False, "add the global state() to the system/platform observation, for centralised critics (MAPPO)"
+    )
     user: UserConfig = spec(UserConfig(), "user model")
     creator: CreatorConfig = spec(CreatorConfig(), "creator model")
     item: ItemConfig = spec(ItemConfig(), "item generator")
@@ -248,6 +251,12 @@ class EcosystemConfig(_Section):
     @property
     def user_feature_dim(self) -> int:
         return self.embedding_dim + 4
+
+    @property
+    def state_dim(self) -> int:
+        """Length of ``Simulator.global_state()``."""
+        u, c = self.num_users, self.num_creators
+        return u * self.embedding_dim + 2 * u + 2 * c + self.num_topics + 1
 
 
 def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

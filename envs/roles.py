@@ -141,7 +141,8 @@ class SystemRole(Role):
 
     Observation (Dict): user (d+4) observed user features; history (H, d+1) consumed items'
     embeddings and watch times; history_mask (H,); candidates (M, F) item features;
-    action_mask (M,) 1 for real candidates. Action: Slate(M, K), i.e. MultiDiscrete([M] * K) with distinct, masked-in entries.
+    action_mask (M,) 1 for real candidates; with state_in_observations, state: the global
+    state() for a centralised critic (the actor must not use it). Action: Slate(M, K), i.e. MultiDiscrete([M] * K) with distinct, masked-in entries.
     """
 
     name = "system"
@@ -162,6 +163,7 @@ class SystemRole(Role):
                 "history_mask": spaces.Box(0.0, 1.0, (c.history_length,), np.float32),
                 "candidates": spaces.Box(-inf, inf, (c.num_candidates, f), np.float32),
                 "action_mask": spaces.Box(0.0, 1.0, (c.num_candidates,), np.float32),
+                **({"state": spaces.Box(-inf, inf, (c.state_dim,), np.float32)} if c.state_in_observations else {}),
             }
         )
 
@@ -173,13 +175,16 @@ class SystemRole(Role):
         history = np.concatenate(
             [users.history_embedding[idx], (users.history_watch[idx] / c.item.length_mean)[..., None]], axis=-1
         )
-        return {
+        obs = {
             "user": sim.user_features()[idx],
             "history": history.astype(np.float32),
             "history_mask": (users.history_uid[idx] >= 0).astype(np.float32),
             "candidates": sim.item_features(rnd.candidates[idx]),
             "action_mask": rnd.candidate_mask[idx].astype(np.float32),
         }
+        if c.state_in_observations:  # the same global state for every agent (centralised critic)
+            obs["state"] = np.repeat(sim.global_state()[None], len(idx), axis=0)
+        return obs
 
     def noop_actions(self, sim):
         return np.tile(np.arange(self.config.slate_size), (self.num_agents(), 1))
@@ -399,7 +404,7 @@ class CreatorRole(Role):
         )
         return {
             "own": np.concatenate([stats, home], axis=1).astype(np.float32),
-            "topic_demand": np.broadcast_to(sim.state.topic_demand.astype(np.float32), (len(idx), c.num_topics)),
+            "topic_demand": np.repeat(sim.state.topic_demand.astype(np.float32)[None], len(idx), axis=0),
         }
 
     def noop_actions(self, sim):

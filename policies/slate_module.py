@@ -29,7 +29,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
-from marl_rec.policies.common import EncoderHeadsTargets, autocast, dict_boxes, mask_logits, options
+from marl_rec.policies.common import EncoderHeadsTargets, autocast, dict_boxes, mask_logits, mlp, options
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
 SYSTEM_OBSERVATION = (
@@ -108,6 +108,20 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
         self.encoder, width = self.build_encoder(self.dims)
         self.heads = nn.ModuleDict({"policy": nn.Linear(width, 1), "value": nn.Linear(width, 1)})
+        # MAPPO-style centralised critic (Yu et al. 2022): the value reads the env's global state
+        # (observation key "state", env option state_in_observations); the actor never does.
+        self.state_critic = self.model_config.get("critic", "local") == "state"
+        if self.model_config.get("critic", "local") not in ("local", "state"):
+            raise ValueError(f"{type(self).__name__}: model_config['critic'] is 'local' or 'state', "
+                             f"got {self.model_config.get('critic')!r}")
+        if self.state_critic:
+            space = self.observation_space
+            if not (isinstance(space, spaces.Dict) and "state" in space.spaces):
+                raise ValueError(f"{type(self).__name__}: critic 'state' needs the observation key 'state' "
+                                 "(set the env option state_in_observations: true)")
+            state_dim = space["state"].shape[-1]
+            hidden = int(self.model_config.get("critic_hidden", 128))
+            self.heads["state_value"] = mlp(state_dim, [hidden, hidden], 1)
         if self.single_item:
             self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
         self.platform = self.dims.num_users > 0
@@ -232,6 +246,11 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        if self.state_critic:
+            state = batch[Columns.OBS]["state"]
+            if self.platform:
+                state = state[:, 0]  # every user's copy of the global state is the same
+            return self._head("state_value", state)
         if embeddings is None:
             obs = batch[Columns.OBS]
             embeddings = self._value_features(obs, self._encode(obs)[1])

@@ -126,3 +126,15 @@ def test_dqn_through_the_experiment_layer_uses_single_item_slates():
     results = [algo.train() for _ in range(2)]
     assert np.isfinite(results[-1]["learners"]["system"]["qf_loss"])
     algo.stop()
+
+
+def test_mappo_shared_critic_reads_the_global_state():
+    exp = experiment(
+        env={**TINY_ENV, "roles": ["system"], "state_in_observations": True},
+        modules={"system": {"type": "transformer", "model_config": {**TINY_MODEL, "critic": "state"}}},
+    )
+    algo, results = train(exp)
+    module = algo.get_module("system")
+    assert "state_value" in module.heads  # the centralised value head exists and trained
+    assert np.isfinite(results[-1]["learners"]["system"]["vf_loss"])
+    algo.stop()

@@ -75,11 +75,14 @@ def trial(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             algo.restore_from_path(str(Path(folder) / "algorithm"))
             iteration = json.loads((Path(folder) / "progress.json").read_text())["iteration"]
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
     limit = exp.stop.training_iteration or float("inf")
     while iteration < limit:
         result = algo.train()
         iteration += 1
-        metrics = flat_result(result)
+        metrics = {**flat_result(result), "node_id": node}
         if iteration % exp.checkpoint_every == 0 or iteration >= limit:
             with tempfile.TemporaryDirectory() as folder:
                 algo.save_to_path(str(Path(folder) / "algorithm"))
@@ -168,6 +171,7 @@ def write_summary(exp: ExperimentConfig, results, target: Path) -> None:
         row = {"trial": Path(result.path).name, "error": bool(result.error)}
         row.update({k: result.config.get(k) for k in keys})
         row["training_iteration"] = metrics.get("training_iteration")
+        row["node_id"] = metrics.get("node_id")
         row.update({k: v for k, v in metrics.items() if k.startswith("env_runners/")})
         rows.append(row)
     fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("trial", "error"), k not in keys, k))

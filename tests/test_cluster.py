@@ -1,0 +1,59 @@
+"""The sweep on a two-node Ray cluster started with `ray start` inside a private network
+namespace (only its own loopback exists there), trials spread over both nodes."""
+
+import csv
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SWEEP = """
+name: tiny_cluster
+env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
+algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
+modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
+resources: {num_env_runners: 0, num_envs_per_env_runner: 1}
+stop: {training_iteration: 2}
+checkpoint_every: 1
+tune:
+  search_space:
+    algorithm.training.lr: {grid: [0.001, 0.0003]}
+  max_concurrent_trials: 2
+"""
+
+# Both nodes get one CPU, so two concurrent one-CPU trials must land on different nodes. The
+# namespace is the isolation (nothing outside it reaches its loopback), so Ray's token auth,
+# which a second `ray start` on one machine trips over, is off inside it.
+SCRIPT = """
+set -e
+# written with $A so that this script's own command line never matches the pkill patterns
+A=127.0.0.1:{port}
+trap 'pkill -9 -f "address=$A"; pkill -9 -f "server_port=$(echo {port})"' EXIT
+export RAY_AUTH_MODE=disabled
+ip link set lo up
+ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null 2>&1
+ray start --address=$A --num-cpus=1 --disable-usage-stats >/dev/null 2>&1
+{python} -m marl_rec.cli sweep {experiment} --address $A --set results_dir={results}
+echo LISTENING; ss -ltn | awk 'NR > 1 {{print $4}}'
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None, reason="needs unshare and ip")
+def test_sweep_on_a_two_node_cluster_in_a_private_network_namespace(tmp_path):
+    experiment = tmp_path / "cluster.yaml"
+    experiment.write_text(SWEEP)
+    script = SCRIPT.format(port=random.randint(20000, 40000), python=sys.executable, experiment=experiment,
+                           results=tmp_path)
+    run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    listening = run.stdout.split("LISTENING", 1)[1].split()
+    assert listening and all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr in listening)
+    rows = list(csv.DictReader((tmp_path / "tiny_cluster" / "sweep.csv").open()))
+    assert len(rows) == 2 and all(r["training_iteration"] == "2" for r in rows)
+    assert len({r["node_id"] for r in rows}) == 2  # one trial on each node

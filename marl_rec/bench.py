@@ -135,7 +135,7 @@ def bench_train(experiment: str = "experiments/quickstart.yaml", roles=("system"
     from marl_rec.rllib.builder import build_algorithm_config
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     rows = [
         "| form | recommendations/s end to end | sampling /s | learning /s | learner share of time | "
         "sampling time: env / forward / RLlib bookkeeping |",

@@ -6,6 +6,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,14 +34,19 @@ SCRIPT = """
 set -e
 # written with $A so that this script's own command line never matches the pkill patterns
 A=127.0.0.1:{port}
-trap 'pkill -9 -f "address=$A"; pkill -9 -f "server_port=$(echo {port})"' EXIT
+trap 'pkill -9 -f "address=$A"; pkill -9 -f "server_port=$(echo {port})"; rm -f {temp}/ray_current_cluster' EXIT
 export RAY_AUTH_MODE=disabled
 ip link set lo up
-ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null 2>&1
+ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats --temp-dir={temp} >/dev/null 2>&1
 ray start --address=$A --num-cpus=1 --disable-usage-stats >/dev/null 2>&1
 {python} -m marl_rec.cli sweep {experiment} --address $A --set results_dir={results}
 echo LISTENING; ss -ltn | awk 'NR > 1 {{print $4}}'
 """
+
+
+def read_default_address():
+    path = Path("/tmp/ray/ray_current_cluster")
+    return path.read_text() if path.exists() else None
 
 
 @pytest.mark.slow
@@ -48,9 +54,18 @@ echo LISTENING; ss -ltn | awk 'NR > 1 {{print $4}}'
 def test_sweep_on_a_two_node_cluster_in_a_private_network_namespace(tmp_path):
     experiment = tmp_path / "cluster.yaml"
     experiment.write_text(SWEEP)
+    address_before = read_default_address()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     script = SCRIPT.format(port=random.randint(20000, 40000), python=sys.executable, experiment=experiment,
-                           results=tmp_path)
-    run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           results=tmp_path, temp=temp)
+    try:
+        run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    # the namespace's cluster wrote its address under its own temp dir, so a later plain
+    # ray.init() on this machine does not try to join a cluster that no longer exists
+    assert read_default_address() == address_before
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     listening = run.stdout.split("LISTENING", 1)[1].split()
     assert listening and all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr in listening)

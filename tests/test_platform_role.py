@@ -106,7 +106,7 @@ def test_ppo_trains_a_platform_agent():
                                                                          "num_heads": 2, "ff_dim": 32}}},
         "resources": {"num_envs_per_env_runner": 2},
     }).validate()
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
         algo = build_algorithm_config(exp).build_algo()
         results = [algo.train() for _ in range(2)]

@@ -22,7 +22,7 @@ TINY_MODEL = {"d_model": 16, "num_layers": 1, "num_heads": 2, "ff_dim": 32}
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a `ray start` cluster
     yield
     ray.shutdown()
 

@@ -22,7 +22,8 @@ def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = Fa
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        # address="local": always a new local instance, even if `ray start` left a cluster to join
+        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
 
 def _progress_callback(exp: ExperimentConfig):

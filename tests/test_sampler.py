@@ -13,7 +13,9 @@ from marl_rec.envs import ecosystem_v0
 ])
 def test_candidates_are_distinct_and_unmasked(overrides):
     env = ecosystem_v0.parallel_env(**overrides)
-    for seed in range(2):
+    rng = np.random.default_rng(0)
+    k = overrides.get("slate_size", 3)
+    for seed in range(5):
         env.reset(seed=seed)
         while env.agents:
             rnd, users = env.sim.state.round, env.sim.state.users
@@ -22,4 +24,4 @@ def test_candidates_are_distinct_and_unmasked(overrides):
             ordered = np.sort(candidates, axis=1)
             assert not (ordered[:, 1:] == ordered[:, :-1]).any()
             assert (env.sim.state.catalogue.uid[candidates] >= 0).all()
-            env.step({a: env.action_space(a).sample(rnd.candidate_mask[int(a.rsplit("_", 1)[1])]) for a in env.agents})
+            env.step({a: rng.choice(env.sim.state.round.candidates.shape[1], k, replace=False) for a in env.agents})

@@ -33,12 +33,12 @@ class MixedSampler:
     """A mix of fresh items (the newest window), popular items (the tracked set) and random
     older items, distinct within each user's set, at a cost of O(users × M).
 
-    Each source draws one item per stratum of its range, so its picks are distinct; the sources
-    are disjoint by construction: fresh = the newest ``fresh_window`` items; popular = tracked
-    popular items older than that; random = older items outside the popular pool (a draw that
-    lands in the pool moves along its stratum). When the pool has too few eligible items, random
-    older items fill in. While the catalogue holds fewer than window + M items, candidates are
-    drawn from whatever is there and the missing ones are padded and masked out.
+    Each source draws one item per stratum of its range, so its picks are distinct; fresh
+    (the newest ``fresh_window`` items) and older items are disjoint. A random older draw that
+    equals one of the same user's popular picks moves along its stratum; a user whose stratum
+    holds nothing else (rare) gets any distinct items instead. When the pool has too few
+    eligible items, random older items fill in. While the catalogue is too small for those
+    strata, candidates are any distinct items, padded and masked out only when fewer than M exist.
     """
 
     def __init__(self, config: EcosystemConfig):
@@ -48,50 +48,46 @@ class MixedSampler:
         self.num_popular = int(round(m * s.popular_fraction))
         self.num_older = m - self.num_fresh
         self.window = s.fresh_window
-        self.in_pool = np.zeros(config.catalogue_size, bool)  # slot -> currently in the popular pool
-        self.pool_slots = np.zeros(0, np.int64)
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cat = sim.state.catalogue
         n_users, count = sim.config.num_users, cat.count
         window = min(self.window, count)
-        if window < self.num_fresh or count - window < self.num_older + len(sim.state.popular):
+        if window < self.num_fresh or (count - window) < 2 * self.num_older:
             return self._sample_small(cat, n_users, rng)
 
+        parts = [cat.newest(stratified(rng, n_users, 0, window, self.num_fresh))] if self.num_fresh else []
         # the popular pool's items older than the fresh window (O(P) per round)
         pool = sim.state.popular
         pool_offset = (cat.head - 1 - pool) % cat.capacity
         eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
-        self.in_pool[self.pool_slots] = False
-        self.in_pool[eligible] = True
-        self.pool_slots = eligible
-
-        parts = [cat.newest(stratified(rng, n_users, 0, window, self.num_fresh))] if self.num_fresh else []
         num_popular = min(self.num_popular, len(eligible))
-        if num_popular:
-            parts.append(eligible[stratified(rng, n_users, 0, len(eligible), num_popular)])
+        popular = eligible[stratified(rng, n_users, 0, len(eligible), num_popular)] if num_popular else None
+        if popular is not None:
+            parts.append(popular)
         num_random = self.num_older - num_popular
         if num_random:
             start, width = _strata(window, count, num_random)
             width = width.astype(np.int64)
             within = (rng.random((n_users, num_random)) * width).astype(np.int64)
             slots = cat.newest(start + within)
-            clash = self.in_pool[slots]
-            for _ in range(int(width.max())):
-                if not clash.any():
-                    break
-                within = np.where(clash, (within + 1) % width, within)
-                slots = cat.newest(start + within)
-                clash = self.in_pool[slots]
+            clash = np.zeros(slots.shape, bool)
+            if popular is not None:
+                for _ in range(num_popular + 1):
+                    clash = (slots[:, :, None] == popular[:, None, :]).any(axis=2)
+                    if not clash.any():
+                        break
+                    within = np.where(clash, (within + 1) % width, within)
+                    slots = cat.newest(start + within)
             parts.append(slots)
         candidates = np.concatenate(parts, axis=1)
-        mask = np.ones(candidates.shape, bool)
-        if num_random and clash.any():  # a stratum made only of pool items: mask rather than duplicate
-            mask[:, -num_random:] = ~clash
-        return candidates, mask
+        stuck = clash.any(axis=1)  # a narrow stratum full of this user's popular picks: rare
+        if stuck.any():
+            candidates[stuck] = self._sample_small(cat, int(stuck.sum()), rng)[0]
+        return candidates, np.ones(candidates.shape, bool)
 
     def _sample_small(self, cat, n_users: int, rng) -> tuple[np.ndarray, np.ndarray]:
-        """Too few items for the strata: any distinct items, padded with masked slots."""
+        """A small catalogue: any distinct items, padded with masked slots when too few exist."""
         m = self.num_fresh + self.num_older
         candidates = np.full((n_users, m), -1, np.int64)
         if cat.count:

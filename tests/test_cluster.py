@@ -37,8 +37,12 @@ A=127.0.0.1:{port}
 trap 'pkill -9 -f "address=$A"; pkill -9 -f "server_port=$(echo {port})"; rm -f {temp}/ray_current_cluster' EXIT
 export RAY_AUTH_MODE=disabled
 ip link set lo up
-ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats --temp-dir={temp} >/dev/null 2>&1
-ray start --address=$A --num-cpus=1 --disable-usage-stats >/dev/null 2>&1
+ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats --temp-dir={temp} \
+    >{logs}/head.log 2>&1 || {{ cat {logs}/head.log; exit 1; }}
+for try in 1 2 3; do  # a loaded machine can be slow to accept the second node
+    ray start --address=$A --num-cpus=1 --disable-usage-stats >{logs}/worker.log 2>&1 && break
+    [ $try = 3 ] && {{ cat {logs}/worker.log; exit 1; }}; sleep 3
+done
 {python} -m marl_rec.cli sweep {experiment} --address $A --set results_dir={results}
 echo LISTENING; ss -ltn | awk 'NR > 1 {{print $4}}'
 """
@@ -57,7 +61,7 @@ def test_sweep_on_a_two_node_cluster_in_a_private_network_namespace(tmp_path):
     address_before = read_default_address()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     script = SCRIPT.format(port=random.randint(20000, 40000), python=sys.executable, experiment=experiment,
-                           results=tmp_path, temp=temp)
+                           results=tmp_path, temp=temp, logs=tmp_path)
     try:
         run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
                              timeout=600)

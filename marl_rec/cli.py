@@ -136,27 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (dotted keys)")
     ev.set_defaults(func=cmd_evaluate)
 
-    tr = sub.add_parser("train", help="train an experiment with RLlib (local Ray on loopback unless --address)")
-    tr.add_argument("experiment", help="experiments/<name>.yaml")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
-    tr.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in results/<name> after a crash")
+    def run_command(name: str, help: str, file_help: str, resume_help: str, func) -> argparse.ArgumentParser:
+        """train, sweep and compare: an experiment file, overrides, a cluster, resume."""
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("experiment", help=file_help)
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+        cmd.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+        cmd.add_argument("--resume", action="store_true", help=resume_help)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    tr = run_command("train", "train an experiment with RLlib (local Ray on loopback unless --address)",
+                     "experiments/<name>.yaml", "continue the run in results/<name> after a crash", cmd_train)
     tr.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (on 127.0.0.1)")
-    tr.set_defaults(func=cmd_train)
-
-    sw = sub.add_parser("sweep", help="Ray Tune sweep over the experiment's tune: section (resumable)")
-    sw.add_argument("experiment", help="experiments/<name>.yaml with a tune: section")
-    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
-    sw.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-    sw.add_argument("--resume", action="store_true", help="finish an interrupted sweep in results/<name>")
-    sw.set_defaults(func=cmd_sweep)
-
-    cp = sub.add_parser("compare", help="algorithms x seeds against the baselines, with IQM and bootstrap CIs")
-    cp.add_argument("experiment", help="experiments/<name>.yaml with a compare: section")
-    cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
-    cp.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-    cp.add_argument("--resume", action="store_true", help="finish an interrupted comparison")
-    cp.set_defaults(func=cmd_compare)
+    run_command("sweep", "Ray Tune sweep over the experiment's tune: section (resumable)",
+                "experiments/<name>.yaml with a tune: section", "finish an interrupted sweep in results/<name>",
+                cmd_sweep)
+    run_command("compare", "algorithms x seeds against the baselines, with IQM and bootstrap CIs",
+                "experiments/<name>.yaml with a compare: section", "finish an interrupted comparison", cmd_compare)
 
     rp = sub.add_parser("report", help="rebuild a comparison's tables and plots from its results folder")
     rp.add_argument("directory", help="results/<name>")

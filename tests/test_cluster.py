@@ -36,6 +36,7 @@ set -e
 A=127.0.0.1:{port}
 trap 'pkill -9 -f "address=$A"; pkill -9 -f "server_port=$(echo {port})"; rm -f {temp}/ray_current_cluster' EXIT
 export RAY_AUTH_MODE=disabled
+unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER  # (set by marl-rec's local mode) it would forbid a second node
 ip link set lo up
 ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats --temp-dir={temp} \
     >{logs}/head.log 2>&1 || {{ cat {logs}/head.log; exit 1; }}

@@ -19,7 +19,7 @@ import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts.behaviours import top_k_slate
-from marl_rec.envs.parts.choice import item_appeal
+from marl_rec.envs.parts.choice import consumed, item_logits
 from marl_rec.envs.parts.users import sigmoid
 from marl_rec.envs.registry import BEHAVIOURS
 
@@ -46,9 +46,8 @@ class PopularitySlate(_GreedySlate):
     consumed (the platform knows what its users watched)."""
 
     def scores(self, sim):
-        cat, users, slots = sim.state.catalogue, sim.state.users, sim.state.round.candidates
-        consumed = (cat.uid[slots][:, :, None] == users.history_uid[:, None, :]).any(axis=2)
-        return np.where(consumed, -1.0, cat.clicks[slots])
+        slots = sim.state.round.candidates
+        return np.where(consumed(sim, slots), -1.0, sim.state.catalogue.clicks[slots])
 
 
 @BEHAVIOURS.register("myopic")
@@ -77,14 +76,9 @@ def popularity_scores(candidates: np.ndarray, dim: int) -> np.ndarray:
 
 def expected_watch(sim, config: EcosystemConfig) -> np.ndarray:
     """(U, M) click probability × watch time of each candidate shown alone, from the true state."""
-    rnd, cat, users = sim.state.round, sim.state.catalogue, sim.state.users
-    slots = rnd.candidates
-    u = config.user
-    aff = np.einsum("umd,ud->um", cat.embedding[slots], users.interest)
-    logit = u.affinity_scale * aff + item_appeal(cat, slots, u) - u.no_click_logit
-    logit -= np.take_along_axis(users.fatigue, cat.topic[slots], axis=1)
-    seen = (cat.uid[slots][:, :, None] == users.history_uid[:, None, :]).any(axis=2)
-    logit -= u.repeat_penalty * seen
+    slots = sim.state.round.candidates
+    # shown alone, an item competes only with not clicking: P = sigmoid(logit - no-click logit)
+    logit = item_logits(sim, slots, config.user) - config.user.no_click_logit
     n_users, m = slots.shape
     user_idx = np.repeat(np.arange(n_users), m)
     watch = sim.user_dynamics.engagement(sim, slots.ravel(), user_idx).reshape(n_users, m)

@@ -19,6 +19,24 @@ def item_appeal(cat, slots: np.ndarray, user_config) -> np.ndarray:
     return user_config.clickbait_appeal * np.maximum(-cat.quality[slots], 0.0)
 
 
+def consumed(sim, slots: np.ndarray) -> np.ndarray:
+    """(U, n) bool: item ``slots[u, i]`` is among user u's last H consumed items."""
+    cat, users = sim.state.catalogue, sim.state.users
+    return (cat.uid[slots][:, :, None] == users.history_uid[:, None, :]).any(axis=2)
+
+
+def item_logits(sim, slots: np.ndarray, user_config) -> np.ndarray:
+    """(U, n) MNL logit of each item for its user, before position bias: affinity, clickbait
+    appeal, topic fatigue and the repeat penalty (see ``MultinomialLogitChoice``)."""
+    cat, users = sim.state.catalogue, sim.state.users
+    logits = user_config.affinity_scale * affinity(sim, slots)
+    logits += item_appeal(cat, slots, user_config)
+    logits -= np.take_along_axis(users.fatigue, cat.topic[slots], axis=1)
+    if user_config.repeat_penalty:
+        logits -= user_config.repeat_penalty * consumed(sim, slots)
+    return logits
+
+
 def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row)."""
     cdf = np.cumsum(probabilities, axis=1)
@@ -41,14 +59,7 @@ class MultinomialLogitChoice:
         self.position_logit = -self.user.position_bias * np.arange(config.slate_size, dtype=np.float32)
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
-        cat, users = sim.state.catalogue, sim.state.users
-        logits = self.user.affinity_scale * affinity(sim, slate_slots)
-        logits += item_appeal(cat, slate_slots, self.user)
-        logits -= np.take_along_axis(users.fatigue, cat.topic[slate_slots], axis=1)
-        logits += self.position_logit
-        if self.user.repeat_penalty:
-            seen = (cat.uid[slate_slots][:, :, None] == users.history_uid[:, None, :]).any(axis=2)
-            logits -= self.user.repeat_penalty * seen
+        logits = item_logits(sim, slate_slots, self.user) + self.position_logit
         logits = np.concatenate([logits, np.full((len(logits), 1), self.user.no_click_logit)], axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits)

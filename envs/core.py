@@ -54,6 +54,9 @@ class Simulator:
         self._age_scale = config.item.freshness_half_life or 50.0
         self._rows = np.arange(config.num_users)[:, None]
         self.lifetime_slates = 0  # slates served over every episode of this simulator (benchmarks)
+        self._slate_key: tuple | None = None  # (slate, candidates) arrays behind _slate_slots
+        self._slate_slots: np.ndarray | None = None
+        self._popular_sum: np.ndarray | None = None  # scratch, catalogue-sized, zero between rounds
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -129,9 +132,12 @@ class Simulator:
         self.state.round.slate = np.asarray(slate, np.int64)
 
     def slate_slots(self) -> np.ndarray:
-        """(U, K) catalogue slots of the current slates."""
+        """(U, K) catalogue slots of the current slates (computed once per slate)."""
         rnd = self.state.round
-        return rnd.candidates[self._rows, rnd.slate]
+        key = (rnd.slate, rnd.candidates)
+        if self._slate_key is None or key[0] is not self._slate_key[0] or key[1] is not self._slate_key[1]:
+            self._slate_key, self._slate_slots = key, rnd.candidates[self._rows, rnd.slate]
+        return self._slate_slots
 
     def choice_probabilities(self) -> np.ndarray:
         """(U, K + 1) click probabilities of the current slates under the choice model."""
@@ -156,9 +162,11 @@ class Simulator:
 
         # exposure and engagement bookkeeping, all O(users × K)
         shown = slate_slots.ravel()
-        np.add.at(cat.impressions, shown, 1.0)
+        # ufunc.at takes its fast path only when the values have the array's dtype (counts here)
+        one = cat.impressions.dtype.type(1.0)
+        np.add.at(cat.impressions, shown, one)
         c_users, c_slots, c_watch = active[clicked], slots[clicked], watch[clicked]
-        np.add.at(cat.clicks, c_slots, 1.0)
+        np.add.at(cat.clicks, c_slots, one)
         np.add.at(cat.watch_time, c_slots, c_watch)
         if c.num_creators:
             shown_creator = cat.creator[shown]
@@ -197,25 +205,28 @@ class Simulator:
         self.shown_uids.append(cat.uid[shown])
 
     def _update_popular(self, clicked_slots: np.ndarray) -> None:
-        """Decayed click counts over the tracked pool plus this round's clicks; keep the top P."""
+        """Decayed click counts over the tracked pool plus this round's clicks; keep the top P
+        (ties to the lower slot). O(P + clicks): sums go through a catalogue-sized scratch array."""
         s, cat = self.state, self.state.catalogue
         alive = (s.popular >= 0) & (cat.uid[s.popular] == s.popular_uid)
-        slots = np.concatenate([s.popular[alive], clicked_slots])
-        if len(slots) == 0:
+        kept = s.popular[alive]
+        if len(kept) + len(clicked_slots) == 0:
             return
-        scores = np.concatenate([s.popular_score[alive] * self.config.sampler.popularity_decay,
-                                 np.ones(len(clicked_slots))])
-        # sum the scores of repeated slots: sort, then add up runs of equal slots
-        order = np.argsort(slots, kind="stable")
-        slots, scores = slots[order], scores[order]
-        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
-        unique, totals = slots[starts], np.add.reduceat(scores, starts)
+        if self._popular_sum is None or len(self._popular_sum) != cat.capacity:
+            self._popular_sum = np.zeros(cat.capacity)
+        total = self._popular_sum
+        total[kept] = s.popular_score[alive] * self.config.sampler.popularity_decay  # pool slots are distinct
+        np.add.at(total, clicked_slots, 1.0)
+        slots = np.sort(np.concatenate([kept, clicked_slots]))
+        unique = slots[np.concatenate([[True], slots[1:] != slots[:-1]])]
+        totals = total[unique]
+        total[unique] = 0.0
         p = len(s.popular)
         top = np.argsort(-totals, kind="stable")[:p]
         n = len(top)
         s.popular[:n], s.popular[n:] = unique[top], -1
         s.popular_score[:n], s.popular_score[n:] = totals[top], 0.0
-        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[unique[top]], -1
+        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[s.popular[:n]], -1
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
@@ -237,19 +248,19 @@ class Simulator:
         """What the system sees of items: embedding, length, age, log impressions, smoothed CTR,
         mean watch per click (and true quality with ``oracle_observations``). Shape (..., F)."""
         cat, c = self.state.catalogue, self.config
+        d = c.embedding_dim
+        out = np.empty((*np.shape(slots), c.item_feature_dim), np.float32)  # filled column by column
+        np.take(cat.embedding, slots, axis=0, out=out[..., :d])
         impressions = cat.impressions[slots]
         clicks = cat.clicks[slots]
-        columns = [
-            cat.embedding[slots],
-            (cat.length[slots] / c.item.length_mean)[..., None],
-            ((self.state.t - cat.birth[slots]) / self._age_scale)[..., None],
-            (np.log1p(impressions) / 5.0)[..., None],
-            ((clicks + 1.0) / (impressions + 2.0))[..., None],
-            (cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean)[..., None],
-        ]
+        out[..., d] = cat.length[slots] / c.item.length_mean
+        out[..., d + 1] = (self.state.t - cat.birth[slots]) / self._age_scale
+        out[..., d + 2] = np.log1p(impressions) / 5.0
+        out[..., d + 3] = (clicks + 1.0) / (impressions + 2.0)
+        out[..., d + 4] = cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean
         if c.oracle_observations:
-            columns.append(cat.quality[slots][..., None])
-        return np.concatenate(columns, axis=-1).astype(np.float32)
+            out[..., d + 5] = cat.quality[slots]
+        return out
 
     def user_features(self) -> np.ndarray:
         """What the system sees of its user: (U, d + 4). Never the true interest unless oracle."""

@@ -19,6 +19,14 @@ def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return edges[:-1], np.diff(edges).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=4096)
+def _stratum_of(n: int, k: int) -> np.ndarray:
+    """(n + 1,) the stratum of each position of range(n) split as ``_strata`` splits it; the last
+    entry (looked up by position -1, "not in the range") is 0."""
+    start, width = _strata(0, n, k)
+    return np.append(np.repeat(np.arange(k), width.astype(np.int64)), 0)
+
+
 def stratified(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
     """(n_rows, k) distinct integers in [low, high): one uniform draw in each of k equal strata.
 
@@ -48,6 +56,7 @@ class MixedSampler:
         self.num_popular = int(round(m * s.popular_fraction))
         self.num_older = m - self.num_fresh
         self.window = s.fresh_window
+        self._pool_position: np.ndarray | None = None  # scratch: catalogue slot -> pool position, -1 between calls
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cat = sim.state.catalogue
@@ -62,29 +71,50 @@ class MixedSampler:
         pool_offset = (cat.head - 1 - pool) % cat.capacity
         eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
         num_popular = min(self.num_popular, len(eligible))
-        popular = eligible[stratified(rng, n_users, 0, len(eligible), num_popular)] if num_popular else None
-        if popular is not None:
-            parts.append(popular)
+        pick = stratified(rng, n_users, 0, len(eligible), num_popular) if num_popular else None
+        if pick is not None:
+            parts.append(eligible[pick])
         num_random = self.num_older - num_popular
+        stuck = None
         if num_random:
             start, width = _strata(window, count, num_random)
             width = width.astype(np.int64)
             within = (rng.random((n_users, num_random)) * width).astype(np.int64)
             slots = cat.newest(start + within)
-            clash = np.zeros(slots.shape, bool)
-            if popular is not None:
-                for _ in range(num_popular + 1):
-                    clash = (slots[:, :, None] == popular[:, None, :]).any(axis=2)
-                    if not clash.any():
-                        break
-                    within = np.where(clash, (within + 1) % width, within)
-                    slots = cat.newest(start + within)
+            if pick is not None:
+                stuck = self._separate(cat, slots, within, start, width, pick, eligible)
             parts.append(slots)
         candidates = np.concatenate(parts, axis=1)
-        stuck = clash.any(axis=1)  # a narrow stratum full of this user's popular picks: rare
-        if stuck.any():
-            candidates[stuck] = self._sample_small(cat, int(stuck.sum()), rng)[0]
+        if stuck is not None and len(stuck):  # a narrow stratum full of this user's popular picks: rare
+            candidates[stuck] = self._sample_small(cat, len(stuck), rng)[0]
         return candidates, np.ones(candidates.shape, bool)
+
+    def _separate(self, cat, slots, within, start, width, pick, pool) -> np.ndarray:
+        """Move each random older draw that equals one of its user's popular picks along its
+        stratum (in place); returns the rows still clashing after as many moves as picks.
+
+        ``pick`` (U, P') holds each user's popular picks as positions in ``pool``, one per
+        stratum of the pool, so a draw clashes only with the pick in its own pool stratum: one
+        catalogue-to-pool lookup (set and cleared here, O(P)) and one gather per check.
+        """
+        if self._pool_position is None or len(self._pool_position) != cat.capacity:
+            self._pool_position = np.full(cat.capacity, -1, np.int64)
+        n_users, num_picks = pick.shape
+        stratum = _stratum_of(len(pool), num_picks)
+        flat_pick = pick.ravel()
+        row_offset = np.arange(n_users)[:, None] * num_picks
+        self._pool_position[pool] = np.arange(len(pool))
+        try:
+            for _ in range(num_picks + 1):
+                position = self._pool_position[slots]
+                clash = (position >= 0) & (flat_pick[row_offset + stratum[position]] == position)
+                if not clash.any():
+                    return np.zeros(0, np.int64)
+                within[...] = np.where(clash, (within + 1) % width, within)
+                slots[...] = cat.newest(start + within)
+        finally:
+            self._pool_position[pool] = -1
+        return np.flatnonzero(clash.any(axis=1))
 
     def _sample_small(self, cat, n_users: int, rng) -> tuple[np.ndarray, np.ndarray]:
         """A small catalogue: any distinct items, padded with masked slots when too few exist."""

@@ -56,6 +56,8 @@ class Simulator:
         self.lifetime_slates = 0  # slates served over every episode of this simulator (benchmarks)
         self._slate_key: tuple | None = None  # (slate, candidates) arrays behind _slate_slots
         self._slate_slots: np.ndarray | None = None
+        self._slate_embedding: np.ndarray | None = None
+        self._row_start = np.arange(config.num_users) * config.slate_size  # flat index of each row's slot 0
         self._popular_sum: np.ndarray | None = None  # scratch, catalogue-sized, zero between rounds
 
     # ------------------------------------------------------------------ episode
@@ -137,7 +139,15 @@ class Simulator:
         key = (rnd.slate, rnd.candidates)
         if self._slate_key is None or key[0] is not self._slate_key[0] or key[1] is not self._slate_key[1]:
             self._slate_key, self._slate_slots = key, rnd.candidates[self._rows, rnd.slate]
+            self._slate_embedding = None
         return self._slate_slots
+
+    def slate_embedding(self) -> np.ndarray:
+        """(U, K, d) embeddings of the current slates' items (computed once per slate)."""
+        slots = self.slate_slots()
+        if self._slate_embedding is None:
+            self._slate_embedding = self.state.catalogue.embedding[slots]
+        return self._slate_embedding
 
     def choice_probabilities(self) -> np.ndarray:
         """(U, K + 1) click probabilities of the current slates under the choice model."""
@@ -149,11 +159,14 @@ class Simulator:
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
         k = c.slate_size
         active = np.flatnonzero(users.active)
-        choice = np.asarray(choice, np.int64)[active]
+        everyone = len(active) == c.num_users
+        choice = np.asarray(choice, np.int64)
         all_slate_slots = self.slate_slots()
-        slate_slots = all_slate_slots[active]
+        if not everyone:
+            choice = choice[active]
+        slate_slots = all_slate_slots if everyone else all_slate_slots[active]
         clicked = choice < k
-        slots = slate_slots[np.arange(len(active)), np.minimum(choice, k - 1)]
+        slots = slate_slots.ravel()[self._row_start[: len(active)] + np.minimum(choice, k - 1)]
 
         watch = self.user_dynamics.respond(self, self.rng, active, slots, clicked)
         rnd.choice[active] = choice
@@ -169,28 +182,26 @@ class Simulator:
         np.add.at(cat.clicks, c_slots, one)
         np.add.at(cat.watch_time, c_slots, c_watch)
         if c.num_creators:
-            shown_creator = cat.creator[shown]
-            shown_creator = shown_creator[shown_creator >= 0]
-            creators.exposure += np.bincount(shown_creator, minlength=c.num_creators)
-            click_creator = cat.creator[c_slots]
-            has_creator = click_creator >= 0
-            creators.clicks += np.bincount(click_creator[has_creator], minlength=c.num_creators)
-            creators.engagement += np.bincount(
-                click_creator[has_creator], weights=c_watch[has_creator], minlength=c.num_creators
-            )
+            # creator −1 (no creator) lands in bin 0, which is dropped
+            n = c.num_creators + 1
+            creators.exposure += np.bincount(cat.creator[shown] + 1, minlength=n)[1:]
+            click_creator = cat.creator[c_slots] + 1
+            creators.clicks += np.bincount(click_creator, minlength=n)[1:]
+            creators.engagement += np.bincount(click_creator, weights=c_watch, minlength=n)[1:]
             creators.exposure_total += creators.exposure
-        topic_clicks = np.bincount(cat.topic[c_slots], minlength=c.num_topics)
         if len(c_slots):
+            topic_clicks = np.bincount(cat.topic[c_slots], minlength=c.num_topics)
             s.topic_demand = 0.9 * s.topic_demand + 0.1 * topic_clicks / len(c_slots)
 
         # users' histories (newest first) and running interest estimate
+        clicked_embedding = cat.embedding[c_slots]
         users.history_uid[c_users, 1:] = users.history_uid[c_users, :-1]
         users.history_embedding[c_users, 1:] = users.history_embedding[c_users, :-1]
         users.history_watch[c_users, 1:] = users.history_watch[c_users, :-1]
         users.history_uid[c_users, 0] = cat.uid[c_slots]
-        users.history_embedding[c_users, 0] = cat.embedding[c_slots]
+        users.history_embedding[c_users, 0] = clicked_embedding
         users.history_watch[c_users, 0] = c_watch
-        users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * cat.embedding[c_slots]
+        users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * clicked_embedding
         users.clicks[c_users] += 1
         users.slates_seen[active] += 1
         self.lifetime_slates += len(active)
@@ -199,8 +210,8 @@ class Simulator:
         users.active[active] = users.time_budget[active] > 0
 
         self._update_popular(c_slots)
-        self.last_diversity = intra_list_diversity(self, all_slate_slots)
-        self.diversity_sum += float(self.last_diversity[active].sum())
+        self.last_diversity = intra_list_diversity(self, all_slate_slots, self.slate_embedding())
+        self.diversity_sum += float((self.last_diversity if everyone else self.last_diversity[active]).sum())
         self.diversity_count += len(active)
         self.shown_uids.append(cat.uid[shown])
 

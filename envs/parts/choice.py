@@ -10,7 +10,10 @@ from marl_rec.envs.registry import CHOICE_MODELS
 
 def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
     """interest · embedding for each user and slate item: (U, K)."""
-    embedding = sim.state.catalogue.embedding[slate_slots]  # (U, K, d)
+    if slate_slots is sim.slate_slots():
+        embedding = sim.slate_embedding()  # (U, K, d), gathered once per slate
+    else:
+        embedding = sim.state.catalogue.embedding[slate_slots]
     return np.einsum("ukd,ud->uk", embedding, sim.state.users.interest)
 
 
@@ -59,11 +62,14 @@ class MultinomialLogitChoice:
         self.position_logit = -self.user.position_bias * np.arange(config.slate_size, dtype=np.float32)
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
-        logits = item_logits(sim, slate_slots, self.user) + self.position_logit
-        logits = np.concatenate([logits, np.full((len(logits), 1), self.user.no_click_logit)], axis=1)
+        k = slate_slots.shape[1]
+        logits = np.empty((len(slate_slots), k + 1))  # float64, like the no-click column
+        np.add(item_logits(sim, slate_slots, self.user), self.position_logit, out=logits[:, :k])
+        logits[:, k] = self.user.no_click_logit
         logits -= logits.max(axis=1, keepdims=True)
-        weights = np.exp(logits)
-        return weights / weights.sum(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        return logits
 
 
 @CHOICE_MODELS.register("proportional")

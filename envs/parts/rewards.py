@@ -8,13 +8,16 @@ from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.registry import REWARDS
 
 
-def intra_list_diversity(sim, slate_slots: np.ndarray | None = None) -> np.ndarray:
+def intra_list_diversity(sim, slate_slots: np.ndarray | None = None, embedding: np.ndarray | None = None) -> np.ndarray:
     """Mean pairwise cosine distance between the items of each user's slate: (U,).
 
     For unit embeddings, the sum of pairwise cosines over i != j is |sum_k e_k|^2 - K.
+    ``embedding``, the slates' (U, K, d) item embeddings, saves the gather when already at hand.
     """
-    slots = sim.slate_slots() if slate_slots is None else slate_slots
-    emb = sim.state.catalogue.embedding[slots]  # (U, K, d), unit rows
+    if embedding is None:
+        slots = sim.slate_slots() if slate_slots is None else slate_slots
+        embedding = sim.state.catalogue.embedding[slots]
+    emb = embedding  # (U, K, d), unit rows
     k = emb.shape[1]
     if k < 2:
         return np.zeros(len(emb))

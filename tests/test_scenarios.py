@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from marl_rec.bench import random_slates
+from marl_rec.bench import random_slates, recsim_users
 from marl_rec.envs import ecosystem_v0
 from marl_rec.evaluate import evaluate_behaviour
 
@@ -22,6 +22,26 @@ def test_recsim_interest_evolution_matches_recsim_with_random_slates():
             steps += 1
         returns.append(total)
         lengths.append(steps)
+    assert 151.0 <= np.mean(returns) <= 159.0
+    assert abs(np.mean(lengths) - 83.0) <= 8.3
+
+
+def test_recsim_users_in_one_env_are_recsim_users():
+    # 64 users stepped together (bench env's figure (a)) are 64 independent RecSim users:
+    # per-user return and session length match the single-user check above.
+    env = ecosystem_v0.parallel_env("recsim_interest_evolution", **recsim_users(64))
+    rng = np.random.default_rng(7)
+    returns, lengths = [], []
+    for episode in range(3):
+        observations, _ = env.reset(seed=20_000 + episode)
+        while env.agents:
+            agents = env.agents
+            masks = np.stack([observations[a]["action_mask"] for a in agents])
+            observations, *_ = env.step(dict(zip(agents, random_slates(masks, 2, rng))))
+        returns.extend(env.sim.state.users.watch_total)
+        lengths.extend(env.sim.state.users.session_length)
+        # each user drew its own fresh documents every step it was on the platform
+        assert env.sim.state.catalogue.next_uid == 64 * 10 * env.sim.state.t
     assert 151.0 <= np.mean(returns) <= 159.0
     assert abs(np.mean(lengths) - 83.0) <= 8.3
 

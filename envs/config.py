@@ -260,13 +260,19 @@ class EcosystemConfig(_Section):
 
 
 def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``base``; dotted keys (``user.time_budget``) address nested keys."""
+    """Deep-merge ``overrides`` into ``base``; dotted keys (``user.time_budget``) address nested keys.
+
+    A ``None`` (YAML ``null``) value removes the key, so it takes its default again (as in JSON
+    Merge Patch, RFC 7386): ``{"modules.creator": None}`` drops the creator's module.
+    """
     merged = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if rest:
             value = {rest: value}
-        if isinstance(value, Mapping) and isinstance(merged.get(head), Mapping):
+        if value is None:
+            merged.pop(head, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(head), Mapping):
             merged[head] = merge_overrides(merged[head], value)
         else:
             merged[head] = value

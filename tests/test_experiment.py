@@ -49,6 +49,14 @@ def test_set_overrides_use_dotted_keys(tmp_path):
     assert exp.algorithm.training == {"lr": 0.01} and exp.env == {"num_users": 3}
 
 
+def test_null_override_removes_a_key(tmp_path):
+    text = "env: {roles: [system, creator]}\nmodules: {system: {type: mlp}, creator: {type: creator_mlp}}"
+    exp = load_experiment(write(tmp_path, text), {"env.roles": ["system"], "modules.creator": None})
+    assert exp.env == {"roles": ["system"]} and list(exp.modules) == ["system"]
+    with pytest.raises(ConfigError, match="'modules.creator' is not an external role"):
+        load_experiment(write(tmp_path, text), {"env.roles": ["system"]})
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such experiment file"):
         load_experiment(tmp_path / "missing.yaml")

@@ -91,6 +91,12 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     model_config (besides the subclass's keys):
         mixed_precision (bool, True): bf16 autocast while the parameters are on CUDA.
+        prior ("none" | "myopic", "none"), prior_weight (float, 5.0): residual policy learning
+            (Silver et al. 2018): the slate logits are prior_weight · the myopic baseline's score
+            of each candidate, computed from the observation alone (``baselines.myopic_scores``),
+            plus the learned logits, whose head starts at zero. Training starts from a
+            (stochastic) myopic recommender instead of a random one.
+        critic ("local" | "state", "local"): see the MAPPO note in ``setup``.
         epsilon, double_q, dueling, num_atoms: read only under DQN, which puts them into every
             module's model_config (``DQNConfig._model_config_auto_includes``); their presence
             ("epsilon") switches the module to acting epsilon-greedily on Q-values.
@@ -108,6 +114,13 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
         self.encoder, width = self.build_encoder(self.dims)
         self.heads = nn.ModuleDict({"policy": nn.Linear(width, 1), "value": nn.Linear(width, 1)})
+        prior = self.model_config.get("prior", "none")
+        if prior not in ("none", "myopic"):
+            raise ValueError(f"{type(self).__name__}: model_config['prior'] is 'none' or 'myopic', got {prior!r}")
+        self.prior_weight = float(self.model_config.get("prior_weight", 5.0)) if prior == "myopic" else 0.0
+        if self.prior_weight:
+            nn.init.zeros_(self.heads["policy"].weight)  # the policy starts as the prior
+            nn.init.zeros_(self.heads["policy"].bias)
         # MAPPO-style centralised critic (Yu et al. 2022): the value reads the env's global state
         # (observation key "state", env option state_in_observations); the actor never does.
         self.state_critic = self.model_config.get("critic", "local") == "state"
@@ -167,10 +180,21 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     def _policy_logits(self, obs: dict, candidates: torch.Tensor, target: bool = False) -> torch.Tensor:
         logits = self._head("policy", candidates, target)
+        if self.prior_weight:
+            logits = logits + self.prior_weight * self._myopic_prior(obs)
         if self.platform:
             # users who left: constant logits, so their (ignored) slates add a constant log-prob
             logits = torch.where(obs["user_mask"].unsqueeze(-1) > 0.5, logits, torch.zeros_like(logits))
         return mask_logits(logits, obs["action_mask"])
+
+    def _myopic_prior(self, obs: dict) -> torch.Tensor:
+        """(…, M) the myopic baseline's candidate scores from the observation (the torch twin of
+        ``marl_rec.policies.baselines.myopic_scores``): estimated interest · embedding + CTR +
+        0.5 · watch per click."""
+        d = self.dims.user_features - 4
+        user, items = obs["user"].float(), obs["candidates"].float()
+        affinity = (items[..., :d] * user[..., None, :d]).sum(-1)
+        return affinity + items[..., d + 3] + 0.5 * items[..., d + 4]
 
     def _value_features(self, obs: dict, summary: torch.Tensor) -> torch.Tensor:
         """The summary the value head reads: a platform averages its active users' summaries."""

@@ -294,6 +294,25 @@ def test_fixed_myopic_is_the_top_k_of_the_shared_scores_on_numpy_batches(env):
     np.testing.assert_array_equal(slates, np.argsort(-scores, axis=1)[:, :3])
 
 
+@pytest.mark.parametrize("name", SYSTEM_MODULES)
+def test_myopic_prior_starts_the_policy_at_the_myopic_baseline(env, name):
+    from marl_rec.policies.baselines import myopic_scores
+
+    module = build(SYSTEM_MODULES[name], env, "system", {"prior": "myopic", "prior_weight": 5.0})
+    batch = role_batch(env, "system", batch_size=8)
+    obs = {k: v.numpy() for k, v in batch[Columns.OBS].items()}
+    logits = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS]
+    valid = obs["action_mask"] > 0.5
+    expected = 5.0 * myopic_scores(obs["user"], obs["candidates"], 8)
+    np.testing.assert_allclose(logits.detach().numpy()[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    # the learned part still trains: the policy head gets gradients
+    out = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+    out[torch.as_tensor(valid)].sum().backward()
+    assert module.heads["policy"].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="'none' or 'myopic'"):
+        build(SYSTEM_MODULES[name], env, "system", {"prior": "oracle"})
+
+
 def test_fixed_module_rejects_a_policy_of_another_role(env):
     with pytest.raises(ValueError, match="not a creator policy"):
         build(FixedPolicyModule, env, "creator", {"policy": "myopic"})

@@ -32,8 +32,9 @@ def test_console_script_is_installed():
 @pytest.mark.slow
 def test_train_then_evaluate_checkpoint_end_to_end(tmp_path):
     """`marl-rec train` on a tiny budget, then `marl-rec evaluate --checkpoint` on its run folder."""
+    # 64 env steps over 4 envs end no 30-round episode: the metric columns must exist all the same
     sets = ["stop.training_iteration=1", "evaluation.episodes=2", f"results_dir={tmp_path}", "env.num_users=4",
-            "env.max_cycles=15", "algorithm.training.train_batch_size_per_learner=64",
+            "env.max_cycles=30", "algorithm.training.train_batch_size_per_learner=64",
             "algorithm.training.minibatch_size=64", "algorithm.training.num_epochs=1",
             "evaluation.baselines=[random]", "resources.num_cpus=2"]
     args = [sys.executable, "-m", "marl_rec.cli", "train", "experiments/quickstart.yaml"]
@@ -46,7 +47,9 @@ def test_train_then_evaluate_checkpoint_end_to_end(tmp_path):
     run_dir = tmp_path / "quickstart"
     assert (run_dir / "experiment.yaml").is_file() and (run_dir / "evaluation.md").is_file()
     assert list(run_dir.glob("*/checkpoint_*/learner_group"))
-    assert list(run_dir.glob("*/progress.csv"))
+    (progress,) = run_dir.glob("*/progress.csv")
+    header = progress.read_text().splitlines()[0].split(",")
+    assert {"env_runners/team_return", "env_runners/creator_retention", "env_runners/exposure_gini"} <= set(header)
 
     again = subprocess.run([sys.executable, "-m", "marl_rec.cli", "evaluate", "--checkpoint", str(run_dir),
                             "--episodes", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -31,3 +31,13 @@ class RecommenderMetricsCallback(RLlibCallback):
             return
         for name in METRICS:
             metrics_logger.log_value(name, metrics[name], reduce="mean")
+
+    def on_train_result(self, *, algorithm=None, metrics_logger=None, result=None, **kwargs):
+        """Every metric in every iteration's result, NaN until an episode has ended: Tune's
+        progress.csv fixes its columns at the first row, and with several phases per round the
+        first iteration may end no episode."""
+        if result is None:
+            return
+        runners = result.setdefault("env_runners", {})
+        for name in METRICS:
+            runners.setdefault(name, float("nan"))

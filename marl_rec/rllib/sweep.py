@@ -46,7 +46,9 @@ def search_space(exp: ExperimentConfig) -> dict[str, Any]:
 def flat_result(result: dict) -> dict[str, float]:
     """The numbers a sweep reports per iteration (nested RLlib keys joined with '/')."""
     runners = result.get("env_runners", {})
-    out = {f"env_runners/{k}": float(runners[k]) for k in REPORTED if k in runners}
+    # every key from the first row on (NaN until an episode has ended): progress.csv's columns
+    # are those of the first result
+    out = {f"env_runners/{k}": float(runners.get(k, float("nan"))) for k in REPORTED}
     out["num_env_steps_sampled_lifetime"] = float(result.get("num_env_steps_sampled_lifetime", 0))
     return out
 

@@ -246,7 +246,7 @@ class EcosystemConfig(_Section):
     @property
     def item_feature_dim(self) -> int:
         """Features per item seen by the system agent (see ``Simulator.item_features``)."""
-        return self.embedding_dim + 5 + (1 if self.oracle_observations else 0)
+        return self.embedding_dim + 7 + (1 if self.oracle_observations else 0)
 
     @property
     def user_feature_dim(self) -> int:

@@ -257,7 +257,10 @@ class Simulator:
     # ------------------------------------------------------------------ views
     def item_features(self, slots: np.ndarray) -> np.ndarray:
         """What the system sees of items: embedding, length, age, log impressions, smoothed CTR,
-        mean watch per click (and true quality with ``oracle_observations``). Shape (..., F)."""
+        mean watch per click, and two columns on the item's creator that a platform logs: its
+        share of the episode's slate impressions (1 = the mean over creators still on the
+        platform, 0 for items without a creator) and whether it is still on the platform
+        (true quality follows with ``oracle_observations``). Shape (..., F)."""
         cat, c = self.state.catalogue, self.config
         d = c.embedding_dim
         out = np.empty((*np.shape(slots), c.item_feature_dim), np.float32)  # filled column by column
@@ -269,9 +272,25 @@ class Simulator:
         out[..., d + 2] = np.log1p(impressions) / 5.0
         out[..., d + 3] = (clicks + 1.0) / (impressions + 2.0)
         out[..., d + 4] = cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean
+        creator = cat.creator[slots] + 1  # 0: no creator
+        share, on_platform = self._creator_columns()
+        out[..., d + 5] = share[creator]
+        out[..., d + 6] = on_platform[creator]
         if c.oracle_observations:
-            out[..., d + 5] = cat.quality[slots]
+            out[..., d + 7] = cat.quality[slots]
         return out
+
+    def _creator_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C + 1,) exposure share and on-platform flag per creator, entry 0 for "no creator"."""
+        creators = self.state.creators
+        n = len(creators.active)
+        share, on_platform = np.zeros(n + 1, np.float32), np.zeros(n + 1, np.float32)
+        if n:
+            active = creators.active
+            mean = float(creators.exposure_total @ active) / max(int(active.sum()), 1)
+            share[1:] = creators.exposure_total / mean if mean > 0 else 1.0
+            on_platform[1:] = active
+        return share, on_platform
 
     def user_features(self) -> np.ndarray:
         """What the system sees of its user: (U, d + 4). Never the true interest unless oracle."""

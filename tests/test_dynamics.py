@@ -187,3 +187,18 @@ def test_recsim_proportional_choice():
     sim.set_slates(np.array([[0, 1]]))
     scores = [0.5 + 1.0, -0.6 + 1.0, 1.0 + 1.0]  # score − min_normalizer; no-click mass 1 − (−1)
     np.testing.assert_allclose(sim.choice_probabilities()[0], np.array(scores) / sum(scores), rtol=1e-6)
+
+
+def test_item_features_report_the_creators_exposure_share_and_presence(sim):
+    # d = 2: columns d+5 and d+6 are the creator's impression share and on-platform flag
+    s = sim.state
+    s.catalogue.creator[3] = -1  # item 3 has no creator
+    s.creators.exposure_total[:] = [6.0, 2.0]  # mean over the two active creators: 4
+    features = sim.item_features(np.array([0, 1, 2, 3]))  # creators 0, 1, 1, none
+    np.testing.assert_allclose(features[:, 7], [1.5, 0.5, 0.5, 0.0])
+    np.testing.assert_array_equal(features[:, 8], [1.0, 1.0, 1.0, 0.0])
+    s.creators.active[1] = False  # creator 1 left: the mean is over creator 0 alone
+    features = sim.item_features(np.array([[0, 1]]))
+    assert features.shape == (1, 2, sim.config.item_feature_dim) == (1, 2, 9)
+    np.testing.assert_allclose(features[0, :, 7], [1.0, 2.0 / 6.0])
+    np.testing.assert_array_equal(features[0, :, 8], [1.0, 0.0])

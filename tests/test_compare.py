@@ -47,6 +47,14 @@ def test_compare_writes_tables_and_plots_and_report_rebuilds_them(tmp_path):
     assert sorted((r["variant"], r["seed"]) for r in runs["runs"]) == [("PPO", 0), ("PPO", 1), ("PPO-fast", 0), ("PPO-fast", 1)]
     assert all(len(r["evaluation"]) == 3 for r in runs["runs"])
     assert set(runs["baselines"]) == {"random", "long_term"} and all(len(v) == 3 for v in runs["baselines"].values())
+    # every recommender metric per run and per baseline, the run's team return among them
+    for r in runs["runs"]:
+        assert set(r["metrics"]) >= {"team_return", "creator_retention", "exposure_gini"}
+        assert r["metrics"]["team_return"] == pytest.approx(sum(r["evaluation"]) / 3)
+    assert set(runs["baseline_metrics"]) == {"random", "long_term"}
+    table = (out / "comparison.md").read_text()
+    assert "| policy | team_return | watch_time |" in table and "creator_retention" in table
+    assert "| PPO-fast | " in table.split("Recommender metrics")[1]
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     iqm = {r["algorithm"]: r for r in rows if r["metric"] == "iqm"}
     assert set(iqm) == {"PPO", "PPO-fast", "random", "long_term"}
@@ -77,3 +85,22 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
     run = subprocess.run([sys.executable, "-m", "marl_rec.cli", "report", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "no runs.json" in run.stderr
+
+
+def test_report_plots_curves_that_start_before_any_episode_ended(tmp_path):
+    # with several phases per round a run's first iterations may end no episode: NaN points
+    from marl_rec.rllib.compare import report
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    exp = load_experiment(tmp_path / "tiny.yaml")
+    nan = float("nan")
+    runs = [{"variant": v, "seed": s, "error": None, "evaluation": [150.0 + s, 160.0, 170.0 + 2 * s],
+             "curve": {"env_steps": [32, 64, 96], "team_return": [nan, 150.0 + s, 160.0]},
+             "metrics": {"team_return": 160.0 + s, "creator_retention": 0.5}}
+            for v in ("PPO", "PPO-fast") for s in (0, 1)]
+    data = {"experiment": exp.to_dict(), "runs": runs, "baselines": {"random": [140.0, 150.0, 160.0]},
+            "baseline_metrics": {"random": {"team_return": 150.0, "creator_retention": 0.9}}}
+    (tmp_path / "runs.json").write_text(json.dumps(data))
+    text = report(tmp_path)
+    assert (tmp_path / "learning_curves.png").is_file() and (tmp_path / "performance_profile.png").is_file()
+    assert "| PPO | 160.500 ± 0.707 | 0.500 ± 0.000 |" in text and "| random | 150.000 | 0.900 |" in text

@@ -67,11 +67,17 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
         if result.checkpoint is not None and not result.error:
             run_exp = trial_experiment(result.config)
             modules = load_modules(Path(result.checkpoint.path) / "algorithm")
-            entry["evaluation"] = evaluate_modules(modules, run_exp, c.episodes, first)["team_return"].tolist()
+            metrics = evaluate_modules(modules, run_exp, c.episodes, first)
+            entry["evaluation"] = metrics["team_return"].tolist()
+            entry["metrics"] = {name: float(values.mean()) for name, values in metrics.items()}
         runs.append(entry)
-    baselines = {name: evaluate_behaviour(name, exp.scenario, c.episodes, first, overrides=exp.env)["team_return"].tolist()
-                 for name in exp.evaluation.baselines}
-    (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines}, indent=1))
+    baselines, baseline_metrics = {}, {}
+    for name in exp.evaluation.baselines:
+        metrics = evaluate_behaviour(name, exp.scenario, c.episodes, first, overrides=exp.env)
+        baselines[name] = metrics["team_return"].tolist()
+        baseline_metrics[name] = {m: float(values.mean()) for m, values in metrics.items()}
+    (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
+                                              "baseline_metrics": baseline_metrics}, indent=1))
     report(path)
     return path
 
@@ -124,6 +130,7 @@ def report(path: str | Path) -> str:
     if improvement:
         lines += ["", "| probability of improvement | point [95% CI] |", "|---|---|"]
         lines += [f"| P({a} > {b}) | {i.point:.3f} [{i.low:.3f}, {i.high:.3f}] |" for (a, b), i in improvement.items()]
+    lines += metrics_table(data, c.variants)
     failed = [f"{r['variant']} seed {r['seed']}" for r in data["runs"] if r.get("error")]
     if failed:
         lines += ["", f"Failed runs (left out): {', '.join(failed)}"]
@@ -131,6 +138,26 @@ def report(path: str | Path) -> str:
     (path / "comparison.md").write_text(text)
     plot(path, data, everything, rng, c.reps)
     return text
+
+
+def metrics_table(data: dict, variants) -> list[str]:
+    """Markdown lines: every recommender metric, mean ± standard deviation over a variant's runs
+    (each run: its mean over the held-out episodes), and the baselines' means on those episodes."""
+    runs = [r for r in data["runs"] if r.get("metrics")]
+    if not runs:
+        return []
+    names = list(runs[0]["metrics"])
+    lines = ["", "Recommender metrics, mean over the held-out episodes (variants: mean ± sd over runs):", "",
+             "| policy | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label in variants:
+        values = np.array([[r["metrics"][n] for n in names] for r in runs if r["variant"] == label])
+        if len(values):
+            cells = [f"{m:.3f} ± {sd:.3f}" for m, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1
+                                                             else np.zeros(len(names)))]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for name, metrics in data.get("baseline_metrics", {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[n]:.3f}" for n in names) + " |")
+    return lines
 
 
 def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) -> None:
@@ -149,7 +176,12 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
             continue
         length = min(len(cv["team_return"]) for cv in curves)
         steps = np.array(curves[0]["env_steps"][:length])
-        returns = np.array([cv["team_return"][:length] for cv in curves])  # (runs, points)
+        returns = np.array([cv["team_return"][:length] for cv in curves], dtype=float)  # (runs, points)
+        # iterations before a run's first finished episode report NaN: plot where every run has a value
+        finite = np.isfinite(returns).all(axis=0)
+        steps, returns, length = steps[finite], returns[:, finite], int(finite.sum())
+        if not length:
+            continue
         point = np.array([stats.iqm(returns[:, [i]]) for i in range(length)], dtype=float)
         band = [stats.stratified_bootstrap_ci({label: returns[:, [i]]}, stats.iqm, rng, reps=min(reps, 500))[label]
                 for i in range(length)]

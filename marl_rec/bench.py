@@ -181,12 +181,13 @@ def bench_train(experiment: str = "experiments/quickstart.yaml", roles=("system"
         total_s = time.perf_counter() - start
         recs = served() - start_recs
         algo.stop()
-        # RLlib's env-step and inference timers are moving averages: shares of sampling time, capped
+        # RLlib's timers are moving averages: sampling and learning rates and the shares are
+        # estimates (the learner's share is of sampling + learning time); end to end is wall clock
         env_share = min(env_s / sample_s, 1.0)
         forward_share = min(forward_s / sample_s, 1.0 - env_share)
         rows.append(
             f"| {role} ({len(sub_envs)} envs) | {recs / total_s:,.0f} | {recs / sample_s:,.0f} | {recs / learn_s:,.0f} | "
-            f"{100 * learn_s / total_s:.0f}% | {100 * env_share:.0f}% / {100 * forward_share:.0f}% / "
+            f"{100 * learn_s / (learn_s + sample_s):.0f}% | {100 * env_share:.0f}% / {100 * forward_share:.0f}% / "
             f"{100 * (1 - env_share - forward_share):.0f}% |"
         )
     return "\n".join(rows)

@@ -64,8 +64,14 @@ def myopic_scores(user: np.ndarray, candidates: np.ndarray, dim: int) -> np.ndar
     """The myopic score from the system observation alone: (..., M) from user (..., d+4) and
     candidates (..., M, F) features (see ``Simulator.user_features`` / ``item_features``)."""
     affinity = np.einsum("...md,...d->...m", candidates[..., :dim], user[..., :dim])
-    ctr, watch_per_click = candidates[..., dim + 3], candidates[..., dim + 4]
-    return affinity + ctr + 0.5 * watch_per_click
+    return myopic_from_affinity(affinity, candidates, dim)
+
+
+def myopic_from_affinity(affinity, candidates, dim: int):
+    """The myopic score given the (..., M) affinity: + smoothed CTR + 0.5 · watch per click.
+    Plain indexing and arithmetic, so numpy arrays and torch tensors both work (the slate
+    modules' myopic prior uses it)."""
+    return affinity + candidates[..., dim + 3] + 0.5 * candidates[..., dim + 4]
 
 
 def popularity_scores(candidates: np.ndarray, dim: int) -> np.ndarray:

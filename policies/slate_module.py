@@ -29,6 +29,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
+from marl_rec.policies.baselines import myopic_from_affinity
 from marl_rec.policies.common import EncoderHeadsTargets, autocast, dict_boxes, mask_logits, mlp, options
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
@@ -188,13 +189,11 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         return mask_logits(logits, obs["action_mask"])
 
     def _myopic_prior(self, obs: dict) -> torch.Tensor:
-        """(…, M) the myopic baseline's candidate scores from the observation (the torch twin of
-        ``marl_rec.policies.baselines.myopic_scores``): estimated interest · embedding + CTR +
-        0.5 · watch per click."""
+        """(…, M) the myopic baseline's candidate scores from the observation, as
+        ``marl_rec.policies.baselines.myopic_scores`` computes them."""
         d = self.dims.user_features - 4
         user, items = obs["user"].float(), obs["candidates"].float()
-        affinity = (items[..., :d] * user[..., None, :d]).sum(-1)
-        return affinity + items[..., d + 3] + 0.5 * items[..., d + 4]
+        return myopic_from_affinity((items[..., :d] * user[..., None, :d]).sum(-1), items, d)
 
     def _value_features(self, obs: dict, summary: torch.Tensor) -> torch.Tensor:
         """The summary the value head reads: a platform averages its active users' summaries."""

@@ -18,6 +18,15 @@ DESIGNED_ADVISORIES = (
 PLATFORM_ADVISORIES = ("Action mask has more than 1 dimension",)
 
 
+# The tiny PPO run (3 users, an MLP recommender) behind the sweep, compare and cluster tests;
+# each adds its own name, resources, stop and tune/compare sections.
+TINY_RUN = """\
+env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
+algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
+modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
+"""
+
+
 @contextlib.contextmanager
 def strict_warnings(extra: tuple[str, ...] = ()):
     with warnings.catch_warnings():

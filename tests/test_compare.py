@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_RUN
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = """
-name: tiny_compare
-env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
-algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
-modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
-resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
+TINY = "name: tiny_compare\n" + TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
 evaluation: {seed: 500, baselines: [random, long_term]}
 stop: {training_iteration: 2}
 checkpoint_every: 1

@@ -2,20 +2,56 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from marl_rec.policies.common import NEG
 from marl_rec.policies.slate_module import SlateDims, SlateScorerModule
 
 USER, HISTORY, CANDIDATE = 0, 1, 2  # token types
 
 
+class EncoderLayer(nn.Module):
+    """A pre-norm transformer encoder layer (Vaswani et al. 2017; pre-norm: Xiong et al. 2020):
+    x + attention(norm(x)), then x + feed-forward(norm(x)). The same function as torch's
+    ``nn.TransformerEncoderLayer(norm_first=True, batch_first=True)``, written out because the
+    sequences here are short (29 tokens by default): one fused query/key/value projection and
+    two batched matmuls cost about a third less CPU time per training step than torch's layer,
+    whose fused attention kernels are built for long sequences (measured in
+    ``marl-rec bench train``)."""
+
+    def __init__(self, d_model: int, num_heads: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.attention_norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.attention_out = nn.Linear(d_model, d_model)
+        self.ff_norm = nn.LayerNorm(d_model)
+        self.ff_in = nn.Linear(d_model, ff_dim)
+        self.ff_out = nn.Linear(ff_dim, d_model)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d_model); key_bias (B, 1, 1, T): 0 for keys to attend to, ``NEG`` for padding."""
+        b, t, d = x.shape
+        head = d // self.num_heads
+        q, k, v = self.qkv(self.attention_norm(x)).view(b, t, 3, self.num_heads, head).permute(2, 0, 3, 1, 4)
+        scores = (q * (1.0 / math.sqrt(head))) @ k.transpose(-1, -2) + key_bias  # (B, heads, T, T)
+        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        attended = (weights @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + F.dropout(self.attention_out(attended), self.dropout, self.training)
+        hidden = F.dropout(F.relu(self.ff_in(self.ff_norm(x))), self.dropout, self.training)
+        return x + F.dropout(self.ff_out(hidden), self.dropout, self.training)
+
+
 class SlateTransformerEncoder(nn.Module):
     """Tokens [user, H history items, M candidates], each projected to d_model, plus a learned
-    type embedding and (history) a position embedding, through a pre-norm transformer encoder.
-    Padded history slots and masked-out candidates are keys no token attends to; the user token
-    is never padded, so every row attends to something."""
+    type embedding and (history) a position embedding, through pre-norm encoder layers and a
+    final LayerNorm. Padded history slots and masked-out candidates are keys no token attends
+    to; the user token is never padded, so every row attends to something."""
 
     def __init__(self, dims: SlateDims, d_model: int, num_layers: int, num_heads: int, ff_dim: int, dropout: float):
         super().__init__()
@@ -25,11 +61,8 @@ class SlateTransformerEncoder(nn.Module):
         self.candidate_projection = nn.Linear(dims.candidate_features, d_model)
         self.token_type = nn.Embedding(3, d_model)
         self.history_position = nn.Embedding(dims.history_length, d_model)
-        layer = nn.TransformerEncoderLayer(
-            d_model, num_heads, ff_dim, dropout, batch_first=True, norm_first=True
-        )
-        # nested tensors would zero the outputs at padded positions in eval mode only; keep train == eval
-        self.transformer = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, num_heads, ff_dim, dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
         token_types = [USER] + [HISTORY] * dims.history_length + [CANDIDATE] * dims.num_candidates
         self.register_buffer("token_types", torch.tensor(token_types), persistent=False)
 
@@ -38,11 +71,13 @@ class SlateTransformerEncoder(nn.Module):
         user = self.user_projection(obs["user"]).unsqueeze(1)
         history = self.history_projection(obs["history"]) + self.history_position.weight
         candidates = self.candidate_projection(obs["candidates"])
-        tokens = torch.cat([user, history, candidates], dim=1) + self.token_type(self.token_types)
+        x = torch.cat([user, history, candidates], dim=1) + self.token_type(self.token_types)
 
-        user_padding = torch.zeros_like(obs["history_mask"][:, :1], dtype=torch.bool)
-        padding = torch.cat([user_padding, obs["history_mask"] < 0.5, obs["action_mask"] < 0.5], dim=1)
-        out = self.transformer(tokens, src_key_padding_mask=padding)
+        keep = torch.cat([torch.ones_like(obs["history_mask"][:, :1]), obs["history_mask"], obs["action_mask"]], dim=1)
+        key_bias = torch.zeros_like(keep).masked_fill(keep < 0.5, NEG)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, key_bias)
+        out = self.norm(x)
         return out[:, 1 + self.history_length :], out[:, 0]
 
 

@@ -176,6 +176,49 @@ def test_system_output_shapes_and_greedy_mode(env, name):
     assert module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS].shape == (5, 20)
 
 
+def test_encoder_layer_is_torchs_pre_norm_layer():
+    """The written-out layer computes what nn.TransformerEncoderLayer(norm_first=True) does
+    with the same weights, padding included."""
+    from marl_rec.policies.transformer import EncoderLayer
+
+    torch.manual_seed(0)
+    ours = EncoderLayer(d_model=16, num_heads=4, ff_dim=24, dropout=0.0)
+    reference = torch.nn.TransformerEncoderLayer(16, 4, 24, 0.0, batch_first=True, norm_first=True)
+    with torch.no_grad():
+        for theirs, mine in [
+            (reference.self_attn.in_proj_weight, ours.qkv.weight), (reference.self_attn.in_proj_bias, ours.qkv.bias),
+            (reference.self_attn.out_proj.weight, ours.attention_out.weight),
+            (reference.self_attn.out_proj.bias, ours.attention_out.bias),
+            (reference.linear1.weight, ours.ff_in.weight), (reference.linear1.bias, ours.ff_in.bias),
+            (reference.linear2.weight, ours.ff_out.weight), (reference.linear2.bias, ours.ff_out.bias),
+            (reference.norm1.weight, ours.attention_norm.weight), (reference.norm1.bias, ours.attention_norm.bias),
+            (reference.norm2.weight, ours.ff_norm.weight), (reference.norm2.bias, ours.ff_norm.bias),
+        ]:
+            theirs.normal_()
+            mine.copy_(theirs)
+    x = torch.randn(6, 9, 16)
+    padding = torch.rand(6, 9) < 0.4
+    padding[:, 0] = False
+    key_bias = torch.zeros(6, 9).masked_fill(padding, NEG)[:, None, None, :]
+    expected = reference(x, src_key_padding_mask=padding)
+    assert torch.allclose(ours(x, key_bias), expected, atol=1e-4)
+
+
+def test_transformer_ignores_padded_history_and_masked_candidates(env):
+    module = build(SlateTransformerModule, env, "system", SMALL_TRANSFORMER)
+    batch = role_batch(env, "system", batch_size=8)
+    obs = batch[Columns.OBS]
+    changed = {key: value.clone() for key, value in obs.items()}
+    changed["history"][obs["history_mask"] == 0] = 100.0
+    changed["candidates"][obs["action_mask"] == 0] = -100.0
+    with torch.no_grad():
+        candidates, summary = module.encoder(obs)
+        candidates_changed, summary_changed = module.encoder(changed)
+    valid = obs["action_mask"] == 1
+    assert torch.allclose(summary, summary_changed, atol=1e-5)
+    assert torch.allclose(candidates[valid], candidates_changed[valid], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", SYSTEM_MODULES)
 def test_mixed_precision_changes_nothing_on_cpu(env, name):
     batch = role_batch(env, "system", batch_size=5)

@@ -116,9 +116,10 @@ def cmd_bench(args) -> int:
 
         print(run_env_benchmarks(args.seconds))
         return 0
-    from marl_rec.bench import bench_train
+    from marl_rec.bench import TRAIN_EXPERIMENTS, bench_train
 
-    print(bench_train(args.experiment, iterations=args.iterations, overrides=parse_sets(args.set)))
+    experiments = args.experiment or TRAIN_EXPERIMENTS
+    print(bench_train(experiments, iterations=args.iterations, overrides=parse_sets(args.set)))
     return 0
 
 
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])
     bench.add_argument("--seconds", type=float, default=5.0, help="env: measuring time per figure")
-    bench.add_argument("--experiment", default="experiments/quickstart.yaml", help="train: the experiment to time")
-    bench.add_argument("--iterations", type=int, default=3, help="train: timed iterations (after one warm-up)")
+    bench.add_argument("--experiment", action="append", default=[],
+                       help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
+    bench.add_argument("--iterations", type=int, default=5, help="train: timed iterations (after one warm-up)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)
     return parser
@@ -171,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from marl_rec import allocator
+
+    allocator.configure()  # before Ray starts: its processes inherit the settings
     if not getattr(args, "address", None):
         # A Ray started here listens on loopback only; Ray reads this when it is first imported
         # (ray/_private/services.py: otherwise it binds to the machine's address).

@@ -25,7 +25,9 @@ class SlateMLPEncoder(nn.Module):
         in_dim = dims.candidate_features + dims.user_features + dims.history_features
         self.scorer = mlp(in_dim, hidden_dims)
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: dict[str, torch.Tensor], summary_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, M, width) candidate outputs and their masked mean (B, width); the summary needs
+        every candidate's output, so ``summary_only`` changes nothing."""
         candidates = obs["candidates"]
         context = torch.cat([obs["user"], masked_mean(obs["history"], obs["history_mask"])], dim=-1)
         context = context.unsqueeze(1).expand(-1, candidates.shape[1], -1)

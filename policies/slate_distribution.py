@@ -70,20 +70,18 @@ class TorchSlateDistribution(TorchDistribution):
 
     @override(TorchDistribution)
     def sample(self, *, sample_shape=()) -> torch.Tensor:
+        """Greedy: the top K logits. Otherwise the top K of logits + Gumbel(0, 1) noise, which
+        is a Plackett-Luce draw without replacement in one pass (Yellott 1977; the Gumbel-top-k
+        trick, Kool, van Hoof and Welling 2019) instead of K rounds of categorical sampling."""
         if tuple(sample_shape or ()) != ():
             raise ValueError("TorchSlateDistribution.sample draws one slate per row; sample_shape is not supported")
         with torch.no_grad():
-            taken = torch.zeros_like(self.logits, dtype=torch.bool)
-            picks = []
-            for _ in range(self.slate_size):
-                step_logits = self.logits.masked_fill(taken, NEG)
-                if self.deterministic:
-                    pick = step_logits.argmax(-1)
-                else:
-                    pick = torch.distributions.Categorical(logits=step_logits).sample()
-                picks.append(pick)
-                taken = taken.scatter(-1, pick.unsqueeze(-1), True)
-        return torch.stack(picks, dim=-1)
+            scores = self.logits
+            if not self.deterministic:
+                # -log(Exp(1)) is Gumbel(0, 1); the clamp keeps a zero draw from giving +inf
+                exponential = torch.empty_like(scores).exponential_().clamp_(min=torch.finfo(scores.dtype).tiny)
+                scores = scores - exponential.log()
+            return scores.topk(self.slate_size, dim=-1).indices
 
     @override(TorchDistribution)
     def rsample(self, *, sample_shape=()):

@@ -2,8 +2,9 @@
 turn the scores into slate logits, state values and (single-item slates) Q-values.
 
 Subclasses (``transformer.SlateTransformerModule``, ``mlp.SlateMLPModule``) only build the
-encoder: ``build_encoder(dims) -> (encoder, width)`` where ``encoder(obs)`` returns per-candidate
-outputs (B, M, width) and a summary of the whole observation (B, width).
+encoder: ``build_encoder(dims) -> (encoder, width)`` where ``encoder(obs, summary_only=False)``
+returns per-candidate outputs (B, M, width) and a summary of the whole observation (B, width);
+with ``summary_only`` (a value pass) it may return None for the candidate outputs.
 
 Algorithms: PPO/IMPALA (``ValueFunctionAPI``), APPO (plus ``TargetNetworkAPI``, whose
 ``forward_target`` gives the old policy's logits), and DQN when the action space is
@@ -37,6 +38,9 @@ SYSTEM_OBSERVATION = (
     "Dict(user: Box(d+4), history: Box(H, d+1), history_mask: Box(H), candidates: Box(M, F), "
     "action_mask: Box(M)) of the system role"
 )
+# user sequences per slice of a value pass without embeddings (see ``compute_values``)
+VALUE_PASS_SEQUENCES = 512
+
 SYSTEM_ACTION = "Slate(M, K) = MultiDiscrete([M] * K), or Discrete(M) for a single-item slate"
 
 
@@ -161,17 +165,19 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     # -- encoder and heads -------------------------------------------------------------------
 
-    def _encode(self, obs: dict, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, obs: dict, target: bool = False, summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(…, M, width) candidate outputs and (…, width) summaries; … is (B,) or, for a
-        platform agent, (B, U): its users go through the encoder as one batch of B · U."""
+        platform agent, (B, U): its users go through the encoder as one batch of B · U. With
+        ``summary_only`` an encoder that can skips the candidate outputs (then None)."""
         encoder = self._target_encoder if target else self.encoder
         if self.platform:
             lead = obs["user_mask"].shape  # (B, U)
             obs = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items() if k != "user_mask"}
         with autocast(self, self.mixed_precision):
-            candidates, summary = encoder(obs)
+            candidates, summary = encoder(obs, summary_only=summary_only)
         if self.platform:
-            candidates, summary = candidates.reshape(*lead, *candidates.shape[1:]), summary.reshape(*lead, -1)
+            summary = summary.reshape(*lead, -1)
+            candidates = None if candidates is None else candidates.reshape(*lead, *candidates.shape[1:])
         return candidates, summary
 
     def _head(self, name: str, features: torch.Tensor, target: bool = False) -> torch.Tensor:
@@ -275,9 +281,18 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
                 state = state[:, 0]  # every user's copy of the global state is the same
             return self._head("state_value", state)
         if embeddings is None:
-            obs = batch[Columns.OBS]
-            embeddings = self._value_features(obs, self._encode(obs)[1])
+            embeddings = self._value_pass(batch[Columns.OBS])
         return self._head("value", embeddings)
+
+    def _value_pass(self, obs: dict) -> torch.Tensor:
+        """The value head's input for a batch encoded for its values alone: PPO's pass over a
+        whole train batch (RLlib's GAE connector). The encoder skips what only the policy reads
+        (``summary_only``), and the batch goes through in slices whose activations stay in
+        cache and in the allocator's heap instead of tens of MB mapped and unmapped per call."""
+        rows = obs["action_mask"].shape[0]
+        step = max(1, VALUE_PASS_SEQUENCES // max(1, self.dims.num_users))
+        parts = [{k: v[i : i + step] for k, v in obs.items()} for i in range(0, rows, step)] or [obs]
+        return torch.cat([self._value_features(part, self._encode(part, summary_only=True)[1]) for part in parts])
 
     @override(QNetAPI)
     def compute_q_values(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

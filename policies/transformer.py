@@ -34,12 +34,16 @@ class EncoderLayer(nn.Module):
         self.ff_in = nn.Linear(d_model, ff_dim)
         self.ff_out = nn.Linear(ff_dim, d_model)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d_model); key_bias (B, 1, 1, T): 0 for keys to attend to, ``NEG`` for padding."""
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """x (B, T, d_model); key_bias (B, 1, 1, T): 0 for keys to attend to, ``NEG`` for padding.
+        Returns (B, T, d_model), or with ``first_only`` just the first token's output (B, 1,
+        d_model): every token is still a key, but only the first one is a query."""
         b, t, d = x.shape
         head = d // self.num_heads
         q, k, v = self.qkv(self.attention_norm(x)).view(b, t, 3, self.num_heads, head).permute(2, 0, 3, 1, 4)
-        scores = (q * (1.0 / math.sqrt(head))) @ k.transpose(-1, -2) + key_bias  # (B, heads, T, T)
+        if first_only:
+            x, q, t = x[:, :1], q[:, :, :1], 1
+        scores = (q * (1.0 / math.sqrt(head))) @ k.transpose(-1, -2) + key_bias  # (B, heads, t, T)
         weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
         attended = (weights @ v).transpose(1, 2).reshape(b, t, d)
         x = x + F.dropout(self.attention_out(attended), self.dropout, self.training)
@@ -66,8 +70,10 @@ class SlateTransformerEncoder(nn.Module):
         token_types = [USER] + [HISTORY] * dims.history_length + [CANDIDATE] * dims.num_candidates
         self.register_buffer("token_types", torch.tensor(token_types), persistent=False)
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, M, d_model) candidate outputs and (B, d_model) user-token output."""
+    def forward(self, obs: dict[str, torch.Tensor], summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(B, M, d_model) candidate outputs and (B, d_model) user-token output; with
+        ``summary_only`` (a value pass) the last layer computes the user token alone and the
+        candidate outputs are None."""
         user = self.user_projection(obs["user"]).unsqueeze(1)
         history = self.history_projection(obs["history"]) + self.history_position.weight
         candidates = self.candidate_projection(obs["candidates"])
@@ -75,10 +81,10 @@ class SlateTransformerEncoder(nn.Module):
 
         keep = torch.cat([torch.ones_like(obs["history_mask"][:, :1]), obs["history_mask"], obs["action_mask"]], dim=1)
         key_bias = torch.zeros_like(keep).masked_fill(keep < 0.5, NEG)[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, key_bias)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_bias, first_only=summary_only and i == len(self.layers) - 1)
         out = self.norm(x)
-        return out[:, 1 + self.history_length :], out[:, 0]
+        return (None if summary_only else out[:, 1 + self.history_length :]), out[:, 0]
 
 
 class SlateTransformerModule(SlateScorerModule):

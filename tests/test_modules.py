@@ -95,6 +95,19 @@ def test_probabilities_of_all_slates_sum_to_one_and_masked_slates_have_none():
     assert all(p == 0.0 for s, p in probs.items() if 1 in s)
 
 
+def test_sampled_slates_follow_the_plackett_luce_probabilities():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.5, NEG, -1.0, 2.0, 0.0])
+    draws = 200_000
+    slates = slate_distribution_cls(2).from_logits(logits.expand(draws, -1)).sample()
+    assert not (slates == 1).any(), "a masked-out candidate was drawn"
+    one = slate_distribution_cls(2).from_logits(logits[None])
+    for slate in itertools.permutations([0, 2, 3, 4], 2):
+        p = one.logp(torch.tensor([slate])).exp().item()
+        frequency = (slates == torch.tensor(slate)).all(-1).double().mean().item()
+        assert abs(frequency - p) < 4 * math.sqrt(p * (1 - p) / draws) + 1e-4, (slate, frequency, p)
+
+
 def test_greedy_mode_picks_the_top_k_in_order():
     logits = torch.randn(32, 10)
     logits[:, 0] = NEG
@@ -217,6 +230,17 @@ def test_transformer_ignores_padded_history_and_masked_candidates(env):
     valid = obs["action_mask"] == 1
     assert torch.allclose(summary, summary_changed, atol=1e-5)
     assert torch.allclose(candidates[valid], candidates_changed[valid], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SYSTEM_MODULES)
+def test_value_pass_in_slices_gives_the_train_pass_values(env, name):
+    from marl_rec.policies.slate_module import VALUE_PASS_SEQUENCES
+
+    module = build(SYSTEM_MODULES[name], env, "system", {"num_layers": 2})
+    batch = role_batch(env, "system", batch_size=2 * VALUE_PASS_SEQUENCES + 7)  # three slices
+    with torch.no_grad():
+        embeddings = module.forward_train(batch)[Columns.EMBEDDINGS]
+        assert torch.allclose(module.compute_values(batch), module.compute_values(batch, embeddings=embeddings), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", SYSTEM_MODULES)

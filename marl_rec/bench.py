@@ -159,7 +159,7 @@ class _Stopwatch:
         setattr(obj, name, timed)
 
 
-def bench_train(experiments=TRAIN_EXPERIMENTS, iterations: int = 5, overrides: dict | None = None) -> str:
+def bench_train(experiments=TRAIN_EXPERIMENTS, iterations: int = 10, overrides: dict | None = None) -> str:
     """End-to-end PPO training throughput of each experiment file, sampled in the driver: the
     recommendations served per second of ``algo.train()`` (wall clock, after one warm-up
     iteration), and where the time goes. Learning is the time inside the learner group's update

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=5.0, help="env: measuring time per figure")
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
-    bench.add_argument("--iterations", type=int, default=5, help="train: timed iterations (after one warm-up)")
+    bench.add_argument("--iterations", type=int, default=10,
+                       help="train: timed iterations after one warm-up (10 spans a whole episode of 32 envs in lockstep)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -138,3 +138,26 @@ def test_mappo_shared_critic_reads_the_global_state():
     assert "state_value" in module.heads  # the centralised value head exists and trained
     assert np.isfinite(results[-1]["learners"]["system"]["vf_loss"])
     algo.stop()
+
+
+def test_bench_train_times_an_experiment_and_splits_its_time(tmp_path):
+    from marl_rec.bench import bench_train
+
+    path = tmp_path / "tiny_bench.yaml"
+    path.write_text(
+        "name: tiny_bench\n"
+        "env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [platform]}\n"
+        "algorithm: {name: PPO, training: {train_batch_size_per_learner: 20, minibatch_size: 10, num_epochs: 1}}\n"
+        f"modules: {{platform: {{type: transformer, model_config: {TINY_MODEL}}}}}\n"
+        "resources: {num_env_runners: 2, num_envs_per_env_runner: 2}\n"  # bench samples in the driver anyway
+    )
+    header, rule, row = bench_train([str(path)], iterations=2).splitlines()
+    assert header.startswith("| experiment | form | recommendations/s end to end") and rule.startswith("|---")
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:2] == ["tiny_bench", "platform agents, 2 envs"]
+    end_to_end, sampling, learning = (float(cell.replace(",", "")) for cell in cells[2:5])
+    assert 0 < end_to_end < min(sampling, learning)
+    # every recommendation is both sampled and learned: 1/end-to-end = 1/sampling + 1/learning
+    assert 1 / end_to_end == pytest.approx(1 / sampling + 1 / learning, rel=0.02)
+    shares = [float(part.strip().rstrip("%")) for part in cells[6].split("/")]
+    assert all(share >= 0 for share in shares) and sum(shares) == pytest.approx(100, abs=1.5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from marl_rec.evaluate import METRICS
@@ -25,22 +23,14 @@ def episode_metrics(episode, env=None, env_index: int | None = None) -> dict | N
 
 class RecommenderMetricsCallback(RLlibCallback):
     """Logs team return, watch time, CTR, session length, user and creator retention,
-    coverage, exposure Gini and diversity under ``result["env_runners"]``: means over the last
-    ``metrics_num_episodes_for_smoothing`` episodes, the window of RLlib's own
-    ``episode_return_mean``, so an iteration that ends no episode (many envs stepping in
-    lockstep end theirs together) still reports the latest figures."""
+    coverage, exposure Gini and diversity as episode means under ``result["env_runners"]``."""
 
-    def on_episode_end(self, *, episode, metrics_logger=None, env=None, env_index=None, env_runner=None, **kwargs):
+    def on_episode_end(self, *, episode, metrics_logger=None, env=None, env_index=None, **kwargs):
         metrics = episode_metrics(episode, env, env_index)
         if metrics is None or metrics_logger is None:
             return
-        window = None
-        if env_runner is not None:
-            # as RLlib does: each of n EnvRunners keeps 1/n of the window; the driver merges them
-            config = env_runner.config
-            window = max(1, math.ceil(config.metrics_num_episodes_for_smoothing / (config.num_env_runners or 1)))
         for name in METRICS:
-            metrics_logger.log_value(name, metrics[name], reduce="mean", window=window)
+            metrics_logger.log_value(name, metrics[name], reduce="mean")
 
     def on_train_result(self, *, algorithm=None, metrics_logger=None, result=None, **kwargs):
         """Every metric in every iteration's result, NaN until an episode has ended: Tune's

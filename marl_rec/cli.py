@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
     bench.add_argument("--iterations", type=int, default=10,
-                       help="train: timed iterations after one warm-up (10 spans a whole episode of 32 envs in lockstep)")
+                       help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)
     return parser

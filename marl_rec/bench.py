@@ -205,7 +205,7 @@ def bench_train(experiments=TRAIN_EXPERIMENTS, iterations: int = 10, overrides: 
         recs = served() - start_recs
         algo.stop()
         sample = total - learn.seconds
-        roles = "+".join(exp.env.get("roles", ["system"]))
+        roles = "+".join(exp.env_config().roles)
         rows.append(
             f"| {exp.name} | {roles} agents, {len(sub_envs)} envs | {recs / total:,.0f} | {recs / sample:,.0f} | "
             f"{recs / learn.seconds:,.0f} | {100 * learn.seconds / total:.0f}% | {100 * env.seconds / sample:.0f}% / "

@@ -69,13 +69,13 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
             modules = load_modules(Path(result.checkpoint.path) / "algorithm")
             metrics = evaluate_modules(modules, run_exp, c.episodes, first)
             entry["evaluation"] = metrics["team_return"].tolist()
-            entry["metrics"] = {name: float(values.mean()) for name, values in metrics.items()}
+            entry["metrics"] = episode_means(metrics)
         runs.append(entry)
     baselines, baseline_metrics = {}, {}
     for name in exp.evaluation.baselines:
         metrics = evaluate_behaviour(name, exp.scenario, c.episodes, first, overrides=exp.env)
         baselines[name] = metrics["team_return"].tolist()
-        baseline_metrics[name] = {m: float(values.mean()) for m, values in metrics.items()}
+        baseline_metrics[name] = episode_means(metrics)
     (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
                                               "baseline_metrics": baseline_metrics}, indent=1))
     report(path)
@@ -138,6 +138,11 @@ def report(path: str | Path) -> str:
     (path / "comparison.md").write_text(text)
     plot(path, data, everything, rng, c.reps)
     return text
+
+
+def episode_means(metrics: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each recommender metric's mean over the evaluation episodes."""
+    return {name: float(values.mean()) for name, values in metrics.items()}
 
 
 def metrics_table(data: dict, variants) -> list[str]:

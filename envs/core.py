@@ -58,6 +58,7 @@ class Simulator:
         self._slate_slots: np.ndarray | None = None
         self._slate_embedding: np.ndarray | None = None
         self._row_start = np.arange(config.num_users) * config.slate_size  # flat index of each row's slot 0
+        self._all_users = np.arange(config.num_users)
         self._popular_sum: np.ndarray | None = None  # scratch, catalogue-sized, zero between rounds
 
     # ------------------------------------------------------------------ episode
@@ -84,7 +85,8 @@ class Simulator:
         self.team_return = 0.0
         self.diversity_sum = 0.0
         self.diversity_count = 0
-        self.shown_uids: list[np.ndarray] = []
+        self._shown = np.zeros(2 * c.catalogue_size, bool)  # by uid: shown in a slate this episode
+        self._count_one = self.state.catalogue.impressions.dtype.type(1.0)
         self.last_diversity = np.zeros(c.num_users)
         self.begin_round()
 
@@ -158,29 +160,32 @@ class Simulator:
         s, c = self.state, self.config
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
         k = c.slate_size
-        active = np.flatnonzero(users.active)
-        everyone = len(active) == c.num_users
+        n_active = np.count_nonzero(users.active)
+        everyone = n_active == c.num_users
+        active = self._all_users if everyone else np.flatnonzero(users.active)
+        rows = slice(None) if everyone else active  # in-place updates of per-user arrays
         choice = np.asarray(choice, np.int64)
         all_slate_slots = self.slate_slots()
         if not everyone:
             choice = choice[active]
         slate_slots = all_slate_slots if everyone else all_slate_slots[active]
         clicked = choice < k
-        slots = slate_slots.ravel()[self._row_start[: len(active)] + np.minimum(choice, k - 1)]
+        slots = slate_slots.ravel()[self._row_start[:n_active] + np.minimum(choice, k - 1)]
 
         watch = self.user_dynamics.respond(self, self.rng, active, slots, clicked)
-        rnd.choice[active] = choice
-        rnd.watch_time[active] = watch
-        rnd.clicked_slot[active] = np.where(clicked, slots, -1)
+        rnd.choice[rows] = choice
+        rnd.watch_time[rows] = watch
+        rnd.clicked_slot[rows] = np.where(clicked, slots, -1)
 
         # exposure and engagement bookkeeping, all O(users × K)
         shown = slate_slots.ravel()
-        # ufunc.at takes its fast path only when the values have the array's dtype (counts here)
-        one = cat.impressions.dtype.type(1.0)
+        # ufunc.at takes its fast path only when the values have the array's dtype
+        one = self._count_one
         np.add.at(cat.impressions, shown, one)
-        c_users, c_slots, c_watch = active[clicked], slots[clicked], watch[clicked]
+        clickers = np.flatnonzero(clicked)
+        c_users, c_slots, c_watch = active[clickers], slots[clickers], watch[clickers]
         np.add.at(cat.clicks, c_slots, one)
-        np.add.at(cat.watch_time, c_slots, c_watch)
+        np.add.at(cat.watch_time, c_slots, c_watch.astype(cat.watch_time.dtype))
         if c.num_creators:
             # creator −1 (no creator) lands in bin 0, which is dropped
             n = c.num_creators + 1
@@ -203,17 +208,24 @@ class Simulator:
         users.history_watch[c_users, 0] = c_watch
         users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * clicked_embedding
         users.clicks[c_users] += 1
-        users.slates_seen[active] += 1
-        self.lifetime_slates += len(active)
-        users.watch_total[active] += watch
-        users.session_length[active] += 1
-        users.active[active] = users.time_budget[active] > 0
+        users.slates_seen[rows] += 1
+        self.lifetime_slates += n_active
+        users.watch_total[rows] += watch
+        users.session_length[rows] += 1
+        users.active[rows] = users.time_budget[rows] > 0
 
         self._update_popular(c_slots)
         self.last_diversity = intra_list_diversity(self, all_slate_slots, self.slate_embedding())
         self.diversity_sum += float((self.last_diversity if everyone else self.last_diversity[active]).sum())
-        self.diversity_count += len(active)
-        self.shown_uids.append(cat.uid[shown])
+        self.diversity_count += n_active
+        shown_uids = cat.uid[shown]
+        try:
+            self._shown[shown_uids] = True
+        except IndexError:  # more items than the flags cover so far: double them
+            grown = np.zeros(2 * max(int(shown_uids.max()) + 1, len(self._shown)), bool)
+            grown[: len(self._shown)] = self._shown
+            self._shown = grown
+            self._shown[shown_uids] = True
 
     def _update_popular(self, clicked_slots: np.ndarray) -> None:
         """Decayed click counts over the tracked pool plus this round's clicks; keep the top P
@@ -327,7 +339,6 @@ class Simulator:
         s, c = self.state, self.config
         users, creators = s.users, s.creators
         slates = max(int(users.slates_seen.sum()), 1)
-        shown = np.unique(np.concatenate(self.shown_uids)) if self.shown_uids else np.zeros(0)
         exposure = np.sort(creators.exposure_total)
         n = len(exposure)
         if n and exposure.sum() > 0:
@@ -342,7 +353,7 @@ class Simulator:
             "session_length": float(users.session_length.mean()),
             "user_retention": float(users.active.mean()),
             "creator_retention": float(creators.active.mean()) if n else 1.0,
-            "coverage": float(len(shown) / max(s.catalogue.next_uid, 1)),
+            "coverage": float(np.count_nonzero(self._shown) / max(s.catalogue.next_uid, 1)),
             "exposure_gini": gini,
             "diversity": float(self.diversity_sum / max(self.diversity_count, 1)),
         }

@@ -43,7 +43,9 @@ class RandomSlate:
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         mask = sim.state.round.candidate_mask
-        keys = rng.random(mask.shape) + (~mask) * 2.0
+        keys = rng.random(mask.shape)
+        if not mask.all():
+            keys += (~mask) * 2.0
         return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
 
 
@@ -72,7 +74,10 @@ def viability_publishing(
     demand_topic = np.minimum(np.searchsorted(demand_cdf, rng.random(n)), num_topics - 1)
     topic = np.where(follow_demand, demand_topic, home_topic)
     topic = np.where(publish, topic, num_topics)  # T = publish nothing
-    return np.stack([topic, np.full(n, (effort_levels - 1) // 2)], axis=1)
+    actions = np.empty((n, 2), np.int64)
+    actions[:, 0] = topic
+    actions[:, 1] = (effort_levels - 1) // 2
+    return actions
 
 
 @BEHAVIOURS.register("ecosystem")

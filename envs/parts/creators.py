@@ -16,7 +16,7 @@ from marl_rec.envs.state import Creators
 
 def _share(x: np.ndarray, active: np.ndarray) -> np.ndarray:
     """x relative to its mean over active creators (1 = an average creator), 0 when nobody got any."""
-    n = max(int(active.sum()), 1)
+    n = max(np.count_nonzero(active), 1)
     mean = (x * active).sum() / n
     return x / mean if mean > 0 else np.zeros_like(x)
 

@@ -27,6 +27,14 @@ def _stratum_of(n: int, k: int) -> np.ndarray:
     return np.append(np.repeat(np.arange(k), width.astype(np.int64)), 0)
 
 
+@functools.lru_cache(maxsize=256)
+def _older_index(n_users: int, older: int, picks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the (n_users, older) random older draws, flat: each draw's user, where that user's
+    ``picks`` popular picks start in the flat picks, and the draw's column."""
+    row = np.repeat(np.arange(n_users), older)
+    return row, row * picks, np.tile(np.arange(older), n_users)
+
+
 def stratified(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
     """(n_rows, k) distinct integers in [low, high): one uniform draw in each of k equal strata.
 
@@ -65,56 +73,76 @@ class MixedSampler:
         if window < self.num_fresh or (count - window) < 2 * self.num_older:
             return self._sample_small(cat, n_users, rng)
 
-        parts = [cat.newest(stratified(rng, n_users, 0, window, self.num_fresh))] if self.num_fresh else []
         # the popular pool's items older than the fresh window (O(P) per round)
         pool = sim.state.popular
         pool_offset = (cat.head - 1 - pool) % cat.capacity
         eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
         num_popular = min(self.num_popular, len(eligible))
-        pick = stratified(rng, n_users, 0, len(eligible), num_popular) if num_popular else None
+        num_random = self.num_older - num_popular
+        # one draw for the three sources, the same numbers as one draw per source in turn
+        draws = rng.random(n_users * (self.num_fresh + num_popular + num_random))
+        sources = [(0, window, self.num_fresh), (0, len(eligible), num_popular), (window, count, num_random)]
+        offsets, taken = [], 0
+        for low, high, k in sources:
+            if k:
+                start, width = _strata(low, high, k)
+                block = draws[taken : taken + n_users * k].reshape(n_users, k)
+                offsets.append(start + (block * width).astype(np.int64))
+                taken += n_users * k
+            else:
+                offsets.append(None)
+        fresh, pick, older = offsets
+        parts = [] if fresh is None else [(cat.head - 1 - fresh) % cat.capacity]  # cat.newest, inline
+        stuck = None
         if pick is not None:
             parts.append(eligible[pick])
-        num_random = self.num_older - num_popular
-        stuck = None
-        if num_random:
-            start, width = _strata(window, count, num_random)
-            width = width.astype(np.int64)
-            within = (rng.random((n_users, num_random)) * width).astype(np.int64)
-            slots = cat.newest(start + within)
+        if older is not None:
+            slots = (cat.head - 1 - older) % cat.capacity
             if pick is not None:
-                stuck = self._separate(cat, slots, within, start, width, pick, eligible)
+                start, width = _strata(window, count, num_random)
+                stuck = self._separate(cat, slots, older, start, start + width.astype(np.int64), pick, eligible)
             parts.append(slots)
         candidates = np.concatenate(parts, axis=1)
         if stuck is not None and len(stuck):  # a narrow stratum full of this user's popular picks: rare
             candidates[stuck] = self._sample_small(cat, len(stuck), rng)[0]
         return candidates, np.ones(candidates.shape, bool)
 
-    def _separate(self, cat, slots, within, start, width, pick, pool) -> np.ndarray:
-        """Move each random older draw that equals one of its user's popular picks along its
-        stratum (in place); returns the rows still clashing after as many moves as picks.
+    def _separate(self, cat, slots, offset, start, end, pick, pool) -> np.ndarray:
+        """Move each random older draw that equals one of its user's popular picks one place
+        along its stratum (in place, cyclically), until none does; returns the users still
+        clashing after as many moves as picks.
 
-        ``pick`` (U, P') holds each user's popular picks as positions in ``pool``, one per
-        stratum of the pool, so a draw clashes only with the pick in its own pool stratum: one
-        catalogue-to-pool lookup (set and cleared here, O(P)) and one gather per check.
+        ``pick`` holds each user's popular picks as positions in ``pool``, one per stratum of the
+        pool, so a draw clashes only with the pick in its own pool stratum: one catalogue-to-pool
+        lookup (set and cleared here, O(P)) and one gather per check. Checks after the first
+        look only at the draws that moved. ``slots`` and ``offset`` are (U, older) and
+        C-contiguous; ``start``/``end`` bound each older column's stratum.
         """
         if self._pool_position is None or len(self._pool_position) != cat.capacity:
             self._pool_position = np.full(cat.capacity, -1, np.int64)
+        position_of = self._pool_position
         n_users, num_picks = pick.shape
         stratum = _stratum_of(len(pool), num_picks)
-        flat_pick = pick.ravel()
-        row_offset = np.arange(n_users)[:, None] * num_picks
-        self._pool_position[pool] = np.arange(len(pool))
+        older_row, pick_base, column_of = _older_index(n_users, offset.shape[1], num_picks)
+        slots, offset, pick = slots.ravel(), offset.ravel(), pick.ravel()  # views: moves write through
+        position_of[pool] = np.arange(len(pool))
         try:
-            for _ in range(num_picks + 1):
-                position = self._pool_position[slots]
-                clash = (position >= 0) & (flat_pick[row_offset + stratum[position]] == position)
-                if not clash.any():
-                    return np.zeros(0, np.int64)
-                within[...] = np.where(clash, (within + 1) % width, within)
-                slots[...] = cat.newest(start + within)
+            # a slot outside the pool has position -1; stratum[-1] is 0 and no pick is -1
+            position = position_of[slots]
+            moving = np.flatnonzero(pick[pick_base + stratum[position]] == position)
+            for _ in range(num_picks):
+                if not len(moving):
+                    return moving
+                column = column_of[moving]
+                moved = offset[moving] + 1
+                moved = np.where(moved == end[column], start[column], moved)
+                offset[moving] = moved
+                slots[moving] = moved_slots = (cat.head - 1 - moved) % cat.capacity
+                position = position_of[moved_slots]
+                moving = moving[pick[pick_base[moving] + stratum[position]] == position]
         finally:
-            self._pool_position[pool] = -1
-        return np.flatnonzero(clash.any(axis=1))
+            position_of[pool] = -1
+        return np.unique(older_row[moving])
 
     def _sample_small(self, cat, n_users: int, rng) -> tuple[np.ndarray, np.ndarray]:
         """A small catalogue: any distinct items, padded with masked slots when too few exist."""

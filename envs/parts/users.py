@@ -71,17 +71,19 @@ class EcosystemUserDynamics:
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
         """Apply the response of users ``user_idx`` (clicked → consumed ``slots``); return watch time."""
         users, cat = sim.state.users, sim.state.catalogue
-        budget = users.time_budget[user_idx]
+        everyone = len(user_idx) == len(users.active)  # user_idx is then 0..U-1: update in place
+        rows = slice(None) if everyone else user_idx
+        budget = users.time_budget[rows]
         watch = np.where(clicked, np.minimum(self.engagement(sim, slots, user_idx), budget), 0.0)
         quality = cat.quality[slots]
         budget = budget - np.where(clicked, watch, self.user.step_cost) + self.user.quality_refill * watch * quality
-        users.time_budget[user_idx] = budget
+        users.time_budget[rows] = budget
 
-        fatigue = users.fatigue[user_idx] * self.user.fatigue_decay
-        fatigue[np.flatnonzero(clicked), cat.topic[slots[clicked]]] += self.user.fatigue_rate
-        users.fatigue[user_idx] = fatigue
+        clickers = np.flatnonzero(clicked)
+        c_users, c_slots = user_idx[clickers], slots[clickers]
+        users.fatigue[rows] *= self.user.fatigue_decay
+        users.fatigue[c_users, cat.topic[c_slots]] += self.user.fatigue_rate
 
-        c_users, c_slots = user_idx[clicked], slots[clicked]
         users.interest[c_users] += self.user.interest_drift * (cat.embedding[c_slots] - users.interest[c_users])
         return watch
 

@@ -54,7 +54,7 @@ class Simulator:
         self._age_scale = config.item.freshness_half_life or 50.0
         self._rows = np.arange(config.num_users)[:, None]
         self.lifetime_slates = 0  # slates served over every episode of this simulator (benchmarks)
-        self._slate_key: tuple | None = None  # (slate, candidates) arrays behind _slate_slots
+        self._slate_of = self._slate_candidates = None  # the (slate, candidates) arrays behind _slate_slots
         self._slate_slots: np.ndarray | None = None
         self._slate_embedding: np.ndarray | None = None
         self._row_start = np.arange(config.num_users) * config.slate_size  # flat index of each row's slot 0
@@ -109,7 +109,7 @@ class Simulator:
     def publish(self, rng, *, topic, quality_mean, creator, n: int, birth=None) -> np.ndarray:
         """Generate ``n`` items and write them into the catalogue; returns their slots."""
         items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)
-        birth = np.full(n, self.state.t) if birth is None else birth
+        birth = self.state.t if birth is None else birth  # one round for all, or one each
         return self.state.catalogue.push(
             items["embedding"], items["topic"], items["quality"], items["length"], creator, birth
         )
@@ -138,9 +138,9 @@ class Simulator:
     def slate_slots(self) -> np.ndarray:
         """(U, K) catalogue slots of the current slates (computed once per slate)."""
         rnd = self.state.round
-        key = (rnd.slate, rnd.candidates)
-        if self._slate_key is None or key[0] is not self._slate_key[0] or key[1] is not self._slate_key[1]:
-            self._slate_key, self._slate_slots = key, rnd.candidates[self._rows, rnd.slate]
+        if rnd.slate is not self._slate_of or rnd.candidates is not self._slate_candidates:
+            self._slate_of, self._slate_candidates = rnd.slate, rnd.candidates
+            self._slate_slots = rnd.candidates[self._rows, rnd.slate]
             self._slate_embedding = None
         return self._slate_slots
 
@@ -162,7 +162,7 @@ class Simulator:
         k = c.slate_size
         n_active = np.count_nonzero(users.active)
         everyone = n_active == c.num_users
-        active = self._all_users if everyone else np.flatnonzero(users.active)
+        active = self._all_users if everyone else users.active.nonzero()[0]
         rows = slice(None) if everyone else active  # in-place updates of per-user arrays
         choice = np.asarray(choice, np.int64)
         all_slate_slots = self.slate_slots()
@@ -182,7 +182,7 @@ class Simulator:
         # ufunc.at takes its fast path only when the values have the array's dtype
         one = self._count_one
         np.add.at(cat.impressions, shown, one)
-        clickers = np.flatnonzero(clicked)
+        clickers = clicked.nonzero()[0]
         c_users, c_slots, c_watch = active[clickers], slots[clickers], watch[clickers]
         np.add.at(cat.clicks, c_slots, one)
         np.add.at(cat.watch_time, c_slots, c_watch.astype(cat.watch_time.dtype))
@@ -216,7 +216,7 @@ class Simulator:
 
         self._update_popular(c_slots)
         self.last_diversity = intra_list_diversity(self, all_slate_slots, self.slate_embedding())
-        self.diversity_sum += float((self.last_diversity if everyone else self.last_diversity[active]).sum())
+        self.diversity_sum += float(np.add.reduce(self.last_diversity if everyone else self.last_diversity[active]))
         self.diversity_count += n_active
         shown_uids = cat.uid[shown]
         try:
@@ -231,25 +231,29 @@ class Simulator:
         """Decayed click counts over the tracked pool plus this round's clicks; keep the top P
         (ties to the lower slot). O(P + clicks): sums go through a catalogue-sized scratch array."""
         s, cat = self.state, self.state.catalogue
-        alive = (s.popular >= 0) & (cat.uid[s.popular] == s.popular_uid)
-        kept = s.popular[alive]
+        pool = s.popular
+        alive = (pool >= 0) & (cat.uid[pool] == s.popular_uid)
+        kept = pool[alive]
         if len(kept) + len(clicked_slots) == 0:
             return
-        if self._popular_sum is None or len(self._popular_sum) != cat.capacity:
-            self._popular_sum = np.zeros(cat.capacity)
+        if self._popular_sum is None or len(self._popular_sum) != len(cat.uid):
+            self._popular_sum = np.zeros(len(cat.uid))
         total = self._popular_sum
         total[kept] = s.popular_score[alive] * self.config.sampler.popularity_decay  # pool slots are distinct
         np.add.at(total, clicked_slots, 1.0)
-        slots = np.sort(np.concatenate([kept, clicked_slots]))
-        unique = slots[np.concatenate([[True], slots[1:] != slots[:-1]])]
-        totals = total[unique]
-        total[unique] = 0.0
-        p = len(s.popular)
-        top = np.argsort(-totals, kind="stable")[:p]
+        # rank by total (highest first), then slot; a slot's copies are then side by side
+        slots = np.concatenate([kept, clicked_slots])
+        totals = total[slots]
+        total[slots] = 0.0
+        order = np.lexsort((slots, -totals))
+        slots, totals = slots[order], totals[order]
+        first = np.ones(len(slots), bool)
+        np.not_equal(slots[1:], slots[:-1], out=first[1:])
+        top = first.nonzero()[0][: len(pool)]
         n = len(top)
-        s.popular[:n], s.popular[n:] = unique[top], -1
+        pool[:n], pool[n:] = slots[top], -1
         s.popular_score[:n], s.popular_score[n:] = totals[top], 0.0
-        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[s.popular[:n]], -1
+        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[pool[:n]], -1
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then

@@ -207,7 +207,7 @@ class RoundRunner:
         rnd = sim.state.round
         alpha = c.reward_mix
         outcome.rounds_completed += 1
-        users_left = not sim.state.users.active.any()
+        users_left = not np.count_nonzero(sim.state.users.active)
         truncate = sim.state.t >= c.max_cycles
         common = {"team_reward": rnd.team_reward, **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()}}
         for name in self.external:

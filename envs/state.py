@@ -49,27 +49,28 @@ class Catalogue:
         n = len(topic)
         if n == 0:
             return np.zeros(0, np.int64)
-        if n > self.capacity:
-            raise ValueError(f"cannot publish {n} items into a catalogue of capacity {self.capacity}")
-        if self.head + n <= self.capacity:  # contiguous: slice writes are cheaper than fancy indexing
+        capacity = len(self.uid)
+        if n > capacity:
+            raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
+        if self.head + n <= capacity:  # contiguous: slice writes are cheaper than fancy indexing
             slots = slice(self.head, self.head + n)
         else:
-            slots = (self.head + np.arange(n)) % self.capacity
+            slots = (self.head + np.arange(n)) % capacity
         self.embedding[slots] = embedding
         self.topic[slots] = topic
         self.quality[slots] = quality
         self.length[slots] = length
         self.creator[slots] = creator
         self.birth[slots] = birth
-        self.uid[slots] = self.next_uid + np.arange(n)
+        self.uid[slots] = np.arange(self.next_uid, self.next_uid + n)
         self.impressions[slots] = 0.0
         self.clicks[slots] = 0.0
         self.watch_time[slots] = 0.0
         self.next_uid += n
         first = self.head
-        self.head = int((self.head + n) % self.capacity)
-        self.count = min(self.capacity, self.count + n)
-        return np.arange(first, first + n) % self.capacity if isinstance(slots, slice) else slots
+        self.head = int((self.head + n) % capacity)
+        self.count = min(capacity, self.count + n)
+        return np.arange(first, first + n) if isinstance(slots, slice) else slots
 
     def newest(self, offsets: np.ndarray) -> np.ndarray:
         """Slots of the items ``offsets`` places back from the newest (0 = newest)."""

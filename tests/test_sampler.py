@@ -25,3 +25,42 @@ def test_candidates_are_distinct_and_unmasked(overrides):
             assert not (ordered[:, 1:] == ordered[:, :-1]).any()
             assert (env.sim.state.catalogue.uid[candidates] >= 0).all()
             env.step({a: rng.choice(env.sim.state.round.candidates.shape[1], k, replace=False) for a in env.agents})
+
+
+def _round_with_mask(mask: np.ndarray):
+    """The smallest stand-in for a simulator that RandomSlate reads: state.round.candidate_mask."""
+    class Stub:
+        pass
+    sim = Stub()
+    sim.state = Stub()
+    sim.state.round = Stub()
+    sim.state.round.candidate_mask = mask
+    return sim
+
+
+def test_random_slates_are_uniform_over_ordered_subsets():
+    from marl_rec.envs.parts.behaviours import RandomSlate
+    from marl_rec.envs.presets import make_config
+
+    behaviour = RandomSlate(make_config("creator_economy", {"num_candidates": 4, "slate_size": 2}))
+    sim = _round_with_mask(np.ones((2000, 4), bool))
+    rng = np.random.default_rng(0)
+    slates = np.concatenate([behaviour.act(sim, rng) for _ in range(30)])  # 60,000 slates
+    assert (slates[:, 0] != slates[:, 1]).all()
+    counts = np.bincount(slates[:, 0] * 4 + slates[:, 1], minlength=16).reshape(4, 4)
+    assert (np.diag(counts) == 0).all()
+    expected = len(slates) / 12  # 4 · 3 ordered pairs, equally likely
+    sigma = np.sqrt(expected * (1 - 1 / 12))
+    off_diagonal = counts[~np.eye(4, dtype=bool)]
+    assert np.abs(off_diagonal - expected).max() < 4 * sigma
+
+
+def test_random_slates_avoid_masked_candidates():
+    from marl_rec.envs.parts.behaviours import RandomSlate
+    from marl_rec.envs.presets import make_config
+
+    behaviour = RandomSlate(make_config("creator_economy", {"num_candidates": 5, "slate_size": 3}))
+    mask = np.ones((500, 5), bool)
+    mask[:, [1, 3]] = False  # padding: exactly three valid candidates
+    slates = behaviour.act(_round_with_mask(mask), np.random.default_rng(1))
+    assert (np.sort(slates, axis=1) == [0, 2, 4]).all()

@@ -14,10 +14,10 @@ from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
 
 
-def _share(x: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """x relative to its mean over active creators (1 = an average creator), 0 when nobody got any."""
-    n = max(np.count_nonzero(active), 1)
-    mean = (x * active).sum() / n
+def _share(x: np.ndarray, active: np.ndarray, n: int) -> np.ndarray:
+    """x relative to its mean over the ``n`` active creators (1 = an average creator), 0 when
+    nobody got any."""
+    mean = np.add.reduce(x * active) / max(n, 1)
     return x / mean if mean > 0 else np.zeros_like(x)
 
 
@@ -76,7 +76,7 @@ class EcosystemCreatorDynamics:
     def resolve(self, sim, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
         """Publish what creators chose, then update viability and churn from last round's stats."""
         creators, cc = sim.state.creators, self.creator
-        publishing = np.flatnonzero(creators.active & (topic >= 0))
+        publishing = (topic >= 0).nonzero()[0]  # create() gives departed creators topic -1
         if len(publishing):
             sim.publish(
                 rng,
@@ -87,8 +87,9 @@ class EcosystemCreatorDynamics:
             )
             creators.published[publishing] += 1
         active = creators.active
-        target = cc.exposure_weight * _share(creators.exposure, active) + cc.engagement_weight * _share(
-            creators.engagement, active
+        n = np.count_nonzero(active)
+        target = cc.exposure_weight * _share(creators.exposure, active, n) + cc.engagement_weight * _share(
+            creators.engagement, active, n
         )
         creators.viability = cc.viability_memory * creators.viability + (1.0 - cc.viability_memory) * target
         below = active & (creators.viability < cc.leave_threshold)

@@ -28,10 +28,13 @@ class TopicItemGenerator:
     def sample(self, rng, topic_centres, topic: np.ndarray | None, n: int, quality_mean) -> dict:
         if topic is None:
             topic = rng.integers(0, len(topic_centres), size=n)
-        noise = rng.normal(scale=self.item.topic_spread, size=(n, topic_centres.shape[1]))
-        embedding = _unit_rows(topic_centres[topic] + noise)
-        quality = quality_mean + rng.normal(scale=self.item.quality_std, size=n)
-        length = np.maximum(rng.normal(self.item.length_mean, self.item.length_std, size=n), 0.5)
+        d = topic_centres.shape[1]
+        # one standard-normal draw for noise, quality and length: the same numbers as
+        # rng.normal(loc, scale) in turn, which is loc + scale · z
+        z = rng.standard_normal(n * (d + 2))
+        embedding = _unit_rows(topic_centres[topic] + z[: n * d].reshape(n, d) * self.item.topic_spread)
+        quality = quality_mean + z[n * d : n * d + n] * self.item.quality_std
+        length = np.maximum(self.item.length_mean + z[n * d + n :] * self.item.length_std, 0.5)
         return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}
 
 

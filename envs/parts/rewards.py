@@ -24,7 +24,7 @@ def intra_list_diversity(sim, slate_slots: np.ndarray | None = None, embedding: 
     total = emb[:, 0] + emb[:, 1]  # a sum over K by slices: one tenth of emb.sum(axis=1)'s time
     for j in range(2, k):
         total += emb[:, j]
-    mean_cosine = ((total * total).sum(axis=1) - k) / (k * (k - 1))
+    mean_cosine = (np.add.reduce(total * total, axis=1) - k) / (k * (k - 1))
     return 1.0 - mean_cosine
 
 
@@ -45,12 +45,12 @@ class EcosystemReward:
 
     def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         rnd, creators = sim.state.round, sim.state.creators
-        n_users = max(np.count_nonzero(rnd.users_active_at_start), 1)
-        engagement = float(rnd.watch_time.sum()) / n_users
+        started = np.count_nonzero(rnd.users_active_at_start)
+        engagement = float(np.add.reduce(rnd.watch_time)) / max(started, 1)
         utility = np.log1p(creators.engagement) * rnd.creators_active_at_start
-        creator_term = float(utility.sum()) / max(self.config.num_creators, 1)
-        diversity = sim.last_diversity[rnd.users_active_at_start]
-        diversity_term = float(diversity.sum()) / len(diversity) if len(diversity) else 0.0
+        creator_term = float(np.add.reduce(utility)) / max(self.config.num_creators, 1)
+        diversity = sim.last_diversity if started == len(sim.last_diversity) else sim.last_diversity[rnd.users_active_at_start]
+        diversity_term = float(np.add.reduce(diversity)) / started if started else 0.0
         w = self.weights
         terms = {
             "engagement": engagement,
@@ -59,9 +59,10 @@ class EcosystemReward:
         }
         team = w.engagement_weight * engagement + w.creator_weight * creator_term + w.diversity_weight * diversity_term
         published = rnd.publish_topic >= 0
+        watch = rnd.watch_time.copy()  # one copy for both roles: readers take from it, never write
         individual = {
-            "system": rnd.watch_time.copy(),
-            "user": rnd.watch_time.copy(),
+            "system": watch,
+            "user": watch,
             "creator": utility - self.config.creator.effort_cost * rnd.publish_effort * published,
         }
         return team, individual, terms

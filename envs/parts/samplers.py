@@ -16,7 +16,7 @@ from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 @functools.lru_cache(maxsize=4096)
 def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     edges = low + ((high - low) * np.arange(k + 1)) // k
-    return edges[:-1], np.diff(edges).astype(np.float64)
+    return edges[:-1], (edges[1:] - edges[:-1]).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -75,7 +75,8 @@ class MixedSampler:
 
         # the popular pool's items older than the fresh window (O(P) per round)
         pool = sim.state.popular
-        pool_offset = (cat.head - 1 - pool) % cat.capacity
+        capacity = len(cat.uid)
+        pool_offset = (cat.head - 1 - pool) % capacity
         eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
         num_popular = min(self.num_popular, len(eligible))
         num_random = self.num_older - num_popular
@@ -92,12 +93,12 @@ class MixedSampler:
             else:
                 offsets.append(None)
         fresh, pick, older = offsets
-        parts = [] if fresh is None else [(cat.head - 1 - fresh) % cat.capacity]  # cat.newest, inline
+        parts = [] if fresh is None else [(cat.head - 1 - fresh) % capacity]  # cat.newest, inline
         stuck = None
         if pick is not None:
             parts.append(eligible[pick])
         if older is not None:
-            slots = (cat.head - 1 - older) % cat.capacity
+            slots = (cat.head - 1 - older) % capacity
             if pick is not None:
                 start, width = _strata(window, count, num_random)
                 stuck = self._separate(cat, slots, older, start, start + width.astype(np.int64), pick, eligible)
@@ -105,7 +106,7 @@ class MixedSampler:
         candidates = np.concatenate(parts, axis=1)
         if stuck is not None and len(stuck):  # a narrow stratum full of this user's popular picks: rare
             candidates[stuck] = self._sample_small(cat, len(stuck), rng)[0]
-        return candidates, np.ones(candidates.shape, bool)
+        return candidates, np.ones(candidates.shape, bool)  # a role may mask candidates out (tests/test_custom_role.py)
 
     def _separate(self, cat, slots, offset, start, end, pick, pool) -> np.ndarray:
         """Move each random older draw that equals one of its user's popular picks one place
@@ -118,8 +119,9 @@ class MixedSampler:
         look only at the draws that moved. ``slots`` and ``offset`` are (U, older) and
         C-contiguous; ``start``/``end`` bound each older column's stratum.
         """
-        if self._pool_position is None or len(self._pool_position) != cat.capacity:
-            self._pool_position = np.full(cat.capacity, -1, np.int64)
+        capacity = len(cat.uid)
+        if self._pool_position is None or len(self._pool_position) != capacity:
+            self._pool_position = np.full(capacity, -1, np.int64)
         position_of = self._pool_position
         n_users, num_picks = pick.shape
         stratum = _stratum_of(len(pool), num_picks)
@@ -129,7 +131,7 @@ class MixedSampler:
         try:
             # a slot outside the pool has position -1; stratum[-1] is 0 and no pick is -1
             position = position_of[slots]
-            moving = np.flatnonzero(pick[pick_base + stratum[position]] == position)
+            moving = (pick[pick_base + stratum[position]] == position).nonzero()[0]
             for _ in range(num_picks):
                 if not len(moving):
                     return moving
@@ -137,7 +139,7 @@ class MixedSampler:
                 moved = offset[moving] + 1
                 moved = np.where(moved == end[column], start[column], moved)
                 offset[moving] = moved
-                slots[moving] = moved_slots = (cat.head - 1 - moved) % cat.capacity
+                slots[moving] = moved_slots = (cat.head - 1 - moved) % capacity
                 position = position_of[moved_slots]
                 moving = moving[pick[pick_base[moving] + stratum[position]] == position]
         finally:

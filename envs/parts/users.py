@@ -79,7 +79,7 @@ class EcosystemUserDynamics:
         budget = budget - np.where(clicked, watch, self.user.step_cost) + self.user.quality_refill * watch * quality
         users.time_budget[rows] = budget
 
-        clickers = np.flatnonzero(clicked)
+        clickers = clicked.nonzero()[0]
         c_users, c_slots = user_idx[clickers], slots[clickers]
         users.fatigue[rows] *= self.user.fatigue_decay
         users.fatigue[c_users, cat.topic[c_slots]] += self.user.fatigue_rate

@@ -64,3 +64,20 @@ def test_random_slates_avoid_masked_candidates():
     mask[:, [1, 3]] = False  # padding: exactly three valid candidates
     slates = behaviour.act(_round_with_mask(mask), np.random.default_rng(1))
     assert (np.sort(slates, axis=1) == [0, 2, 4]).all()
+
+
+def test_random_slates_order_is_uniform_at_the_benchmark_scale():
+    """Position matters (position bias), so a random slate's order must be uniform too: with
+    5 of 50 about a fifth of the users take the fallback draw; neither path may favour low indices."""
+    from marl_rec.envs.parts.behaviours import RandomSlate
+    from marl_rec.envs.presets import make_config
+
+    behaviour = RandomSlate(make_config("creator_economy", {"num_candidates": 50, "slate_size": 5}))
+    sim = _round_with_mask(np.ones((4000, 50), bool))
+    rng = np.random.default_rng(2)
+    slates = np.concatenate([behaviour.act(sim, rng) for _ in range(25)])  # 100,000 slates
+    n = len(slates)
+    for i, j in [(0, 1), (1, 2), (3, 4), (0, 4)]:
+        assert abs((slates[:, i] < slates[:, j]).mean() - 0.5) < 4 * 0.5 / np.sqrt(n)
+    first = np.bincount(slates[:, 0], minlength=50)
+    assert np.abs(first - n / 50).max() < 4 * np.sqrt(n / 50)

@@ -46,17 +46,18 @@ class RandomSlate:
         if not mask.all():  # padded candidates (a small catalogue): the k valid ones with the lowest random keys
             keys = rng.random(mask.shape) + (~mask) * 2.0
             return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
-        # k independent uniform positions per user, redrawn for the users whose draws repeat: an
-        # ordered k-subset, uniform over all of them. With k = 5 of 50, 81% of rows pass at once.
+        # k independent uniform positions per user (floor(u·m) < m for every double u < 1); the
+        # users whose positions repeat (19% for 5 of 50) get the positions of their k lowest of m
+        # random keys, lowest first, instead. Either way an ordered k-subset, uniform over all of
+        # them, at half the cost of keys for every user.
         n, m = mask.shape
-        slate = rng.integers(0, m, size=(n, self.k))
-        repeats = np.arange(n)
-        while True:
-            ordered = np.sort(slate[repeats], axis=1)
-            repeats = repeats[np.logical_or.reduce(ordered[:, 1:] == ordered[:, :-1], axis=1)]
-            if not len(repeats):
-                return slate
-            slate[repeats] = rng.integers(0, m, size=(len(repeats), self.k))
+        slate = (rng.random((n, self.k)) * m).astype(np.int64)
+        ordered = slate.copy()
+        ordered.sort(axis=1)
+        repeats = np.logical_or.reduce(ordered[:, 1:] == ordered[:, :-1], axis=1).nonzero()[0]
+        if len(repeats):
+            slate[repeats] = rng.random((len(repeats), m)).argsort(axis=1)[:, : self.k]
+        return slate
 
 
 @BEHAVIOURS.register("choice_model")

@@ -43,21 +43,10 @@ class RandomSlate:
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         mask = sim.state.round.candidate_mask
-        if not mask.all():  # padded candidates (a small catalogue): the k valid ones with the lowest random keys
-            keys = rng.random(mask.shape) + (~mask) * 2.0
-            return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
-        # k independent uniform positions per user (floor(u·m) < m for every double u < 1); the
-        # users whose positions repeat (19% for 5 of 50) get the positions of their k lowest of m
-        # random keys, lowest first, instead. Either way an ordered k-subset, uniform over all of
-        # them, at half the cost of keys for every user.
-        n, m = mask.shape
-        slate = (rng.random((n, self.k)) * m).astype(np.int64)
-        ordered = slate.copy()
-        ordered.sort(axis=1)
-        repeats = np.logical_or.reduce(ordered[:, 1:] == ordered[:, :-1], axis=1).nonzero()[0]
-        if len(repeats):
-            slate[repeats] = rng.random((len(repeats), m)).argsort(axis=1)[:, : self.k]
-        return slate
+        keys = rng.random(mask.shape)
+        if not mask.all():  # padded candidates (a small catalogue) rank after every valid one
+            keys += (~mask) * 2.0
+        return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
 
 
 @BEHAVIOURS.register("choice_model")

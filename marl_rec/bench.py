@@ -62,8 +62,8 @@ def bench_core(seconds: float = 5.0, **overrides) -> dict:
         runner.reset(episode)
         episode += 1
         while not runner.done:
+            active = int(runner.sim.state.users.active.sum())  # users who get a slate this round
             start = time.perf_counter()
-            active = int(runner.sim.state.users.active.sum())
             runner.play_round()
             elapsed += time.perf_counter() - start
             interactions += active

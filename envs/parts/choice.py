@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
@@ -38,10 +40,18 @@ def item_logits(sim, slots: np.ndarray, user_config) -> np.ndarray:
     logits = user_config.affinity_scale * affinity(sim, slots)
     logits += item_appeal(cat, slots, user_config)
     fatigue = users.fatigue  # (U, T): row u's topic t sits at flat index u·T + t
-    logits -= fatigue.ravel()[cat.topic[slots] + (np.arange(len(slots)) * fatigue.shape[1])[:, None]]
+    logits -= fatigue.ravel()[cat.topic[slots] + _row_starts(*fatigue.shape)]
     if user_config.repeat_penalty:
         logits -= user_config.repeat_penalty * consumed(sim, slots)
     return logits
+
+
+@functools.lru_cache(maxsize=64)
+def _row_starts(rows: int, width: int) -> np.ndarray:
+    """(rows, 1) flat index of each row's first entry in a C-contiguous (rows, width) array."""
+    starts = (np.arange(rows) * width)[:, None]
+    starts.flags.writeable = False
+    return starts
 
 
 def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -35,6 +35,13 @@ def _older_index(n_users: int, older: int, picks: int) -> tuple[np.ndarray, np.n
     return row, row * picks, np.tile(np.arange(older), n_users)
 
 
+def _back_from(head: int, offsets: np.ndarray, bound: int, capacity: int) -> np.ndarray:
+    """Catalogue.newest(offsets) for offsets below ``bound``: slots counted back from the newest."""
+    if bound <= head:  # no offset reaches back past slot 0
+        return (head - 1) - offsets
+    return (head - 1 - offsets) % capacity
+
+
 def stratified(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
     """(n_rows, k) distinct integers in [low, high): one uniform draw in each of k equal strata.
 
@@ -93,12 +100,13 @@ class MixedSampler:
             else:
                 offsets.append(None)
         fresh, pick, older = offsets
-        parts = [] if fresh is None else [(cat.head - 1 - fresh) % capacity]  # cat.newest, inline
+        # cat.newest, inline; the modulo (a division per draw) only where the offsets can wrap
+        parts = [] if fresh is None else [_back_from(cat.head, fresh, window, capacity)]
         stuck = None
         if pick is not None:
             parts.append(eligible[pick])
         if older is not None:
-            slots = (cat.head - 1 - older) % capacity
+            slots = _back_from(cat.head, older, count, capacity)
             if pick is not None:
                 start, width = _strata(window, count, num_random)
                 stuck = self._separate(cat, slots, older, start, start + width.astype(np.int64), pick, eligible)
@@ -106,7 +114,9 @@ class MixedSampler:
         candidates = np.concatenate(parts, axis=1)
         if stuck is not None and len(stuck):  # a narrow stratum full of this user's popular picks: rare
             candidates[stuck] = self._sample_small(cat, len(stuck), rng)[0]
-        return candidates, np.ones(candidates.shape, bool)  # a role may mask candidates out (tests/test_custom_role.py)
+        mask = np.empty(candidates.shape, bool)  # writable: a role may mask candidates out (tests/test_custom_role.py)
+        mask.fill(True)
+        return candidates, mask
 
     def _separate(self, cat, slots, offset, start, end, pick, pool) -> np.ndarray:
         """Move each random older draw that equals one of its user's popular picks one place
@@ -129,9 +139,10 @@ class MixedSampler:
         slots, offset, pick = slots.ravel(), offset.ravel(), pick.ravel()  # views: moves write through
         position_of[pool] = np.arange(len(pool))
         try:
-            # a slot outside the pool has position -1; stratum[-1] is 0 and no pick is -1
             position = position_of[slots]
-            moving = (pick[pick_base + stratum[position]] == position).nonzero()[0]
+            moving = (position >= 0).nonzero()[0]  # the draws that are pool items: a few percent
+            position = position[moving]
+            moving = moving[pick[pick_base[moving] + stratum[position]] == position]
             for _ in range(num_picks):
                 if not len(moving):
                     return moving

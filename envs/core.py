@@ -241,15 +241,15 @@ class Simulator:
         total = self._popular_sum
         total[kept] = s.popular_score[alive] * self.config.sampler.popularity_decay  # pool slots are distinct
         np.add.at(total, clicked_slots, 1.0)
-        # rank by total (highest first), then slot; a slot's copies are then side by side
         slots = np.concatenate([kept, clicked_slots])
+        slots.sort()
+        first = np.empty(len(slots), bool)
+        first[0] = True
+        np.not_equal(slots[1:], slots[:-1], out=first[1:])
+        slots = slots[first]  # each slot once, ascending
         totals = total[slots]
         total[slots] = 0.0
-        order = np.lexsort((slots, -totals))
-        slots, totals = slots[order], totals[order]
-        first = np.ones(len(slots), bool)
-        np.not_equal(slots[1:], slots[:-1], out=first[1:])
-        top = first.nonzero()[0][: len(pool)]
+        top = (-totals).argsort(kind="stable")[: len(pool)]  # highest total first, ties to the lower slot
         n = len(top)
         pool[:n], pool[n:] = slots[top], -1
         s.popular_score[:n], s.popular_score[n:] = totals[top], 0.0
@@ -262,8 +262,8 @@ class Simulator:
         rnd = s.round
         if c.num_creators:
             actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
-            topic = np.where(actions[:, 0] < c.num_topics, actions[:, 0], -1)
-            topic = np.where(s.creators.active, topic, -1)
+            topic = actions[:, 0].copy()
+            topic[(topic >= c.num_topics) | ~s.creators.active] = -1  # T: publishes nothing; departed creators neither
             rnd.publish_topic, rnd.publish_effort = topic, actions[:, 1]
             self.creator_dynamics.resolve(self, self.rng, topic, actions[:, 1])
         rnd.team_reward, rnd.individual_reward, rnd.reward_terms = self.reward_fn(self)

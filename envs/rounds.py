@@ -209,7 +209,8 @@ class RoundRunner:
         outcome.rounds_completed += 1
         users_left = not np.count_nonzero(sim.state.users.active)
         truncate = sim.state.t >= c.max_cycles
-        common = {"team_reward": rnd.team_reward, **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()}}
+        if self.external:
+            common = {"team_reward": rnd.team_reward, **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()}}
         for name in self.external:
             role = self.roles[name]
             agents = [a for a in self.role_agents[name] if a in self.live]

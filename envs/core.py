@@ -262,8 +262,8 @@ class Simulator:
         rnd = s.round
         if c.num_creators:
             actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
-            topic = actions[:, 0].copy()
-            topic[(topic >= c.num_topics) | ~s.creators.active] = -1  # T: publishes nothing; departed creators neither
+            # T publishes nothing; departed creators neither
+            topic = np.where((actions[:, 0] < c.num_topics) & s.creators.active, actions[:, 0], -1)
             rnd.publish_topic, rnd.publish_effort = topic, actions[:, 1]
             self.creator_dynamics.resolve(self, self.rng, topic, actions[:, 1])
         rnd.team_reward, rnd.individual_reward, rnd.reward_terms = self.reward_fn(self)

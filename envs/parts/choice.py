@@ -21,7 +21,7 @@ def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
 
 def item_appeal(cat, slots: np.ndarray, user_config) -> np.ndarray:
     """Click logit an item gains from looking sensational: low quality reads as appealing."""
-    return user_config.clickbait_appeal * np.maximum(-cat.quality[slots], 0.0)
+    return np.maximum(cat.quality[slots] * -user_config.clickbait_appeal, 0.0)  # = appeal · max(−quality, 0)
 
 
 def consumed(sim, slots: np.ndarray) -> np.ndarray:
@@ -42,7 +42,7 @@ def item_logits(sim, slots: np.ndarray, user_config) -> np.ndarray:
     fatigue = users.fatigue  # (U, T): row u's topic t sits at flat index u·T + t
     logits -= fatigue.ravel()[cat.topic[slots] + _row_starts(*fatigue.shape)]
     if user_config.repeat_penalty:
-        logits -= user_config.repeat_penalty * consumed(sim, slots)
+        np.subtract(logits, user_config.repeat_penalty, out=logits, where=consumed(sim, slots))
     return logits
 
 

@@ -15,6 +15,9 @@ from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 
 @functools.lru_cache(maxsize=4096)
 def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[low, high) split into k equal strata (widths differ by at most one): their starts and
+    widths. One uniform draw u per stratum, start + floor(u · width), gives k distinct integers
+    at a cost of O(k), whatever the size of the range (needs high − low >= k)."""
     edges = low + ((high - low) * np.arange(k + 1)) // k
     return edges[:-1], (edges[1:] - edges[:-1]).astype(np.float64)
 
@@ -40,15 +43,6 @@ def _back_from(head: int, offsets: np.ndarray, bound: int, capacity: int) -> np.
     if bound <= head:  # no offset reaches back past slot 0
         return (head - 1) - offsets
     return (head - 1 - offsets) % capacity
-
-
-def stratified(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
-    """(n_rows, k) distinct integers in [low, high): one uniform draw in each of k equal strata.
-
-    Cost O(n_rows · k), whatever the size of the range; needs high − low >= k.
-    """
-    start, width = _strata(low, high, k)
-    return start + (rng.random((n_rows, k)) * width).astype(np.int64)
 
 
 @CANDIDATE_SAMPLERS.register("mixed")

@@ -236,8 +236,8 @@ class Simulator:
         kept = pool[alive]
         if len(kept) + len(clicked_slots) == 0:
             return
-        if self._popular_sum is None or len(self._popular_sum) != len(cat.uid):
-            self._popular_sum = np.zeros(len(cat.uid))
+        if self._popular_sum is None or len(self._popular_sum) != cat.capacity:
+            self._popular_sum = np.zeros(cat.capacity)
         total = self._popular_sum
         total[kept] = s.popular_score[alive] * self.config.sampler.popularity_decay  # pool slots are distinct
         np.add.at(total, clicked_slots, 1.0)

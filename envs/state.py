@@ -49,7 +49,7 @@ class Catalogue:
         n = len(topic)
         if n == 0:
             return np.zeros(0, np.int64)
-        capacity = len(self.uid)
+        capacity = self.capacity
         if n > capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
         if self.head + n <= capacity:  # contiguous: slice writes are cheaper than fancy indexing
@@ -72,8 +72,12 @@ class Catalogue:
         self.count = min(capacity, self.count + n)
         return np.arange(first, first + n) if isinstance(slots, slice) else slots
 
-    def newest(self, offsets: np.ndarray) -> np.ndarray:
-        """Slots of the items ``offsets`` places back from the newest (0 = newest)."""
+    def newest(self, offsets: np.ndarray, below: int | None = None) -> np.ndarray:
+        """Slots of the items ``offsets`` places back from the newest (0 = newest). ``below``,
+        an upper bound on the offsets, skips the modulo (a division per offset) when no offset
+        reaches back past slot 0."""
+        if below is not None and below <= self.head:
+            return (self.head - 1) - offsets
         return (self.head - 1 - offsets) % self.capacity
 
 

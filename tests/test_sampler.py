@@ -81,3 +81,15 @@ def test_random_slates_order_is_uniform_at_the_benchmark_scale():
         assert abs((slates[:, i] < slates[:, j]).mean() - 0.5) < 4 * 0.5 / np.sqrt(n)
     first = np.bincount(slates[:, 0], minlength=50)
     assert np.abs(first - n / 50).max() < 4 * np.sqrt(n / 50)
+
+
+def test_newest_with_a_bound_matches_the_ring_buffer_arithmetic():
+    from marl_rec.envs.state import Catalogue
+
+    cat = Catalogue.empty(10, 2)
+    cat.head, cat.count = 6, 10  # slots 5, 4, ..., 0, 9, 8, 7, 6 from newest to oldest
+    offsets = np.array([[0, 3, 5], [1, 2, 4]])
+    assert (cat.newest(offsets) == [[5, 2, 0], [4, 3, 1]]).all()
+    assert (cat.newest(offsets, below=6) == cat.newest(offsets)).all()  # no offset wraps: no modulo
+    wrapping = np.array([0, 6, 9])
+    assert (cat.newest(wrapping, below=10) == [5, 9, 6]).all()  # a bound past head keeps the modulo

@@ -38,13 +38,6 @@ def _older_index(n_users: int, older: int, picks: int) -> tuple[np.ndarray, np.n
     return row, row * picks, np.tile(np.arange(older), n_users)
 
 
-def _back_from(head: int, offsets: np.ndarray, bound: int, capacity: int) -> np.ndarray:
-    """Catalogue.newest(offsets) for offsets below ``bound``: slots counted back from the newest."""
-    if bound <= head:  # no offset reaches back past slot 0
-        return (head - 1) - offsets
-    return (head - 1 - offsets) % capacity
-
-
 @CANDIDATE_SAMPLERS.register("mixed")
 class MixedSampler:
     """A mix of fresh items (the newest window), popular items (the tracked set) and random
@@ -76,8 +69,7 @@ class MixedSampler:
 
         # the popular pool's items older than the fresh window (O(P) per round)
         pool = sim.state.popular
-        capacity = len(cat.uid)
-        pool_offset = (cat.head - 1 - pool) % capacity
+        pool_offset = (cat.head - 1 - pool) % cat.capacity
         eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
         num_popular = min(self.num_popular, len(eligible))
         num_random = self.num_older - num_popular
@@ -94,13 +86,12 @@ class MixedSampler:
             else:
                 offsets.append(None)
         fresh, pick, older = offsets
-        # cat.newest, inline; the modulo (a division per draw) only where the offsets can wrap
-        parts = [] if fresh is None else [_back_from(cat.head, fresh, window, capacity)]
+        parts = [] if fresh is None else [cat.newest(fresh, below=window)]
         stuck = None
         if pick is not None:
             parts.append(eligible[pick])
         if older is not None:
-            slots = _back_from(cat.head, older, count, capacity)
+            slots = cat.newest(older, below=count)
             if pick is not None:
                 start, width = _strata(window, count, num_random)
                 stuck = self._separate(cat, slots, older, start, start + width.astype(np.int64), pick, eligible)
@@ -123,9 +114,8 @@ class MixedSampler:
         look only at the draws that moved. ``slots`` and ``offset`` are (U, older) and
         C-contiguous; ``start``/``end`` bound each older column's stratum.
         """
-        capacity = len(cat.uid)
-        if self._pool_position is None or len(self._pool_position) != capacity:
-            self._pool_position = np.full(capacity, -1, np.int64)
+        if self._pool_position is None or len(self._pool_position) != cat.capacity:
+            self._pool_position = np.full(cat.capacity, -1, np.int64)
         position_of = self._pool_position
         n_users, num_picks = pick.shape
         stratum = _stratum_of(len(pool), num_picks)
@@ -144,7 +134,7 @@ class MixedSampler:
                 moved = offset[moving] + 1
                 moved = np.where(moved == end[column], start[column], moved)
                 offset[moving] = moved
-                slots[moving] = moved_slots = (cat.head - 1 - moved) % capacity
+                slots[moving] = moved_slots = cat.newest(moved)
                 position = position_of[moved_slots]
                 moving = moving[pick[pick_base[moving] + stratum[position]] == position]
         finally:

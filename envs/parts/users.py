@@ -60,8 +60,7 @@ class EcosystemUserDynamics:
 
     def engagement(self, sim, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
         cat, users = sim.state.catalogue, sim.state.users
-        interest = users.interest if len(user_idx) == len(users.interest) else users.interest[user_idx]  # all: 0..U-1
-        aff = np.einsum("nd,nd->n", cat.embedding[slots], interest)
+        aff = np.einsum("nd,nd->n", cat.embedding[slots], users.interest[user_idx])
         fraction = sigmoid(
             self.user.engagement_affinity * aff + self.user.engagement_quality * cat.quality[slots]
             + self.user.engagement_bias

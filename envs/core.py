@@ -58,6 +58,7 @@ class Simulator:
         self._slate_slots: np.ndarray | None = None
         self._slate_embedding: np.ndarray | None = None
         self._row_start = np.arange(config.num_users) * config.slate_size  # flat index of each row's slot 0
+        self._candidate_row_start = self._rows * config.num_candidates  # the same in the (U, M) candidates
         self._all_users = np.arange(config.num_users)
         self._popular_sum: np.ndarray | None = None  # scratch, catalogue-sized, zero between rounds
 
@@ -140,7 +141,12 @@ class Simulator:
         rnd = self.state.round
         if rnd.slate is not self._slate_of or rnd.candidates is not self._slate_candidates:
             self._slate_of, self._slate_candidates = rnd.slate, rnd.candidates
-            self._slate_slots = rnd.candidates[self._rows, rnd.slate]
+            candidates = rnd.candidates
+            if candidates.shape[1] == self.config.num_candidates and candidates.flags.c_contiguous:
+                # one flat gather: a fraction of the cost of indexing with two arrays
+                self._slate_slots = candidates.ravel()[self._candidate_row_start + rnd.slate]
+            else:
+                self._slate_slots = candidates[self._rows, rnd.slate]
             self._slate_embedding = None
         return self._slate_slots
 
@@ -148,7 +154,7 @@ class Simulator:
         """(U, K, d) embeddings of the current slates' items (computed once per slate)."""
         slots = self.slate_slots()
         if self._slate_embedding is None:
-            self._slate_embedding = self.state.catalogue.embedding[slots]
+            self._slate_embedding = self.state.catalogue.embedding.take(slots, axis=0)  # take: ~6x faster than [slots]
         return self._slate_embedding
 
     def choice_probabilities(self) -> np.ndarray:
@@ -199,14 +205,14 @@ class Simulator:
             s.topic_demand = 0.9 * s.topic_demand + 0.1 * topic_clicks / len(c_slots)
 
         # users' histories (newest first) and running interest estimate
-        clicked_embedding = cat.embedding[c_slots]
+        clicked_embedding = cat.embedding.take(c_slots, axis=0)
         users.history_uid[c_users, 1:] = users.history_uid[c_users, :-1]
         users.history_embedding[c_users, 1:] = users.history_embedding[c_users, :-1]
         users.history_watch[c_users, 1:] = users.history_watch[c_users, :-1]
-        users.history_uid[c_users, 0] = cat.uid[c_slots]
+        users.history_uid[:, 0][c_users] = cat.uid[c_slots]  # a column view indexed in 1-D: cheaper than [c_users, 0]
         users.history_embedding[c_users, 0] = clicked_embedding
-        users.history_watch[c_users, 0] = c_watch
-        users.interest_estimate[c_users] = 0.8 * users.interest_estimate[c_users] + 0.2 * clicked_embedding
+        users.history_watch[:, 0][c_users] = c_watch
+        users.interest_estimate[c_users] = 0.8 * users.interest_estimate.take(c_users, axis=0) + 0.2 * clicked_embedding
         users.clicks[c_users] += 1
         users.slates_seen[rows] += 1
         self.lifetime_slates += n_active

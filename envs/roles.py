@@ -173,14 +173,15 @@ class SystemRole(Role):
     def observe(self, sim, idx):
         users, rnd, c = sim.state.users, sim.state.round, self.config
         history = np.concatenate(
-            [users.history_embedding[idx], (users.history_watch[idx] / c.item.length_mean)[..., None]], axis=-1
-        )
+            [users.history_embedding.take(idx, axis=0), (users.history_watch.take(idx, axis=0) / c.item.length_mean)[..., None]],
+            axis=-1,
+        )  # .take(idx, axis=0): rows gathered several times faster than by [idx]
         obs = {
-            "user": sim.user_features()[idx],
+            "user": sim.user_features().take(idx, axis=0),
             "history": history.astype(np.float32),
-            "history_mask": (users.history_uid[idx] >= 0).astype(np.float32),
-            "candidates": sim.item_features(rnd.candidates[idx]),
-            "action_mask": rnd.candidate_mask[idx].astype(np.float32),
+            "history_mask": (users.history_uid.take(idx, axis=0) >= 0).astype(np.float32),
+            "candidates": sim.item_features(rnd.candidates.take(idx, axis=0)),
+            "action_mask": rnd.candidate_mask.take(idx, axis=0).astype(np.float32),
         }
         if c.state_in_observations:  # the same global state for every agent (centralised critic)
             obs["state"] = np.repeat(sim.global_state()[None], len(idx), axis=0)
@@ -336,7 +337,7 @@ class UserRole(Role):
         users, cat, c = sim.state.users, sim.state.catalogue, self.config
         slots = sim.slate_slots()[idx]
         slate = np.concatenate(
-            [cat.embedding[slots], cat.quality[slots][..., None], (cat.length[slots] / c.item.length_mean)[..., None]],
+            [cat.embedding.take(slots, axis=0), cat.quality[slots][..., None], (cat.length[slots] / c.item.length_mean)[..., None]],
             axis=-1,
         )
         return {

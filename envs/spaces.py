@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from marl_rec.envs.parts.behaviours import smallest_k
+
 
 class Slate(spaces.MultiDiscrete):
     """``MultiDiscrete([M] * K)`` whose members have K distinct entries.
@@ -68,7 +70,7 @@ class PlatformSlates(spaces.MultiDiscrete):
         if mask.shape != (self.num_users, self.num_candidates):
             raise ValueError(f"PlatformSlates.sample expects a mask of shape {(self.num_users, self.num_candidates)}")
         keys = self.np_random.random(mask.shape) + (mask <= 0) * 2.0
-        return np.argpartition(keys, self.slate_size - 1, axis=1)[:, : self.slate_size].astype(self.dtype)
+        return smallest_k(keys, self.slate_size, overwrite=True).astype(self.dtype)
 
     def contains(self, x: Any) -> bool:
         if not super().contains(x):

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from marl_rec.envs import ecosystem_v0
+from marl_rec.envs.parts.behaviours import smallest_k
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
@@ -20,7 +21,7 @@ ECONOMY = {"num_users": 64, "num_creators": 16, "num_candidates": 50, "slate_siz
 def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(n, K) distinct masked-in candidate indices, one vectorised draw for all agents."""
     keys = rng.random(mask.shape) + (mask < 0.5) * 2.0
-    return np.argpartition(keys, k - 1, axis=1)[:, :k]
+    return smallest_k(keys, k, overwrite=True)
 
 
 def recsim_users(num_users: int) -> dict:

@@ -67,8 +67,8 @@ def test_random_slates_avoid_masked_candidates():
 
 
 def test_random_slates_order_is_uniform_at_the_benchmark_scale():
-    """Position matters (position bias), so a random slate's order must be uniform too: with
-    5 of 50 about a fifth of the users take the fallback draw; neither path may favour low indices."""
+    """Position matters (position bias), so a random slate's order must be uniform too: the
+    smallest key goes first, and no position may favour low candidate indices."""
     from marl_rec.envs.parts.behaviours import RandomSlate
     from marl_rec.envs.presets import make_config
 
@@ -81,6 +81,24 @@ def test_random_slates_order_is_uniform_at_the_benchmark_scale():
         assert abs((slates[:, i] < slates[:, j]).mean() - 0.5) < 4 * 0.5 / np.sqrt(n)
     first = np.bincount(slates[:, 0], minlength=50)
     assert np.abs(first - n / 50).max() < 4 * np.sqrt(n / 50)
+
+
+@pytest.mark.parametrize("k", [1, 5, 8, 12])
+def test_smallest_k_orders_the_k_smallest_keys(k):
+    """Both paths (argmin rounds for k <= 8, a stable argsort above) give the k smallest keys of
+    each row smallest first, ties to the lower column, and leave the caller's keys alone."""
+    from marl_rec.envs.parts.behaviours import smallest_k
+
+    rng = np.random.default_rng(3)
+    keys = rng.random((300, 20))
+    keys[:, 7] = keys[:, 3]  # a tie in every row
+    keys[:5] += 2.0 * (rng.random((5, 20)) < 0.5)  # padded candidates rank after the rest
+    before = keys.copy()
+    out = smallest_k(keys, k)
+    assert (keys == before).all()
+    assert (out == np.argsort(keys, axis=1, kind="stable")[:, :k]).all()
+    hand = np.array([[0.5, 0.1, 0.9, 0.1, 0.3]])
+    assert smallest_k(hand, 3).tolist() == [[1, 3, 4]]
 
 
 def test_newest_with_a_bound_matches_the_ring_buffer_arithmetic():

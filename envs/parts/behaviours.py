@@ -25,6 +25,25 @@ def top_k_slate(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
+def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
+    """(n, k) column indices of the k smallest entries of each row of ``keys``, smallest first
+    (ties to the lower column). For a small k, k rounds of argmin; for a larger one, a stable
+    argsort. ``np.argpartition`` gives the same set, but its order depends on the CPU: with
+    AVX2 numpy sorts rows of up to 256 entries, elsewhere it leaves them partly ordered.
+    ``overwrite``: ``keys`` is scratch (C-contiguous) and may be written to."""
+    if k > 8:
+        return np.argsort(keys, axis=1, kind="stable")[:, :k]
+    n, m = keys.shape
+    if not overwrite:
+        keys = keys.copy()
+    flat, row_start = keys.ravel(), np.arange(0, n * m, m)
+    out = np.empty((n, k), np.int64)
+    for j in range(k):
+        out[:, j] = column = keys.argmin(axis=1)
+        flat[row_start + column] = np.inf  # taken
+    return out
+
+
 def resolve_behaviour(name: str):
     """The behaviour class called ``name``; loads marl_rec.policies' baselines on first miss."""
     if name not in BEHAVIOURS:
@@ -46,7 +65,7 @@ class RandomSlate:
         keys = rng.random(mask.shape)
         if not mask.all():  # padded candidates (a small catalogue) rank after every valid one
             keys += (~mask) * 2.0
-        return np.argpartition(keys, self.k - 1, axis=1)[:, : self.k]
+        return smallest_k(keys, self.k, overwrite=True)  # uniform positions: the keys are i.i.d.
 
 
 @BEHAVIOURS.register("choice_model")

@@ -15,7 +15,7 @@ def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
     if slate_slots is sim.slate_slots():
         embedding = sim.slate_embedding()  # (U, K, d), gathered once per slate
     else:
-        embedding = sim.state.catalogue.embedding[slate_slots]
+        embedding = sim.state.catalogue.embedding.take(slate_slots, axis=0)
     return np.einsum("ukd,ud->uk", embedding, sim.state.users.interest)
 
 

@@ -32,7 +32,7 @@ class TopicItemGenerator:
         # one standard-normal draw for noise, quality and length: the same numbers as
         # rng.normal(loc, scale) in turn, which is loc + scale · z
         z = rng.standard_normal(n * (d + 2))
-        embedding = _unit_rows(topic_centres[topic] + z[: n * d].reshape(n, d) * self.item.topic_spread)
+        embedding = _unit_rows(topic_centres.take(topic, axis=0) + z[: n * d].reshape(n, d) * self.item.topic_spread)
         quality = quality_mean + z[n * d : n * d + n] * self.item.quality_std
         length = np.maximum(self.item.length_mean + z[n * d + n :] * self.item.length_std, 0.5)
         return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}

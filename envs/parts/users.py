@@ -60,7 +60,7 @@ class EcosystemUserDynamics:
 
     def engagement(self, sim, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
         cat, users = sim.state.catalogue, sim.state.users
-        aff = np.einsum("nd,nd->n", cat.embedding[slots], users.interest[user_idx])
+        aff = np.einsum("nd,nd->n", cat.embedding.take(slots, axis=0), users.interest.take(user_idx, axis=0))
         fraction = sigmoid(
             self.user.engagement_affinity * aff + self.user.engagement_quality * cat.quality[slots]
             + self.user.engagement_bias
@@ -84,7 +84,9 @@ class EcosystemUserDynamics:
         users.fatigue[rows] *= self.user.fatigue_decay
         users.fatigue[c_users, cat.topic[c_slots]] += self.user.fatigue_rate
 
-        users.interest[c_users] += self.user.interest_drift * (cat.embedding[c_slots] - users.interest[c_users])
+        interest = users.interest.take(c_users, axis=0)  # take: several times faster than [c_users] on rows
+        interest += self.user.interest_drift * (cat.embedding.take(c_slots, axis=0) - interest)
+        users.interest[c_users] = interest
         return watch
 
 
@@ -117,7 +119,7 @@ class RecSimInterestEvolutionDynamics:
 
         c_users, c_slots = user_idx[clicked], slots[clicked]
         interest = users.interest[c_users]
-        features = cat.embedding[c_slots]
+        features = cat.embedding.take(c_slots, axis=0)
         x0, y0 = self.user.interest_update_x_intercept, self.user.interest_update_y_intercept
         step = (-y0 / x0) * np.abs(interest) + y0
         update = step * features * (features - interest)

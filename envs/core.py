@@ -80,7 +80,7 @@ class Simulator:
             round=self._empty_round(),
             popular=np.full(p, -1, np.int64),
             popular_score=np.zeros(p),
-            popular_uid=np.full(p, -1, np.int64),
+            popular_uid=np.full(p, -2, np.int64),
         )
         self.creator_dynamics.seed_catalogue(self, rng)
         self.team_return = 0.0
@@ -238,7 +238,7 @@ class Simulator:
         (ties to the lower slot). O(P + clicks): sums go through a catalogue-sized scratch array."""
         s, cat = self.state, self.state.catalogue
         pool = s.popular
-        alive = (pool >= 0) & (cat.uid[pool] == s.popular_uid)
+        alive = cat.uid[pool] == s.popular_uid  # a pad entry's uid is -2, which no slot holds
         kept = pool[alive]
         if len(kept) + len(clicked_slots) == 0:
             return
@@ -257,9 +257,11 @@ class Simulator:
         total[slots] = 0.0
         top = (-totals).argsort(kind="stable")[: len(pool)]  # highest total first, ties to the lower slot
         n = len(top)
-        pool[:n], pool[n:] = slots[top], -1
-        s.popular_score[:n], s.popular_score[n:] = totals[top], 0.0
-        s.popular_uid[:n], s.popular_uid[n:] = cat.uid[pool[:n]], -1
+        pool[:n] = chosen = slots[top]
+        s.popular_score[:n] = totals[top]
+        s.popular_uid[:n] = cat.uid[chosen]
+        if n < len(pool):
+            pool[n:], s.popular_score[n:], s.popular_uid[n:] = -1, 0.0, -2
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then

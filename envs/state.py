@@ -141,4 +141,4 @@ class EcosystemState:
     round: Round
     popular: np.ndarray  # (P,) slots of the tracked popular items, -1 pad
     popular_score: np.ndarray  # (P,) their decayed click counts
-    popular_uid: np.ndarray  # (P,) uids, to detect slots overwritten since
+    popular_uid: np.ndarray  # (P,) uids, to detect slots overwritten since; -2 pad (no slot's uid)

@@ -76,7 +76,8 @@ class EcosystemCreatorDynamics:
     def resolve(self, sim, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
         """Publish what creators chose, then update viability and churn from last round's stats."""
         creators, cc = sim.state.creators, self.creator
-        publishing = (topic >= 0).nonzero()[0]  # create() gives departed creators topic -1
+        publishes = topic >= 0  # create() gives departed creators topic -1
+        publishing = publishes.nonzero()[0]
         if len(publishing):
             sim.publish(
                 rng,
@@ -85,7 +86,7 @@ class EcosystemCreatorDynamics:
                 creator=publishing,
                 n=len(publishing),
             )
-            creators.published[publishing] += 1
+            creators.published += publishes
         active = creators.active
         n = np.count_nonzero(active)
         target = cc.exposure_weight * _share(creators.exposure, active, n) + cc.engagement_weight * _share(

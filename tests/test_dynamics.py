@@ -202,3 +202,19 @@ def test_item_features_report_the_creators_exposure_share_and_presence(sim):
     assert features.shape == (1, 2, sim.config.item_feature_dim) == (1, 2, 9)
     np.testing.assert_allclose(features[0, :, 7], [1.0, 2.0 / 6.0])
     np.testing.assert_array_equal(features[0, :, 8], [1.0, 0.0])
+
+
+def test_sample_choice_takes_the_first_index_past_the_draw():
+    """Inverse CDF: with uniforms u, row r picks the first index whose cumulative probability
+    exceeds u·total. Hand-made rows and draws (one uniform per row, in row order)."""
+    from marl_rec.envs.parts.choice import sample_choice
+
+    probabilities = np.array([[0.2, 0.3, 0.5], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.25, 0.25, 0.5]])
+    draws = np.random.default_rng(7).random(4)  # 0.625, 0.897, 0.776, 0.225
+    cdf = probabilities.cumsum(axis=1)
+    expected = [int(np.argmax(c > u * c[-1])) for c, u in zip(cdf, draws)]
+    assert expected == [2, 1, 2, 0]
+    for layout in (probabilities, np.ascontiguousarray(probabilities.T).T):  # row- or position-major
+        assert sample_choice(layout, np.random.default_rng(7)).tolist() == expected
+    # a draw past every cumulative value (rounding) still gives a valid index: the last
+    assert sample_choice(np.array([[0.0, 0.0]]), np.random.default_rng(0)).tolist() == [1]

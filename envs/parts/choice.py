@@ -56,11 +56,15 @@ def _row_starts(rows: int, width: int) -> np.ndarray:
 
 def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row):
-    the first index whose cumulative probability exceeds the draw, the last one at worst."""
-    cdf = probabilities.cumsum(axis=1)
-    beyond = rng.random(len(probabilities))[:, None] * cdf[:, -1:] < cdf
-    beyond[:, -1] = True
-    return beyond.argmax(axis=1)
+    the first index whose cumulative probability exceeds the draw, the last one at worst.
+
+    Works on the transpose, (K+1, n): sums over a row's few entries are then elementwise over
+    rows (the MNL model's probabilities are such a transpose already). The cdf never decreases,
+    so the first index past the draw is the number of entries at or below it."""
+    by_column = probabilities.T
+    cdf = by_column.cumsum(axis=0)
+    draw = rng.random(by_column.shape[1]) * cdf[-1]
+    return np.minimum(np.add.reduce(cdf <= draw, axis=0), len(cdf) - 1)
 
 
 @CHOICE_MODELS.register("mnl")
@@ -79,13 +83,15 @@ class MultinomialLogitChoice:
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
         k = slate_slots.shape[1]
-        logits = np.empty((len(slate_slots), k + 1))  # float64, like the no-click column
-        np.add(item_logits(sim, slate_slots, self.user), self.position_logit, out=logits[:, :k])
-        logits[:, k] = self.user.no_click_logit
-        logits -= np.maximum.reduce(logits, axis=1, keepdims=True)
+        # position-major (K+1, U), float64 like the no-click column: the max and the sum over a
+        # user's K+1 options become elementwise over users; returned as its (U, K+1) transpose
+        logits = np.empty((k + 1, len(slate_slots)))
+        np.add(item_logits(sim, slate_slots, self.user).T, self.position_logit[:, None], out=logits[:k])
+        logits[k] = self.user.no_click_logit
+        logits -= np.maximum.reduce(logits, axis=0)
         np.exp(logits, out=logits)
-        logits /= np.add.reduce(logits, axis=1, keepdims=True)
-        return logits
+        logits /= np.add.reduce(logits, axis=0)
+        return logits.T
 
 
 @CHOICE_MODELS.register("proportional")

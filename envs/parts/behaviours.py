@@ -63,7 +63,7 @@ class RandomSlate:
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         mask = sim.state.round.candidate_mask
         keys = rng.random(mask.shape)
-        if not mask.all():  # padded candidates (a small catalogue) rank after every valid one
+        if np.count_nonzero(mask) != mask.size:  # padded candidates (a small catalogue) rank after every valid one
             keys += (~mask) * 2.0
         return smallest_k(keys, self.k, overwrite=True)  # uniform positions: the keys are i.i.d.
 

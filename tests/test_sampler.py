@@ -99,6 +99,9 @@ def test_smallest_k_orders_the_k_smallest_keys(k):
     assert (out == np.argsort(keys, axis=1, kind="stable")[:, :k]).all()
     hand = np.array([[0.5, 0.1, 0.9, 0.1, 0.3]])
     assert smallest_k(hand, 3).tolist() == [[1, 3, 4]]
+    # scratch keys that cannot be written through a flat view, or are integers: copied, same answer
+    assert smallest_k(np.asfortranarray(keys), k, overwrite=True).tolist() == out.tolist()
+    assert smallest_k(np.array([[5, 1, 3, 2]]), 2, overwrite=True).tolist() == [[1, 3]]
 
 
 def test_newest_with_a_bound_matches_the_ring_buffer_arithmetic():

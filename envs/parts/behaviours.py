@@ -30,12 +30,13 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
     (ties to the lower column). For a small k, k rounds of argmin; for a larger one, a stable
     argsort. ``np.argpartition`` gives the same set, but its order depends on the CPU: with
     AVX2 numpy sorts rows of up to 256 entries, elsewhere it leaves them partly ordered.
-    ``overwrite``: ``keys`` is scratch (C-contiguous) and may be written to."""
+    ``keys``: real numbers, no NaN. ``overwrite``: they are scratch and may be written to
+    (used only when they are a C-contiguous float array; otherwise a float copy is made)."""
     if k > 8:
         return np.argsort(keys, axis=1, kind="stable")[:, :k]
     n, m = keys.shape
-    if not overwrite:
-        keys = keys.copy()
+    if not (overwrite and keys.flags.c_contiguous and keys.dtype.kind == "f"):
+        keys = np.array(keys, dtype=np.float64, order="C")  # a copy that taken entries can be set to inf in
     flat, row_start = keys.ravel(), np.arange(0, n * m, m)
     out = np.empty((n, k), np.int64)
     for j in range(k):

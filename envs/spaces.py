@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from marl_rec.envs.parts.behaviours import smallest_k
+from marl_rec.envs.parts.behaviours import random_slates
 
 
 class Slate(spaces.MultiDiscrete):
@@ -69,8 +69,7 @@ class PlatformSlates(spaces.MultiDiscrete):
         mask = np.asarray(mask)
         if mask.shape != (self.num_users, self.num_candidates):
             raise ValueError(f"PlatformSlates.sample expects a mask of shape {(self.num_users, self.num_candidates)}")
-        keys = self.np_random.random(mask.shape) + (mask <= 0) * 2.0
-        return smallest_k(keys, self.slate_size, overwrite=True).astype(self.dtype)
+        return random_slates(mask, self.slate_size, self.np_random).astype(self.dtype)
 
     def contains(self, x: Any) -> bool:
         if not super().contains(x):

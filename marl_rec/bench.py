@@ -10,18 +10,12 @@ import time
 import numpy as np
 
 from marl_rec.envs import ecosystem_v0
-from marl_rec.envs.parts.behaviours import smallest_k
+from marl_rec.envs.parts.behaviours import random_slates
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
 RECSIM_STEPS_PER_S = 6700.0  # RecSim 0.2.4 interest_evolution, random slates, measured on this machine (issue #2)
 ECONOMY = {"num_users": 64, "num_creators": 16, "num_candidates": 50, "slate_size": 5}
-
-
-def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, K) distinct masked-in candidate indices, one vectorised draw for all agents."""
-    keys = rng.random(mask.shape) + (mask < 0.5) * 2.0
-    return smallest_k(keys, k, overwrite=True)
 
 
 def recsim_users(num_users: int) -> dict:

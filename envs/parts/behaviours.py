@@ -45,6 +45,17 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
     return out
 
 
+def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, k) distinct allowed candidates per row of ``mask`` (n, M) (allowed: true or positive),
+    uniformly random in set and order: the k smallest of n × M uniform keys, one draw for all
+    rows, where padded candidates rank after every allowed one."""
+    allowed = mask if mask.dtype == bool else mask > 0
+    keys = rng.random(allowed.shape)
+    if np.count_nonzero(allowed) != allowed.size:
+        keys += (~allowed) * 2.0
+    return smallest_k(keys, k, overwrite=True)
+
+
 def resolve_behaviour(name: str):
     """The behaviour class called ``name``; loads marl_rec.policies' baselines on first miss."""
     if name not in BEHAVIOURS:
@@ -62,11 +73,7 @@ class RandomSlate:
         self.k = config.slate_size
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
-        mask = sim.state.round.candidate_mask
-        keys = rng.random(mask.shape)
-        if np.count_nonzero(mask) != mask.size:  # padded candidates (a small catalogue) rank after every valid one
-            keys += (~mask) * 2.0
-        return smallest_k(keys, self.k, overwrite=True)  # uniform positions: the keys are i.i.d.
+        return random_slates(sim.state.round.candidate_mask, self.k, rng)  # a small catalogue pads candidates
 
 
 @BEHAVIOURS.register("choice_model")

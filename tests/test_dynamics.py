@@ -218,3 +218,29 @@ def test_sample_choice_takes_the_first_index_past_the_draw():
         assert sample_choice(layout, np.random.default_rng(7)).tolist() == expected
     # a draw past every cumulative value (rounding) still gives a valid index: the last
     assert sample_choice(np.array([[0.0, 0.0]]), np.random.default_rng(0)).tolist() == [1]
+
+
+def test_popularity_ranks_by_shrunk_watch_time_per_impression(sim):
+    """Watch per impression, shrunk toward the candidates' mean by 10 pseudo-impressions,
+    recovered from the observed item features; consumed items go last."""
+    from marl_rec.policies.baselines import PopularitySlate, popularity_scores
+
+    cat, length = sim.state.catalogue, sim.config.item.length_mean
+    cat.impressions[:4] = [10.0, 0.0, 30.0, 4.0]
+    cat.clicks[:4] = [2.0, 0.0, 3.0, 2.0]
+    cat.watch_time[:4] = [6.0, 0.0, 3.0, 8.0]  # minutes; the features carry them in units of length_mean
+    # user 0's candidates are slots 0, 1, 2: mean = 9 / 40, so 10 pseudo-impressions add 2.25
+    # user 1's are slots 1, 2, 3: mean = 11 / 34
+    prior = 110.0 / 34.0
+    expected = np.array([
+        [(6.0 + 2.25) / 20.0, 2.25 / 10.0, (3.0 + 2.25) / 40.0],
+        [prior / 10.0, (3.0 + prior) / 40.0, (8.0 + prior) / 14.0],
+    ]) / length
+    features = sim.item_features(sim.state.round.candidates)
+    np.testing.assert_allclose(popularity_scores(features, sim.config.embedding_dim), expected, rtol=1e-5)
+
+    policy = PopularitySlate(sim.config)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(policy.act(sim, rng), [[0, 1], [2, 0]])
+    sim.state.users.history_uid[1, 0] = 103  # user 1 already watched slot 3
+    np.testing.assert_array_equal(policy.act(sim, rng), [[0, 1], [0, 1]])

@@ -48,8 +48,10 @@ def test_recsim_users_in_one_env_are_recsim_users():
 
 def test_long_term_heuristic_beats_oracle_myopic_and_keeps_creators():
     # A smaller version of README's 100-episode table (seeds 500-529, not those used for tuning).
-    results = {p: evaluate_behaviour(p, episodes=30, seed=500) for p in ("random", "oracle_myopic", "long_term")}
+    policies = ("random", "popularity", "myopic", "oracle_myopic", "long_term")
+    results = {p: evaluate_behaviour(p, episodes=30, seed=500) for p in policies}
     team = {p: r["team_return"].mean() for p, r in results.items()}
     assert team["long_term"] >= 1.05 * team["oracle_myopic"]
     assert results["oracle_myopic"]["creator_retention"].mean() < results["long_term"]["creator_retention"].mean()
     assert team["random"] < 0.8 * min(team["oracle_myopic"], team["long_term"])
+    assert team["random"] < 0.95 * min(team[p] for p in policies if p != "random")  # random is clearly last

@@ -8,6 +8,7 @@ PettingZoo / RLlib instead; roles that are internal get them from the behaviour 
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import numpy as np
@@ -47,13 +48,42 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
 
 def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(n, k) distinct allowed candidates per row of ``mask`` (n, M) (allowed: true or positive),
-    uniformly random in set and order: the k smallest of n × M uniform keys, one draw for all
-    rows, where padded candidates rank after every allowed one."""
+    uniformly random in set and order.
+
+    Every candidate allowed (the usual case): k steps of a Fisher–Yates shuffle run on all rows
+    at once, n × k uniform draws. Some padded: the k smallest of n × M uniform keys, where padded
+    candidates rank after every allowed one."""
     allowed = mask if mask.dtype == bool else mask > 0
-    keys = rng.random(allowed.shape)
+    n, m = allowed.shape
     if np.count_nonzero(allowed) != allowed.size:
+        keys = rng.random(allowed.shape)
         keys += (~allowed) * 2.0
-    return smallest_k(keys, k, overwrite=True)
+        return smallest_k(keys, k, overwrite=True)
+    identity, row_start, widths = _shuffle_tables(n, m, k)
+    order = identity.copy()  # each row's candidates; step j swaps its pick to the row's end
+    remaining = order.reshape(n, m)
+    draws = rng.random((k, n))
+    draws *= widths  # step j picks one of the m − j candidates not yet taken
+    picks = draws.astype(np.int64)
+    picks += row_start
+    out = np.empty((n, k), np.int64)
+    for j in range(k):
+        pick = picks[j]
+        out[:, j] = order[pick]
+        order[pick] = remaining[:, m - 1 - j]  # the last untaken candidate fills the hole
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _shuffle_tables(n: int, m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``random_slates``' constants: n rows of range(m) flat, each row's flat start, and the
+    (k, 1) number of candidates left at each step."""
+    identity = np.tile(np.arange(m), n)
+    row_start = np.arange(n) * m
+    widths = np.arange(m, m - k, -1, dtype=np.float64)[:, None]
+    for table in (identity, row_start, widths):
+        table.flags.writeable = False
+    return identity, row_start, widths
 
 
 def resolve_behaviour(name: str):

@@ -15,25 +15,14 @@ from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 
 @functools.lru_cache(maxsize=4096)
 def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """[low, high) split into k equal strata (widths differ by at most one): their starts and
-    widths. One uniform draw u per stratum, start + floor(u · width), gives k distinct integers
-    at a cost of O(k), whatever the size of the range (needs high − low >= k)."""
+    """[low, high) split into k equal strata (widths differ by at most one): their (k, 1)
+    starts and widths. One uniform draw u per stratum, start + floor(u · width), gives k
+    distinct integers at a cost of O(k), whatever the size of the range (needs high − low >= k).
+    Column-shaped, so that they broadcast over a (k, users) block of draws one stratum per row."""
     edges = low + ((high - low) * np.arange(k + 1)) // k
-    return edges[:-1], (edges[1:] - edges[:-1]).astype(np.float64)
-
-
-@functools.lru_cache(maxsize=1024)
-def _strata_per_draw(low: int, high: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``_strata`` repeated for n rows of k draws, flat (n·k,): arrays of the draws' own shape
-    make the arithmetic one trivial loop, where broadcasting (k,) over (n, k) loops per row."""
-    rows = []
-    for row in _strata(low, high, k):
-        tiled = np.empty((n, k), row.dtype)
-        tiled[:] = row  # a third of np.tile's time: this runs whenever the catalogue's count moves
-        tiled = tiled.ravel()
-        tiled.flags.writeable = False
-        rows.append(tiled)
-    return rows[0], rows[1]
+    start, width = edges[:-1, None], (edges[1:] - edges[:-1]).astype(np.float64)[:, None]
+    start.flags.writeable = width.flags.writeable = False
+    return start, width
 
 
 @CANDIDATE_SAMPLERS.register("mixed")
@@ -72,23 +61,26 @@ class MixedSampler:
         if window < self.num_fresh or (count - window) < 2 * self.num_older or rest < num_random:
             return self._sample_small(cat, n_users, rng)
 
-        # one draw for the three sources, the same numbers as one draw per source in turn
-        draws = rng.random(n_users * (self.num_fresh + num_popular + num_random))
-        sources = [(0, window, self.num_fresh), (0, len(eligible), num_popular), (0, rest, num_random)]
+        # one draw for the three sources, stratum-major: row j holds every user's draw in stratum j
+        draws = rng.random((self.num_fresh + num_popular + num_random, n_users))
         offsets, taken = [], 0
-        for low, high, k in sources:
+        for high, k in ((window, self.num_fresh), (len(eligible), num_popular), (rest, num_random)):
             if k:
-                start, width = _strata_per_draw(low, high, k, n_users)
-                offset = (draws[taken : taken + n_users * k] * width).astype(np.int64)
+                start, width = _strata(0, high, k)
+                offset = (draws[taken : taken + k] * width).astype(np.int64)
                 offset += start
-                offsets.append(offset.reshape(n_users, k))
-                taken += n_users * k
+                offsets.append(offset)
+                taken += k
             else:
                 offsets.append(None)
         fresh, pick, older = offsets
-        parts = [] if fresh is None else [cat.newest(fresh, below=window)]
+        candidates = np.empty((n_users, taken), np.int64)
+        by_stratum = candidates.T  # (M, U) view: each source writes its rows
+        f, p = self.num_fresh, num_popular
+        if fresh is not None:
+            by_stratum[:f] = cat.newest(fresh, below=window)
         if pick is not None:
-            parts.append(eligible[pick])
+            by_stratum[f : f + p] = eligible[pick]
         if older is not None:
             if len(eligible):
                 # the r-th older item outside the pool sits at r + (pool items at or before it)
@@ -96,8 +88,7 @@ class MixedSampler:
                 skipped -= np.arange(window, window + len(skipped))
                 older += skipped.searchsorted(older, side="right")
             older += window
-            parts.append(cat.newest(older, below=count))
-        candidates = np.concatenate(parts, axis=1)
+            by_stratum[f + p :] = cat.newest(older, below=count)
         mask = np.empty(candidates.shape, bool)  # writable: a role may mask candidates out (tests/test_custom_role.py)
         mask.fill(True)
         return candidates, mask

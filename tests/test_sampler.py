@@ -114,36 +114,3 @@ def test_newest_with_a_bound_matches_the_ring_buffer_arithmetic():
     assert (cat.newest(offsets, below=6) == cat.newest(offsets)).all()  # no offset wraps: no modulo
     wrapping = np.array([0, 6, 9])
     assert (cat.newest(wrapping, below=10) == [5, 9, 6]).all()  # a bound past head keeps the modulo
-
-
-def test_mixed_sampler_sources_are_disjoint_and_older_items_uniform():
-    """Fresh candidates are the newest window, popular ones come from the tracked pool, and the
-    random older ones are every other older item, each equally likely (one per stratum)."""
-    from marl_rec.envs.presets import make_config
-    from marl_rec.envs.rounds import RoundRunner
-
-    runner = RoundRunner(make_config("creator_economy", {"num_users": 64, "num_candidates": 50, "slate_size": 5,
-                                                         "num_creators": 16, "roles": []}))
-    runner.reset(0)
-    for _ in range(30):
-        runner.play_round()
-    sim, sampler = runner.sim, runner.sim.sampler
-    cat, window = sim.state.catalogue, sampler.window
-    offset = (cat.head - 1 - np.arange(cat.capacity)) % cat.capacity  # 0 = newest
-    live = offset < cat.count
-    pool = sim.state.popular[sim.state.popular >= 0]
-    eligible = pool[offset[pool] >= window]
-    assert len(eligible) >= sampler.num_popular  # the popular source is in use
-    others = np.flatnonzero(live & (offset >= window) & ~np.isin(np.arange(cat.capacity), eligible))
-    f, p = sampler.num_fresh, sampler.num_popular
-    hits = np.zeros(cat.capacity)
-    draws = 200
-    for seed in range(draws):
-        candidates, mask = sampler.sample(sim, np.random.default_rng(seed))
-        assert mask.all()
-        assert (offset[candidates[:, :f]] < window).all()
-        assert np.isin(candidates[:, f : f + p], eligible).all()
-        hits += np.bincount(candidates[:, f + p :].ravel(), minlength=cat.capacity)
-    assert hits[eligible].sum() == 0 and hits[~live].sum() == 0 and hits[offset < window].sum() == 0
-    expected = draws * sim.config.num_users * (sampler.num_older - p) / len(others)
-    assert np.abs(hits[others] - expected).max() < 5 * np.sqrt(expected)

@@ -15,14 +15,41 @@ from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 
 @functools.lru_cache(maxsize=4096)
 def _strata(low: int, high: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """[low, high) split into k equal strata (widths differ by at most one): their (k, 1)
-    starts and widths. One uniform draw u per stratum, start + floor(u · width), gives k
-    distinct integers at a cost of O(k), whatever the size of the range (needs high − low >= k).
-    Column-shaped, so that they broadcast over a (k, users) block of draws one stratum per row."""
+    """[low, high) split into k equal strata (widths differ by at most one): their starts and
+    widths. One uniform draw u per stratum, start + floor(u · width), gives k distinct integers
+    at a cost of O(k), whatever the size of the range (needs high − low >= k)."""
     edges = low + ((high - low) * np.arange(k + 1)) // k
-    start, width = edges[:-1, None], (edges[1:] - edges[:-1]).astype(np.float64)[:, None]
-    start.flags.writeable = width.flags.writeable = False
-    return start, width
+    return edges[:-1], (edges[1:] - edges[:-1]).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=1024)
+def _strata_per_draw(low: int, high: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_strata`` repeated for n rows of k draws, flat (n·k,): arrays of the draws' own shape
+    make the arithmetic one trivial loop, where broadcasting (k,) over (n, k) loops per row."""
+    rows = []
+    for row in _strata(low, high, k):
+        tiled = np.empty((n, k), row.dtype)
+        tiled[:] = row  # a third of np.tile's time: this runs whenever the catalogue's count moves
+        tiled = tiled.ravel()
+        tiled.flags.writeable = False
+        rows.append(tiled)
+    return rows[0], rows[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _stratum_of(n: int, k: int) -> np.ndarray:
+    """(n + 1,) the stratum of each position of range(n) split as ``_strata`` splits it; the last
+    entry (looked up by position -1, "not in the range") is 0."""
+    start, width = _strata(0, n, k)
+    return np.append(np.repeat(np.arange(k), width.astype(np.int64)), 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _older_index(n_users: int, older: int, picks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the (n_users, older) random older draws, flat: each draw's user, where that user's
+    ``picks`` popular picks start in the flat picks, and the draw's column."""
+    row = np.repeat(np.arange(n_users), older)
+    return row, row * picks, np.tile(np.arange(older), n_users)
 
 
 @CANDIDATE_SAMPLERS.register("mixed")
@@ -30,12 +57,12 @@ class MixedSampler:
     """A mix of fresh items (the newest window), popular items (the tracked set) and random
     older items, distinct within each user's set, at a cost of O(users × M).
 
-    The three sources are disjoint: fresh items are the newest ``fresh_window``; popular items
-    are the tracked set's items older than that; random older items are the other older items.
-    Each source draws one item per stratum of its range, so its picks are distinct. When the
-    pool has too few eligible items, random older items fill in. While the catalogue is too
-    small for those strata, candidates are any distinct items, padded and masked out only when
-    fewer than M exist.
+    Each source draws one item per stratum of its range, so its picks are distinct; fresh
+    (the newest ``fresh_window`` items) and older items are disjoint. A random older draw that
+    equals one of the same user's popular picks moves along its stratum; a user whose stratum
+    holds nothing else (rare) gets any distinct items instead. When the pool has too few
+    eligible items, random older items fill in. While the catalogue is too small for those
+    strata, candidates are any distinct items, padded and masked out only when fewer than M exist.
     """
 
     def __init__(self, config: EcosystemConfig):
@@ -45,53 +72,89 @@ class MixedSampler:
         self.num_popular = int(round(m * s.popular_fraction))
         self.num_older = m - self.num_fresh
         self.window = s.fresh_window
+        self._pool_position: np.ndarray | None = None  # scratch: catalogue slot -> pool position, -1 between calls
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cat = sim.state.catalogue
         n_users, count = sim.config.num_users, cat.count
         window = min(self.window, count)
+        if window < self.num_fresh or (count - window) < 2 * self.num_older:
+            return self._sample_small(cat, n_users, rng)
+
         # the popular pool's items older than the fresh window (O(P) per round)
         pool = sim.state.popular
         pool_offset = (cat.head - 1 - pool) % cat.capacity
-        in_pool = (pool >= 0) & (pool_offset >= window) & (pool_offset < count)
-        eligible = pool[in_pool]
+        eligible = pool[(pool >= 0) & (pool_offset >= window) & (pool_offset < count)]
         num_popular = min(self.num_popular, len(eligible))
         num_random = self.num_older - num_popular
-        rest = count - window - len(eligible)  # older items outside the pool
-        if window < self.num_fresh or (count - window) < 2 * self.num_older or rest < num_random:
-            return self._sample_small(cat, n_users, rng)
-
-        # one draw for the three sources, stratum-major: row j holds every user's draw in stratum j
-        draws = rng.random((self.num_fresh + num_popular + num_random, n_users))
+        # one draw for the three sources, the same numbers as one draw per source in turn
+        draws = rng.random(n_users * (self.num_fresh + num_popular + num_random))
+        sources = [(0, window, self.num_fresh), (0, len(eligible), num_popular), (window, count, num_random)]
         offsets, taken = [], 0
-        for high, k in ((window, self.num_fresh), (len(eligible), num_popular), (rest, num_random)):
+        for low, high, k in sources:
             if k:
-                start, width = _strata(0, high, k)
-                offset = (draws[taken : taken + k] * width).astype(np.int64)
+                start, width = _strata_per_draw(low, high, k, n_users)
+                offset = (draws[taken : taken + n_users * k] * width).astype(np.int64)
                 offset += start
-                offsets.append(offset)
-                taken += k
+                offsets.append(offset.reshape(n_users, k))
+                taken += n_users * k
             else:
                 offsets.append(None)
         fresh, pick, older = offsets
-        candidates = np.empty((n_users, taken), np.int64)
-        by_stratum = candidates.T  # (M, U) view: each source writes its rows
-        f, p = self.num_fresh, num_popular
-        if fresh is not None:
-            by_stratum[:f] = cat.newest(fresh, below=window)
+        parts = [] if fresh is None else [cat.newest(fresh, below=window)]
+        stuck = None
         if pick is not None:
-            by_stratum[f : f + p] = eligible[pick]
+            parts.append(eligible[pick])
         if older is not None:
-            if len(eligible):
-                # the r-th older item outside the pool sits at r + (pool items at or before it)
-                skipped = np.sort(pool_offset[in_pool])
-                skipped -= np.arange(window, window + len(skipped))
-                older += skipped.searchsorted(older, side="right")
-            older += window
-            by_stratum[f + p :] = cat.newest(older, below=count)
+            slots = cat.newest(older, below=count)
+            if pick is not None:
+                start, width = _strata(window, count, num_random)
+                stuck = self._separate(cat, slots, older, start, start + width.astype(np.int64), pick, eligible)
+            parts.append(slots)
+        candidates = np.concatenate(parts, axis=1)
+        if stuck is not None and len(stuck):  # a narrow stratum full of this user's popular picks: rare
+            candidates[stuck] = self._sample_small(cat, len(stuck), rng)[0]
         mask = np.empty(candidates.shape, bool)  # writable: a role may mask candidates out (tests/test_custom_role.py)
         mask.fill(True)
         return candidates, mask
+
+    def _separate(self, cat, slots, offset, start, end, pick, pool) -> np.ndarray:
+        """Move each random older draw that equals one of its user's popular picks one place
+        along its stratum (in place, cyclically), until none does; returns the users still
+        clashing after as many moves as picks.
+
+        ``pick`` holds each user's popular picks as positions in ``pool``, one per stratum of the
+        pool, so a draw clashes only with the pick in its own pool stratum: one catalogue-to-pool
+        lookup (set and cleared here, O(P)) and one gather per check. Checks after the first
+        look only at the draws that moved. ``slots`` and ``offset`` are (U, older) and
+        C-contiguous; ``start``/``end`` bound each older column's stratum.
+        """
+        if self._pool_position is None or len(self._pool_position) != cat.capacity:
+            self._pool_position = np.full(cat.capacity, -1, np.int64)
+        position_of = self._pool_position
+        n_users, num_picks = pick.shape
+        stratum = _stratum_of(len(pool), num_picks)
+        older_row, pick_base, column_of = _older_index(n_users, offset.shape[1], num_picks)
+        slots, offset, pick = slots.ravel(), offset.ravel(), pick.ravel()  # views: moves write through
+        position_of[pool] = np.arange(len(pool))
+        try:
+            position = position_of[slots]
+            moving = (position >= 0).nonzero()[0]  # the draws that are pool items: a few percent
+            position = position[moving]
+            moving = moving[pick[pick_base[moving] + stratum[position]] == position]
+            for _ in range(num_picks):
+                if not len(moving):
+                    return moving
+                column = column_of[moving]
+                moved = offset[moving] + 1
+                moved = np.where(moved == end[column], start[column], moved)
+                offset[moving] = moved
+                slots[moving] = moved_slots = cat.newest(moved)
+                position = position_of[moved_slots]
+                moving = moving[pick[pick_base[moving] + stratum[position]] == position]
+        finally:
+            position_of[pool] = -1
+        return np.unique(older_row[moving])
 
     def _sample_small(self, cat, n_users: int, rng) -> tuple[np.ndarray, np.ndarray]:
         """A small catalogue: any distinct items, padded with masked slots when too few exist."""

@@ -18,7 +18,8 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.annotations import override
 
 from marl_rec.envs.config import CreatorConfig
-from marl_rec.envs.parts.behaviours import top_k_slate, viability_publishing
+from marl_rec.envs.parts.behaviours import random_slates, top_k_slate, viability_publishing
+from marl_rec.envs.parts.choice import sample_choice
 from marl_rec.policies.baselines import myopic_scores, popularity_scores
 from marl_rec.policies.common import options
 
@@ -108,7 +109,7 @@ class FixedPolicyModule(RLModule):
     def _act_system(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         candidates, mask = obs["candidates"], obs["action_mask"] > 0.5
         if self.policy == "random":
-            scores = self.rng.random(mask.shape)
+            slates = random_slates(mask, self.slate_size, self.rng)
         else:
             if self.policy == "myopic":
                 scores = myopic_scores(obs["user"], candidates, self.embedding_dim)
@@ -116,14 +117,13 @@ class FixedPolicyModule(RLModule):
                 scores = popularity_scores(candidates, self.embedding_dim)
             # a tiny random tie-break, as in baselines._GreedySlate
             scores = scores + 1e-9 * self.rng.random(scores.shape)
-        slates = top_k_slate(scores, mask, self.slate_size).astype(np.int64)
+            slates = top_k_slate(scores, mask, self.slate_size)
+        slates = slates.astype(np.int64)
         return slates if isinstance(self.action_space, spaces.MultiDiscrete) else slates[:, 0]
 
     def _act_user(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         probs = obs["behaviour_probs"].astype(np.float64)
-        cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), axis=-1)
-        choice = (self.rng.random((len(cdf), 1)) > cdf).sum(-1)
-        return np.minimum(choice, probs.shape[-1] - 1).astype(np.int64)
+        return sample_choice(probs, self.rng)  # the user behaviour's own sampler, on its observed probabilities
 
     def _act_creator(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         own, demand = obs["own"], obs["topic_demand"]

@@ -1,15 +1,29 @@
 """Name → class registries: the plug-in points of the simulator.
 
-A new candidate sampler, choice model, user or creator dynamics, reward, behaviour model or
-role joins by writing a class, decorating it with ``@REGISTRY.register("name")`` and naming it
-in the configuration. Nothing in the package needs editing.
+A new candidate sampler, item generator, choice model, user or creator dynamics, reward,
+behaviour model or role joins by writing a class, decorating it with
+``@REGISTRY.register("name")`` and naming it in the configuration. Nothing in the package
+needs editing. A name may also be an import string, ``"package.module:Class"`` (as Gymnasium's
+entry points), which is imported on first use; that form reaches every process that can import
+the package, without any registration.
+
+A registry can hold an entry lazily (``register_lazy("name", "package.module:Class")``): the
+class is imported the first time the name is looked up, so a registry can list parts whose
+module pulls in heavy dependencies (torch) without importing them.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from typing import Callable, Generic, TypeVar
 
+from marl_rec.envs.config import ConfigError
+
 T = TypeVar("T")
+
+PLUGIN_HINT = ("if it comes from a plug-in, name the plug-in's module under 'plugins:' in the experiment file "
+               "(or pass --plugin MODULE, or install a package with a 'marl_rec.plugins' entry point)")
 
 
 class UnknownNameError(KeyError):
@@ -19,19 +33,30 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+def import_object(target: str):
+    """The object an import string ``"package.module:attribute"`` names (ImportError/AttributeError if not)."""
+    module_name, _, attribute = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class Registry(Generic[T]):
     """A named collection of pluggable parts of one kind."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._entries: dict[str, type[T]] = {}
+        self._entries: dict[str, type[T] | str] = {}
 
     def register(self, name: str, *, overwrite: bool = False) -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
-            if name in self._entries and not overwrite and self._entries[name] is not cls:
+            existing = self._entries.get(name)
+            if existing is not None and not overwrite and existing is not cls and existing != _path(cls):
                 raise ValueError(
                     f"a {self.kind} named {name!r} is already registered "
-                    f"({self._entries[name].__qualname__}); pass overwrite=True to replace it"
+                    f"({existing if isinstance(existing, str) else existing.__qualname__}); "
+                    "pass overwrite=True to replace it"
                 )
             self._entries[name] = cls
             cls.registered_name = name
@@ -39,13 +64,43 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Register ``"package.module:Class"`` under ``name``; imported on the first ``get``."""
+        if ":" not in target:
+            raise ValueError(f"register_lazy needs 'package.module:Class', got {target!r}")
+        self._entries.setdefault(name, target)
+
     def get(self, name: str) -> type[T]:
+        entry = self._entries.get(name)
+        if entry is None and isinstance(name, str) and ":" in name:
+            entry = name  # an import string needs no registration
+        if entry is None:
+            raise UnknownNameError(self.unknown_message(name))
+        if isinstance(entry, str):
+            try:
+                cls = import_object(entry)
+            except (ImportError, AttributeError) as err:
+                raise UnknownNameError(f"{self.kind} {name!r}: cannot import {entry!r} ({type(err).__name__}: {err})") from None
+            if name in self._entries:
+                self._entries[name] = cls
+                cls.registered_name = name
+            return cls
+        return entry
+
+    def unknown_message(self, name) -> str:
+        """Why ``name`` is not found: the registered names, the closest one and the plug-in hint."""
+        names = self.names()
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+        return (f"unknown {self.kind} {name!r}; registered: {', '.join(names) or '(none)'}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f"; {PLUGIN_HINT}, or give 'package.module:Class'")
+
+    def resolve(self, name: str, where: str) -> type[T]:
+        """``get`` for configuration checks: a ``ConfigError`` naming ``where`` (file and key)."""
         try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._entries))}"
-            ) from None
+            return self.get(name)
+        except UnknownNameError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
     def build(self, name: str, *args, **kwargs) -> T:
         return self.get(name)(*args, **kwargs)
@@ -55,6 +110,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def _path(cls) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 CANDIDATE_SAMPLERS: Registry = Registry("candidate sampler")

@@ -9,6 +9,7 @@ allowed — the one place where input is checked, so nothing downstream has to g
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -52,9 +53,11 @@ class _Section:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), list(known), n=1, cutoff=0.6)
             raise ConfigError(
-                f"{source}: unknown key {prefix + unknown[0]!r}; allowed keys: "
-                f"{', '.join(prefix + k for k in known)}"
+                f"{source}: unknown key {prefix + str(unknown[0])!r}"
+                + (f"; did you mean {prefix + close[0]!r}?" if close else "")
+                + f"; allowed keys: {', '.join(prefix + k for k in known)}"
             )
         kwargs = {}
         for name, value in values.items():

@@ -68,7 +68,7 @@ def bench_core(seconds: float = 5.0, **overrides) -> dict:
 
 def bench_rllib_adapter(seconds: float = 5.0) -> dict:
     """(b) the RLlib MultiAgentEnv adapter, system agents external: agent-steps per second."""
-    from marl_rec.rllib_env import EcosystemRLlibEnv
+    from marl_rec.rllib.env import EcosystemRLlibEnv
 
     env = EcosystemRLlibEnv(dict(ECONOMY))
     rng = np.random.default_rng(0)

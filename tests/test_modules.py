@@ -28,7 +28,7 @@ from marl_rec.policies import (
     slate_distribution_cls,
 )
 from marl_rec.policies.common import NEG
-from marl_rec.rllib_env import EcosystemRLlibEnv
+from marl_rec.rllib.env import EcosystemRLlibEnv
 
 SMALL = {"num_users": 4, "num_creators": 3, "max_cycles": 10}
 SMALL_TRANSFORMER = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64}
@@ -437,7 +437,7 @@ from ray.rllib.algorithms.appo import APPOConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from marl_rec.policies import CreatorMLPModule, SlateTransformerModule
-from marl_rec.rllib_env import EcosystemRLlibEnv
+from marl_rec.rllib.env import EcosystemRLlibEnv
 
 ray.init(address=sys.argv[1])
 specs = {{

@@ -7,7 +7,7 @@ from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
 from conftest import PLATFORM_ADVISORIES, strict_warnings
 from marl_rec.envs import ConfigError, InvalidActionError, ecosystem_v0
-from marl_rec.rllib_env import EcosystemRLlibEnv
+from marl_rec.rllib.env import EcosystemRLlibEnv
 
 SMALL = {"num_users": 4, "num_creators": 3, "max_cycles": 20}
 

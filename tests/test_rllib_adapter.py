@@ -5,7 +5,7 @@ import pytest
 from ray.rllib.env.vector.sync_vector_multi_agent_env import SyncVectorMultiAgentEnv
 from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
-from marl_rec.rllib_env import EcosystemRLlibEnv
+from marl_rec.rllib.env import EcosystemRLlibEnv
 
 SMALL = {"num_users": 4, "num_creators": 3, "max_cycles": 15}
 

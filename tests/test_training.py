@@ -12,7 +12,7 @@ import ray  # noqa: E402
 from marl_rec.experiment import ExperimentConfig  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
 from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions, load_modules  # noqa: E402
-from marl_rec.rllib_env import EcosystemRLlibEnv  # noqa: E402
+from marl_rec.rllib.env import EcosystemRLlibEnv  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from ray.tune.registry import register_env
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.callbacks import RecommenderMetricsCallback
-from marl_rec.rllib_env import ENV_NAME, EcosystemRLlibEnv
+from marl_rec.rllib.env import ENV_NAME, EcosystemRLlibEnv
 
 
 def role_of(agent_id: str, episode=None, **kwargs) -> str:

@@ -12,7 +12,7 @@ from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import METRICS, evaluate_behaviour
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.builder import env_config, role_of
-from marl_rec.rllib_env import EcosystemRLlibEnv
+from marl_rec.rllib.env import EcosystemRLlibEnv
 
 EXPERIMENT_FILE = "experiment.yaml"
 

@@ -1,8 +1,18 @@
-"""marl_rec.policies: non-learning baselines (numpy) and RLlib RLModules (torch)."""
+"""marl_rec.policies: non-learning baselines (numpy) and RLlib RLModules (torch).
+
+``MODULES`` is the RLModule registry that experiment YAML's ``modules.<role>.type`` names
+(BenchMARL's model registry). A plug-in adds one with ``@MODULES.register("gru")`` on an
+``RLModule`` subclass, or names it without registering as ``type: "package.module:Class"``.
+Every module class declares ``model_config_schema``: a config section (``spec`` fields with
+defaults, docs and ranges) that the experiment's ``model_config`` is checked against in the
+driver, before Ray starts.
+"""
 
 from __future__ import annotations
 
 import importlib
+
+from marl_rec.envs.registry import Registry
 
 # name -> (module, class). Imported on first use, so that the simulator, which loads
 # marl_rec.policies.baselines, never pulls in torch or Ray.
@@ -15,22 +25,18 @@ _EXPORTS = {
     "slate_distribution_cls": ("slate_distribution", "slate_distribution_cls"),
 }
 
-# The RLModule registry, as BenchMARL's: experiment YAML names a module type, this gives its class.
-MODULE_NAMES = {
-    "transformer": "SlateTransformerModule",
-    "mlp": "SlateMLPModule",
-    "creator_mlp": "CreatorMLPModule",
-    "fixed": "FixedPolicyModule",
-}
+MODULES: Registry = Registry("RLModule")
+MODULES.register_lazy("transformer", "marl_rec.policies.transformer:SlateTransformerModule")
+MODULES.register_lazy("mlp", "marl_rec.policies.mlp:SlateMLPModule")
+MODULES.register_lazy("transformer_q", "marl_rec.policies.transformer:SlateTransformerQModule")
+MODULES.register_lazy("mlp_q", "marl_rec.policies.mlp:SlateMLPQModule")
+MODULES.register_lazy("creator_mlp", "marl_rec.policies.creator:CreatorMLPModule")
+MODULES.register_lazy("fixed", "marl_rec.policies.fixed:FixedPolicyModule")
 
-__all__ = ["MODULES", "MODULE_NAMES", *_EXPORTS]
+__all__ = ["MODULES", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    if name == "MODULES":
-        modules = {key: __getattr__(cls_name) for key, cls_name in MODULE_NAMES.items()}
-        globals()["MODULES"] = modules
-        return modules
     if name in _EXPORTS:
         module, attribute = _EXPORTS[name]
         value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)

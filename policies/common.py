@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, TypeVar
 
 import torch
 from gymnasium import spaces
 from torch import nn
+
+from marl_rec.envs.config import ConfigError, _Section
 
 # Masked logits get this finite value, not -inf or RLlib's FLOAT_MIN (-3.4e38): softmax gives them
 # probability 0, 0 * NEG stays 0 in entropies, and adding to it cannot overflow to -inf.
@@ -50,6 +52,41 @@ def options(model_config) -> dict:
     if isinstance(model_config, Mapping):
         return dict(model_config)
     return dataclasses.asdict(model_config)  # RLlib's DefaultModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Base of an RLModule's ``model_config_schema``: declare each key with ``spec(default, doc,
+    low=..., high=..., choices=...)``; ``__post_init__`` may check keys against each other."""
+
+
+S = TypeVar("S", bound=ModelConfig)
+
+# Keys RLlib itself merges into every module's model_config (AlgorithmConfig.model_config:
+# DefaultModelConfig's fields plus each algorithm's _model_config_auto_includes, e.g. DQN's
+# epsilon). A module reads the ones it needs and may ignore the others; any other key is a typo.
+RLLIB_KEYS = frozenset({"double_q", "dueling", "epsilon", "num_atoms", "std_init", "v_max", "v_min", "vf_share_layers"})
+
+
+def rllib_model_keys() -> frozenset[str]:
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return RLLIB_KEYS | {f.name for f in dataclasses.fields(DefaultModelConfig)}
+
+
+def module_options(module, schema: type[S] | None = None) -> S:
+    """``module.model_config`` checked against its class's ``model_config_schema``: every key the
+    schema declares, with defaults filled in. Keys RLlib adds are left out; any other key is a
+    ValueError naming it and the allowed keys."""
+    schema = schema or type(module).model_config_schema
+    raw = options(module.model_config)
+    declared = {f.name for f in dataclasses.fields(schema)}
+    ignorable = rllib_model_keys() - declared
+    try:
+        return schema.from_dict({k: v for k, v in raw.items() if k not in ignorable},
+                                source=type(module).__name__, prefix="model_config.")
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 def autocast(module: nn.Module, enabled: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,10 +16,22 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
-from marl_rec.policies.common import EncoderHeadsTargets, dict_boxes, mlp, options
+from marl_rec.envs.config import spec
+from marl_rec.policies.common import EncoderHeadsTargets, ModelConfig, dict_boxes, mlp, module_options
+from marl_rec.policies.mlp import check_widths
 
 CREATOR_OBSERVATION = "Dict(own: Box(6+T), topic_demand: Box(T)) of the creator role"
 CREATOR_ACTION = "MultiDiscrete([T+1, E]) (topic or T = publish nothing, effort level)"
+
+
+@dataclass(frozen=True)
+class CreatorModelConfig(ModelConfig):
+    """model_config of ``CreatorMLPModule``."""
+
+    hidden_dims: list = spec([64, 64], "widths of the shared MLP")
+
+    def __post_init__(self):
+        check_widths(self.hidden_dims)
 
 
 class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
@@ -32,9 +45,11 @@ class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Tar
     ``RLModuleSpec(module_class=CreatorMLPModule, model_config={"hidden_dims": [64, 64]})``
     """
 
+    model_config_schema = CreatorModelConfig
+
     @override(RLModule)
     def setup(self):
-        self.model_config = options(self.model_config)
+        self.options = module_options(self)
         owner = type(self).__name__
         boxes = dict_boxes(self.observation_space, ("own", "topic_demand"), CREATOR_OBSERVATION, owner)
         own, demand = boxes["own"].shape, boxes["topic_demand"].shape
@@ -46,9 +61,7 @@ class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Tar
             raise ValueError(f"{owner} expects the action space {CREATOR_ACTION} with T = {num_topics}; got {action}")
         self.logit_sizes = [int(n) for n in action.nvec]
 
-        hidden_dims = [int(width) for width in self.model_config.get("hidden_dims", [64, 64])]
-        if not hidden_dims:
-            raise ValueError(f"{owner}: model_config['hidden_dims'] needs at least one width")
+        hidden_dims = list(self.options.hidden_dims)
         self.encoder = mlp(own[0] + num_topics, hidden_dims)
         self.heads = nn.ModuleDict(
             {"policy": nn.Linear(hidden_dims[-1], sum(self.logit_sizes)), "value": nn.Linear(hidden_dims[-1], 1)}

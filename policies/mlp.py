@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from marl_rec.envs.config import ConfigError, spec
 from marl_rec.policies.common import mlp
-from marl_rec.policies.slate_module import SlateDims, SlateScorerModule
+from marl_rec.policies.slate_module import QLearningHead, SlateDims, SlateModelConfig, SlateScorerModule
+
+
+def check_widths(hidden_dims: list) -> None:
+    if not hidden_dims or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden_dims):
+        raise ConfigError(f"hidden_dims must be a non-empty list of integers >= 1, got {hidden_dims!r}")
+
+
+@dataclass(frozen=True)
+class MLPModelConfig(SlateModelConfig):
+    """model_config of ``SlateMLPModule``."""
+
+    hidden_dims: list = spec([64, 64], "widths of the per-candidate MLP")
+
+    def __post_init__(self):
+        check_widths(self.hidden_dims)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,9 +64,14 @@ class SlateMLPModule(SlateScorerModule):
     ``RLModuleSpec(module_class=SlateMLPModule, model_config={"hidden_dims": [64, 64]})``
     """
 
+    model_config_schema = MLPModelConfig
+    q_variant = "mlp_q"
+
     @override(SlateScorerModule)
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
-        hidden_dims = [int(width) for width in self.model_config.get("hidden_dims", [64, 64])]
-        if not hidden_dims:
-            raise ValueError("SlateMLPModule: model_config['hidden_dims'] needs at least one width")
+        hidden_dims = list(self.options.hidden_dims)
         return SlateMLPEncoder(dims, hidden_dims), hidden_dims[-1]
+
+
+class SlateMLPQModule(QLearningHead, SlateMLPModule):
+    """``SlateMLPModule`` learning per-candidate Q-values with DQN (single-item slates)."""

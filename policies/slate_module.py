@@ -31,7 +31,8 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
 from marl_rec.policies.baselines import myopic_from_affinity
-from marl_rec.policies.common import EncoderHeadsTargets, autocast, dict_boxes, mask_logits, mlp, options
+from marl_rec.envs.config import spec
+from marl_rec.policies.common import EncoderHeadsTargets, ModelConfig, autocast, dict_boxes, mask_logits, mlp, module_options, options
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
 SYSTEM_OBSERVATION = (
@@ -91,6 +92,19 @@ class SlateDims:
         return cls(user, h, history_features, m, f, k, num_users if platform else 0)
 
 
+@dataclass(frozen=True)
+class SlateModelConfig(ModelConfig):
+    """model_config keys every system-role module shares."""
+
+    mixed_precision: bool = spec(True, "bf16 autocast while the parameters are on CUDA")
+    prior: str = spec("none", "residual policy on the myopic baseline's scores ('myopic') or none",
+                      choices=("none", "myopic"))
+    prior_weight: float = spec(5.0, "weight of the myopic prior's scores in the slate logits (with prior: myopic)", low=0.0)
+    critic: str = spec("local", "value from the module's own observation ('local') or from the global state "
+                                "(needs the env option state_in_observations; MAPPO)", choices=("local", "state"))
+    critic_hidden: int = spec(128, "hidden width of the state critic's MLP (critic: state)", low=1)
+
+
 class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
     """Base of the system-role modules; see the module docstring.
 
@@ -102,43 +116,42 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             plus the learned logits, whose head starts at zero. Training starts from a
             (stochastic) myopic recommender instead of a random one.
         critic ("local" | "state", "local"): see the MAPPO note in ``setup``.
-        epsilon, double_q, dueling, num_atoms: read only under DQN, which puts them into every
-            module's model_config (``DQNConfig._model_config_auto_includes``); their presence
-            ("epsilon") switches the module to acting epsilon-greedily on Q-values.
+
+    Acting and learning on Q-values (DQN) is ``QLearningHead`` on top of a subclass
+    (``SlateTransformerQModule``, ``SlateMLPQModule``); ``q_variant`` names that class in
+    ``MODULES``, which the algorithm builder picks under DQN.
     """
+
+    model_config_schema = SlateModelConfig
+    q_learning = False  # True in the QLearningHead variants
+    q_variant: str | None = None  # MODULES name of this module's DQN variant
 
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
         raise NotImplementedError
 
     @override(RLModule)
     def setup(self):
-        self.model_config = options(self.model_config)
+        self.options = module_options(self)
         self.dims = SlateDims.from_spaces(self.observation_space, self.action_space, type(self).__name__)
-        self.mixed_precision = bool(self.model_config.get("mixed_precision", True))
+        self.mixed_precision = self.options.mixed_precision
         self.single_item = isinstance(self.action_space, spaces.Discrete)
 
         self.encoder, width = self.build_encoder(self.dims)
         self.heads = nn.ModuleDict({"policy": nn.Linear(width, 1), "value": nn.Linear(width, 1)})
-        prior = self.model_config.get("prior", "none")
-        if prior not in ("none", "myopic"):
-            raise ValueError(f"{type(self).__name__}: model_config['prior'] is 'none' or 'myopic', got {prior!r}")
-        self.prior_weight = float(self.model_config.get("prior_weight", 5.0)) if prior == "myopic" else 0.0
+        self.prior_weight = self.options.prior_weight if self.options.prior == "myopic" else 0.0
         if self.prior_weight:
             nn.init.zeros_(self.heads["policy"].weight)  # the policy starts as the prior
             nn.init.zeros_(self.heads["policy"].bias)
         # MAPPO-style centralised critic (Yu et al. 2022): the value reads the env's global state
         # (observation key "state", env option state_in_observations); the actor never does.
-        self.state_critic = self.model_config.get("critic", "local") == "state"
-        if self.model_config.get("critic", "local") not in ("local", "state"):
-            raise ValueError(f"{type(self).__name__}: model_config['critic'] is 'local' or 'state', "
-                             f"got {self.model_config.get('critic')!r}")
+        self.state_critic = self.options.critic == "state"
         if self.state_critic:
             space = self.observation_space
             if not (isinstance(space, spaces.Dict) and "state" in space.spaces):
                 raise ValueError(f"{type(self).__name__}: critic 'state' needs the observation key 'state' "
                                  "(set the env option state_in_observations: true)")
             state_dim = space["state"].shape[-1]
-            hidden = int(self.model_config.get("critic_hidden", 128))
+            hidden = self.options.critic_hidden
             self.heads["state_value"] = mlp(state_dim, [hidden, hidden], 1)
         if self.single_item:
             self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
@@ -149,19 +162,6 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             self.action_dist_cls = TorchCategorical
         else:
             self.action_dist_cls = slate_distribution_cls(self.dims.slate_size)
-
-        self.q_learning = "epsilon" in self.model_config
-        if self.q_learning:
-            if not self.single_item or self.platform:
-                raise ValueError(
-                    f"{type(self).__name__}: DQN in RLlib 2.60 takes Discrete actions only; give the system "
-                    f"role a Discrete(M) action space (a single-item slate), not {self.action_space}"
-                )
-            if self.model_config.get("num_atoms", 1) > 1:
-                raise ValueError(f"{type(self).__name__}: distributional DQN (num_atoms > 1) is not supported")
-            self.double_q = bool(self.model_config.get("double_q", True))
-            self.dueling = bool(self.model_config.get("dueling", False))
-            self.epsilon_schedule = Scheduler(fixed_value_or_schedule=self.model_config["epsilon"], framework="torch")
 
     # -- encoder and heads -------------------------------------------------------------------
 
@@ -226,29 +226,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         return {Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates)}
 
     @override(RLModule)
-    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if not self.q_learning:
-            return self._forward(batch)
-        return {Columns.ACTIONS: self.compute_q_values(batch)[QF_PREDS].argmax(-1)}
-
-    @override(RLModule)
-    def _forward_exploration(self, batch: dict[str, Any], t: int | None = None, **kwargs) -> dict[str, Any]:
-        if not self.q_learning:
-            return self._forward(batch)
-        obs = batch[Columns.OBS]
-        greedy = self.compute_q_values(batch)[QF_PREDS].argmax(-1)
-        if t is not None:
-            self.epsilon_schedule.update(t)
-        epsilon = self.epsilon_schedule.get_current_value()
-        uniform_valid = mask_logits(torch.zeros_like(obs["action_mask"]), obs["action_mask"])
-        random_pick = torch.distributions.Categorical(logits=uniform_valid).sample()
-        explore = torch.rand(greedy.shape, device=greedy.device) < epsilon
-        return {Columns.ACTIONS: torch.where(explore, random_pick, greedy)}
-
-    @override(RLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if self.q_learning:
-            return self._forward_train_q(batch)
         obs = batch[Columns.OBS]
         candidates, summary = self._encode(obs)
         # the summary goes to compute_values(embeddings=...) so PPO encodes each observation once
@@ -256,20 +234,6 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates),
             Columns.EMBEDDINGS: self._value_features(obs, summary),
         }
-
-    def _forward_train_q(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """What DQNTorchLearner reads, as ``DefaultDQNTorchRLModule._forward_train`` gives it."""
-        obs, next_obs = batch[Columns.OBS], batch[Columns.NEXT_OBS]
-        out = {}
-        if self.double_q:
-            # one pass over current and next observations; the online net picks the next action
-            both = {key: torch.cat([obs[key], next_obs[key]], dim=0) for key in obs}
-            q_both = self.compute_q_values({Columns.OBS: both})[QF_PREDS]
-            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(q_both, 2, dim=0)
-        else:
-            out[QF_PREDS] = self.compute_q_values(batch)[QF_PREDS]
-        out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: next_obs})[QF_PREDS]
-        return out
 
     # -- API mixins --------------------------------------------------------------------------
 
@@ -312,4 +276,65 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         out = {TARGET_NETWORK_ACTION_DIST_INPUTS: self._policy_logits(obs, candidates, target=True)}
         if self.single_item:
             out[QF_PREDS] = self._q_values(obs, candidates, summary, target=True)
+        return out
+
+
+class QLearningHead:
+    """DQN on a system module (put it first among the bases: ``class X(QLearningHead, SlateMLPModule)``):
+    acts greedily on the per-candidate Q-values, epsilon-greedily while exploring, and gives
+    DQNTorchLearner what ``DefaultDQNTorchRLModule._forward_train`` gives it.
+
+    RLlib 2.60's DQN gathers Q-values at ``batch[ACTIONS]``, so it takes Discrete actions only
+    (``dqn_torch_learner.py``): the system role needs a single-item slate, ``Discrete(M)``.
+    DQN puts epsilon, double_q, dueling and num_atoms into every module's model_config
+    (``DQNConfig._model_config_auto_includes``); they are read from there.
+    """
+
+    q_learning = True
+
+    @override(RLModule)
+    def setup(self):
+        super().setup()
+        owner, rllib_keys = type(self).__name__, options(self.model_config)
+        if not self.single_item or self.platform:
+            raise ValueError(
+                f"{owner}: DQN in RLlib 2.60 takes Discrete actions only; give the system "
+                f"role a Discrete(M) action space (a single-item slate), not {self.action_space}"
+            )
+        if "epsilon" not in rllib_keys:
+            raise ValueError(f"{owner} learns with DQN, whose config puts 'epsilon' into model_config; it is missing")
+        if rllib_keys.get("num_atoms", 1) > 1:
+            raise ValueError(f"{owner}: distributional DQN (num_atoms > 1) is not supported")
+        self.double_q = bool(rllib_keys.get("double_q", True))
+        self.dueling = bool(rllib_keys.get("dueling", False))
+        self.epsilon_schedule = Scheduler(fixed_value_or_schedule=rllib_keys["epsilon"], framework="torch")
+
+    @override(RLModule)
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTIONS: self.compute_q_values(batch)[QF_PREDS].argmax(-1)}
+
+    @override(RLModule)
+    def _forward_exploration(self, batch: dict[str, Any], t: int | None = None, **kwargs) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        greedy = self.compute_q_values(batch)[QF_PREDS].argmax(-1)
+        if t is not None:
+            self.epsilon_schedule.update(t)
+        epsilon = self.epsilon_schedule.get_current_value()
+        uniform_valid = mask_logits(torch.zeros_like(obs["action_mask"]), obs["action_mask"])
+        random_pick = torch.distributions.Categorical(logits=uniform_valid).sample()
+        explore = torch.rand(greedy.shape, device=greedy.device) < epsilon
+        return {Columns.ACTIONS: torch.where(explore, random_pick, greedy)}
+
+    @override(RLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        obs, next_obs = batch[Columns.OBS], batch[Columns.NEXT_OBS]
+        out = {}
+        if self.double_q:
+            # one pass over current and next observations; the online net picks the next action
+            both = {key: torch.cat([obs[key], next_obs[key]], dim=0) for key in obs}
+            q_both = self.compute_q_values({Columns.OBS: both})[QF_PREDS]
+            out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(q_both, 2, dim=0)
+        else:
+            out[QF_PREDS] = self.compute_q_values(batch)[QF_PREDS]
+        out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: next_obs})[QF_PREDS]
         return out

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from marl_rec.envs.config import ConfigError, spec
 from marl_rec.policies.common import mask_logits
-from marl_rec.policies.slate_module import SlateDims, SlateScorerModule
+from marl_rec.policies.slate_module import QLearningHead, SlateDims, SlateModelConfig, SlateScorerModule
 
 USER, HISTORY, CANDIDATE = 0, 1, 2  # token types
 
@@ -87,6 +89,21 @@ class SlateTransformerEncoder(nn.Module):
         return (None if summary_only else out[:, 1 + self.history_length :]), out[:, 0]
 
 
+@dataclass(frozen=True)
+class TransformerModelConfig(SlateModelConfig):
+    """model_config of ``SlateTransformerModule``."""
+
+    d_model: int = spec(64, "token width", low=1)
+    num_layers: int = spec(2, "transformer encoder layers", low=1)
+    num_heads: int = spec(4, "attention heads (must divide d_model)", low=1)
+    ff_dim: int = spec(128, "width of each layer's feed-forward block", low=1)
+    dropout: float = spec(0.0, "dropout inside the encoder layers", low=0.0, high=1.0)
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
+
+
 class SlateTransformerModule(SlateScorerModule):
     """System-role RLModule: slate logits per candidate from a transformer over
     [user, history, candidates]; the value from the user token's output.
@@ -106,18 +123,17 @@ class SlateTransformerModule(SlateScorerModule):
     ``RLModuleSpec(module_class=SlateTransformerModule, model_config={"d_model": 64})``
     """
 
+    model_config_schema = TransformerModelConfig
+    q_variant = "transformer_q"
+
     @override(SlateScorerModule)
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
-        config = self.model_config
-        d_model, num_heads = int(config.get("d_model", 64)), int(config.get("num_heads", 4))
-        if d_model % num_heads:
-            raise ValueError(f"SlateTransformerModule: d_model ({d_model}) must be a multiple of num_heads ({num_heads})")
+        o = self.options
         encoder = SlateTransformerEncoder(
-            dims,
-            d_model=d_model,
-            num_layers=int(config.get("num_layers", 2)),
-            num_heads=num_heads,
-            ff_dim=int(config.get("ff_dim", 128)),
-            dropout=float(config.get("dropout", 0.0)),
+            dims, d_model=o.d_model, num_layers=o.num_layers, num_heads=o.num_heads, ff_dim=o.ff_dim, dropout=o.dropout
         )
-        return encoder, d_model
+        return encoder, o.d_model
+
+
+class SlateTransformerQModule(QLearningHead, SlateTransformerModule):
+    """``SlateTransformerModule`` learning per-candidate Q-values with DQN (single-item slates)."""

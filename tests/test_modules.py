@@ -28,12 +28,15 @@ from marl_rec.policies import (
     slate_distribution_cls,
 )
 from marl_rec.policies.common import NEG
+from marl_rec.policies.mlp import SlateMLPQModule
+from marl_rec.policies.transformer import SlateTransformerQModule
 from marl_rec.rllib.env import EcosystemRLlibEnv
 
 SMALL = {"num_users": 4, "num_creators": 3, "max_cycles": 10}
 SMALL_TRANSFORMER = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64}
 SYSTEM_MODULES = {"transformer": SlateTransformerModule, "mlp": SlateMLPModule}
 LEARNING_MODULES = {**SYSTEM_MODULES, "creator_mlp": CreatorMLPModule}
+Q_MODULES = {"transformer": SlateTransformerQModule, "mlp": SlateMLPQModule}
 
 
 def role_of(agent_id, episode, **kwargs):
@@ -136,12 +139,41 @@ def test_slate_distribution_needs_a_slate_space():
 
 
 def test_registry_lists_every_module():
-    assert MODULES == {
+    assert {name: MODULES.get(name) for name in MODULES.names()} == {
         "transformer": SlateTransformerModule,
         "mlp": SlateMLPModule,
+        "transformer_q": SlateTransformerQModule,
+        "mlp_q": SlateMLPQModule,
         "creator_mlp": CreatorMLPModule,
         "fixed": FixedPolicyModule,
     }
+    assert MODULES.get("marl_rec.policies.mlp:SlateMLPModule") is SlateMLPModule  # import strings need no entry
+
+
+@pytest.mark.parametrize("name", ["transformer", "mlp", "creator_mlp"])
+@pytest.mark.parametrize("typo", [{"d_modle": 32}, {"dmodel": 32}, {"hidden_dim": [8]}])
+def test_model_config_typos_are_errors_naming_the_key_and_the_allowed_keys(env, name, typo):
+    key = next(iter(typo))
+    with pytest.raises(ValueError, match=rf"unknown key 'model_config.{key}'.*allowed keys: .*model_config\.") as err:
+        build(MODULES.get(name), env, "creator" if name == "creator_mlp" else "system", typo)
+    if key == "dmodel" and name == "transformer":
+        assert "did you mean 'model_config.d_model'" in str(err.value)
+
+
+@pytest.mark.parametrize("model_config, message", [
+    ({"d_model": 30, "num_heads": 4}, "must be a multiple of num_heads"),
+    ({"num_layers": 0}, r"'model_config.num_layers' is 0; allowed values: a number >= 1"),
+    ({"prior": "oracle"}, "allowed values: one of 'none', 'myopic'"),
+    ({"dropout": 1.5}, r"a number in \[0.0, 1.0\]"),
+])
+def test_model_config_bad_values_are_errors(env, model_config, message):
+    with pytest.raises(ValueError, match=message):
+        build(SlateTransformerModule, env, "system", model_config)
+
+
+def test_rllib_keys_in_model_config_are_not_typos(env):
+    """AlgorithmConfig merges DefaultModelConfig's fields and DQN's keys into every module's model_config."""
+    build(SlateMLPModule, env, "system", {"fcnet_hiddens": [256], "vf_share_layers": False, "epsilon": 0.1})
 
 
 @pytest.mark.parametrize("name", LEARNING_MODULES)
@@ -236,7 +268,7 @@ def test_transformer_ignores_padded_history_and_masked_candidates(env):
 def test_value_pass_in_slices_gives_the_train_pass_values(env, name):
     from marl_rec.policies.slate_module import VALUE_PASS_SEQUENCES
 
-    module = build(SYSTEM_MODULES[name], env, "system", {"num_layers": 2})
+    module = build(SYSTEM_MODULES[name], env, "system", {"num_layers": 2} if name == "transformer" else None)
     batch = role_batch(env, "system", batch_size=2 * VALUE_PASS_SEQUENCES + 7)  # three slices
     with torch.no_grad():
         embeddings = module.forward_train(batch)[Columns.EMBEDDINGS]
@@ -286,11 +318,11 @@ def test_creator_module_shapes_and_legal_actions(env):
     assert module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS].shape == (7, 12)
 
 
-@pytest.mark.parametrize("name", SYSTEM_MODULES)
+@pytest.mark.parametrize("name", Q_MODULES)
 def test_single_item_q_values_for_dqn(env, name):
     # DQNConfig puts epsilon, double_q, dueling and num_atoms into every module's model_config
     dqn_keys = {"epsilon": [(0, 1.0), (100, 0.1)], "double_q": True, "dueling": True, "num_atoms": 1}
-    module = build(SYSTEM_MODULES[name], env, "system", dqn_keys, action_space=gym.spaces.Discrete(20))
+    module = build(Q_MODULES[name], env, "system", dqn_keys, action_space=gym.spaces.Discrete(20))
     module.make_target_networks()
     batch = role_batch(env, "system", batch_size=6)
     mask = batch[Columns.OBS]["action_mask"]
@@ -305,7 +337,13 @@ def test_single_item_q_values_for_dqn(env, name):
 
 def test_dqn_needs_a_discrete_action_space(env):
     with pytest.raises(ValueError, match="Discrete"):
-        build(SlateTransformerModule, env, "system", {"epsilon": 0.1})
+        build(SlateTransformerQModule, env, "system", {"epsilon": 0.1})
+
+
+def test_the_policy_modules_act_on_policy_logits_even_with_dqn_keys(env):
+    """Q-learning is a module class of its own, not switched on by keys in model_config."""
+    module = build(SlateMLPModule, env, "system", {"epsilon": 0.1}, action_space=gym.spaces.Discrete(20))
+    assert Columns.ACTION_DIST_INPUTS in module.forward_exploration(role_batch(env, "system", batch_size=3), t=0)
 
 
 @pytest.mark.parametrize("name", LEARNING_MODULES)
@@ -376,7 +414,7 @@ def test_myopic_prior_starts_the_policy_at_the_myopic_baseline(env, name):
     out = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
     out[torch.as_tensor(valid)].sum().backward()
     assert module.heads["policy"].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="'none' or 'myopic'"):
+    with pytest.raises(ValueError, match="allowed values: one of 'none', 'myopic'"):
         build(SYSTEM_MODULES[name], env, "system", {"prior": "oracle"})
 
 

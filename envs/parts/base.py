@@ -1,0 +1,213 @@
+"""The contracts of the simulation's parts: what each is given, what it returns, what state it
+may read and write.
+
+A plug-in subclasses one of these, registers it (``@CHOICE_MODELS.register("probit")``) and is
+named in the configuration. Every part is built as ``cls(config, params)``: ``config`` is the
+whole ``EcosystemConfig`` (read-only), ``params`` its own ``Params`` section, validated from the
+free mapping the configuration gives it (``user.choice_params``, ``reward.params``, ...):
+
+    class ProbitChoice(ChoiceModel):
+        @dataclass(frozen=True)
+        class Params(_Section):
+            noise: float = spec(1.0, "std of the utility noise", low=0.0)
+
+        def probabilities(self, sim, slate_slots):
+            ... self.params.noise ...
+
+``Params`` defaults to an empty schema, so any key given to a part that declares none is an
+error naming the key. State fields are those of ``marl_rec.envs.state`` (``sim.state``); a part
+writes only the fields its contract names, and draws randomness only from the ``rng`` it is
+given (the env's one generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section
+
+if TYPE_CHECKING:
+    from marl_rec.envs.core import Simulator
+    from marl_rec.envs.state import Creators, Users
+
+
+@dataclass(frozen=True)
+class NoParams(_Section):
+    """The empty schema: a part that takes no parameters."""
+
+
+class Part:
+    """Base of every part: ``config`` (the whole configuration) and ``params`` (its own section).
+
+    Attributes:
+        Params: the part's parameter schema, a frozen dataclass subclass of ``_Section`` whose
+            fields are ``spec(default, doc, low=..., high=..., choices=...)``.
+        params: the validated ``Params`` instance.
+    """
+
+    Params: type[_Section] = NoParams
+
+    def __init__(self, config: EcosystemConfig, params: _Section | None = None):
+        self.config = config
+        self.params = params if params is not None else self.Params()
+
+
+def validate_params(cls, values: Mapping[str, Any] | None, source: str, key: str) -> _Section | None:
+    """``cls.Params`` built from ``values`` (errors name ``source`` and ``key.<field>``); None for
+    a class that is not a ``Part`` (a plain plug-in), which must then be given no params."""
+    schema = getattr(cls, "Params", None)
+    if schema is None or not (isinstance(schema, type) and issubclass(schema, _Section)):
+        if values:
+            raise ConfigError(f"{source}: {key!r} is given {sorted(values)}, but {cls.__qualname__} declares no Params schema")
+        return None
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {key!r} must be a mapping of parameters, got {values!r}")
+    return schema.from_dict(values, source, prefix=key + ".")
+
+
+def build_part(cls, config: EcosystemConfig, values: Mapping[str, Any] | None, source: str, key: str):
+    """An instance of part class ``cls`` with its params validated (see ``validate_params``)."""
+    params = validate_params(cls, values, source, key)
+    return cls(config) if params is None else cls(config, params)
+
+
+class CandidateSampler(Part):
+    """RECOMMEND, first half: the M candidates of every user.
+
+    ``sample(sim, rng) -> (candidates, mask)``: (U, M) int64 catalogue slots and (U, M) bool,
+    true for a real candidate (padding when the catalogue is too small is masked out). The mask
+    must be a fresh writable array (a role before RECOMMEND may mask candidates out).
+    Reads: ``sim.state.catalogue`` (head, count, uid, ...), ``sim.state.popular*``,
+    ``sim.state.users``. Writes: nothing, except through ``sim.publish`` (a sampler that makes
+    new items, like RecSim's resampling). Cost: O(U × M), never O(catalogue size).
+    """
+
+    def sample(self, sim: "Simulator", rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class ItemGenerator(Part):
+    """Where items come from.
+
+    ``topic_centres(rng) -> (T, d)`` float32 unit rows, once per episode (``state.topic_centres``).
+    ``sample(rng, topic_centres, topic, n, quality_mean) -> dict`` with ``embedding`` (n, d),
+    ``topic`` (n,) int, ``quality`` (n,), ``length`` (n,) minutes; ``topic`` None means "draw the
+    topics too", ``quality_mean`` a scalar or (n,). Reads and writes no state: ``sim.publish``
+    writes the items into ``state.catalogue``.
+    """
+
+    def topic_centres(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, rng: np.random.Generator, topic_centres: np.ndarray, topic: np.ndarray | None, n: int,
+               quality_mean) -> dict:
+        raise NotImplementedError
+
+
+class ChoiceModel(Part):
+    """RESPOND: how a simulated user picks from a slate.
+
+    ``probabilities(sim, slate_slots) -> (U, K + 1)``: click probability of each slate position,
+    the no-click option last, rows summing to 1, for the (U, K) catalogue ``slate_slots``.
+    Reads: ``state.users`` (interest, fatigue, history_uid), ``state.catalogue``. Writes nothing
+    (``sim.slate_embedding()`` gives the slates' embeddings gathered once).
+    """
+
+    def probabilities(self, sim: "Simulator", slate_slots: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class UserDynamics(Part):
+    """The user transition: initial users, engagement, and what responding does to a user.
+
+    ``initial_users(rng, topic_centres) -> Users`` (``marl_rec.envs.parts.users.empty_users``
+    fills the bookkeeping fields). ``engagement(sim, slots, user_idx) -> (n,)`` minutes user
+    ``user_idx[i]`` would watch of item ``slots[i]`` (baselines use it). ``respond(sim, rng,
+    user_idx, slots, clicked) -> (n,) watch time`` for the active users ``user_idx``, who clicked
+    ``slots`` where ``clicked``. Writes: ``state.users.time_budget``, ``interest``, ``fatigue``
+    (the simulator does the histories, counters, ``active`` and the catalogue's statistics).
+    Reads: ``state.catalogue``, ``state.t``.
+    """
+
+    def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> "Users":
+        raise NotImplementedError
+
+    def engagement(self, sim: "Simulator", slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def respond(self, sim: "Simulator", rng: np.random.Generator, user_idx: np.ndarray, slots: np.ndarray,
+                clicked: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class CreatorDynamics(Part):
+    """The creator transition: initial creators, the back catalogue, publishing and churn.
+
+    ``initial_creators(rng) -> Creators``; ``seed_catalogue(sim, rng)`` publishes the items
+    present at the start (through ``sim.publish``); ``resolve(sim, rng, topic, effort)``: (C,)
+    chosen topic (-1: nothing, or a departed creator) and effort; publishes (``sim.publish``)
+    and writes ``state.creators`` (viability, active, rounds_below, published). Reads
+    ``state.creators.exposure`` / ``clicks`` / ``engagement`` (this round's, set in RESPOND).
+    """
+
+    def initial_creators(self, rng: np.random.Generator) -> "Creators":
+        raise NotImplementedError
+
+    def seed_catalogue(self, sim: "Simulator", rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def resolve(self, sim: "Simulator", rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class Reward(Part):
+    """The round's rewards, computed once at the end of the round (``Simulator.end_round``).
+
+    ``__call__(sim) -> (team, individual, terms)``: the cooperative team reward (float), a dict
+    role name -> (num_agents,) individual rewards (roles left out get ``Role.individual_reward``),
+    and the named float parts of the team reward (logged as ``team_<name>`` in infos).
+    Reads: ``state.round`` (watch_time, publish_topic, publish_effort, *_active_at_start),
+    ``state.creators``, ``sim.last_diversity``. Writes nothing.
+    """
+
+    def __call__(self, sim: "Simulator") -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
+        raise NotImplementedError
+
+
+class Behaviour(Part):
+    """What a simulated role does: a non-learning model of every agent of one role at once.
+
+    Attributes:
+        role: the role whose actions it produces ("system", "user", "creator", or a plug-in
+            role). It may serve another role only when that role's ``behaviour_role`` is this
+            one (``platform`` takes system behaviours and stacks their slates).
+
+    ``act(sim, rng) -> actions``: the batch of every agent's action in the role's action-space
+    format ((U, K) slates, (U,) positions, (C, 2) (topic, effort), ...), agents that are no
+    longer active included (their rows are ignored). Reads any state; writes none.
+
+    ``act_on_observations(observations, rng) -> actions``: the same model from the role's
+    batched observations alone (a dict of arrays as ``Role.observe`` returns them, one row per
+    agent), for a role that is external but played by a non-learning module. Optional: the
+    default raises ``NotImplementedError`` naming the behaviour.
+    """
+
+    role: str = ""
+
+    @classmethod
+    def can_act_on_observations(cls) -> bool:
+        """Whether ``act_on_observations`` is implemented (checked in the driver, before Ray starts)."""
+        return cls.act_on_observations is not Behaviour.act_on_observations
+
+    def act(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def act_on_observations(self, observations: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        name = getattr(type(self), "registered_name", type(self).__qualname__)
+        raise NotImplementedError(
+            f"behaviour {name!r} ({type(self).__qualname__}) cannot act from observations alone "
+            "(it needs the simulator's state); use it for a simulated role, or implement act_on_observations"
+        )

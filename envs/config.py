@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from marl_rec.envs.features import item_feature_dim, user_feature_dim
+
 PHASES = ("recommend", "respond", "create")
 BUILTIN_ROLES = ("system", "user", "creator")
 
@@ -22,9 +24,12 @@ class ConfigError(ValueError):
     """Invalid configuration: the message names the source, the key and the allowed values."""
 
 
-def spec(default, doc: str, *, low=None, high=None, choices=None, low_open: bool = False):
-    """A dataclass field carrying its documentation and allowed range."""
+def spec(default, doc: str, *, low=None, high=None, choices=None, low_open: bool = False, per_role: bool = False):
+    """A dataclass field carrying its documentation and allowed range (``per_role``: a value, or a
+    mapping role -> value with an optional ``default`` entry, each checked against the range)."""
     meta = {"doc": doc, "low": low, "high": high, "choices": choices, "low_open": low_open}
+    if per_role:
+        meta["per_role"] = True
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,7 +62,7 @@ class _Section:
             raise ConfigError(
                 f"{source}: unknown key {prefix + str(unknown[0])!r}"
                 + (f"; did you mean {prefix + close[0]!r}?" if close else "")
-                + f"; allowed keys: {', '.join(prefix + k for k in known)}"
+                + f"; allowed keys: {', '.join(prefix + k for k in known) or '(none: it takes no parameters)'}"
             )
         kwargs = {}
         for name, value in values.items():
@@ -81,6 +86,11 @@ class _Section:
 
 def _check_value(value, default, meta, source: str, key: str):
     allowed = _describe(meta)
+    if meta.get("per_role") and isinstance(value, Mapping):  # {default: 1.0, advertiser: 0.0}
+        if not all(isinstance(role, str) for role in value):
+            raise ConfigError(f"{source}: {key!r} maps role names to values, got {value!r}")
+        plain = {k: v for k, v in meta.items() if k != "per_role"}
+        return {role: _check_value(v, default, plain, source, f"{key}.{role}") for role, v in value.items()}
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
@@ -124,6 +134,7 @@ class ItemConfig(_Section):
     """How items (videos) are generated."""
 
     generator: str = spec("topics", "item generator (registry ITEM_GENERATORS): 'topics' or 'recsim_utility'")
+    generator_params: dict = spec({}, "parameters of the item generator (its Params schema)")
     topic_spread: float = spec(0.35, "std of an item embedding around its topic centre, before normalising", low=0.0)
     quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0)
     length_mean: float = spec(4.0, "mean item length in minutes", low=0.0, low_open=True)
@@ -138,6 +149,7 @@ class SamplerConfig(_Section):
     """How the M candidates of each user are drawn (RECOMMEND phase)."""
 
     name: str = spec("mixed", "candidate sampler (registry CANDIDATE_SAMPLERS): 'mixed' or 'resample'")
+    params: dict = spec({}, "parameters of the candidate sampler (its Params schema)")
     fresh_fraction: float = spec(0.4, "share of candidates drawn from the newest items", low=0.0, high=1.0)
     popular_fraction: float = spec(0.2, "share of candidates drawn from the currently popular items", low=0.0, high=1.0)
     fresh_window: int = spec(64, "how many of the newest items count as fresh", low=1)
@@ -151,6 +163,8 @@ class UserConfig(_Section):
 
     dynamics: str = spec("ecosystem", "user dynamics (registry USER_DYNAMICS): 'ecosystem' or 'recsim_iev'")
     choice_model: str = spec("mnl", "choice model (registry CHOICE_MODELS): 'mnl' or 'proportional'")
+    dynamics_params: dict = spec({}, "parameters of the user dynamics (its Params schema)")
+    choice_params: dict = spec({}, "parameters of the choice model (its Params schema)")
     time_budget: float = spec(120.0, "session time budget in minutes at the start of an episode", low=0.0, low_open=True)
     affinity_scale: float = spec(4.0, "MNL logit per unit of affinity (interest · embedding)", low=0.0)
     no_click_logit: float = spec(1.0, "MNL logit of the no-click option", low=-20.0, high=20.0)
@@ -169,6 +183,10 @@ class UserConfig(_Section):
     interest_drift: float = spec(0.05, "step of the interest toward a consumed item's embedding", low=0.0, high=1.0)
     fatigue_rate: float = spec(0.25, "fatigue (logit) added to a topic when consumed", low=0.0)
     fatigue_decay: float = spec(0.8, "per-round decay of every topic's fatigue", low=0.0, high=1.0)
+    interest_estimate_rate: float = spec(
+        0.2, "weight of a consumed item's embedding in the observable interest estimate (the rest: the old estimate)",
+        low=0.0, high=1.0,
+    )
     interest_concentration: float = spec(
         0.6, "weight of a user's favourite topic centre in its initial interest (rest is noise)", low=0.0, high=1.0
     )
@@ -184,6 +202,7 @@ class CreatorConfig(_Section):
     """Creator publishing and viability (EcoAgent-style churn)."""
 
     dynamics: str = spec("ecosystem", "creator dynamics (registry CREATOR_DYNAMICS)")
+    dynamics_params: dict = spec({}, "parameters of the creator dynamics (its Params schema)")
     initial_items: int = spec(12, "items each creator has in the catalogue at the start", low=0)
     skill_mean: float = spec(0.0, "mean creator skill (the mean quality of its items)")
     skill_std: float = spec(0.5, "spread of creator skill", low=0.0)
@@ -205,6 +224,7 @@ class RewardConfig(_Section):
     """The cooperative team reward and the individual rewards."""
 
     name: str = spec("ecosystem", "reward function (registry REWARDS): 'ecosystem' or 'watch_time'")
+    params: dict = spec({}, "parameters of the reward function (its Params schema)")
     engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0)
     creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0)
     diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0)
@@ -225,7 +245,16 @@ class EcosystemConfig(_Section):
     max_cycles: int = spec(100, "rounds before truncation", low=1)
     roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated; [] simulates all")
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
-    reward_mix: float = spec(1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual", low=0.0, high=1.0)
+    behaviour_params: dict = spec({}, "parameters per role's behaviour (its Params schema), e.g. {system: {prior_impressions: 5}}")
+    role_params: dict = spec({}, "parameters per role (its Params schema), e.g. {advertiser: {budget: 3}}")
+    reward_mix: float = spec(
+        1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual; a number for every role, or per role "
+        "{default: 1.0, creator: 0.5} (default: 1.0 unless given)", low=0.0, high=1.0, per_role=True,
+    )
+    topic_demand_rate: float = spec(
+        0.1, "weight of this round's click share per topic in the topic demand creators see (the rest: the old demand)",
+        low=0.0, high=1.0,
+    )
     oracle_observations: bool = spec(False, "let the system agent see true interest and quality")
     state_in_observations: bool = spec(
         False, "add the global state() to the system/platform observation, for centralised critics (MAPPO)"
@@ -246,14 +275,20 @@ class EcosystemConfig(_Section):
         if len(set(self.roles)) != len(self.roles):
             raise ConfigError(f"'roles' must be a list of distinct role names, got {self.roles!r}")
 
+    def reward_mix_for(self, role: str) -> float:
+        """alpha for ``role``: ``reward_mix`` itself, or its entry for the role, else its default."""
+        if isinstance(self.reward_mix, Mapping):
+            return float(self.reward_mix.get(role, self.reward_mix.get("default", 1.0)))
+        return float(self.reward_mix)
+
     @property
     def item_feature_dim(self) -> int:
-        """Features per item seen by the system agent (see ``Simulator.item_features``)."""
-        return self.embedding_dim + 7 + (1 if self.oracle_observations else 0)
+        """Features per item seen by the system agent (see ``Simulator.item_features``, ``features.item_columns``)."""
+        return item_feature_dim(self.embedding_dim, self.oracle_observations)
 
     @property
     def user_feature_dim(self) -> int:
-        return self.embedding_dim + 4
+        return user_feature_dim(self.embedding_dim)
 
     @property
     def state_dim(self) -> int:

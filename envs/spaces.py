@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from marl_rec.envs.parts.behaviours import random_slates
+from marl_rec.envs.parts.slates import random_slates
 
 
 class Slate(spaces.MultiDiscrete):

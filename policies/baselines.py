@@ -15,29 +15,47 @@ role (``behaviours: {system: NAME}``) or run inside RLlib as a non-learning modu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.parts.behaviours import top_k_slate
+from marl_rec.envs.config import EcosystemConfig, _Section, spec
+from marl_rec.envs.features import item_column
+from marl_rec.envs.parts.base import Behaviour
 from marl_rec.envs.parts.choice import consumed, item_logits
+from marl_rec.envs.parts.slates import top_k_slate
 from marl_rec.envs.parts.users import sigmoid
 from marl_rec.envs.registry import BEHAVIOURS
 
 
-class _GreedySlate:
-    role = "system"
+class _GreedySlate(Behaviour):
+    """The top K candidates by ``scores(sim)``; with ``observation_scores`` it can also act from
+    the system observation alone (``act_on_observations``)."""
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    role = "system"
 
     def scores(self, sim) -> np.ndarray:
         raise NotImplementedError
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         rnd = sim.state.round
+        return self._top_k(self.scores(sim), rnd.candidate_mask, rng)
+
+    def _top_k(self, scores: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # a tiny random tie-break keeps equal scores from always favouring the same index
-        scores = self.scores(sim) + 1e-9 * rng.random(rnd.candidates.shape)
-        return top_k_slate(scores, rnd.candidate_mask, self.config.slate_size)
+        scores = scores + 1e-9 * rng.random(scores.shape)
+        return top_k_slate(scores, mask, self.config.slate_size)
+
+    @classmethod
+    def can_act_on_observations(cls) -> bool:
+        return cls.observation_scores is not _GreedySlate.observation_scores
+
+    def observation_scores(self, observations: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, M) scores from the system observation alone; by default it cannot."""
+        return Behaviour.act_on_observations(self, observations, None)  # raises NotImplementedError, naming it
+
+    def act_on_observations(self, observations, rng):
+        return self._top_k(self.observation_scores(observations), observations["action_mask"] > 0.5, rng)
 
 
 @BEHAVIOURS.register("popularity")
@@ -46,10 +64,28 @@ class PopularitySlate(_GreedySlate):
     the same item features the system agent observes), minus those the user already consumed
     (the platform knows what its users watched). Not personalised."""
 
+    @dataclass(frozen=True)
+    class Params(_Section):
+        prior_impressions: float = spec(
+            10.0, "pseudo-impressions shrinking each candidate's watch per impression toward the candidates' mean",
+            low=0.0,
+        )
+
     def scores(self, sim):
         slots = sim.state.round.candidates
-        popular = popularity_scores(sim.item_features(slots), self.config.embedding_dim)
+        popular = popularity_scores(sim.item_features(slots), self.config.embedding_dim, self.params.prior_impressions)
         return np.where(consumed(sim, slots), -1.0, popular)
+
+    def observation_scores(self, observations):
+        """From the system observation: a candidate counts as consumed when its embedding equals
+        one in the (masked) history. Exact for topic-scattered items; with items that share an
+        embedding (RecSim's one-hot clusters) every item like a consumed one counts too."""
+        d = self.config.embedding_dim
+        candidates, history = observations["candidates"], observations["history"]
+        popular = popularity_scores(candidates, d, self.params.prior_impressions)
+        same = (candidates[:, :, None, :d] == history[:, None, :, :d]).all(-1)  # (n, M, H)
+        seen = (same & (observations["history_mask"][:, None, :] > 0.5)).any(-1)
+        return np.where(seen, -1.0, popular)
 
 
 @BEHAVIOURS.register("myopic")
@@ -60,6 +96,9 @@ class MyopicSlate(_GreedySlate):
     def scores(self, sim):
         features = sim.item_features(sim.state.round.candidates)  # (U, M, F)
         return myopic_scores(sim.user_features(), features, self.config.embedding_dim)
+
+    def observation_scores(self, observations):
+        return myopic_scores(observations["user"], observations["candidates"], self.config.embedding_dim)
 
 
 def myopic_scores(user: np.ndarray, candidates: np.ndarray, dim: int) -> np.ndarray:
@@ -73,7 +112,7 @@ def myopic_from_affinity(affinity, candidates, dim: int):
     """The myopic score given the (..., M) affinity: + smoothed CTR + 0.5 · watch per click.
     Plain indexing and arithmetic, so numpy arrays and torch tensors both work (the slate
     modules' myopic prior uses it)."""
-    return affinity + candidates[..., dim + 3] + 0.5 * candidates[..., dim + 4]
+    return affinity + candidates[..., item_column("ctr", dim)] + 0.5 * candidates[..., item_column("watch_per_click", dim)]
 
 
 def popularity_scores(candidates: np.ndarray, dim: int, prior_impressions: float = 10.0) -> np.ndarray:
@@ -86,9 +125,9 @@ def popularity_scores(candidates: np.ndarray, dim: int, prior_impressions: float
     Raw click counts would be the other classic popularity: in this model they rank stale
     clickbait first (items shown to everyone pile up clicks while their freshness decays), and
     score below random slates (README, "Recommender baselines")."""
-    impressions = np.expm1(candidates[..., dim + 2] * 5.0)
-    clicks = candidates[..., dim + 3] * (impressions + 2.0) - 1.0
-    watch = candidates[..., dim + 4] * np.maximum(clicks, 1.0)  # in units of item.length_mean
+    impressions = np.expm1(candidates[..., item_column("log_impressions", dim)] * 5.0)
+    clicks = candidates[..., item_column("ctr", dim)] * (impressions + 2.0) - 1.0
+    watch = candidates[..., item_column("watch_per_click", dim)] * np.maximum(clicks, 1.0)  # in units of item.length_mean
     mean = watch.sum(-1, keepdims=True) / np.maximum(impressions.sum(-1, keepdims=True), 1.0)
     return (watch + prior_impressions * mean) / (impressions + prior_impressions)
 
@@ -123,7 +162,9 @@ class LongTermSlate(_GreedySlate):
     publishing (RecSim NG's ecosystem example). Weights were chosen on seeds 1000-1009.
     """
 
-    creator_boost = 2.0
+    @dataclass(frozen=True)
+    class Params(_Section):
+        creator_boost: float = spec(2.0, "score added per unit of a creator's need (1 - viability)", low=0.0)
 
     def scores(self, sim):
         cat, creators, rnd = sim.state.catalogue, sim.state.creators, sim.state.round
@@ -132,5 +173,5 @@ class LongTermSlate(_GreedySlate):
         if self.config.num_creators:
             need = np.clip(1.0 - creators.viability, 0.0, 1.0) * creators.active
             creator = cat.creator[slots]
-            score = score + self.creator_boost * np.where(creator >= 0, need[np.maximum(creator, 0)], 0.0)
+            score = score + self.params.creator_boost * np.where(creator >= 0, need[np.maximum(creator, 0)], 0.0)
         return score

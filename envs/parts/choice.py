@@ -7,6 +7,7 @@ import functools
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.base import ChoiceModel
 from marl_rec.envs.registry import CHOICE_MODELS
 
 
@@ -68,7 +69,7 @@ def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 @CHOICE_MODELS.register("mnl")
-class MultinomialLogitChoice:
+class MultinomialLogitChoice(ChoiceModel):
     """Multinomial logit over the slate plus a no-click option.
 
     logit_k = affinity_scale · affinity + clickbait_appeal · max(−quality, 0) − fatigue[topic]
@@ -77,7 +78,8 @@ class MultinomialLogitChoice:
     (RecSim ``MultinomialLogitChoiceModel`` with clickbait appeal, fatigue and position bias added.)
     """
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.user = config.user
         self.position_logit = -self.user.position_bias * np.arange(config.slate_size, dtype=np.float32)
 
@@ -95,10 +97,11 @@ class MultinomialLogitChoice:
 
 
 @CHOICE_MODELS.register("proportional")
-class ProportionalChoice:
+class ProportionalChoice(ChoiceModel):
     """RecSim ``MultinomialProportionalChoiceModel``: P ∝ score − min_normalizer, no-click mass included."""
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.user = config.user
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.base import CreatorDynamics
 from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
 
@@ -22,7 +23,7 @@ def _share(x: np.ndarray, active: np.ndarray, n: int) -> np.ndarray:
 
 
 @CREATOR_DYNAMICS.register("ecosystem")
-class EcosystemCreatorDynamics:
+class EcosystemCreatorDynamics(CreatorDynamics):
     """Viability follows the creator's share of exposure and engagement; under a threshold for
     longer than the grace period, the creator leaves.
 
@@ -30,8 +31,8 @@ class EcosystemCreatorDynamics:
     Published items have quality ~ skill + effort_quality · effort + noise.
     """
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.creator = config.creator
 
     def initial_creators(self, rng: np.random.Generator) -> Creators:

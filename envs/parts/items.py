@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.config import ConfigError, EcosystemConfig
+from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.registry import ITEM_GENERATORS
 
 
@@ -14,11 +15,11 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 @ITEM_GENERATORS.register("topics")
-class TopicItemGenerator:
+class TopicItemGenerator(ItemGenerator):
     """Items scattered around T random topic centres on the unit sphere (dim d)."""
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.item = config.item
 
     def topic_centres(self, rng: np.random.Generator) -> np.ndarray:
@@ -39,7 +40,7 @@ class TopicItemGenerator:
 
 
 @ITEM_GENERATORS.register("recsim_utility")
-class RecSimUtilityGenerator:
+class RecSimUtilityGenerator(ItemGenerator):
     """RecSim 0.2.4 ``UtilityModelVideoSampler``: one-hot cluster features, cluster-dependent quality.
 
     70% of the clusters are "trashy" (mean quality spaced from -3 to 0), 30% "nutritious"
@@ -47,13 +48,13 @@ class RecSimUtilityGenerator:
     Source: recsim/environments/interest_evolution.py (recsim 0.2.4).
     """
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         if config.embedding_dim != config.num_topics:
-            raise ValueError(
+            raise ConfigError(
                 "item.generator 'recsim_utility' needs embedding_dim == num_topics (one-hot clusters), "
                 f"got embedding_dim={config.embedding_dim}, num_topics={config.num_topics}"
             )
-        self.config = config
         t = config.num_topics
         trashy = np.linspace(-3.0, 0.0, int(t * 0.7))
         nutritious = np.linspace(0.0, 3.0, t - int(t * 0.7))

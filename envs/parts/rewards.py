@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.base import Reward
 from marl_rec.envs.registry import REWARDS
 
 
@@ -29,7 +30,7 @@ def intra_list_diversity(sim, slate_slots: np.ndarray | None = None, embedding: 
 
 
 @REWARDS.register("ecosystem")
-class EcosystemReward:
+class EcosystemReward(Reward):
     """team = w_e · mean watch time per user + w_c · mean creator utility + w_d · mean diversity.
 
     Creator utility is log(1 + minutes watched of its items this round): concave, so spreading
@@ -39,8 +40,8 @@ class EcosystemReward:
     utility minus the cost of the effort it published with.
     """
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.weights = config.reward
 
     def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:

@@ -9,7 +9,8 @@ import functools
 
 import numpy as np
 
-from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.config import ConfigError, EcosystemConfig
+from marl_rec.envs.parts.base import CandidateSampler
 from marl_rec.envs.registry import CANDIDATE_SAMPLERS
 
 
@@ -39,7 +40,7 @@ def _older_index(n_users: int, older: int, picks: int) -> tuple[np.ndarray, np.n
 
 
 @CANDIDATE_SAMPLERS.register("mixed")
-class MixedSampler:
+class MixedSampler(CandidateSampler):
     """A mix of fresh items (the newest window), popular items (the tracked set) and random
     older items, distinct within each user's set, at a cost of O(users × M).
 
@@ -51,7 +52,8 @@ class MixedSampler:
     strata, candidates are any distinct items, padded and masked out only when fewer than M exist.
     """
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         m = config.num_candidates
         s = config.sampler
         self.num_fresh = int(round(m * s.fresh_fraction))
@@ -154,16 +156,16 @@ class MixedSampler:
 
 
 @CANDIDATE_SAMPLERS.register("resample")
-class ResampleSampler:
+class ResampleSampler(CandidateSampler):
     """RecSim's ``resample_documents=True``: M brand-new items per user every round."""
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         if config.catalogue_size < config.num_users * config.num_candidates:
-            raise ValueError(
+            raise ConfigError(
                 "sampler 'resample' needs catalogue_size >= num_users * num_candidates "
                 f"({config.num_users * config.num_candidates}), got {config.catalogue_size}"
             )
-        self.config = config
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         n = self.config.num_users * self.config.num_candidates

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.registry import USER_DYNAMICS
 from marl_rec.envs.state import Users
 
@@ -32,7 +33,7 @@ def sigmoid(x):
 
 
 @USER_DYNAMICS.register("ecosystem")
-class EcosystemUserDynamics:
+class EcosystemUserDynamics(UserDynamics):
     """Engagement from affinity, quality and freshness; RecSim-style budget; drift and fatigue.
 
     watch = length · sigmoid(engagement_affinity · affinity + engagement_quality · quality + bias)
@@ -42,8 +43,8 @@ class EcosystemUserDynamics:
     interest += interest_drift · (embedding − interest); fatigue decays, the consumed topic's rises.
     """
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.user = config.user
         half_life = config.item.freshness_half_life
         self.age_rate = np.log(2.0) / half_life if half_life > 0 else 0.0
@@ -91,7 +92,7 @@ class EcosystemUserDynamics:
 
 
 @USER_DYNAMICS.register("recsim_iev")
-class RecSimInterestEvolutionDynamics:
+class RecSimInterestEvolutionDynamics(UserDynamics):
     """RecSim 0.2.4 ``IEvUserModel`` with ``UtilityModelUserSampler`` users.
 
     Interests ~ U(-1, 1)^d. A click watches min(budget, length); the interest of the clicked
@@ -101,8 +102,8 @@ class RecSimInterestEvolutionDynamics:
     where the coin flip used global ``np.random``; here it uses the env's generator.
     """
 
-    def __init__(self, config: EcosystemConfig):
-        self.config = config
+    def __init__(self, config: EcosystemConfig, params=None):
+        super().__init__(config, params)
         self.user = config.user
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:

@@ -1,4 +1,4 @@
-"""The simulation core: one round = RECOMMEND → RESPOND → CREATE over numpy arrays.
+"""The simulation core: one round = RECOMMEND → RESPOND → CREATE → end of round, over numpy arrays.
 
 ``Simulator`` owns the state and the named parts; the PettingZoo and RLlib front-ends are thin
 views over it. It imports neither Ray nor torch.
@@ -6,10 +6,14 @@ views over it. It imports neither Ray nor torch.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.features import item_column
+from marl_rec.envs.parts.base import build_part
 from marl_rec.envs.parts.rewards import intra_list_diversity
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
@@ -43,12 +47,16 @@ class Simulator:
         reward_fn=None,
     ):
         self.config = config
-        self.sampler = sampler or CANDIDATE_SAMPLERS.build(config.sampler.name, config)
-        self.item_generator = item_generator or ITEM_GENERATORS.build(config.item.generator, config)
-        self.choice_model = choice_model or CHOICE_MODELS.build(config.user.choice_model, config)
-        self.user_dynamics = user_dynamics or USER_DYNAMICS.build(config.user.dynamics, config)
-        self.creator_dynamics = creator_dynamics or CREATOR_DYNAMICS.build(config.creator.dynamics, config)
-        self.reward_fn = reward_fn or REWARDS.build(config.reward.name, config)
+        self.sampler = sampler or _part(CANDIDATE_SAMPLERS, config, "sampler.name", "sampler.params")
+        self.item_generator = item_generator or _part(ITEM_GENERATORS, config, "item.generator", "item.generator_params")
+        self.choice_model = choice_model or _part(CHOICE_MODELS, config, "user.choice_model", "user.choice_params")
+        self.user_dynamics = user_dynamics or _part(USER_DYNAMICS, config, "user.dynamics", "user.dynamics_params")
+        self.creator_dynamics = creator_dynamics or _part(
+            CREATOR_DYNAMICS, config, "creator.dynamics", "creator.dynamics_params"
+        )
+        self.reward_fn = reward_fn or _part(REWARDS, config, "reward.name", "reward.params")
+        self._demand_keep = 1.0 - config.topic_demand_rate  # 1 - 0.1 is 0.9 exactly, as 1 - 0.2 is 0.8
+        self._estimate_keep = 1.0 - config.user.interest_estimate_rate
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
         self._age_scale = config.item.freshness_half_life or 50.0
@@ -202,7 +210,7 @@ class Simulator:
             creators.exposure_total += creators.exposure
         if len(c_slots):
             topic_clicks = np.bincount(cat.topic[c_slots], minlength=c.num_topics)
-            s.topic_demand = 0.9 * s.topic_demand + 0.1 * topic_clicks / len(c_slots)
+            s.topic_demand = self._demand_keep * s.topic_demand + c.topic_demand_rate * topic_clicks / len(c_slots)
 
         # users' histories (newest first) and running interest estimate
         clicked_embedding = cat.embedding.take(c_slots, axis=0)
@@ -212,7 +220,10 @@ class Simulator:
         users.history_uid[:, 0][c_users] = cat.uid[c_slots]  # a column view indexed in 1-D: cheaper than [c_users, 0]
         users.history_embedding[c_users, 0] = clicked_embedding
         users.history_watch[:, 0][c_users] = c_watch
-        users.interest_estimate[c_users] = 0.8 * users.interest_estimate.take(c_users, axis=0) + 0.2 * clicked_embedding
+        users.interest_estimate[c_users] = (
+            self._estimate_keep * users.interest_estimate.take(c_users, axis=0)
+            + c.user.interest_estimate_rate * clicked_embedding
+        )
         users.clicks[c_users] += 1
         users.slates_seen[rows] += 1
         self.lifetime_slates += n_active
@@ -265,7 +276,7 @@ class Simulator:
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
-        viability and churn, the round's rewards, and the clock."""
+        publishing, viability and churn (the creator dynamics)."""
         s, c = self.state, self.config
         rnd = s.round
         if c.num_creators:
@@ -274,6 +285,12 @@ class Simulator:
             topic = np.where((actions[:, 0] < c.num_topics) & s.creators.active, actions[:, 0], -1)
             rnd.publish_topic, rnd.publish_effort = topic, actions[:, 1]
             self.creator_dynamics.resolve(self, self.rng, topic, actions[:, 1])
+
+    def end_round(self) -> None:
+        """End of the round, after its last phase: the round's rewards (``reward_fn``: team,
+        individual per role, named terms, into ``state.round``), the team return, and the clock."""
+        s = self.state
+        rnd = s.round
         rnd.team_reward, rnd.individual_reward, rnd.reward_terms = self.reward_fn(self)
         self.team_return += rnd.team_reward
         s.t += 1
@@ -287,21 +304,22 @@ class Simulator:
         (true quality follows with ``oracle_observations``). Shape (..., F)."""
         cat, c = self.state.catalogue, self.config
         d = c.embedding_dim
+        column = _item_columns(d)  # name -> index, as marl_rec.envs.features names them
         out = np.empty((*np.shape(slots), c.item_feature_dim), np.float32)  # filled column by column
         np.take(cat.embedding, slots, axis=0, out=out[..., :d])
         impressions = cat.impressions[slots]
         clicks = cat.clicks[slots]
-        out[..., d] = cat.length[slots] / c.item.length_mean
-        out[..., d + 1] = (self.state.t - cat.birth[slots]) / self._age_scale
-        out[..., d + 2] = np.log1p(impressions) / 5.0
-        out[..., d + 3] = (clicks + 1.0) / (impressions + 2.0)
-        out[..., d + 4] = cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean
+        out[..., column["length"]] = cat.length[slots] / c.item.length_mean
+        out[..., column["age"]] = (self.state.t - cat.birth[slots]) / self._age_scale
+        out[..., column["log_impressions"]] = np.log1p(impressions) / 5.0
+        out[..., column["ctr"]] = (clicks + 1.0) / (impressions + 2.0)
+        out[..., column["watch_per_click"]] = cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean
         creator = cat.creator[slots] + 1  # 0: no creator
         share, on_platform = self._creator_columns()
-        out[..., d + 5] = share[creator]
-        out[..., d + 6] = on_platform[creator]
+        out[..., column["creator_share"]] = share[creator]
+        out[..., column["creator_on_platform"]] = on_platform[creator]
         if c.oracle_observations:
-            out[..., d + 7] = cat.quality[slots]
+            out[..., column["quality"]] = cat.quality[slots]
         return out
 
     def _creator_columns(self) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +335,8 @@ class Simulator:
         return share, on_platform
 
     def user_features(self) -> np.ndarray:
-        """What the system sees of its user: (U, d + 4). Never the true interest unless oracle."""
+        """What the system sees of its user: (U, d + 4), columns as ``features.user_columns``.
+        Never the true interest unless oracle."""
         users, c = self.state.users, self.config
         interest = users.interest if c.oracle_observations else users.interest_estimate
         return np.concatenate(
@@ -369,3 +388,19 @@ class Simulator:
             "exposure_gini": gini,
             "diversity": float(self.diversity_sum / max(self.diversity_count, 1)),
         }
+
+
+def _part(registry, config: EcosystemConfig, name_key: str, params_key: str):
+    """The part the config names at ``name_key`` (e.g. "user.choice_model"), built with its
+    params at ``params_key`` (validated against its ``Params`` schema)."""
+    section, _, field = name_key.partition(".")
+    values = getattr(config, section)
+    cls = registry.resolve(getattr(values, field), f"<config>: {name_key!r}")
+    return build_part(cls, config, getattr(values, params_key.partition(".")[2]), "<config>", params_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _item_columns(dim: int) -> dict[str, int]:
+    from marl_rec.envs.features import ITEM_COLUMNS, ORACLE_ITEM_COLUMNS
+
+    return {name: item_column(name, dim) for name in (*ITEM_COLUMNS, *ORACLE_ITEM_COLUMNS)}

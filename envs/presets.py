@@ -41,7 +41,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 def make_config(
     scenario: str = "creator_economy", overrides: Mapping[str, Any] | None = None, source: str = "<arguments>"
 ) -> EcosystemConfig:
-    """The preset ``scenario`` with ``overrides`` (nested or dotted keys) merged in, validated."""
+    """The preset ``scenario`` with ``overrides`` (nested or dotted keys) merged in, validated:
+    keys and values (``EcosystemConfig.from_dict``), then every part, role and behaviour name and
+    every ``params`` mapping (``checks.check_names``), so a bad name fails here, not mid-run."""
+    from marl_rec.envs.checks import check_names  # checks imports the parts, which import config
+
     if scenario not in SCENARIOS:
         raise ConfigError(f"{source}: unknown scenario {scenario!r}; allowed values: {', '.join(SCENARIOS)}")
-    return EcosystemConfig.from_dict(merge_overrides(SCENARIOS[scenario], overrides or {}), source)
+    return check_names(EcosystemConfig.from_dict(merge_overrides(SCENARIOS[scenario], overrides or {}), source), source)

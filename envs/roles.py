@@ -13,7 +13,8 @@ import functools
 import numpy as np
 from gymnasium import spaces
 
-from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.config import EcosystemConfig, _Section
+from marl_rec.envs.parts.base import NoParams
 from marl_rec.envs.registry import ROLES
 from marl_rec.envs.spaces import PlatformSlates, Slate
 
@@ -36,17 +37,51 @@ class Role:
             ``phase_before`` (or at the end of the round when that is None).
         default_behaviour: behaviour model (``BEHAVIOURS``) used when the role is simulated.
         replaces: a built-in role that this role takes the place of (e.g. ``platform`` for
-            ``system``): when this role is external, that one is left out.
+            ``system``): when this role is in the env, that one is left out.
+        behaviour_role: the role whose behaviours can play this one (default: its own name);
+            ``from_behaviour`` turns such a behaviour's action batch into this role's.
+        Params: the role's parameter schema (``role_params: {<name>: {...}}``), as for parts
+            (``marl_rec.envs.parts.base``); the validated values are ``self.params``.
+        agent_doc, action_doc, reward_doc: one line each for README's agents table.
+
+    State: a role reads whatever ``sim.state`` (``marl_rec.envs.state``) it observes. In
+    ``apply`` it writes only through the simulator's phase methods (``sim.set_slates``,
+    ``sim.respond``, ``sim.create``) or, for a role in a phase of its own, the fields of the
+    current ``state.round`` it owns (e.g. a moderator masks ``round.candidate_mask``). Its own
+    per-episode state lives on the role instance, set up in ``reset``.
+
+    Hooks, called by ``RoundRunner`` for every role, external or simulated:
+        ``reset(sim, rng)``: start of an episode, after the simulator's reset (the state and the
+            first round's candidates exist); draw only from ``rng``.
+        ``individual_reward(sim)``: end of every round, after ``sim.end_round()`` computed the
+            team reward, unless the reward function gave this role's individual reward itself.
+        ``end_round(sim)``: end of every round, after every role's reward.
     """
 
     name: str = ""
     phase: str = ""
     phase_before: str | None = None
     default_behaviour: str | None = None
-    replaces: str | None = None  # a built-in role this one stands in for when external
+    replaces: str | None = None  # a built-in role this one stands in for
+    behaviour_role: str | None = None  # None: the role's own name
+    Params: type[_Section] = NoParams
+    agent_doc: str = ""
+    action_doc: str = ""
+    reward_doc: str = ""
 
-    def __init__(self, config: EcosystemConfig):
+    def __init__(self, config: EcosystemConfig, params: _Section | None = None):
         self.config = config
+        self.params = params if params is not None else self.Params()
+
+    def reset(self, sim, rng: np.random.Generator) -> None:
+        """Start of an episode (see the class docstring). Default: nothing."""
+
+    def end_round(self, sim) -> None:
+        """End of a round, after the rewards (see the class docstring). Default: nothing."""
+
+    def from_behaviour(self, actions: np.ndarray) -> np.ndarray:
+        """A ``behaviour_role`` behaviour's action batch as this role's (default: unchanged)."""
+        return actions
 
     def num_agents(self) -> int:
         raise NotImplementedError
@@ -148,6 +183,9 @@ class SystemRole(Role):
     name = "system"
     phase = "recommend"
     default_behaviour = "random"
+    agent_doc = "system_<u>"
+    action_doc = "`Slate(M, K)`: K distinct masked-in candidate indices, best position first"
+    reward_doc = "user u's watch time"
 
     def num_agents(self) -> int:
         return self.config.num_users
@@ -236,7 +274,14 @@ class PlatformRole(SystemRole):
 
     name = "platform"
     replaces = "system"
+    behaviour_role = "system"  # a system behaviour's (U, K) slates, stacked as the one agent's action
     default_behaviour = "random"
+    agent_doc = "platform_0"
+    action_doc = "`PlatformSlates(U, M, K)`: one slate per user; rows of users who left are ignored"
+    reward_doc = "mean watch time over the users active at the round's start"
+
+    def from_behaviour(self, actions):
+        return np.asarray(actions)[None]
 
     def num_agents(self):
         return 1
@@ -313,6 +358,9 @@ class UserRole(Role):
     name = "user"
     phase = "respond"
     default_behaviour = "choice_model"
+    agent_doc = "user_<u>"
+    action_doc = "`Discrete(K+1)`: a slate position or K = no click"
+    reward_doc = "own watch time"
 
     def num_agents(self):
         return self.config.num_users
@@ -370,6 +418,9 @@ class CreatorRole(Role):
     name = "creator"
     phase = "create"
     default_behaviour = "ecosystem"
+    agent_doc = "creator_<c>"
+    action_doc = "`MultiDiscrete([T+1, E])`: topic (T = publish nothing) and effort level"
+    reward_doc = "log(1 + engagement) − effort cost"
 
     def num_agents(self):
         return self.config.num_creators

@@ -2,8 +2,11 @@
 
 It knows which roles act in which phase, which of them are external (agents) and which are
 simulated (behaviour models), and advances the simulator phase by phase: external agents of a
-phase act together, simulated phases run in between, and a round's rewards, terminations and
-truncations come out when its last phase ends.
+phase act together, simulated phases run in between, and after the last phase the end of the
+round (``Simulator.end_round``: rewards and clock), every role's individual reward and
+``end_round`` hook, then the round's rewards, terminations and truncations come out.
+
+A round reads: recommend -> respond -> create (plus any plug-in role's phase) -> end_round.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from marl_rec.envs.config import BUILTIN_ROLES, PHASES, ConfigError, EcosystemConfig
+from marl_rec.envs.checks import plan_roles
+from marl_rec.envs.config import PHASES, EcosystemConfig
 from marl_rec.envs.core import Simulator
-from marl_rec.envs.parts.behaviours import resolve_behaviour
-from marl_rec.envs.registry import ROLES, UnknownNameError
 from marl_rec.envs.roles import Role
 
 
@@ -39,30 +41,12 @@ class RoundRunner:
 
     def __init__(self, config: EcosystemConfig, **parts):
         self.config = config
+        plan = plan_roles(config)  # the same checks as make_config's check_names
         self.sim = Simulator(config, **parts)
-        for name in list(config.roles) + list(config.behaviours):
-            if name not in ROLES:
-                raise ConfigError(f"unknown role {name!r} in 'roles'/'behaviours'; registered roles: {', '.join(ROLES.names())}")
-        if "creator" in config.roles and config.num_creators == 0:
-            raise ConfigError("'roles' includes 'creator' but num_creators is 0")
-        names = list(BUILTIN_ROLES) + [r for r in list(config.roles) + list(config.behaviours) if r not in BUILTIN_ROLES]
-        replaced = {ROLES.get(name).replaces for name in config.roles} - {None}
-        if replaced & set(config.roles):
-            raise ConfigError(f"'roles' lists both {sorted(replaced & set(config.roles))} and a role that replaces it")
-        names = [n for n in dict.fromkeys(names) if n not in replaced]
-        self.roles: dict[str, Role] = {name: ROLES.get(name)(config) for name in names}
-        self.external = [name for name in self.roles if name in config.roles]
-        self.behaviours = {}
-        for name, role in self.roles.items():
-            if name in self.external:
-                continue
-            behaviour = config.behaviours.get(name, role.default_behaviour)
-            if behaviour is None:
-                raise ConfigError(f"role {name!r} is simulated but has no behaviour; set behaviours.{name}")
-            try:
-                self.behaviours[name] = resolve_behaviour(behaviour)(config)
-            except UnknownNameError as err:
-                raise ConfigError(f"behaviours.{name}: {err}") from None
+        self.roles: dict[str, Role] = {name: _build(cls, config, plan.role_params[name]) for name, cls in plan.roles.items()}
+        self.external = plan.external
+        self.behaviours = {name: _build(cls, config, plan.behaviour_params[name]) for name, cls in plan.behaviours.items()}
+        self.reward_mix = {name: config.reward_mix_for(name) for name in self.roles}
 
         self.phases = list(PHASES)
         for role in self.roles.values():
@@ -83,6 +67,10 @@ class RoundRunner:
         self.live: set[str] = set()
         self.phase_index = 0
         self.done = True
+        # per role: (num_agents,) sum of each agent's rewards (alpha·team + (1−alpha)·individual)
+        # this episode, over the rounds it was still in, external and simulated roles alike
+        self.role_returns: dict[str, np.ndarray] = {}
+        self._ended: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str):
@@ -98,6 +86,10 @@ class RoundRunner:
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int | None = None) -> None:
         self.sim.reset(np.random.default_rng(seed))
+        for role in self.roles.values():
+            role.reset(self.sim, self.sim.rng)
+        self.role_returns = {name: np.zeros(role.num_agents()) for name, role in self.roles.items()}
+        self._ended = {name: np.zeros(role.num_agents(), bool) for name, role in self.roles.items()}
         self.live = set(self.possible_agents)
         self.phase_index = 0
         self.done = bool(self.external) and not self.live
@@ -176,7 +168,7 @@ class RoundRunner:
         for name in self.phase_roles[self.phase]:
             role = self.roles[name]
             if name in self.behaviours:
-                batch = self.behaviours[name].act(sim, sim.rng)
+                batch = role.from_behaviour(self.behaviours[name].act(sim, sim.rng))
             else:
                 batch = role.noop_actions(sim)
                 if name in actions:
@@ -185,6 +177,7 @@ class RoundRunner:
             role.apply(sim, batch)
         self.phase_index += 1
         if self.phase_index == len(self.phases):
+            sim.end_round()
             self._end_round(outcome)
 
     def _advance(self, outcome: Outcome) -> None:
@@ -203,10 +196,22 @@ class RoundRunner:
         return outcome
 
     def _end_round(self, outcome: Outcome) -> None:
+        """After ``sim.end_round()``: every role's individual reward and return, every role's
+        ``end_round`` hook, then the external agents' rewards, infos and endings."""
         sim, c = self.sim, self.config
         rnd = sim.state.round
-        alpha = c.reward_mix
         outcome.rounds_completed += 1
+        given = rnd.individual_reward or {}
+        individual_of = {}
+        for name, role in self.roles.items():  # external or simulated: the reward and its side effects
+            individual = given.get(name)
+            individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
+            individual_of[name] = individual
+            alpha, still_in = self.reward_mix[name], ~self._ended[name]
+            self.role_returns[name] += np.where(still_in, alpha * rnd.team_reward + (1.0 - alpha) * individual, 0.0)
+        for name, role in self.roles.items():
+            role.end_round(sim)
+            self._ended[name] |= ~np.asarray(role.active(sim), bool)
         users_left = not np.count_nonzero(sim.state.users.active)
         truncate = sim.state.t >= c.max_cycles
         if self.external:
@@ -217,10 +222,8 @@ class RoundRunner:
             if not agents:
                 continue
             idx = np.array([self.agent_role[a][1] for a in agents])
-            individual = (rnd.individual_reward or {}).get(name)
-            if individual is None:
-                individual = role.individual_reward(sim)
-            individual = np.asarray(individual, np.float64)[idx]
+            individual = individual_of[name][idx]
+            alpha = self.reward_mix[name]
             reward = alpha * rnd.team_reward + (1.0 - alpha) * individual
             for agent, r in zip(agents, reward.tolist()):
                 outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + r
@@ -235,8 +238,15 @@ class RoundRunner:
         if users_left or truncate or (self.external and not self.live):
             self.done = True
             metrics = sim.metrics()
+            returns = {name: r.tolist() for name, r in self.role_returns.items()}
             for agent in outcome.infos:
                 outcome.infos[agent]["episode_metrics"] = metrics
+                outcome.infos[agent]["role_returns"] = returns
             return
         self.phase_index = 0
         sim.begin_round()
+
+
+def _build(cls, config: EcosystemConfig, params):
+    """A role or behaviour instance: with its validated params, or plain for a class without a schema."""
+    return cls(config) if params is None else cls(config, params)

@@ -1,0 +1,120 @@
+"""Every name in a configuration, resolved when the configuration is made.
+
+``check_names(config, source)`` runs in ``make_config`` (so in the driver, before Ray or any
+episode starts): each part name, role and behaviour is looked up in its registry (an unknown one
+is a ``ConfigError`` naming the key, the registered names, the closest one and the plug-in
+hint), each part's, role's and behaviour's ``params`` are validated against its ``Params``
+schema, and each behaviour is checked to act for the role it is given to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
+from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, EcosystemConfig
+from marl_rec.envs.parts.base import validate_params
+from marl_rec.envs import roles as _roles  # noqa: F401  (registers the built-in roles)
+from marl_rec.envs.registry import (
+    BEHAVIOURS,
+    CANDIDATE_SAMPLERS,
+    CHOICE_MODELS,
+    CREATOR_DYNAMICS,
+    ITEM_GENERATORS,
+    REWARDS,
+    ROLES,
+    USER_DYNAMICS,
+)
+
+# (registry, key of the name, key of its params)
+PART_KEYS = (
+    (CANDIDATE_SAMPLERS, "sampler.name", "sampler.params"),
+    (ITEM_GENERATORS, "item.generator", "item.generator_params"),
+    (CHOICE_MODELS, "user.choice_model", "user.choice_params"),
+    (USER_DYNAMICS, "user.dynamics", "user.dynamics_params"),
+    (CREATOR_DYNAMICS, "creator.dynamics", "creator.dynamics_params"),
+    (REWARDS, "reward.name", "reward.params"),
+)
+
+
+def _get(config: EcosystemConfig, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@dataclass
+class RolePlan:
+    """Which roles an env has, in phase-insertion order, and who plays each."""
+
+    roles: dict[str, type]  # name -> Role class
+    external: list[str]
+    behaviours: dict[str, type]  # simulated role -> behaviour class
+    role_params: dict[str, object]  # name -> validated Params (None for a role class without a schema)
+    behaviour_params: dict[str, object]
+
+
+def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
+    """Resolve ``roles``, ``behaviours``, ``role_params``, ``behaviour_params`` and the role
+    names of a per-role ``reward_mix``; check each behaviour against its role."""
+    for key, names in (("roles", config.roles), ("behaviours", config.behaviours),
+                       ("role_params", config.role_params), ("behaviour_params", config.behaviour_params)):
+        for name in names:
+            ROLES.resolve(name, f"{source}: {key!r}")
+    if isinstance(config.reward_mix, dict):
+        for name in config.reward_mix:
+            if name != "default":
+                ROLES.resolve(name, f"{source}: 'reward_mix' (a mapping of role names and 'default')")
+    if "creator" in config.roles and config.num_creators == 0:
+        raise ConfigError(f"{source}: 'roles' includes 'creator' but num_creators is 0")
+    named = list(config.roles) + list(config.behaviours)
+    replaced = {ROLES.get(name).replaces for name in named} - {None}
+    if replaced & set(config.roles):
+        raise ConfigError(f"{source}: 'roles' lists both {sorted(replaced & set(config.roles))} and a role that replaces it")
+    names = [n for n in dict.fromkeys(list(BUILTIN_ROLES) + named) if n not in replaced]
+    roles = {name: ROLES.get(name) for name in names}
+    for name in list(config.role_params) + list(config.behaviour_params):
+        if name not in roles:
+            raise ConfigError(f"{source}: parameters are given for role {name!r}, which is not in this env; "
+                              f"its roles: {', '.join(roles)}")
+    for name in config.reward_mix if isinstance(config.reward_mix, dict) else ():
+        if name != "default" and name not in roles:
+            raise ConfigError(f"{source}: 'reward_mix' names role {name!r}, which is not in this env; "
+                              f"its roles: {', '.join(roles)} (or 'default')")
+    role_params = {name: validate_params(cls, config.role_params.get(name), source, f"role_params.{name}")
+                   for name, cls in roles.items()}
+    external = [name for name in roles if name in config.roles]
+    behaviours, behaviour_params = {}, {}
+    for name, role in roles.items():
+        simulated = name not in external
+        behaviour = config.behaviours.get(name, role.default_behaviour)
+        if behaviour is None:
+            if simulated:
+                raise ConfigError(f"{source}: role {name!r} is simulated but has no behaviour; set behaviours.{name}")
+            continue
+        if not simulated and name not in config.behaviours and name not in config.behaviour_params:
+            continue  # an external role's default behaviour is not used
+        where = f"behaviours.{name}"
+        cls = BEHAVIOURS.resolve(behaviour, f"{source}: {where!r}")
+        acts_for = getattr(cls, "role", "")
+        allowed = {name, role.behaviour_role or name}
+        if not acts_for:
+            raise ConfigError(f"{source}: {where}: {behaviour!r} ({cls.__qualname__}) declares no role; "
+                              "set its class attribute role = '<role it acts for>'")
+        if acts_for not in allowed:
+            raise ConfigError(f"{source}: {where}: {behaviour!r} acts for role {acts_for!r}, not {name!r}")
+        params = validate_params(cls, config.behaviour_params.get(name), source, f"behaviour_params.{name}")
+        if simulated:
+            behaviours[name], behaviour_params[name] = cls, params
+    return RolePlan(roles, external, behaviours, role_params, behaviour_params)
+
+
+def check_names(config: EcosystemConfig, source: str = "<config>") -> EcosystemConfig:
+    """Resolve every name ``config`` holds and validate every ``params`` mapping (see the module
+    docstring); returns ``config``, or raises a ``ConfigError`` naming ``source`` and the key."""
+    for registry, name_key, params_key in PART_KEYS:
+        cls = registry.resolve(_get(config, name_key), f"{source}: {name_key!r}")
+        validate_params(cls, _get(config, params_key), source, params_key)
+    plan_roles(config, source)
+    return config

@@ -4,6 +4,7 @@
     scenario: creator_economy
     env: {num_users: 16, roles: [system]}          # EcosystemConfig overrides
     algorithm: {name: PPO, training: {lr: 3.0e-4}} # AlgorithmConfig.training(...) keywords
+    plugins: [my_package.plugin]                   # modules imported first (registries)
     modules: {system: {type: transformer, model_config: {d_model: 64}}}
     train_roles: [system]
     resources: {num_env_runners: 1, num_envs_per_env_runner: 4}
@@ -12,11 +13,14 @@
     seed: 0
 
 Every key is checked here, before Ray starts: an unknown key or a bad value raises a
-``ConfigError`` naming the file, the key and what is allowed.
+``ConfigError`` naming the file, the key and what is allowed. Every name (scenario parts,
+roles, behaviours, module types and their model_config, algorithm, baselines) is resolved in
+the registries, after the plug-ins the file names are imported.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,21 +29,41 @@ import yaml
 
 from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
 from marl_rec.envs.presets import SCENARIOS, make_config
+from marl_rec.envs.registry import BEHAVIOURS, ROLES, Registry
+from marl_rec.policies import MODULES
 
-ALGORITHMS = ("PPO", "APPO", "IMPALA", "DQN")
-MODULE_TYPES = ("transformer", "mlp", "creator_mlp", "fixed")
+# The algorithm registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in
+# adds one with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it
+# as ``algorithm.name: "package.module:MyAlgoConfig"``.
+ALGORITHMS: Registry = Registry("algorithm")
+for _name, _target in {
+    "PPO": "ray.rllib.algorithms.ppo:PPOConfig",
+    "APPO": "ray.rllib.algorithms.appo:APPOConfig",
+    "IMPALA": "ray.rllib.algorithms.impala:IMPALAConfig",
+    "DQN": "ray.rllib.algorithms.dqn:DQNConfig",
+}.items():
+    ALGORITHMS.register_lazy(_name, _target)
+
+# The module each built-in role gets when the experiment names none; a plug-in role declares
+# its own as the class attribute ``default_module`` (a {type, model_config} mapping).
+DEFAULT_MODULES = {
+    "system": {"type": "transformer"},
+    "platform": {"type": "transformer"},
+    "creator": {"type": "creator_mlp"},
+    "user": {"type": "fixed", "model_config": {"policy": "behaviour"}},
+}
 
 
 @dataclass(frozen=True)
 class AlgorithmSection(_Section):
-    name: str = spec("PPO", "RLlib algorithm", choices=ALGORITHMS)
+    name: str = spec("PPO", "RLlib algorithm (registry ALGORITHMS: PPO, APPO, IMPALA, DQN, or 'package.module:Config')")
     training: dict = spec({}, "keywords for AlgorithmConfig.training(...), e.g. lr, gamma, train_batch_size_per_learner")
 
 
 @dataclass(frozen=True)
 class ModuleSection(_Section):
-    type: str = spec("transformer", "RLModule (marl_rec.policies.MODULES)", choices=MODULE_TYPES)
-    model_config: dict = spec({}, "the module's model_config (see its class docstring)")
+    type: str = spec("transformer", "RLModule (registry marl_rec.policies.MODULES, or 'package.module:Class')")
+    model_config: dict = spec({}, "the module's model_config (its class's model_config_schema)")
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,8 @@ class ResourcesSection(_Section):
     num_learners: int = spec(0, "remote Learner actors (0: learn in the driver)", low=0)
     num_gpus_per_learner: float = spec(0.0, "GPUs per Learner (CUDA with bf16 autocast when > 0)", low=0.0)
     num_cpus: int = spec(0, "CPUs Ray may use when the CLI starts it locally (0: all)", low=0)
+    ship_plugins: bool = spec(False, "upload the plug-ins' packages to the cluster's workers with Ray (py_modules), "
+                                     "for nodes where they are not installed")
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,8 @@ class CompareSection(_Section):
 class ExperimentConfig(_Section):
     name: str = spec("experiment", "run name: results go to <results_dir>/<name>")
     description: str = spec("", "what the run is for and the result it should reach")
+    plugins: list = spec([], "modules to import before anything else, in the driver and every Ray worker "
+                             "(they register parts, roles, behaviours, modules, algorithms)")
     scenario: str = spec("creator_economy", "scenario preset", choices=tuple(SCENARIOS))
     env: dict = spec({}, "EcosystemConfig overrides (see marl_rec.envs.config)")
     algorithm: AlgorithmSection = spec(AlgorithmSection(), "algorithm and its hyper-parameters")
@@ -128,6 +156,15 @@ class ExperimentConfig(_Section):
     results_dir: str = spec("results", "where runs are written")
     source: str = spec("<config>", "the file this came from (for messages)")
 
+    @classmethod
+    def from_saved(cls, raw: Mapping[str, Any], source: str) -> "ExperimentConfig":
+        """An experiment saved with a run (checkpoint, Tune trial config): its plug-ins are
+        imported first, so the names it holds resolve in this process too."""
+        from marl_rec.plugins import load_plugins
+
+        load_plugins(raw.get("plugins", []), where=f"{source}: 'plugins'")
+        return cls.from_dict(raw, source=source)
+
     def env_config(self):
         """The validated EcosystemConfig of this experiment."""
         return make_config(self.scenario, self.env, source=f"{self.source}: env")
@@ -138,15 +175,49 @@ class ExperimentConfig(_Section):
         unknown = sorted(set(self.modules) - set(roles))
         if unknown:
             raise ConfigError(f"{self.source}: 'modules.{unknown[0]}' is not an external role; roles: {roles}")
-        defaults = {"system": {"type": "transformer"}, "platform": {"type": "transformer"}, "creator": {"type": "creator_mlp"},
-                    "user": {"type": "fixed", "model_config": {"policy": "behaviour"}}}
         out = {}
         for role in roles:
-            raw = self.modules.get(role, defaults.get(role))
+            raw = self.modules.get(role) or DEFAULT_MODULES.get(role) or getattr(ROLES.get(role), "default_module", None)
             if raw is None:
-                raise ConfigError(f"{self.source}: role {role!r} needs an entry under 'modules'")
+                raise ConfigError(f"{self.source}: role {role!r} needs an entry under 'modules' "
+                                  f"(e.g. modules: {{{role}: {{type: fixed}}}} to act by its behaviour model)")
             out[role] = ModuleSection.from_dict(raw, self.source, prefix=f"modules.{role}.")
         return out
+
+    def module_class(self, role: str, section: ModuleSection) -> type:
+        """The RLModule class a role's section names (under DQN, its Q-learning variant)."""
+        cls = MODULES.resolve(section.type, f"{self.source}: 'modules.{role}.type'")
+        if self.algorithm.name == "DQN" and section.type != "fixed" and not getattr(cls, "q_learning", False):
+            variant = getattr(cls, "q_variant", None)
+            if variant is None:
+                raise ConfigError(f"{self.source}: 'modules.{role}.type' is {section.type!r}, which has no DQN variant; "
+                                  "DQN needs a module with Q-values (e.g. transformer or mlp)")
+            cls = MODULES.get(variant)
+        return cls
+
+    def check_modules(self) -> None:
+        """Every module type resolves and its model_config fits the class's schema."""
+        for role, section in self.module_sections().items():
+            cls = self.module_class(role, section)
+            schema = getattr(cls, "model_config_schema", None)
+            if schema is None:
+                raise ConfigError(f"{self.source}: 'modules.{role}.type': {cls.__qualname__} declares no "
+                                  "model_config_schema (a marl_rec.policies.common.ModelConfig section)")
+            options = schema.from_dict(section.model_config, self.source, prefix=f"modules.{role}.model_config.")
+            if hasattr(cls, "check_config"):  # a module's own checks against the env (e.g. the fixed module's behaviour)
+                cls.check_config(options, self.env_config(), role, f"{self.source}: 'modules.{role}'")
+
+    def check_names(self) -> None:
+        """The algorithm and the evaluation baselines are registered (no import needed)."""
+        name = self.algorithm.name
+        if name not in ALGORITHMS and ":" not in name:
+            raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
+        for name in self.evaluation.baselines:
+            behaviour = BEHAVIOURS.resolve(name, f"{self.source}: 'evaluation.baselines'")
+            role = getattr(behaviour, "role", None)
+            if role not in ("system", None):
+                raise ConfigError(f"{self.source}: 'evaluation.baselines': {name!r} is a behaviour of role {role!r}; "
+                                  "a baseline recommends for the system role")
 
     def trained_roles(self) -> list[str]:
         sections = self.module_sections()
@@ -163,16 +234,11 @@ class ExperimentConfig(_Section):
 
     def validate(self) -> "ExperimentConfig":
         """Check everything that can be checked without Ray (env config, modules, roles, sweep)."""
+        self.check_names()
         self.env_config()
         self.trained_roles()
+        self.check_modules()
         self.check_search_space()
-        from marl_rec.envs.parts.behaviours import resolve_behaviour
-
-        for name in self.evaluation.baselines:
-            try:
-                resolve_behaviour(name)
-            except KeyError as err:
-                raise ConfigError(f"{self.source}: 'evaluation.baselines': {err}") from None
         return self
 
 
@@ -224,16 +290,49 @@ class ExperimentConfig(_Section):
         return exp
 
 
-def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML (``yaml.safe_load``), apply ``--set`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
+def shipped_experiments() -> dict[str, Path]:
+    """name -> file of the experiments installed with marl-rec (``marl_rec.experiments``)."""
+    import importlib.resources
+
+    folder = importlib.resources.files("marl_rec.experiments")
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def experiment_path(name: str | Path) -> Path:
+    """A file path as given, or a bare name (``quickstart``) of a shipped experiment."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_experiments()
+    if len(path.parts) == 1 and path.stem in shipped and path.suffix in ("", ".yaml"):
+        return shipped[path.stem]
+    close = difflib.get_close_matches(path.stem, list(shipped), n=1)
+    raise ConfigError(f"{path}: no such experiment file, nor a shipped experiment of that name; shipped: "
+                      f"{', '.join(sorted(shipped))}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def load_experiment(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
+    """Read an experiment YAML (``yaml.safe_load``), apply ``--set`` overrides, import the
+    plug-ins (the file's ``plugins:`` and ``plugins`` from ``--plugin``), validate.
+
+    The ``--plugin`` modules are added to the experiment's ``plugins`` list, so every process
+    of the run, and a resumed run, imports them too."""
+    from marl_rec.plugins import load_plugins
+
+    path = experiment_path(path)
     with path.open() as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
     raw = merge_overrides(raw, dict(overrides or {}))
+    listed = raw.get("plugins", [])
+    if not isinstance(listed, list):
+        raise ConfigError(f"{path}: 'plugins' must be a list of module names, got {listed!r}")
+    load_plugins(plugins, where="--plugin", entry_points=False)
+    load_plugins(listed, where=f"{path}: 'plugins'")
+    raw["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     raw.setdefault("name", path.stem)
     raw["source"] = str(path)
     return ExperimentConfig.from_dict(raw, source=str(path)).validate()

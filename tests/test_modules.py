@@ -361,13 +361,12 @@ def test_wrong_spaces_name_the_expected_space(env, name):
 )
 def test_fixed_modules_drive_the_env_with_legal_actions(system_policy):
     """Fixed modules for every role act for 10 rounds; the env raises on any illegal action."""
-    env = EcosystemRLlibEnv({"roles": ["system", "user", "creator"], **SMALL})
-    creator = env.sim.config.creator
+    env_overrides = {"roles": ["system", "user", "creator"], **SMALL}
+    env = EcosystemRLlibEnv(env_overrides)
     configs = {
         "system": {"policy": system_policy},
         "user": {"policy": "behaviour"},
-        "creator": {"policy": "behaviour", "base_rate": creator.base_publish_rate,
-                    "demand_drift": creator.demand_drift, "effort_levels": creator.effort_levels},
+        "creator": {"policy": "behaviour", "env": env_overrides},  # the behaviour reads the env's creator config
     }
     modules = {role: build(FixedPolicyModule, env, role, config) for role, config in configs.items()}
     obs, _ = env.reset(seed=0)
@@ -419,8 +418,13 @@ def test_myopic_prior_starts_the_policy_at_the_myopic_baseline(env, name):
 
 
 def test_fixed_module_rejects_a_policy_of_another_role(env):
-    with pytest.raises(ValueError, match="not a creator policy"):
+    with pytest.raises(ValueError, match="behaviour 'myopic' acts for role 'system', not 'creator'"):
         build(FixedPolicyModule, env, "creator", {"policy": "myopic"})
+
+
+def test_fixed_module_refuses_a_behaviour_that_needs_the_simulator_state(env):
+    with pytest.raises(ValueError, match="'oracle_myopic' .* cannot act from observations alone"):
+        build(FixedPolicyModule, env, "system", {"policy": "oracle_myopic"})
 
 
 # -- real training runs --------------------------------------------------------------------

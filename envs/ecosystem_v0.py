@@ -13,15 +13,21 @@ Roles listed in ``roles`` are agents; the others are simulated by their behaviou
 
 | agent | phase | observation | action |
 |---|---|---|---|
-| ``system_<u>`` | recommend | Dict: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+5), action_mask (M) | MultiDiscrete([M]*K), distinct, masked-in |
-| ``user_<u>`` | respond | Dict: interest (d), budget (1), fatigue (T), slate (K, d+2) | Discrete(K+1); K = no click |
+| ``system_<u>`` | recommend | Dict: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+7), action_mask (M) | Slate(M, K): distinct, masked-in |
+| ``user_<u>`` | respond | Dict: interest (d), budget (1), fatigue (T), slate (K, d+2), behaviour_probs (K+1) | Discrete(K+1); K = no click |
 | ``creator_<c>`` | create | Dict: own (6+T) statistics and home topic, topic_demand (T) | MultiDiscrete([T+1, E]); T = nothing |
 
+Every key's shape and columns: ``marl_rec.envs.features.OBSERVATIONS`` (README's table is
+``features.observation_table()``); column indices by name: ``features.item_column("ctr", d)``.
+
 ## Rewards
-Every round a cooperative team reward (``reward.name``, default: mean watch time per user +
-mean creator utility log(1 + engagement) + optional diversity) and an individual reward per
-role; each agent gets ``reward_mix · team + (1 − reward_mix) · individual``. Both parts are in
-``infos`` (``team_reward``, ``individual_reward``).
+At the end of every round (``Simulator.end_round``, after the last phase) a cooperative team
+reward (``reward.name``, default: mean watch time per user + mean creator utility
+log(1 + engagement) + optional diversity) and an individual reward per role; each agent gets
+``α · team + (1 − α) · individual`` with α = ``reward_mix`` (a number, or per role:
+``{default: 1.0, creator: 0.5}``). Both parts are in ``infos`` (``team_reward``,
+``individual_reward``); the last round's infos also hold ``episode_metrics`` and
+``role_returns`` (per role, each agent's return, simulated roles included).
 
 ## Starting state
 Topic centres, users (interest, budget), creators (home topic, skill) and the creators' back
@@ -36,7 +42,10 @@ leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``ma
 ("human": prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
 or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``.
 Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,
-``user_dynamics``, ``creator_dynamics``, ``reward_fn``.
+``user_dynamics``, ``creator_dynamics``, ``reward_fn``. Parts, behaviours and roles take
+parameters from their ``params`` keys (``reward.params``, ``behaviour_params.<role>``,
+``role_params.<role>``, ...), checked against their ``Params`` schema
+(``marl_rec.envs.parts.base``).
 
 ## Version history
 * v0: initial release.

@@ -176,4 +176,11 @@ def observation_table() -> str:
     for name in OBSERVATIONS:
         role = ROLES.get(name)
         lines.append(f"| `{role.agent_doc}` | {role.action_doc} | {role.reward_doc} |")
+    lines += [
+        "",
+        "Shapes: d embedding_dim, H history_length, M num_candidates, K slate_size, T num_topics, U num_users, "
+        "S the length of `state()`, E creator.effort_levels. Column names come from `marl_rec.envs.features` "
+        "(`item_column(\"ctr\", d)` is the index of the candidates' CTR column). Each agent's reward is "
+        "α·team + (1−α)·individual, α = `reward_mix` (one number, or per role: `{default: 1.0, creator: 0.5}`).",
+    ]
     return "\n".join(lines) + "\n"

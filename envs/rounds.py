@@ -70,7 +70,7 @@ class RoundRunner:
         # per role: (num_agents,) sum of each agent's rewards (alpha·team + (1−alpha)·individual)
         # this episode, over the rounds it was still in, external and simulated roles alike
         self.role_returns: dict[str, np.ndarray] = {}
-        self._ended: dict[str, np.ndarray] = {}
+        self._still_in: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str):
@@ -89,7 +89,7 @@ class RoundRunner:
         for role in self.roles.values():
             role.reset(self.sim, self.sim.rng)
         self.role_returns = {name: np.zeros(role.num_agents()) for name, role in self.roles.items()}
-        self._ended = {name: np.zeros(role.num_agents(), bool) for name, role in self.roles.items()}
+        self._still_in = {name: np.ones(role.num_agents(), bool) for name, role in self.roles.items()}
         self.live = set(self.possible_agents)
         self.phase_index = 0
         self.done = bool(self.external) and not self.live
@@ -207,11 +207,14 @@ class RoundRunner:
             individual = given.get(name)
             individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
             individual_of[name] = individual
-            alpha, still_in = self.reward_mix[name], ~self._ended[name]
-            self.role_returns[name] += np.where(still_in, alpha * rnd.team_reward + (1.0 - alpha) * individual, 0.0)
+            alpha = self.reward_mix[name]
+            mixed = individual * (1.0 - alpha)
+            mixed += alpha * rnd.team_reward
+            mixed *= self._still_in[name]  # agents that ended in an earlier round get nothing more
+            self.role_returns[name] += mixed
         for name, role in self.roles.items():
             role.end_round(sim)
-            self._ended[name] |= ~np.asarray(role.active(sim), bool)
+            np.logical_and(self._still_in[name], role.active(sim), out=self._still_in[name])
         users_left = not np.count_nonzero(sim.state.users.active)
         truncate = sim.state.t >= c.max_cycles
         if self.external:

@@ -72,6 +72,11 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
     replaced = {ROLES.get(name).replaces for name in named} - {None}
     if replaced & set(config.roles):
         raise ConfigError(f"{source}: 'roles' lists both {sorted(replaced & set(config.roles))} and a role that replaces it")
+    for key, mapping in (("behaviours", config.behaviours), ("role_params", config.role_params),
+                         ("behaviour_params", config.behaviour_params)):
+        for name in sorted(replaced & set(mapping)):
+            by = sorted(n for n in named if ROLES.get(n).replaces == name)
+            raise ConfigError(f"{source}: '{key}.{name}' is given, but {by} replaces role {name!r} in this env")
     names = [n for n in dict.fromkeys(list(BUILTIN_ROLES) + named) if n not in replaced]
     roles = {name: ROLES.get(name) for name in names}
     for name in list(config.role_params) + list(config.behaviour_params):

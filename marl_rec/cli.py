@@ -32,8 +32,9 @@ def cmd_train(args) -> int:
 
     exp = load_experiment(args.experiment, parse_sets(args.set))  # validated before Ray starts
     from marl_rec.evaluate import summarise
-    from marl_rec.rllib.evaluation import comparison, latest_checkpoint, load_modules
+    from marl_rec.rllib.evaluation import evaluate_runs, run_label
     from marl_rec.rllib.train import run_dir, train
+    from marl_rec.rllib.trainable import latest_checkpoint
 
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
@@ -41,7 +42,7 @@ def cmd_train(args) -> int:
     result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard)
     checkpoint = latest_checkpoint(result.checkpoint.path)
     print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
-    table = summarise(comparison(exp, load_modules(checkpoint)))
+    table = summarise(evaluate_runs({run_label(exp): checkpoint}, exp))
     header = (f"{exp.name}: final evaluation, {exp.evaluation.episodes} episodes on held-out seeds "
               f"{exp.evaluation.seed}..{exp.evaluation.seed + exp.evaluation.episodes - 1} (mean ± standard error)")
     print(header)
@@ -90,14 +91,15 @@ def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
     if args.checkpoint:
-        from marl_rec.rllib.evaluation import comparison, find_experiment, latest_checkpoint, load_modules
+        from marl_rec.rllib.evaluation import evaluate_runs, run_label
+        from marl_rec.rllib.trainable import find_experiment, latest_checkpoint
 
         checkpoint = latest_checkpoint(args.checkpoint)
         exp = find_experiment(checkpoint)
         seed = exp.evaluation.seed if args.seed is None else args.seed
         print(f"{exp.name} checkpoint {checkpoint}: {args.episodes} episodes on seeds {seed}..{seed + args.episodes - 1}"
               " (mean ± standard error)")
-        print(summarise(comparison(exp, load_modules(checkpoint), args.episodes, seed)))
+        print(summarise(evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)))
         return 0
     args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)

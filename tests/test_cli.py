@@ -46,7 +46,8 @@ def test_train_then_evaluate_checkpoint_end_to_end(tmp_path):
     assert "| PPO (system: transformer) |" in run.stdout and "| random |" in run.stdout
     run_dir = tmp_path / "quickstart"
     assert (run_dir / "experiment.yaml").is_file() and (run_dir / "evaluation.md").is_file()
-    assert list(run_dir.glob("*/checkpoint_*/learner_group"))
+    assert list(run_dir.glob("*/checkpoint_*/algorithm/learner_group"))  # marl_rec.rllib.trainable's layout
+    assert list(run_dir.glob("*/checkpoint_*/marl_rec.json"))
     (progress,) = run_dir.glob("*/progress.csv")
     header = progress.read_text().splitlines()[0].split(",")
     assert {"env_runners/team_return", "env_runners/creator_retention", "env_runners/exposure_gini"} <= set(header)

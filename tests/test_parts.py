@@ -185,6 +185,11 @@ def test_a_behaviour_given_to_another_role_is_a_config_error():
         make_config("creator_economy", {"behaviours": {"creator": "choice_model"}}, source="exp.yaml")
 
 
+def test_settings_for_a_replaced_role_are_an_error():
+    with pytest.raises(ConfigError, match=r"exp.yaml: 'behaviours.system' is given, but \['platform'\] replaces role 'system'"):
+        make_config("creator_economy", {"roles": ["platform"], "behaviours": {"system": "myopic"}}, source="exp.yaml")
+
+
 def test_platform_takes_system_behaviours_with_their_slates_stacked():
     runner = runner_for({"roles": [], "behaviours": {"platform": "myopic"}})
     assert "system" not in runner.roles and set(runner.behaviours) == {"platform", "user", "creator"}

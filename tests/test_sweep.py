@@ -93,11 +93,12 @@ def test_bad_tune_sections_name_the_key(tmp_path, tune, message):
 
 def test_trial_results_carry_every_metric_from_the_first_row():
     # progress.csv takes its columns from a trial's first result, which may end no episode
-    from marl_rec.rllib.sweep import flat_result
+    from marl_rec.evaluate import METRICS
+    from marl_rec.rllib.trainable import flat_result
 
     first = flat_result({"env_runners": {"num_env_steps_sampled": 64}, "num_env_steps_sampled_lifetime": 64})
     later = flat_result({"env_runners": {"team_return": 171.5, "creator_retention": 0.75},
                          "num_env_steps_sampled_lifetime": 128})
-    assert set(first) == set(later) and "env_runners/team_return" in first
+    assert set(first) == set(later) and {f"env_runners/{m}" for m in METRICS} <= set(first)
     assert first["env_runners/team_return"] != first["env_runners/team_return"]  # NaN
     assert later["env_runners/team_return"] == 171.5 and later["num_env_steps_sampled_lifetime"] == 128.0

@@ -11,8 +11,9 @@ import ray  # noqa: E402
 
 from marl_rec.experiment import ExperimentConfig  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
-from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions, load_modules  # noqa: E402
 from marl_rec.rllib.env import EcosystemRLlibEnv  # noqa: E402
+from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions  # noqa: E402
+from marl_rec.rllib.trainable import find_experiment, latest_checkpoint, load_modules, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +77,14 @@ def test_checkpoint_restore_gives_identical_actions(tmp_path):
     observations, _ = env.reset(seed=3)
     batch = [observations[a] for a in sorted(observations)]
     before = greedy_actions(algo.get_module("system"), batch)
-    algo.save_to_path(str(tmp_path / "ckpt"))
+    folder = tmp_path / "run" / "trial_0" / "checkpoint_000001"
+    folder.mkdir(parents=True)
+    save_checkpoint(folder, algo, exp, iteration=1, time_total_s=2.5)
     algo.stop()
-    restored = load_modules(tmp_path / "ckpt")
+    # the run folder, the checkpoint and its algorithm/ folder all lead to the same checkpoint
+    assert latest_checkpoint(tmp_path / "run") == latest_checkpoint(folder / "algorithm") == folder
+    assert find_experiment(folder) == exp  # the folder alone says what ran
+    restored = load_modules(folder)
     np.testing.assert_array_equal(greedy_actions(restored["system"], batch), before)
     metrics = evaluate_modules(restored, exp, episodes=2, seed=100)
     assert metrics["team_return"].shape == (2,) and (metrics["ctr"] > 0).all()

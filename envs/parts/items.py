@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from marl_rec.envs.config import ConfigError, EcosystemConfig
+from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section, spec
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.registry import ITEM_GENERATORS
 
@@ -17,6 +19,10 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 @ITEM_GENERATORS.register("topics")
 class TopicItemGenerator(ItemGenerator):
     """Items scattered around T random topic centres on the unit sphere (dim d)."""
+
+    @dataclass(frozen=True)
+    class Params(_Section):
+        min_length: float = spec(0.5, "shortest item length in minutes (normal lengths are clipped to it)", low=0.0)
 
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
@@ -35,7 +41,7 @@ class TopicItemGenerator(ItemGenerator):
         z = rng.standard_normal(n * (d + 2))
         embedding = _unit_rows(topic_centres.take(topic, axis=0) + z[: n * d].reshape(n, d) * self.item.topic_spread)
         quality = quality_mean + z[n * d : n * d + n] * self.item.quality_std
-        length = np.maximum(self.item.length_mean + z[n * d + n :] * self.item.length_std, 0.5)
+        length = np.maximum(self.item.length_mean + z[n * d + n :] * self.item.length_std, self.params.min_length)
         return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}
 
 
@@ -44,9 +50,14 @@ class RecSimUtilityGenerator(ItemGenerator):
     """RecSim 0.2.4 ``UtilityModelVideoSampler``: one-hot cluster features, cluster-dependent quality.
 
     70% of the clusters are "trashy" (mean quality spaced from -3 to 0), 30% "nutritious"
-    (0 to 3); quality ~ N(cluster mean, 0.1); every video lasts 4 minutes.
+    (0 to 3); quality ~ N(cluster mean, 0.1); every video lasts item.length_mean (RecSim: 4) minutes.
     Source: recsim/environments/interest_evolution.py (recsim 0.2.4).
     """
+
+    @dataclass(frozen=True)
+    class Params(_Section):
+        trashy_fraction: float = spec(0.7, "share of clusters with mean quality in [-3, 0] (RecSim: 0.7)", low=0.0, high=1.0)
+        quality_std: float = spec(0.1, "std of an item's quality around its cluster's mean (RecSim: 0.1)", low=0.0)
 
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
@@ -56,8 +67,9 @@ class RecSimUtilityGenerator(ItemGenerator):
                 f"got embedding_dim={config.embedding_dim}, num_topics={config.num_topics}"
             )
         t = config.num_topics
-        trashy = np.linspace(-3.0, 0.0, int(t * 0.7))
-        nutritious = np.linspace(0.0, 3.0, t - int(t * 0.7))
+        num_trashy = int(t * self.params.trashy_fraction)
+        trashy = np.linspace(-3.0, 0.0, num_trashy)
+        nutritious = np.linspace(0.0, 3.0, t - num_trashy)
         self.cluster_means = np.concatenate([trashy, nutritious])
 
     def topic_centres(self, rng: np.random.Generator) -> np.ndarray:
@@ -69,6 +81,6 @@ class RecSimUtilityGenerator(ItemGenerator):
         return {
             "embedding": topic_centres[topic],
             "topic": topic,
-            "quality": rng.normal(self.cluster_means[topic], 0.1),
+            "quality": rng.normal(self.cluster_means[topic], self.params.quality_std),
             "length": np.full(n, self.config.item.length_mean),
         }

@@ -1,11 +1,12 @@
 """``marl-rec compare``: algorithms x seeds against the non-learning baselines, with reliable
 statistics (Agarwal et al. 2021; the protocol of Gorsane et al. 2022).
 
-Every variant trains on the same seeds; each run's final policy is evaluated on the same
-held-out episodes as every baseline. A run's score is its mean team return over those
-episodes; a baseline's runs are its evaluation episodes. ``results/<name>/`` gets runs.json
-(everything ``marl-rec report`` needs), comparison.csv, comparison.md, learning_curves.png and
-performance_profile.png.
+Every variant trains on the same seeds, each run a trial of the trainable train and sweep share
+(marl_rec.rllib.trainable); each run's last checkpoint is evaluated on the same held-out
+episodes as every baseline (marl_rec.rllib.evaluation.evaluate_runs). A run's score is its mean
+team return over those episodes; a baseline's runs are its evaluation episodes.
+``results/<name>/`` gets runs.json (everything ``marl-rec report`` needs), comparison.csv,
+comparison.md, learning_curves.png and performance_profile.png.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import numpy as np
 
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import evaluate_behaviour
 from marl_rec.experiment import ExperimentConfig
-from marl_rec.rllib.train import init_ray, run_dir
+from marl_rec.rllib.train import run_dir
+from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
 
 RUNS_FILE = "runs.json"
 
@@ -29,32 +30,21 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     """Train every variant x seed (a Tune grid, resumable), evaluate, write the report."""
     if not exp.compare.variants:
         raise ConfigError(f"{exp.source}: 'compare.variants' is empty: name the algorithms to compare")
-    from marl_rec.rllib.sweep import trial, trial_experiment, trial_resources
-
-    resources = max((trial_resources(exp.with_overrides(o)) for o in exp.compare.variants.values()),
-                    key=lambda r: sum(b.get("CPU", 0) for b in r.bundles))
-    init_ray(address, exp.resources.num_cpus)
     from ray import tune
 
-    path = run_dir(exp)
-    trainable = tune.with_resources(trial, resources)
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"__experiment__": exp.to_dict(), "__variant__": tune.grid_search(list(exp.compare.variants)),
-                         "seed": tune.grid_search(list(exp.compare.seeds))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=exp.compare.max_concurrent_trials or None),
-            run_config=tune.RunConfig(name=exp.name, storage_path=str(path.parent), stop=exp.stop.as_tune_stop(),
-                                      verbose=1),
-        )
-    results = tuner.fit()
+    from marl_rec.rllib.evaluation import evaluate_runs  # torch: not needed by `marl-rec report`
 
-    from marl_rec.rllib.evaluation import evaluate_modules, load_modules
+    c = exp.compare
+    results = run_trials(
+        exp,
+        {"__variant__": tune.grid_search(list(c.variants)), "seed": tune.grid_search(list(c.seeds))},
+        address=address,
+        resume=resume,
+        resources=largest_resources(exp.with_overrides(o) for o in c.variants.values()),
+        tune_config=tune.TuneConfig(max_concurrent_trials=c.max_concurrent_trials or None),
+    )
 
-    c, first = exp.compare, exp.evaluation.seed
-    runs = []
+    runs, checkpoints = [], {}
     for result in results:
         label, seed = result.config["__variant__"], result.config["seed"]
         entry = {"variant": label, "seed": seed, "error": str(result.error) if result.error else None}
@@ -65,17 +55,18 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
                 "team_return": frame["env_runners/team_return"].tolist(),
             }
         if result.checkpoint is not None and not result.error:
-            run_exp = trial_experiment(result.config)
-            modules = load_modules(Path(result.checkpoint.path) / "algorithm")
-            metrics = evaluate_modules(modules, run_exp, c.episodes, first)
+            checkpoints[f"{label} seed {seed}"] = latest_checkpoint(result.checkpoint.path)
+        runs.append(entry)
+    # every run's final policy and every baseline on the same held-out episodes
+    table = evaluate_runs(checkpoints, exp, c.episodes, exp.evaluation.seed)
+    for entry in runs:
+        metrics = table.get(f"{entry['variant']} seed {entry['seed']}")
+        if metrics is not None:
             entry["evaluation"] = metrics["team_return"].tolist()
             entry["metrics"] = episode_means(metrics)
-        runs.append(entry)
-    baselines, baseline_metrics = {}, {}
-    for name in exp.evaluation.baselines:
-        metrics = evaluate_behaviour(name, exp.scenario, c.episodes, first, overrides=exp.env)
-        baselines[name] = metrics["team_return"].tolist()
-        baseline_metrics[name] = episode_means(metrics)
+    baselines = {name: table[name]["team_return"].tolist() for name in exp.evaluation.baselines}
+    baseline_metrics = {name: episode_means(table[name]) for name in exp.evaluation.baselines}
+    path = run_dir(exp)
     (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
                                               "baseline_metrics": baseline_metrics}, indent=1))
     report(path)

@@ -1,48 +1,21 @@
-"""Evaluate trained RLModules on held-out seeds, next to the non-learning baselines."""
+"""Evaluate trained RLModules on held-out seeds, next to the non-learning baselines: one loop
+(:func:`evaluate_modules`) and one entry point (:func:`evaluate_runs`) for train, evaluate and
+compare."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
-import yaml
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import METRICS, evaluate_behaviour
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.builder import env_config, role_of
 from marl_rec.rllib.env import EcosystemRLlibEnv
-
-EXPERIMENT_FILE = "experiment.yaml"
-
-
-def latest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is an algorithm checkpoint, else the newest checkpoint below it."""
-    path = Path(path)
-    if (path / "learner_group").is_dir():
-        return path
-    found = sorted(path.glob("**/checkpoint_*/learner_group"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"{path}: no RLlib checkpoint (a folder with learner_group/) found")
-    return found[-1].parent
-
-
-def find_experiment(checkpoint: Path) -> ExperimentConfig:
-    for folder in [checkpoint, *checkpoint.parents]:
-        candidate = folder / EXPERIMENT_FILE
-        if candidate.is_file():
-            raw = yaml.safe_load(candidate.read_text())
-            return ExperimentConfig.from_dict(raw, source=str(candidate))
-    raise ConfigError(f"{checkpoint}: no {EXPERIMENT_FILE} in it or its parents (written by marl-rec train)")
-
-
-def load_modules(checkpoint: str | Path) -> dict:
-    """role -> RLModule restored from an algorithm checkpoint (no Ray cluster needed)."""
-    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
-
-    multi = MultiRLModule.from_checkpoint(Path(checkpoint) / "learner_group" / "learner" / "rl_module")
-    return {module_id: multi[module_id] for module_id in multi.keys()}
+from marl_rec.rllib.trainable import find_experiment, load_modules
 
 
 def _to_tensors(observations: list):
@@ -87,12 +60,32 @@ def evaluate_modules(modules: dict, exp: ExperimentConfig, episodes: int, seed: 
     return results
 
 
-def comparison(exp: ExperimentConfig, modules: dict, episodes: int | None = None, seed: int | None = None) -> dict:
-    """policy -> metrics: the trained modules, then every baseline, on the same seeds."""
+def run_label(exp: ExperimentConfig) -> str:
+    """How a trained run is named in tables: its algorithm and each role's module type."""
+    return f"{exp.algorithm.name} ({', '.join(f'{r}: {m.type}' for r, m in exp.module_sections().items())})"
+
+
+def evaluate_runs(
+    checkpoints: Mapping[str, str | Path],
+    exp: ExperimentConfig,
+    episodes: int | None = None,
+    seed: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """policy -> metric -> values over episodes ``seed, seed + 1, ...``: each checkpoint's
+    modules (label -> checkpoint folder, acting in the env of the experiment stored with it),
+    then every baseline of ``exp.evaluation.baselines`` on ``exp``'s env, all on the same seeds.
+
+    ``episodes`` and ``seed`` default to ``exp.evaluation``. The one evaluation behind
+    ``marl-rec train``'s final table, ``marl-rec evaluate --checkpoint`` and ``marl-rec compare``.
+    """
     episodes = episodes or exp.evaluation.episodes
     seed = exp.evaluation.seed if seed is None else seed
-    label = f"{exp.algorithm.name} ({', '.join(f'{r}: {m.type}' for r, m in exp.module_sections().items())})"
-    table = {label: evaluate_modules(modules, exp, episodes, seed)}
+    clashes = sorted(set(checkpoints) & set(exp.evaluation.baselines))
+    if clashes:
+        raise ConfigError(f"{exp.source}: a trained run and a baseline share the name {clashes[0]!r}")
+    table = {}
+    for label, checkpoint in checkpoints.items():
+        table[label] = evaluate_modules(load_modules(checkpoint), find_experiment(checkpoint), episodes, seed)
     for name in exp.evaluation.baselines:
         table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env)
     return table

@@ -1,4 +1,5 @@
-"""Train an experiment with Ray Tune + RLlib: live progress, checkpoints, final evaluation."""
+"""``marl-rec train``: one trial of the shared trainable (marl_rec.rllib.trainable) with a live
+progress line per iteration; the CLI evaluates its last checkpoint."""
 
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ def _progress_callback(exp: ExperimentConfig):
             self.start = time.time()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            runners = result.get("env_runners", {})
             it = result.get("training_iteration", 0)
             elapsed = time.time() - self.start
             eta = ""
@@ -45,11 +45,11 @@ def _progress_callback(exp: ExperimentConfig):
             if exp.stop.time_total_s:
                 eta = f"  eta<= {max(exp.stop.time_total_s - result.get('time_total_s', 0), 0):6.0f}s"
 
-            def fmt(key, spec=".2f"):
-                value = runners.get(key)
-                return "-" if value is None else format(value, spec)
+            def fmt(metric, spec=".2f"):  # the trial reports flat_result's keys, NaN before an episode ended
+                value = result.get(f"env_runners/{metric}", float("nan"))
+                return "-" if value != value else format(value, spec)
 
-            steps = result.get("num_env_steps_sampled_lifetime") or runners.get("num_env_steps_sampled_lifetime", 0)
+            steps = result.get("num_env_steps_sampled_lifetime", 0)
             print(
                 f"[{exp.name}] iter {it:4d}  env steps {int(steps):9,d}  "
                 f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
@@ -66,36 +66,13 @@ def run_dir(exp: ExperimentConfig) -> Path:
 
 
 def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False):
-    """Run ``exp`` as a one-trial Tune experiment under results_dir/name; returns the Tune Result."""
-    import yaml
+    """Run ``exp`` as a one-trial Tune experiment of the shared trainable under results_dir/name,
+    printing a progress line per iteration; returns the trial's Tune Result (its ``checkpoint``
+    is the last one, in the layout of :mod:`marl_rec.rllib.trainable`)."""
+    from marl_rec.rllib.trainable import run_trials
 
-    from marl_rec.rllib.builder import build_algorithm_config
-
-    config = build_algorithm_config(exp)  # every check before Ray starts
-    init_ray(address, exp.resources.num_cpus, dashboard)
-    from ray import tune
-
-    path = run_dir(exp)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=exp.algorithm.name, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            exp.algorithm.name,
-            param_space=config,
-            run_config=tune.RunConfig(
-                name=exp.name,
-                storage_path=str(path.parent),
-                stop=exp.stop.as_tune_stop(),
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=exp.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
-                ),
-                callbacks=[_progress_callback(exp)],
-                verbose=0,
-            ),
-        )
-    results = tuner.fit()
+    results = run_trials(exp, {}, address=address, resume=resume, dashboard=dashboard,
+                         callbacks=[_progress_callback(exp)], verbose=0)
     result = results[0]
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

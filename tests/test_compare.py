@@ -65,6 +65,68 @@ def test_compare_writes_tables_and_plots_and_report_rebuilds_them(tmp_path):
     assert (out / "comparison.md").read_text() == before  # same seeded bootstrap, same table
 
 
+SHARED = "name: shared\n" + TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
+evaluation: {seed: 700, baselines: [random]}
+stop: {training_iteration: 2}
+checkpoint_every: 2
+tune: {search_space: {algorithm.training.lr: {grid: [0.0003]}}, max_concurrent_trials: 1}
+compare: {variants: {PPO: {}}, seeds: [0], episodes: 3, reps: 100, max_concurrent_trials: 1}
+"""
+
+
+@pytest.mark.slow
+def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(tmp_path):
+    import numpy as np
+    import ray
+    import torch
+
+    from marl_rec.rllib.compare import compare
+    from marl_rec.rllib.evaluation import evaluate_runs
+    from marl_rec.rllib.sweep import sweep
+    from marl_rec.rllib.train import train
+    from marl_rec.rllib.trainable import ALGORITHM_DIR, STATE_FILE, find_experiment, latest_checkpoint, load_modules
+
+    (tmp_path / "shared.yaml").write_text(SHARED)
+    # lr 0: train and compare keep the seeded initial weights, so their modules are the same by
+    # construction (two trainings on one seed differ slightly); the sweep's trial learns
+    base = load_experiment(tmp_path / "shared.yaml", {"results_dir": str(tmp_path), "algorithm.training.lr": 0.0})
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # the three runs share one local Ray
+    try:
+        train(base.with_overrides({"name": "as_train"}))
+        sweep(base.with_overrides({"name": "as_sweep"}))
+        compare(base.with_overrides({"name": "as_compare"}))
+    finally:
+        ray.shutdown()
+
+    checkpoints = {}
+    for command in ("train", "sweep", "compare"):
+        run = tmp_path / f"as_{command}"
+        checkpoint = latest_checkpoint(run)
+        checkpoints[command] = checkpoint
+        # results/<name>/<trial>/checkpoint_NNNNNN/{algorithm/, marl_rec.json}, whoever wrote it
+        assert checkpoint.parent.parent == run and checkpoint.name.startswith("checkpoint_"), checkpoint
+        assert sorted(p.name for p in checkpoint.iterdir()) == [ALGORITHM_DIR, STATE_FILE]
+        assert (checkpoint / ALGORITHM_DIR / "learner_group" / "learner" / "rl_module" / "system").is_dir()
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        assert state["iteration"] == 2 and state["experiment"]["name"] == f"as_{command}"
+        assert (run / "experiment.yaml").is_file()
+        (progress,) = run.glob("*/progress.csv")
+        assert len(progress.read_text().splitlines()) == 3  # a header and one row per iteration
+    assert find_experiment(checkpoints["sweep"]).algorithm.training["lr"] == 0.0003  # the trial's own overrides
+
+    # train and compare ran the same experiment on the same seed: the same module ...
+    trained = {command: load_modules(checkpoints[command])["system"] for command in ("train", "compare")}
+    for (name, value), other in zip(trained["train"].state_dict().items(), trained["compare"].state_dict().values()):
+        assert torch.equal(value, other), name
+    # ... gives the same numbers through either folder, and those compare reported
+    table = evaluate_runs({"via train": checkpoints["train"], "via compare": checkpoints["compare"]}, base, 3, 700)
+    assert list(table) == ["via train", "via compare", "random"]
+    for metric, values in table["via train"].items():
+        np.testing.assert_array_equal(values, table["via compare"][metric], err_msg=metric)
+    (reported,) = json.loads((tmp_path / "as_compare" / "runs.json").read_text())["runs"]
+    assert reported["evaluation"] == table["via compare"]["team_return"].tolist()
+
+
 @pytest.mark.parametrize("text, message", [
     ("compare: {variants: {X: {algorithm.name: SAC}}}", r"'compare.variants.X': 'algorithm.name' is 'SAC'"),
     ("compare: {variants: {X: {}}, seeds: []}", r"'compare.seeds' is empty"),

@@ -10,6 +10,8 @@ from marl_rec.envs.config import merge_overrides
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
+# The recommender metrics, named once: the env's end-of-episode metrics (Simulator.metrics), the
+# callbacks' per-iteration means, the trainable's reported columns and every evaluation table.
 METRICS = (
     "team_return", "watch_time", "clicks", "ctr", "session_length",
     "user_retention", "creator_retention", "coverage", "exposure_gini", "diversity",

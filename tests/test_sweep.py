@@ -102,3 +102,18 @@ def test_trial_results_carry_every_metric_from_the_first_row():
     assert set(first) == set(later) and {f"env_runners/{m}" for m in METRICS} <= set(first)
     assert first["env_runners/team_return"] != first["env_runners/team_return"]  # NaN
     assert later["env_runners/team_return"] == 171.5 and later["num_env_steps_sampled_lifetime"] == 128.0
+
+
+def test_trials_reserve_the_algorithms_env_runners_and_learners():
+    # train, sweep and compare hand this request to tune.with_resources: a trial holds a bundle
+    # for its driver, one per env runner and one per learner, so Tune never oversubscribes
+    import yaml
+
+    from marl_rec.experiment import ExperimentConfig
+    from marl_rec.rllib.trainable import largest_resources, trial_resources
+
+    raw = {**yaml.safe_load(TINY_RUN), "resources": {"num_env_runners": 2, "num_learners": 1}}
+    exp = ExperimentConfig.from_dict(raw, source="<test>").validate()
+    assert trial_resources(exp).bundles == [{"CPU": 1.0}] * 4
+    smaller = exp.with_overrides({"resources.num_env_runners": 0})
+    assert largest_resources([smaller, exp]).bundles == trial_resources(exp).bundles

@@ -4,8 +4,9 @@ Each trial is one training run of the experiment with the sampled dotted-key ove
 key of the experiment file: ``algorithm.training.lr``, ``modules.system.model_config.num_layers``,
 ``env.reward_mix``, ``seed``), run by the trainable train and compare share
 (marl_rec.rllib.trainable), which checkpoints every ``checkpoint_every`` iterations. Tune keeps
-the experiment state under results/<name>/, so ``--resume`` after Ctrl-C or ``kill -9`` of the driver finishes the sweep: finished trials are
-not run again and unfinished ones continue from their last checkpoint.
+the experiment state under results/<name>/, so ``--resume`` after Ctrl-C or ``kill -9`` of the
+driver finishes the sweep: finished trials are not run again and unfinished ones continue from
+their last checkpoint.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def parse_sets(pairs: list[str]) -> dict:
 def cmd_train(args) -> int:
     from marl_rec.experiment import load_experiment
 
-    exp = load_experiment(args.experiment, parse_sets(args.set))  # validated before Ray starts
+    exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
     from marl_rec.evaluate import summarise
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
     from marl_rec.rllib.train import run_dir, train
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from marl_rec.experiment import load_experiment
 
-    exp = load_experiment(args.experiment, parse_sets(args.set))
+    exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import run_dir
 
@@ -71,7 +71,7 @@ def cmd_sweep(args) -> int:
 def cmd_compare(args) -> int:
     from marl_rec.experiment import load_experiment
 
-    exp = load_experiment(args.experiment, parse_sets(args.set))
+    exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
     from marl_rec.rllib.compare import compare
 
     path = compare(exp, address=args.address, resume=args.resume)
@@ -127,11 +127,16 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl-rec", description=__doc__)
+    # every command takes --plugin: a parent parser gives it to each sub-command
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it registers parts, roles, behaviours, modules); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="evaluate non-learning recommenders on a scenario")
+    ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate non-learning recommenders on a scenario")
     ev.add_argument("--policy", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
-                    help="behaviour names (random, popularity, myopic, oracle_myopic, long_term, ...)")
+                    help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
+                         "long_term, or a plug-in's)")
     ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
     ev.add_argument("--episodes", type=int, default=20)
     ev.add_argument("--seed", type=int, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
@@ -141,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_command(name: str, help: str, file_help: str, resume_help: str, func) -> argparse.ArgumentParser:
         """train, sweep and compare: an experiment file, overrides, a cluster, resume."""
-        cmd = sub.add_parser(name, help=help)
+        cmd = sub.add_parser(name, parents=[plugin], help=help)
         cmd.add_argument("experiment", help=file_help)
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
         cmd.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
@@ -158,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_command("compare", "algorithms x seeds against the baselines, with IQM and bootstrap CIs",
                 "experiments/<name>.yaml with a compare: section", "finish an interrupted comparison", cmd_compare)
 
-    rp = sub.add_parser("report", help="rebuild a comparison's tables and plots from its results folder")
+    rp = sub.add_parser("report", parents=[plugin], help="rebuild a comparison's tables and plots from its results folder")
     rp.add_argument("directory", help="results/<name>")
     rp.set_defaults(func=cmd_report)
 
-    bench = sub.add_parser("bench", help="throughput benchmarks")
+    bench = sub.add_parser("bench", parents=[plugin], help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])
     bench.add_argument("--seconds", type=float, default=5.0, help="env: measuring time per figure")
     bench.add_argument("--experiment", action="append", default=[],
@@ -177,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from marl_rec import allocator
+    from marl_rec.plugins import load_plugins
 
     allocator.configure()  # before Ray starts: its processes inherit the settings
     if not getattr(args, "address", None):
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         # (ray/_private/services.py: otherwise it binds to the machine's address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
+        load_plugins(args.plugin, where="--plugin")  # and the installed 'marl_rec.plugins' entry points
         return args.func(args)
     except ConfigError as err:
         print(f"marl-rec: configuration error: {err}", file=sys.stderr)

@@ -282,8 +282,10 @@ class ExperimentConfig(_Section):
         raw = merge_overrides(self.to_dict(), dict(overrides))
         try:
             exp = ExperimentConfig.from_dict(raw, source=self.source)
+            exp.check_names()
             exp.env_config()
             exp.trained_roles()
+            exp.check_modules()
         except ConfigError as err:
             detail = str(err).removeprefix(f"{self.source}: ")
             raise ConfigError(f"{where}: {detail}" if where else str(err)) from None

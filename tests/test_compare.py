@@ -128,7 +128,7 @@ def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(
 
 
 @pytest.mark.parametrize("text, message", [
-    ("compare: {variants: {X: {algorithm.name: SAC}}}", r"'compare.variants.X': 'algorithm.name' is 'SAC'"),
+    ("compare: {variants: {X: {algorithm.name: SAC}}}", r"'compare.variants.X': 'algorithm.name': unknown algorithm 'SAC'"),
     ("compare: {variants: {X: {}}, seeds: []}", r"'compare.seeds' is empty"),
     ("compare: {variants: {X: [1]}}", r"'compare.variants.X' must be a mapping"),
 ])

@@ -25,12 +25,12 @@ def write(tmp_path, text):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("algorithm: {name: SAC}", r"exp.yaml: 'algorithm.name' is 'SAC'; allowed values: one of 'PPO', 'APPO', 'IMPALA', 'DQN'"),
-        ("resources: {num_gpus: 1}", r"exp.yaml: unknown key 'resources.num_gpus'; allowed keys: resources.num_env_runners"),
+        ("algorithm: {name: SAC}", r"exp.yaml: 'algorithm.name': unknown algorithm 'SAC'; registered: APPO, DQN, IMPALA, PPO; .*plugins:"),
+        ("resources: {num_gpus: 1}", r"exp.yaml: unknown key 'resources.num_gpus'; did you mean 'resources.num_cpus'\?; allowed keys: resources.num_env_runners"),
         ("stop: {training_iteration: -1}", r"'stop.training_iteration' is -1; allowed values: a number >= 0"),
         ("env: {num_users: 0}", r"exp.yaml: env: 'num_users' is 0; allowed values: a number >= 1"),
         ("env: {roles: [system]}\nmodules: {creator: {type: mlp}}", r"'modules.creator' is not an external role"),
-        ("modules: {system: {type: lstm}}", r"'modules.system.type' is 'lstm'; allowed values: one of 'transformer'"),
+        ("modules: {system: {type: lstm}}", r"'modules.system.type': unknown RLModule 'lstm'; registered: creator_mlp, fixed, .*mlp, .*transformer"),
         ("modules: {system: {type: fixed}}", r"nothing to train"),
         ("train_roles: [user]", r"'train_roles' names 'user', not an external role"),
         ("evaluation: {baselines: [oracle]}", r"'evaluation.baselines': unknown behaviour model 'oracle'"),

@@ -139,7 +139,8 @@ def test_slate_distribution_needs_a_slate_space():
 
 
 def test_registry_lists_every_module():
-    assert {name: MODULES.get(name) for name in MODULES.names()} == {
+    built_in = {"transformer", "mlp", "transformer_q", "mlp_q", "creator_mlp", "fixed"}  # plug-ins tested elsewhere add theirs
+    assert {name: MODULES.get(name) for name in built_in} == {
         "transformer": SlateTransformerModule,
         "mlp": SlateMLPModule,
         "transformer_q": SlateTransformerQModule,

@@ -169,7 +169,7 @@ def test_every_registered_role_runs_an_episode_as_agents(name):
 # ---------------------------------------------------------------- names resolved in make_config
 def test_unknown_part_name_names_the_key_and_the_closest_match():
     with pytest.raises(ConfigError, match=r"exp.yaml: 'user.choice_model': unknown choice model 'mnll'; "
-                                          r"registered: mnl, proportional; did you mean 'mnl'\?; if it comes from a plug-in"):
+                                          r"registered: (.*, )?mnl, proportional; did you mean 'mnl'\?; if it comes from a plug-in"):
         make_config("creator_economy", {"user.choice_model": "mnll"}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"exp.yaml: 'behaviours.system': unknown behaviour model 'popularty'.*"
                                           r"did you mean 'popularity'\?"):

@@ -84,7 +84,10 @@ def test_platform_module_samples_legal_slates_and_factorises_over_users():
     inner = slate_distribution_cls(3)(logits[0])
     assert torch.allclose(dist.logp(slates)[0], inner.logp(slates[0]).sum())
     # a departed user's logits do not depend on the parameters
-    grads = torch.autograd.grad(logits[0, 3].sum(), list(module.parameters()), allow_unused=True)
+    # (forward_exploration runs under no_grad, as RLlib's default does: take the logits of _forward)
+    with_grad = module._forward({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
+    assert torch.equal(with_grad, logits)
+    grads = torch.autograd.grad(with_grad[0, 3].sum(), list(module.parameters()), allow_unused=True)
     assert all(g is None or not g.any() for g in grads)
 
 

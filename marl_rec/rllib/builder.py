@@ -10,7 +10,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.experiment import ExperimentConfig
+from marl_rec.experiment import ALGORITHMS, ExperimentConfig
 from marl_rec.rllib.callbacks import RecommenderMetricsCallback
 from marl_rec.rllib.env import ENV_NAME, EcosystemRLlibEnv
 
@@ -20,17 +20,11 @@ def role_of(agent_id: str, episode=None, **kwargs) -> str:
     return agent_id.rsplit("_", 1)[0]
 
 
-def algorithm_config_class(name: str) -> type[AlgorithmConfig]:
-    if name == "PPO":
-        from ray.rllib.algorithms.ppo import PPOConfig as cls
-    elif name == "APPO":
-        from ray.rllib.algorithms.appo import APPOConfig as cls
-    elif name == "IMPALA":
-        from ray.rllib.algorithms.impala import IMPALAConfig as cls
-    elif name == "DQN":
-        from ray.rllib.algorithms.dqn import DQNConfig as cls
-    else:
-        raise ConfigError(f"unknown algorithm {name!r}; allowed values: PPO, APPO, IMPALA, DQN")
+def algorithm_config_class(name: str, where: str = "'algorithm.name'") -> type[AlgorithmConfig]:
+    """The AlgorithmConfig class registered as ``name`` (registry ``ALGORITHMS``)."""
+    cls = ALGORITHMS.resolve(name, where)
+    if not (isinstance(cls, type) and issubclass(cls, AlgorithmConfig)):
+        raise ConfigError(f"{where}: {name!r} is {cls!r}, not an RLlib AlgorithmConfig class")
     return cls
 
 
@@ -42,26 +36,20 @@ def env_config(exp: ExperimentConfig) -> dict[str, Any]:
 
 
 def module_specs(exp: ExperimentConfig) -> MultiRLModuleSpec:
-    from marl_rec.policies import MODULES
-
-    env = exp.env_config()
     specs = {}
     for role, section in exp.module_sections().items():
         model_config = dict(section.model_config)
         if section.type == "fixed":
             model_config.setdefault("policy", "random" if role == "system" else "behaviour")
             model_config.setdefault("seed", exp.seed)
-            if role == "creator":
-                model_config.setdefault("base_rate", env.creator.base_publish_rate)
-                model_config.setdefault("demand_drift", env.creator.demand_drift)
-                model_config.setdefault("effort_levels", env.creator.effort_levels)
-        specs[role] = RLModuleSpec(module_class=MODULES[section.type], model_config=model_config)
+            model_config.update(role=role, scenario=exp.scenario, env=dict(exp.env))
+        specs[role] = RLModuleSpec(module_class=exp.module_class(role, section), model_config=model_config)
     return MultiRLModuleSpec(rl_module_specs=specs)
 
 
 def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
     register_env(ENV_NAME, lambda cfg: EcosystemRLlibEnv(cfg))
-    cls = algorithm_config_class(exp.algorithm.name)
+    cls = algorithm_config_class(exp.algorithm.name, f"{exp.source}: 'algorithm.name'")
     config = cls()
     res = exp.resources
     trained = exp.trained_roles()

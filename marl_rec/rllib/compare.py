@@ -80,7 +80,7 @@ def report(path: str | Path) -> str:
     if not source.is_file():
         raise ConfigError(f"{path}: no {RUNS_FILE} (written by marl-rec compare)")
     data = json.loads(source.read_text())
-    exp = ExperimentConfig.from_dict(data["experiment"], source=str(source))
+    exp = ExperimentConfig.from_saved(data["experiment"], source=str(source))
     c = exp.compare
     rng = np.random.default_rng(exp.seed)
 

@@ -10,21 +10,29 @@ from pathlib import Path
 from marl_rec.experiment import ExperimentConfig
 
 
-def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False) -> None:
-    """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``."""
+def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False, ship_plugins: bool = False) -> None:
+    """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``.
+
+    Every worker process of the run imports the plug-ins this process loaded (a
+    ``worker_process_setup_hook``; see marl_rec.plugins); ``ship_plugins`` also uploads their
+    packages to the cluster, for nodes that do not have them installed."""
     if not address:
         # Ray binds its listeners to the machine's address unless this is off
         # (ray/_private/services.py). Ray reads it on first import: marl-rec's CLI sets it at start.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    from marl_rec.plugins import ray_runtime_env
+
     if ray.is_initialized():
         return
+    runtime_env = ray_runtime_env(ship=ship_plugins) or None
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         # address="local": always a new local instance, even if `ray start` left a cluster to join
-        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 runtime_env=runtime_env)
 
 
 def _progress_callback(exp: ExperimentConfig):

@@ -68,7 +68,7 @@ def latest_checkpoint(path: str | Path) -> Path:
 
 def find_experiment(checkpoint: str | Path) -> ExperimentConfig:
     """The experiment the checkpoint's trial ran (its overrides, variant and seed applied)."""
-    return ExperimentConfig.from_dict(checkpoint_state(checkpoint)["experiment"],
+    return ExperimentConfig.from_saved(checkpoint_state(checkpoint)["experiment"],
                                       source=str(Path(checkpoint) / STATE_FILE))
 
 
@@ -100,7 +100,7 @@ def flat_result(result: dict) -> dict[str, float]:
 def trial_experiment(config: dict) -> ExperimentConfig:
     """The experiment a trial runs: the base, a comparison variant's overrides (if any), then
     the sampled keys."""
-    base = ExperimentConfig.from_dict(config["__experiment__"], source=config["__experiment__"]["source"])
+    base = ExperimentConfig.from_saved(config["__experiment__"], source=config["__experiment__"]["source"])
     overrides = dict(base.compare.variants.get(config.get("__variant__"), {}))
     overrides.update({k: v for k, v in config.items() if not k.startswith("__")})
     return base.with_overrides(overrides)
@@ -185,7 +185,7 @@ def run_trials(
     trials, or refused with ``refuse_existing``.
     """
     resources = resources or trial_resources(exp)  # every check before Ray starts
-    init_ray(address, exp.resources.num_cpus, dashboard)
+    init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
     from ray import tune
 
     path = run_dir(exp)

@@ -59,6 +59,7 @@ class Simulator:
         self._estimate_keep = 1.0 - config.user.interest_estimate_rate
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
+        self.roles: dict = {}  # name -> Role instance, set by the RoundRunner that drives this simulator
         self._age_scale = config.item.freshness_half_life or 50.0
         self._rows = np.arange(config.num_users)[:, None]
         self.lifetime_slates = 0  # slates served over every episode of this simulator (benchmarks)

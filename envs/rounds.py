@@ -44,6 +44,7 @@ class RoundRunner:
         plan = plan_roles(config)  # the same checks as make_config's check_names
         self.sim = Simulator(config, **parts)
         self.roles: dict[str, Role] = {name: _build(cls, config, plan.role_params[name]) for name, cls in plan.roles.items()}
+        self.sim.roles = self.roles  # behaviours read their role's own state through sim.roles[name]
         self.external = plan.external
         self.behaviours = {name: _build(cls, config, plan.behaviour_params[name]) for name, cls in plan.behaviours.items()}
         self.reward_mix = {name: config.reward_mix_for(name) for name in self.roles}

@@ -61,7 +61,11 @@ def cmd_sweep(args) -> int:
     results = sweep(exp, address=args.address, resume=args.resume)
     errors = [r for r in results if r.error]
     print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}")
-    best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
+    try:
+        best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
+    except RuntimeError:  # no trial reported the metric (e.g. no episode ended yet): nothing to rank
+        print(f"[{exp.name}] no trial reported {exp.tune.metric} yet (no episode ended?): nothing to rank")
+        best = None
     if best is not None:
         print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): {best.metrics.get(exp.tune.metric)} "
               f"with {{{', '.join(f'{k}: {best.config.get(k)}' for k in list(exp.tune.search_space) + ['seed'])}}}")

@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from marl_rec.envs.config import merge_overrides
+from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, merge_overrides
+from marl_rec.envs.registry import ROLES
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
@@ -18,6 +19,22 @@ METRICS = (
 )
 
 
+def baseline_config(policy: str, scenario: str = "creator_economy", overrides: Mapping[str, Any] | None = None):
+    """The env of ``overrides`` with every role simulated and ``policy`` as the system. A plug-in
+    role that was external stays in the env, played by its own behaviour (its default, unless
+    ``behaviours`` names one), so its ``role_params`` and its effect on the platform stay too."""
+    overrides = dict(overrides or {})
+    given = make_config(scenario, overrides)
+    keep = {role: given.behaviours.get(role, ROLES.get(role).default_behaviour)
+            for role in given.roles if role not in BUILTIN_ROLES and ROLES.get(role).replaces is None}
+    missing = [role for role, behaviour in keep.items() if behaviour is None]
+    if missing:
+        raise ConfigError(f"role {missing[0]!r} has no behaviour to simulate it while the baselines are evaluated; "
+                          f"set behaviours.{missing[0]}")
+    behaviours = {**keep, "system": policy}
+    return make_config(scenario, merge_overrides(overrides, {"roles": [], "behaviours": {**given.behaviours, **behaviours}}))
+
+
 def evaluate_behaviour(
     policy: str,
     scenario: str = "creator_economy",
@@ -27,8 +44,7 @@ def evaluate_behaviour(
 ) -> dict[str, np.ndarray]:
     """``episodes`` episodes on seeds seed, seed + 1, ... with ``policy`` as the system and
     users and creators simulated; returns metric -> array over episodes."""
-    overrides = merge_overrides(dict(overrides or {}), {"roles": [], "behaviours.system": policy})
-    runner = RoundRunner(make_config(scenario, overrides))
+    runner = RoundRunner(baseline_config(policy, scenario, overrides))
     results = {m: np.zeros(episodes) for m in METRICS}
     for e in range(episodes):
         runner.reset(seed + e)

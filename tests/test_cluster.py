@@ -1,5 +1,7 @@
 """The sweep on a two-node Ray cluster started with `ray start` inside a private network
-namespace (only its own loopback exists there), trials spread over both nodes."""
+namespace (only its own loopback exists there), trials spread over both nodes. The run uses a
+plug-in package that only the driver can import (the nodes were started without it): Ray ships
+it to the workers (``resources.ship_plugins``)."""
 
 import csv
 import random
@@ -12,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RUN
+from test_plugins import MODULES_FILE, PLUGIN
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SWEEP = "name: tiny_cluster\n" + TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1}
+SWEEP = "name: tiny_cluster\nplugins: [tilt_plugin]\n" + TINY_RUN.replace(
+    "roles: [system]}", "roles: [system], user: {choice_model: tilted}}").replace("type: mlp", "type: narrow_mlp") + """\
+resources: {num_env_runners: 0, num_envs_per_env_runner: 1, ship_plugins: true}
 stop: {training_iteration: 2}
 checkpoint_every: 1
 tune:
@@ -41,7 +46,7 @@ for try in 1 2 3; do  # a loaded machine can be slow to accept the second node
     ray start --address=$A --num-cpus=1 --disable-usage-stats >{logs}/worker.log 2>&1 && break
     [ $try = 3 ] && {{ cat {logs}/worker.log; exit 1; }}; sleep 3
 done
-{python} -m marl_rec.cli sweep {experiment} --address $A --set results_dir={results}
+PYTHONPATH={site} {python} -m marl_rec.cli sweep {experiment} --address $A --set results_dir={results}
 echo LISTENING; ss -ltn | awk 'NR > 1 {{print $4}}'
 """
 
@@ -56,10 +61,14 @@ def read_default_address():
 def test_sweep_on_a_two_node_cluster_in_a_private_network_namespace(tmp_path):
     experiment = tmp_path / "cluster.yaml"
     experiment.write_text(SWEEP)
+    package = tmp_path / "site" / "tilt_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(PLUGIN)
+    (package / "modules.py").write_text(MODULES_FILE)
     address_before = read_default_address()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     script = SCRIPT.format(port=random.randint(20000, 40000), python=sys.executable, experiment=experiment,
-                           results=tmp_path, temp=temp, logs=tmp_path)
+                           results=tmp_path, temp=temp, logs=tmp_path, site=tmp_path / "site")
     try:
         run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
                              timeout=600)

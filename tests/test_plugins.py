@@ -71,6 +71,7 @@ env:
   reward: {name: watch_only}
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: narrow_mlp, model_config: {hidden_dims: [16]}}}
+resources: {num_env_runners: 0, num_envs_per_env_runner: 1}
 evaluation: {episodes: 2, baselines: [random]}
 stop: {training_iteration: 1}
 checkpoint_every: 1
@@ -184,9 +185,9 @@ def test_train_with_a_plugin_in_the_driver_and_in_remote_env_runners(tmp_path, p
         path = experiment(tmp_path, "plugins: [tilt_plugin]\n" + RUN)
         args = ["train", str(path)]
     else:
-        path = experiment(tmp_path, RUN.replace("name: tilt\n", "name: tilt\nresources: {num_env_runners: 1, "
-                                                                "num_envs_per_env_runner: 2}\n"))
-        args = ["train", str(path), "--plugin", "tilt_plugin"]
+        path = experiment(tmp_path, RUN)
+        args = ["train", str(path), "--plugin", "tilt_plugin", "--set", "resources.num_env_runners=1",
+                "--set", "resources.num_envs_per_env_runner=2"]
     run = run_cli([*args, "--set", f"results_dir={tmp_path / 'results'}"], plugin_dir, tmp_path)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     table = run.stdout.split("final evaluation", 1)[1]

@@ -187,7 +187,9 @@ class Behaviour(Part):
 
     ``act(sim, rng) -> actions``: the batch of every agent's action in the role's action-space
     format ((U, K) slates, (U,) positions, (C, 2) (topic, effort), ...), agents that are no
-    longer active included (their rows are ignored). Reads any state; writes none.
+    longer active included (their rows are ignored). Reads any state, including its role's own
+    (``sim.roles[self.role]``, the Role instance with its ``params`` and per-episode fields);
+    writes none.
 
     ``act_on_observations(observations, rng) -> actions``: the same model from the role's
     batched observations alone (a dict of arrays as ``Role.observe`` returns them, one row per

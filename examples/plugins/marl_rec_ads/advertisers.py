@@ -17,10 +17,6 @@ from marl_rec.envs import BEHAVIOURS, ROLES, Role
 from marl_rec.envs.config import EcosystemConfig, _Section, spec
 from marl_rec.envs.parts.base import Behaviour
 
-# The simulator has no slot for a plug-in role's state, and a behaviour is handed only the
-# simulator; the role's ledger hangs on the simulator under this attribute so that its
-# behaviour's ``act(sim, rng)`` can read the budgets.
-LEDGER_ATTRIBUTE = "advertiser_ledger"
 # Budgets are compared to prices with this slack (money units): spends are sums of products of
 # floats, and the observation carries the budget as a float32 fraction.
 MONEY_SLACK = 1e-6
@@ -140,7 +136,6 @@ class AdvertiserRole(Role):
             users_served=0,
             last=np.zeros((a, 2)),
         )
-        setattr(sim, LEDGER_ATTRIBUTE, self.ledger)
 
     def end_round(self, sim):
         """Remember the round for the next observation, then clear its sponsorship."""
@@ -231,7 +226,7 @@ class DemandBidder(Behaviour):
         self.role_params = advertiser_params(config)
 
     def act(self, sim, rng):
-        ledger: AdvertiserLedger = getattr(sim, LEDGER_ATTRIBUTE)
+        ledger: AdvertiserLedger = sim.roles["advertiser"].ledger  # the role instance's per-episode state
         topics = sponsored_topics(self.config, self.role_params)
         # the same float32 inputs the observation carries, so both paths round alike
         return demand_levels(

@@ -84,6 +84,10 @@ class _Section:
         return dataclasses.replace(self, **changes)
 
 
+# The public name of the section base: a plug-in's Params schema is a frozen dataclass subclass of it.
+Section = _Section
+
+
 def _check_value(value, default, meta, source: str, key: str):
     allowed = _describe(meta)
     if meta.get("per_role") and isinstance(value, Mapping):  # {default: 1.0, advertiser: 0.0}

@@ -107,6 +107,13 @@ def cmd_evaluate(args) -> int:
         return 0
     args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)
+    from marl_rec.envs.registry import BEHAVIOURS
+
+    for policy in args.policy:  # every name is a system behaviour (a baseline) before anything runs
+        acts_for = getattr(BEHAVIOURS.resolve(policy, "--policy"), "role", None)
+        if acts_for != "system":
+            raise ConfigError(f"--policy: {policy!r} is a behaviour of role {acts_for!r}; the policies evaluated here "
+                              f"recommend (role 'system'): {', '.join(system_behaviours())}")
     results = {}
     for policy in args.policy:
         results[policy] = evaluate_behaviour(policy, args.scenario, args.episodes, args.seed, overrides)
@@ -114,6 +121,13 @@ def cmd_evaluate(args) -> int:
           " (mean ± standard error)")
     print(summarise(results))
     return 0
+
+
+def system_behaviours() -> list[str]:
+    """The registered behaviours that recommend (role 'system'): the baselines."""
+    from marl_rec.envs.registry import BEHAVIOURS
+
+    return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
 
 
 def cmd_bench(args) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marl_rec.envs.config import _Section, spec
+from marl_rec.envs.config import Section, spec
 from marl_rec.envs.parts.choice import MultinomialLogitChoice
 from marl_rec.envs.parts.rewards import EcosystemReward
 from marl_rec.envs.registry import CHOICE_MODELS, REWARDS
@@ -36,7 +36,7 @@ MODULES.register_lazy("narrow_mlp", "tilt_plugin.modules:NarrowMLP")
 @CHOICE_MODELS.register("tilted")
 class TiltedLogit(MultinomialLogitChoice):
     @dataclass(frozen=True)
-    class Params(_Section):
+    class Params(Section):
         tilt: float = spec(0.5, "extra logit of the top slot", low=0.0)
 
     def probabilities(self, sim, slate_slots):

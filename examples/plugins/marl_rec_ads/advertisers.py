@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from marl_rec.envs import BEHAVIOURS, ROLES, Role
-from marl_rec.envs.config import EcosystemConfig, _Section, spec
+from marl_rec.envs.config import EcosystemConfig, Section, spec
 from marl_rec.envs.parts.base import Behaviour
 
 # Budgets are compared to prices with this slack (money units): spends are sums of products of
@@ -98,7 +98,7 @@ class AdvertiserRole(Role):
     reward_doc = "clicks on its sponsored items − spend"
 
     @dataclass(frozen=True)
-    class Params(_Section):
+    class Params(Section):
         num_advertisers: int = spec(2, "advertisers A; advertiser i sponsors topic i mod T", low=1)
         budget: float = spec(40.0, "money each advertiser may spend per episode", low=0.0, low_open=True)
         bid_levels: int = spec(5, "bid levels L of the action space (level 0 = no bid)", low=2)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from marl_rec.envs import CHOICE_MODELS
-from marl_rec.envs.config import _Section, spec
+from marl_rec.envs.config import Section, spec
 from marl_rec.envs.parts.base import ChoiceModel
 from marl_rec.envs.parts.choice import affinity
 
@@ -27,7 +27,7 @@ class CascadeChoice(ChoiceModel):
     """
 
     @dataclass(frozen=True)
-    class Params(_Section):
+    class Params(Section):
         attraction_scale: float = spec(4.0, "weight of the interest · embedding affinity in the attraction logit")
         attraction_bias: float = spec(-2.0, "attraction logit of an item with zero affinity")
         continuation: float = spec(0.9, "probability of examining the next position after skipping one",

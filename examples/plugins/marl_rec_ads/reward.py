@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from marl_rec.envs import REWARDS
-from marl_rec.envs.config import _Section, spec
+from marl_rec.envs.config import Section, spec
 from marl_rec.envs.parts.rewards import EcosystemReward
 
 
@@ -33,7 +33,7 @@ class ExposureFairReward(EcosystemReward):
     """
 
     @dataclass(frozen=True)
-    class Params(_Section):
+    class Params(Section):
         fairness_weight: float = spec(1.0, "weight of the exposure Gini subtracted from the team reward", low=0.0)
 
     def __call__(self, sim):

@@ -54,8 +54,9 @@ def checkpoint_state(checkpoint: str | Path) -> dict:
 
 def latest_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint (or its ``algorithm/`` folder), else the newest
-    checkpoint anywhere below it (a run folder of train, sweep or compare, or one trial's)."""
-    path = Path(path)
+    checkpoint anywhere below it (a run folder of train, sweep or compare, or one trial's).
+    Always absolute: RLlib restores through pyarrow's file systems, which refuse a relative path."""
+    path = Path(path).resolve()
     if (path / STATE_FILE).is_file():
         return path
     if path.name == ALGORITHM_DIR and (path.parent / STATE_FILE).is_file():

@@ -38,6 +38,22 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
+# Sizes a preset derives from the others unless the user sets them: name -> key -> function of
+# the merged raw config. RecSim's resampling draws every user's M candidates as fresh items each
+# round, so the catalogue must hold num_users x num_candidates of them.
+DERIVED: dict[str, dict[str, Any]] = {
+    "recsim_interest_evolution": {
+        "catalogue_size": lambda raw: max(SCENARIOS["recsim_interest_evolution"]["catalogue_size"],
+                                          raw["num_users"] * raw["num_candidates"]),
+    },
+}
+
+
+def _given(overrides: Mapping[str, Any], key: str) -> bool:
+    """Whether ``overrides`` (nested or dotted keys) sets top-level ``key``."""
+    return any(k == key or k.startswith(key + ".") for k in overrides)
+
+
 def make_config(
     scenario: str = "creator_economy", overrides: Mapping[str, Any] | None = None, source: str = "<arguments>"
 ) -> EcosystemConfig:
@@ -48,4 +64,12 @@ def make_config(
 
     if scenario not in SCENARIOS:
         raise ConfigError(f"{source}: unknown scenario {scenario!r}; allowed values: {', '.join(SCENARIOS)}")
-    return check_names(EcosystemConfig.from_dict(merge_overrides(SCENARIOS[scenario], overrides or {}), source), source)
+    overrides = dict(overrides or {})
+    raw = merge_overrides(SCENARIOS[scenario], overrides)
+    for key, derive in DERIVED.get(scenario, {}).items():
+        if not _given(overrides, key):
+            try:
+                raw[key] = derive(raw)
+            except (TypeError, KeyError):
+                pass  # a bad size: from_dict names it
+    return check_names(EcosystemConfig.from_dict(raw, source), source)

@@ -10,6 +10,25 @@ from marl_rec.envs.config import ConfigError
 from marl_rec.envs.presets import SCENARIOS
 
 
+def bounded(kind, low=None, high=None):
+    """An argparse type: ``kind`` (int or float) within [low, high], finite; argparse names the flag."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {span}")
+        return value
+    return parse
+
+
+SEED = bounded(int, 0, 2**32 - 1)  # numpy's SeedSequence and RLlib take unsigned 32-bit seeds
+
+
 def _parse_value(text: str):
     import yaml
 
@@ -55,6 +74,9 @@ def cmd_sweep(args) -> int:
     from marl_rec.experiment import load_experiment
 
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
+    if not (exp.tune.search_space or exp.tune.seeds):
+        raise ConfigError(f"{exp.source}: nothing to sweep: the file has no 'tune:' section with a search_space or "
+                          "seeds (see experiments/sweep_ppo.yaml); to train it once, use marl-rec train")
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import run_dir
 
@@ -107,7 +129,10 @@ def cmd_evaluate(args) -> int:
         return 0
     args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)
+    from marl_rec.envs.presets import make_config
     from marl_rec.envs.registry import BEHAVIOURS
+
+    make_config(args.scenario, overrides, source="--set")  # the overrides' own errors name the flag
 
     for policy in args.policy:  # every name is a system behaviour (a baseline) before anything runs
         acts_for = getattr(BEHAVIOURS.resolve(policy, "--policy"), "role", None)
@@ -120,6 +145,47 @@ def cmd_evaluate(args) -> int:
     print(f"scenario {args.scenario}, {args.episodes} episodes on seeds {args.seed}..{args.seed + args.episodes - 1}"
           " (mean ± standard error)")
     print(summarise(results))
+    return 0
+
+
+def list_parts() -> list[str]:
+    from marl_rec.envs import registry
+    from marl_rec.experiment import ALGORITHMS
+    from marl_rec.policies import MODULES
+
+    registries = [getattr(registry, name) for name in (
+        "ROLES", "BEHAVIOURS", "CANDIDATE_SAMPLERS", "ITEM_GENERATORS", "CHOICE_MODELS", "USER_DYNAMICS",
+        "CREATOR_DYNAMICS", "REWARDS")] + [MODULES, ALGORITHMS]
+    return [f"{r.kind}: {', '.join(r.names())}" for r in registries]
+
+
+def list_experiments() -> list[str]:
+    import yaml
+
+    from marl_rec.experiment import shipped_experiments
+
+    lines = []
+    for name, path in sorted(shipped_experiments().items()):
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        lines.append(f"{name}: {description}")
+    return lines
+
+
+LISTS = {
+    "experiments": list_experiments,
+    "scenarios": lambda: sorted(SCENARIOS),
+    "policies": lambda: system_behaviours(),
+    "parts": list_parts,
+}
+
+
+def cmd_list(args) -> int:
+    """``marl-rec list [experiments|scenarios|policies|parts]``."""
+    if args.what != "all":
+        print("\n".join(LISTS[args.what]()))
+        return 0
+    for what, lines in LISTS.items():
+        print(f"{what}:\n  " + "\n  ".join(lines()))
     return 0
 
 
@@ -144,7 +210,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from marl_rec import __version__
+
     parser = argparse.ArgumentParser(prog="marl-rec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"marl-rec {__version__}")
     # every command takes --plugin: a parent parser gives it to each sub-command
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -156,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")
     ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
-    ev.add_argument("--episodes", type=int, default=20)
-    ev.add_argument("--seed", type=int, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
+    ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per policy (>= 1)")
+    ev.add_argument("--seed", type=SEED, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
     ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its baselines")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (dotted keys)")
     ev.set_defaults(func=cmd_evaluate)
@@ -185,12 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("directory", help="results/<name>")
     rp.set_defaults(func=cmd_report)
 
+    ls = sub.add_parser("list", parents=[plugin], help="what can be named: shipped experiments, scenarios, "
+                                                     "recommender policies, registered parts")
+    ls.add_argument("what", nargs="?", default="all", choices=["all", *LISTS])
+    ls.set_defaults(func=cmd_list)
+
     bench = sub.add_parser("bench", parents=[plugin], help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])
-    bench.add_argument("--seconds", type=float, default=5.0, help="env: measuring time per figure")
+    bench.add_argument("--seconds", type=bounded(float, 0.1), default=5.0, help="env: measuring time per figure")
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
-    bench.add_argument("--iterations", type=int, default=10,
+    bench.add_argument("--iterations", type=bounded(int, 1), default=10,
                        help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)

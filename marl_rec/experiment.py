@@ -44,6 +44,18 @@ for _name, _target in {
 }.items():
     ALGORITHMS.register_lazy(_name, _target)
 
+# Hyper-parameter names of other RL libraries (Stable-Baselines3, CleanRL) -> RLlib's, for
+# "did you mean": edit distance alone suggests learning_starts for learning_rate.
+TRAINING_SYNONYMS = {
+    "learning_rate": "lr", "discount": "gamma", "gae_lambda": "lambda_", "lambda": "lambda_", "lam": "lambda_",
+    "batch_size": "train_batch_size_per_learner", "train_batch_size": "train_batch_size_per_learner",
+    "n_steps": "train_batch_size_per_learner", "n_epochs": "num_epochs", "epochs": "num_epochs",
+    "update_epochs": "num_epochs", "num_sgd_iter": "num_epochs", "sgd_minibatch_size": "minibatch_size",
+    "mini_batch_size": "minibatch_size", "clip_range": "clip_param", "clip_coef": "clip_param",
+    "ent_coef": "entropy_coeff", "entropy_coef": "entropy_coeff", "vf_coef": "vf_loss_coeff",
+    "max_grad_norm": "grad_clip",
+}
+
 # The module each built-in role gets when the experiment names none; a plug-in role declares
 # its own as the class attribute ``default_module`` (a {type, model_config} mapping).
 DEFAULT_MODULES = {
@@ -80,7 +92,7 @@ class ResourcesSection(_Section):
 @dataclass(frozen=True)
 class EvaluationSection(_Section):
     episodes: int = spec(20, "held-out episodes for the final evaluation table", low=1)
-    seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0)
+    seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0, high=2**32 - 1)
     baselines: list = spec(["random", "myopic", "oracle_myopic", "long_term"], "non-learning recommenders to compare")
     interval: int = spec(0, "run RLlib's evaluation EnvRunners every N iterations (0: off)", low=0)
     duration: int = spec(4, "episodes per in-training evaluation", low=1)
@@ -149,7 +161,7 @@ class ExperimentConfig(_Section):
     resources: ResourcesSection = spec(ResourcesSection(), "Ray resources")
     evaluation: EvaluationSection = spec(EvaluationSection(), "evaluation")
     stop: StopSection = spec(StopSection(), "stop criteria (the first reached ends the run)")
-    seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0)
+    seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0, high=2**32 - 1)
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and at the end)", low=1)
     tune: TuneSection = spec(TuneSection(), "the sweep (marl-rec sweep)")
     compare: CompareSection = spec(CompareSection(), "the algorithm comparison (marl-rec compare)")
@@ -207,6 +219,25 @@ class ExperimentConfig(_Section):
             if hasattr(cls, "check_config"):  # a module's own checks against the env (e.g. the fixed module's behaviour)
                 cls.check_config(options, self.env_config(), role, f"{self.source}: 'modules.{role}'")
 
+    def check_training(self) -> None:
+        """Every ``algorithm.training`` key is a keyword of the algorithm's ``training()``."""
+        training = self.algorithm.training
+        if not training:
+            return
+        cls = ALGORITHMS.resolve(self.algorithm.name, f"{self.source}: 'algorithm.name'")
+        config = cls()
+        unknown = sorted(k for k in training if not hasattr(config, k) or str(k).startswith("_"))
+        if unknown:
+            key = str(unknown[0])
+            allowed = sorted(k for k in vars(config) if not k.startswith("_"))
+            close = [TRAINING_SYNONYMS[key]] if TRAINING_SYNONYMS.get(key) in allowed else \
+                difflib.get_close_matches(key, allowed, n=3)
+            raise ConfigError(
+                f"{self.source}: unknown key 'algorithm.training.{key}' for {self.algorithm.name}"
+                + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
+                + f" (allowed: the keyword arguments of {cls.__name__}.training)"
+            )
+
     def check_names(self) -> None:
         """The algorithm and the evaluation baselines are registered (no import needed)."""
         name = self.algorithm.name
@@ -238,6 +269,7 @@ class ExperimentConfig(_Section):
         self.env_config()
         self.trained_roles()
         self.check_modules()
+        self.check_training()
         self.check_search_space()
         return self
 
@@ -286,6 +318,7 @@ class ExperimentConfig(_Section):
             exp.env_config()
             exp.trained_roles()
             exp.check_modules()
+            exp.check_training()
         except ConfigError as err:
             detail = str(err).removeprefix(f"{self.source}: ")
             raise ConfigError(f"{where}: {detail}" if where else str(err)) from None
@@ -324,11 +357,14 @@ def load_experiment(
     from marl_rec.plugins import load_plugins
 
     path = experiment_path(path)
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
-    raw = merge_overrides(raw, dict(overrides or {}))
+    raw = dict(raw)
     listed = raw.get("plugins", [])
     if not isinstance(listed, list):
         raise ConfigError(f"{path}: 'plugins' must be a list of module names, got {listed!r}")
@@ -337,4 +373,12 @@ def load_experiment(
     raw["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     raw.setdefault("name", path.stem)
     raw["source"] = str(path)
-    return ExperimentConfig.from_dict(raw, source=str(path)).validate()
+    exp = ExperimentConfig.from_dict(raw, source=str(path)).validate()  # the file's own errors name the file
+    if not overrides:
+        return exp
+    where = "--set " + " ".join(f"{key}={value!r}" for key, value in overrides.items())
+    exp = exp.with_overrides(dict(overrides), where)  # errors the overrides cause name the --set flags
+    try:
+        return exp.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {str(err).removeprefix(f'{path}: ')}") from None

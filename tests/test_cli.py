@@ -1,5 +1,6 @@
 """The command line, end to end, on a tiny budget."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,94 @@ def test_train_rejects_a_bad_file_before_starting_ray(tmp_path):
                          timeout=300, cwd=ROOT)
     assert run.returncode == 2
     assert "unknown key 'algorithm.training.learning_rate' for PPO" in run.stderr
+    assert "did you mean 'lr'?" in run.stderr  # a synonym, not learning_starts by edit distance
+
+
+# -- every name the CLI offers works, every number is range-checked, errors name their flag -------
+
+
+@pytest.mark.parametrize("policy", ["choice_model", "ecosystem"])
+def test_evaluate_refuses_behaviours_of_other_roles(capsys, policy):
+    assert main(["evaluate", "--policy", policy, "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--policy: {policy!r} is a behaviour of role" in err and "random" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--episodes", "0", "argument --episodes: 0 is out of range: must be >= 1"),
+    ("--episodes", "-3", "argument --episodes: -3 is out of range: must be >= 1"),
+    ("--episodes", "nan", "argument --episodes: 'nan' is not an integer"),
+    ("--seed", "-1", "argument --seed: -1 is out of range: must be in [0, 4294967295]"),
+    ("--seed", "4294967296", "argument --seed: 4294967296 is out of range"),
+])
+def test_numeric_arguments_are_range_checked(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_set_errors_name_the_set_flag_not_the_file(capsys, tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("env: {num_users: 3}\n")
+    assert main(["train", str(good), "--set", "env.num_user=4"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: --set env.num_user=4: env: unknown key 'num_user'; did you mean 'num_users'?" in err
+    assert main(["train", str(good), "--set", "algorithm.training.learning_rate=0.1"]) == 2
+    assert "--set algorithm.training.learning_rate=0.1: unknown key" in capsys.readouterr().err
+    assert main(["evaluate", "--episodes", "1", "--set", "max_cycle=5"]) == 2
+    assert "configuration error: --set: unknown key 'max_cycle'; did you mean 'max_cycles'?" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: {num_user: 3}\n")  # the file's own mistake still names the file
+    assert main(["train", str(bad), "--set", "seed=1"]) == 2
+    assert f"configuration error: {bad}: env: unknown key 'num_user'" in capsys.readouterr().err
+
+
+def test_a_sweep_without_a_tune_section_is_an_error(capsys, tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("env: {num_users: 3}\n")
+    assert main(["sweep", str(plain)]) == 2
+    assert "nothing to sweep: the file has no 'tune:' section" in capsys.readouterr().err
+
+
+def test_a_yaml_syntax_error_is_a_clear_error(capsys, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("env: {num_users: 3\n")
+    assert main(["train", str(broken)]) == 2
+    assert f"{broken}: not valid YAML: while parsing a flow mapping" in capsys.readouterr().err
+
+
+def test_version_and_lists(capsys):
+    from marl_rec import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"marl-rec {__version__}"
+    assert main(["list", "scenarios"]) == 0
+    assert capsys.readouterr().out.split() == ["creator_economy", "recsim_interest_evolution"]
+    assert main(["list", "policies"]) == 0
+    assert set(capsys.readouterr().out.split()) == {"random", "popularity", "myopic", "oracle_myopic", "long_term"}
+    assert main(["list", "experiments"]) == 0
+    assert "quickstart: PPO" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"choice model: (.*, )?mnl, proportional", out) and "RLModule: creator_mlp, fixed, " in out
+
+
+def test_every_listed_policy_evaluates(capsys):
+    assert main(["list", "policies"]) == 0
+    policies = capsys.readouterr().out.split()
+    assert main(["evaluate", "--policy", *policies, "--episodes", "1", "--set", "num_users=3", "--set", "max_cycles=5"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {p} |" in out for p in policies)
+
+
+def test_shipped_experiments_resolve_by_bare_name(tmp_path, monkeypatch):
+    from marl_rec.envs.config import ConfigError
+    from marl_rec.experiment import load_experiment
+
+    monkeypatch.chdir(tmp_path)  # no experiments/ folder here
+    assert load_experiment("quickstart").name == "quickstart"
+    assert load_experiment("quickstart.yaml").name == "quickstart"
+    with pytest.raises(ConfigError, match="no such experiment file, nor a shipped experiment of that name; "
+                                          "shipped: .*quickstart.*did you mean 'quickstart'"):
+        load_experiment("quikstart")

@@ -164,7 +164,7 @@ def test_plugin_names_validate_after_the_plugin_is_imported(tmp_path, plugin_dir
         path = experiment(tmp_path, "plugins: [tilt_plugin]\n" + RUN)
         exp = load_experiment(path)
         assert exp.plugins == ["tilt_plugin"]
-        with pytest.raises(ConfigError, match=r"tilt.yaml: env: unknown key 'user.choice_params.tlit'; did you mean "
+        with pytest.raises(ConfigError, match=r"--set env.user.choice_params=\{'tlit': 1.0\}: env: unknown key 'user.choice_params.tlit'; did you mean "
                                               r"'user.choice_params.tilt'\?; allowed keys: user.choice_params.tilt"):
             load_experiment(path, {"env.user.choice_params": {"tlit": 1.0}})
         from marl_rec.plugins import ray_runtime_env

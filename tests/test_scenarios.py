@@ -55,3 +55,17 @@ def test_long_term_heuristic_beats_oracle_myopic_and_keeps_creators():
     assert results["oracle_myopic"]["creator_retention"].mean() < results["long_term"]["creator_retention"].mean()
     assert team["random"] < 0.8 * min(team["oracle_myopic"], team["long_term"])
     assert team["random"] < 0.95 * min(team[p] for p in policies if p != "random")  # random is clearly last
+
+
+def test_the_recsim_preset_derives_its_catalogue_from_the_sizes_given():
+    """Resampling needs num_users x num_candidates fresh items a round: the preset sizes the
+    catalogue from the sizes the user gives, unless the user sets it."""
+    from marl_rec.envs import ecosystem_v0, make_config
+
+    env = ecosystem_v0.parallel_env(scenario="recsim_interest_evolution", num_candidates=100, slate_size=10)
+    env.reset(seed=0)
+    env.step({a: list(range(10)) for a in env.agents})
+    assert env.unwrapped.runner.config.catalogue_size == 100
+    assert make_config("recsim_interest_evolution").catalogue_size == 64  # the preset's own sizes keep theirs
+    assert make_config("recsim_interest_evolution", {"num_users": 8, "num_candidates": 20}).catalogue_size == 160
+    assert make_config("recsim_interest_evolution", {"num_candidates": 20, "catalogue_size": 500}).catalogue_size == 500

@@ -67,17 +67,7 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
         # RLlib 2.60: multi-agent DQN needs the multi-agent episode buffer and short fragments.
         config = config.training(replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000})
         config = config.env_runners(rollout_fragment_length=50)
-    training = dict(exp.algorithm.training)
-    unknown = sorted(k for k in training if not hasattr(config, k))
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], [k for k in vars(config) if not k.startswith("_")], n=5)
-        raise ConfigError(
-            f"{exp.source}: unknown key 'algorithm.training.{unknown[0]}' for {exp.algorithm.name}"
-            + (f"; did you mean: {', '.join(close)}" if close else "")
-            + f" (allowed: the keyword arguments of {cls.__name__}.training)"
-        )
+    training = dict(exp.algorithm.training)  # its keys were checked with the experiment (check_training)
     if training:
         config = config.training(**training)
     ev = exp.evaluation

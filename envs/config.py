@@ -88,8 +88,22 @@ class _Section:
 Section = _Section
 
 
+def reject_non_finite(value, source: str, key: str) -> None:
+    """NaN and infinity are refused anywhere in a configuration (nested mappings and lists
+    included, e.g. ``algorithm.training.lr: .nan``): the error names the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key!r} is {value!r}; NaN and infinity are not allowed in a configuration")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            reject_non_finite(v, source, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            reject_non_finite(v, source, f"{key}[{i}]")
+
+
 def _check_value(value, default, meta, source: str, key: str):
     allowed = _describe(meta)
+    reject_non_finite(value, source, key)
     if meta.get("per_role") and isinstance(value, Mapping):  # {default: 1.0, advertiser: 0.0}
         if not all(isinstance(role, str) for role in value):
             raise ConfigError(f"{source}: {key!r} maps role names to values, got {value!r}")
@@ -100,7 +114,8 @@ def _check_value(value, default, meta, source: str, key: str):
             raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
         return value
     if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or float(value) != int(value)):
             raise ConfigError(f"{source}: {key!r} must be an integer ({allowed}), got {value!r}")
         value = int(value)
     elif isinstance(default, float):
@@ -301,21 +316,23 @@ class EcosystemConfig(_Section):
         return u * self.embedding_dim + 2 * u + 2 * c + self.num_topics + 1
 
 
-def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any], dotted: bool = True) -> dict[str, Any]:
     """Deep-merge ``overrides`` into ``base``; dotted keys (``user.time_budget``) address nested keys.
 
+    Only the keys of ``overrides`` itself are dotted paths; the keys inside a mapping value are
+    taken as they are (a search space's ``{algorithm.training.lr: {grid: [...]}}`` keeps its key).
     A ``None`` (YAML ``null``) value removes the key, so it takes its default again (as in JSON
     Merge Patch, RFC 7386): ``{"modules.creator": None}`` drops the creator's module.
     """
     merged = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
     for key, value in overrides.items():
-        head, _, rest = key.partition(".")
+        head, _, rest = key.partition(".") if dotted and isinstance(key, str) else (key, "", "")
         if rest:
             value = {rest: value}
         if value is None:
             merged.pop(head, None)
         elif isinstance(value, Mapping) and isinstance(merged.get(head), Mapping):
-            merged[head] = merge_overrides(merged[head], value)
+            merged[head] = merge_overrides(merged[head], value, dotted=bool(rest))
         else:
             merged[head] = value
     return merged

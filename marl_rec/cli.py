@@ -29,10 +29,10 @@ def bounded(kind, low=None, high=None):
 SEED = bounded(int, 0, 2**32 - 1)  # numpy's SeedSequence and RLlib take unsigned 32-bit seeds
 
 
-def _parse_value(text: str):
-    import yaml
+def _parse_value(text: str, pair: str):
+    from marl_rec.experiment import load_yaml
 
-    return yaml.safe_load(text)
+    return load_yaml(text, f"--set {pair}")
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -42,7 +42,7 @@ def parse_sets(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = _parse_value(value)
+        out[key.strip()] = _parse_value(value, pair)
     return out
 
 
@@ -50,23 +50,28 @@ def cmd_train(args) -> int:
     from marl_rec.experiment import load_experiment
 
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
-    from marl_rec.evaluate import summarise
+    from pathlib import Path
+
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
+    from marl_rec.rllib.output import (CURVE_FILE, LOG_FILE, EvaluationProgress, ThirdPartyLog, closing_summary,
+                                       plot_learning_curve, save_evaluation)
     from marl_rec.rllib.train import run_dir, train
     from marl_rec.rllib.trainable import latest_checkpoint
 
+    folder, ev, label = run_dir(exp), exp.evaluation, run_label(exp)
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
-          f"results in {run_dir(exp)}", flush=True)
-    result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard)
-    checkpoint = latest_checkpoint(result.checkpoint.path)
-    print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
-    table = summarise(evaluate_runs({run_label(exp): checkpoint}, exp))
-    header = (f"{exp.name}: final evaluation, {exp.evaluation.episodes} episodes on held-out seeds "
-              f"{exp.evaluation.seed}..{exp.evaluation.seed + exp.evaluation.episodes - 1} (mean ± standard error)")
-    print(header)
-    print(table)
-    (run_dir(exp) / "evaluation.md").write_text(header + "\n\n" + table + "\n")
+          f"results in {folder}", flush=True)
+    with ThirdPartyLog(folder / LOG_FILE) as log:  # known-harmless Ray/RLlib/gymnasium messages
+        result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard, log=log)
+        checkpoint = latest_checkpoint(result.checkpoint.path)
+        print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
+        print(f"[{exp.name}] final evaluation: the learned policy (greedy) and {', '.join(ev.baselines)}, "
+              f"{ev.episodes} held-out episodes each", flush=True)
+        table = evaluate_runs({label: checkpoint}, exp, progress=EvaluationProgress())
+    print(save_evaluation(folder, exp.name, table, label, checkpoint, ev.episodes, ev.seed))
+    plot_learning_curve(Path(result.path), folder / CURVE_FILE, f"{exp.name}: {label}, seed {exp.seed}", table, label)
+    print("\n".join(closing_summary(exp.name, folder, table, label, log)))
     return 0
 
 
@@ -107,9 +112,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from marl_rec.rllib.compare import report
+    from pathlib import Path
 
-    print(report(args.directory))
+    from marl_rec.rllib.compare import RUNS_FILE, report
+    from marl_rec.rllib.output import train_report
+
+    if (Path(args.directory) / RUNS_FILE).is_file():  # a comparison's folder
+        print(report(args.directory))
+        return 0
+    text, png = train_report(args.directory)  # a train folder
+    print(text)
+    print(f"learning curve: {png}")
     return 0
 
 

@@ -56,6 +56,44 @@ TRAINING_SYNONYMS = {
     "max_grad_norm": "grad_clip",
 }
 
+# Ranges of the common RLlib hyper-parameters (keyword -> (kind, low, high, low_open)); a
+# learning-rate schedule ([[timestep, value], ...]) is checked value by value.
+TRAINING_RANGES = {
+    "lr": (float, 0.0, None, True), "gamma": (float, 0.0, 1.0, False), "lambda_": (float, 0.0, 1.0, False),
+    "clip_param": (float, 0.0, None, True), "vf_clip_param": (float, 0.0, None, True),
+    "entropy_coeff": (float, 0.0, None, False), "vf_loss_coeff": (float, 0.0, None, False),
+    "kl_coeff": (float, 0.0, None, False), "kl_target": (float, 0.0, None, True), "grad_clip": (float, 0.0, None, True),
+    "tau": (float, 0.0, 1.0, False), "train_batch_size_per_learner": (int, 1, None, False),
+    "train_batch_size": (int, 1, None, False), "minibatch_size": (int, 1, None, False),
+    "num_epochs": (int, 1, None, False), "target_network_update_freq": (int, 0, None, False),
+    "num_steps_sampled_before_learning_starts": (int, 0, None, False), "n_step": (int, 1, None, False),
+}
+YAML_MAX_BYTES = 1 << 20  # an experiment file is a few KB; a larger one is not an experiment
+YAML_MAX_ALIASES = 100  # anchors/aliases are fine, an alias bomb ("billion laughs") is not
+
+
+def check_training_value(key: str, value, where: str) -> None:
+    """``value`` of training keyword ``key`` is of its kind and in its range (TRAINING_RANGES)."""
+    if key not in TRAINING_RANGES or value is None and key == "grad_clip":
+        return
+    kind, low, high, low_open = TRAINING_RANGES[key]
+    if key == "lr" and isinstance(value, list):  # a schedule: [[timestep, lr], ...]
+        for i, point in enumerate(value):
+            if not (isinstance(point, (list, tuple)) and len(point) == 2):
+                raise ConfigError(f"{where}: 'algorithm.training.lr' schedule entry {i} must be [timestep, value], "
+                                  f"got {point!r}")
+            check_training_value(key, point[1], where)
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind is int and float(value) != int(value)):
+        raise ConfigError(f"{where}: 'algorithm.training.{key}' must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}")
+    too_low = low is not None and (value < low or (low_open and value == low))
+    if too_low or (high is not None and value > high):
+        span = (f"{'>' if low_open else '>='} {low}" if high is None else f"in [{low}, {high}]")
+        raise ConfigError(f"{where}: 'algorithm.training.{key}' is {value!r}; allowed values: a number {span}")
+
+
 # The module each built-in role gets when the experiment names none; a plug-in role declares
 # its own as the class attribute ``default_module`` (a {type, model_config} mapping).
 DEFAULT_MODULES = {
@@ -222,6 +260,11 @@ class ExperimentConfig(_Section):
     def check_training(self) -> None:
         """Every ``algorithm.training`` key is a keyword of the algorithm's ``training()``."""
         training = self.algorithm.training
+        for key, value in training.items():
+            check_training_value(str(key), value, self.source)
+        if self.algorithm.name == "DQN" and self.env_config().slate_size != 1:
+            raise ConfigError(f"{self.source}: DQN in RLlib 2.60 takes Discrete actions only, so it needs single-item "
+                              f"slates: set env.slate_size: 1 (it is {self.env_config().slate_size})")
         if not training:
             return
         cls = ALGORITHMS.resolve(self.algorithm.name, f"{self.source}: 'algorithm.name'")
@@ -325,6 +368,26 @@ class ExperimentConfig(_Section):
         return exp
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses more than YAML_MAX_ALIASES aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases = getattr(self, "aliases", 0) + 1
+            if self.aliases > YAML_MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {YAML_MAX_ALIASES} aliases (*name): refused, as a file that expands "
+                                     "without bound would be")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, source: str):
+    """Safe YAML (no code, no python/ tags) with a bound on aliases; errors name ``source``."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+
+
 def shipped_experiments() -> dict[str, Path]:
     """name -> file of the experiments installed with marl-rec (``marl_rec.experiments``)."""
     import importlib.resources
@@ -357,11 +420,9 @@ def load_experiment(
     from marl_rec.plugins import load_plugins
 
     path = experiment_path(path)
-    try:
-        with path.open() as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if path.stat().st_size > YAML_MAX_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; an experiment file may hold at most {YAML_MAX_BYTES}")
+    raw = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw)

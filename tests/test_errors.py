@@ -22,7 +22,7 @@ def test_bad_value_names_the_key_and_the_range():
         make_config("creator_economy", {"reward_mix": 1.5}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"'num_users' must be an integer"):
         make_config("creator_economy", {"num_users": "many"})
-    with pytest.raises(ConfigError, match=r"'user.time_budget' must be a finite number"):
+    with pytest.raises(ConfigError, match=r"'user.time_budget' is nan; NaN and infinity are not allowed"):
         make_config("creator_economy", {"user.time_budget": float("nan")})
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from marl_rec.envs.checks import plan_roles
+from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, EcosystemConfig
 from marl_rec.envs.core import Simulator
 from marl_rec.envs.roles import Role
@@ -42,6 +42,7 @@ class RoundRunner:
     def __init__(self, config: EcosystemConfig, **parts):
         self.config = config
         plan = plan_roles(config)  # the same checks as make_config's check_names
+        check_memory(config)  # before the simulator allocates
         self.sim = Simulator(config, **parts)
         self.roles: dict[str, Role] = {name: _build(cls, config, plan.role_params[name]) for name, cls in plan.roles.items()}
         self.sim.roles = self.roles  # behaviours read their role's own state through sim.roles[name]
@@ -66,6 +67,7 @@ class RoundRunner:
                 self.agent_role[agent] = (name, i)
         self.role_agents = {n: [f"{n}_{i}" for i in range(self.roles[n].num_agents())] for n in self.external}
         self.live: set[str] = set()
+        self._episode_seeds: np.random.SeedSequence | None = None  # the next unseeded resets' seeds
         self.phase_index = 0
         self.done = True
         # per role: (num_agents,) sum of each agent's rewards (alpha·team + (1−alpha)·individual)
@@ -86,7 +88,17 @@ class RoundRunner:
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int | None = None) -> None:
-        self.sim.reset(np.random.default_rng(seed))
+        """A seed starts a new sequence of episodes; no seed continues the current one
+        (Gymnasium's convention: RLlib seeds only an env runner's first reset), so one seed
+        fixes every episode that follows. Only a first reset without any seed is unseeded."""
+        if seed is not None:
+            self._episode_seeds = np.random.SeedSequence(seed)
+            rng = np.random.default_rng(seed)
+        elif self._episode_seeds is not None:
+            rng = np.random.default_rng(self._episode_seeds.spawn(1)[0])
+        else:
+            rng = np.random.default_rng()
+        self.sim.reset(rng)
         for role in self.roles.values():
             role.reset(self.sim, self.sim.rng)
         self.role_returns = {name: np.zeros(role.num_agents()) for name, role in self.roles.items()}

@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
     from marl_rec.experiment import load_experiment
 
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
+    if not args.address:
+        exp.check_local_resources()
     from pathlib import Path
 
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
@@ -79,6 +81,8 @@ def cmd_sweep(args) -> int:
     from marl_rec.experiment import load_experiment
 
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
+    if not args.address:
+        exp.check_local_resources()
     if not (exp.tune.search_space or exp.tune.seeds):
         raise ConfigError(f"{exp.source}: nothing to sweep: the file has no 'tune:' section with a search_space or "
                           "seeds (see experiments/sweep_ppo.yaml); to train it once, use marl-rec train")
@@ -103,6 +107,8 @@ def cmd_compare(args) -> int:
     from marl_rec.experiment import load_experiment
 
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
+    if not args.address:
+        exp.check_local_resources()
     from marl_rec.rllib.compare import compare
 
     path = compare(exp, address=args.address, resume=args.resume)

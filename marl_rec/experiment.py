@@ -257,6 +257,28 @@ class ExperimentConfig(_Section):
             if hasattr(cls, "check_config"):  # a module's own checks against the env (e.g. the fixed module's behaviour)
                 cls.check_config(options, self.env_config(), role, f"{self.source}: 'modules.{role}'")
 
+    def check_local_resources(self) -> None:
+        """Before a local Ray starts: the CPUs and GPUs one trial needs exist on this machine
+        (the exact request is checked again against RLlib's own count when the run starts)."""
+        import os
+
+        r = self.resources
+        cpus = r.num_cpus or os.cpu_count() or 1
+        need = 1 + r.num_env_runners + self.evaluation.num_env_runners + (r.num_learners if not r.num_gpus_per_learner else 0)
+        if need > cpus:
+            raise ConfigError(f"{self.source}: one trial needs at least {need} CPUs (the driver, num_env_runners: "
+                              f"{r.num_env_runners}, evaluation.num_env_runners: {self.evaluation.num_env_runners}, "
+                              f"num_learners: {r.num_learners}), but this machine has {cpus} (resources.num_cpus, or "
+                              "every CPU when 0)")
+        if r.num_gpus_per_learner:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            need_gpus = r.num_gpus_per_learner * max(r.num_learners, 1)
+            if need_gpus > gpus:
+                raise ConfigError(f"{self.source}: resources.num_gpus_per_learner: {r.num_gpus_per_learner} needs "
+                                  f"{need_gpus:g} GPUs, but this machine has {gpus}; set it to 0 to learn on the CPU")
+
     def check_training(self) -> None:
         """Every ``algorithm.training`` key is a keyword of the algorithm's ``training()``."""
         training = self.algorithm.training
@@ -313,8 +335,18 @@ class ExperimentConfig(_Section):
         self.trained_roles()
         self.check_modules()
         self.check_training()
+        self.check_memory()
         self.check_search_space()
         return self
+
+    def check_memory(self) -> None:
+        """The envs one trial holds at once (every env runner's sub-envs; the driver's when it
+        samples itself) fit in this machine's available memory."""
+        from marl_rec.envs.checks import check_memory
+
+        r = self.resources
+        copies = r.num_envs_per_env_runner * max(r.num_env_runners, 1)
+        check_memory(self.env_config(), copies, f"{self.source}: env")
 
 
     def check_search_space(self) -> None:

@@ -18,6 +18,7 @@ so a checkpoint folder alone is enough to evaluate it (:func:`find_experiment`,
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -159,6 +160,30 @@ def trial_resources(exp: ExperimentConfig):
     return config.algo_class.default_resource_request(config)
 
 
+def local_resources(exp: ExperimentConfig) -> dict[str, float]:
+    """What a local Ray started by the CLI has: resources.num_cpus (or every CPU) and CUDA devices."""
+    import torch
+
+    return {"CPU": float(exp.resources.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_resources(exp: ExperimentConfig, request, available: dict[str, float], where: str = "this machine") -> None:
+    """One trial's request (driver, env runners, learners) fits ``available``; else a ConfigError
+    now, instead of Tune waiting forever for resources that never come."""
+    need = {kind: sum(bundle.get(kind, 0.0) for bundle in request.bundles) for kind in ("CPU", "GPU")}
+    r = exp.resources
+    if need["CPU"] > available.get("CPU", 0.0):
+        raise ConfigError(
+            f"{exp.source}: one trial needs {need['CPU']:g} CPUs (the driver, num_env_runners: {r.num_env_runners}, "
+            f"num_learners: {r.num_learners}, evaluation.num_env_runners: {exp.evaluation.num_env_runners}), but "
+            f"{where} has {available.get('CPU', 0.0):g}" + ("" if where != "this machine" else
+                                                         " (resources.num_cpus, or every CPU when 0)"))
+    if need["GPU"] > available.get("GPU", 0.0):
+        raise ConfigError(f"{exp.source}: one trial needs {need['GPU']:g} GPUs (resources.num_gpus_per_learner: "
+                          f"{r.num_gpus_per_learner}), but {where} has {available.get('GPU', 0.0):g}; "
+                          "set resources.num_gpus_per_learner: 0 to learn on the CPU")
+
+
 def largest_resources(experiments: Iterable[ExperimentConfig]):
     """The largest request (by CPUs) among ``experiments``: every trial of a run gets it."""
     return max((trial_resources(exp) for exp in experiments), key=lambda r: sum(b.get("CPU", 0) for b in r.bundles))
@@ -186,7 +211,13 @@ def run_trials(
     trials, or refused with ``refuse_existing``.
     """
     resources = resources or trial_resources(exp)  # every check before Ray starts
+    if not address:
+        check_resources(exp, resources, local_resources(exp))  # before Ray starts: a request that cannot fit waits forever
     init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
+    if address:
+        import ray
+
+        check_resources(exp, resources, ray.cluster_resources(), where=f"the cluster at {address}")
     from ray import tune
 
     path = run_dir(exp)

@@ -155,6 +155,10 @@ class Role:
             array = np.asarray(action)
         except Exception:  # noqa: BLE001 - anything unconvertible is simply invalid
             array = None
+        if array is not None and array.dtype.kind not in "iuf":  # None, strings, booleans, objects: not actions
+            raise InvalidActionError(
+                f"invalid action for {agent}: {action!r} is not a number (dtype {array.dtype}); expected {space}"
+            )
         if array is None or array.shape != space.shape:
             raise InvalidActionError(
                 f"invalid action for {agent}: {action!r} has shape "

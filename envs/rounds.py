@@ -154,6 +154,9 @@ class RoundRunner:
     def step(self, actions: dict) -> Outcome:
         """Apply the current phase's external actions (validated), then run on to the next
         phase that has acting agents. Rewards appear for every round that ended on the way."""
+        if self.done:
+            raise AgentNotActingError("the episode has ended (every agent terminated or was truncated): "
+                                      "call reset() before step()")
         acting = self.acting_agents()
         if actions.keys() != set(acting):  # the usual case, exactly the acting agents, needs no more checks
             missing = [a for a in acting if a not in actions]

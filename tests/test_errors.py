@@ -59,7 +59,10 @@ def env():
         ([[0, 1, 2]], r"has shape \(1, 3\), expected \(3,\)"),
         ([0.0, 1.0, np.nan], "is not finite"),
         ([0.5, 1.0, 2.0], "is not integer"),
-        ("abc", "has shape"),
+        ("abc", r"'abc' is not a number \(dtype <U3\)"),
+        ("1", r"'1' is not a number"),  # a string is never coerced to an index
+        (None, r"None is not a number \(dtype object\)"),
+        (True, r"True is not a number \(dtype bool\)"),
     ],
 )
 def test_invalid_system_actions_name_agent_and_space(env, action, message):
@@ -109,3 +112,25 @@ def test_acting_for_a_terminated_agent_is_an_error():
 def test_creator_role_without_creators_is_an_error():
     with pytest.raises(ConfigError, match="'roles' includes 'creator' but num_creators is 0"):
         ecosystem_v0.env(roles=["system", "creator"], num_creators=0)
+
+
+def test_stepping_a_finished_parallel_episode_is_a_clear_error():
+    env = ecosystem_v0.parallel_env(num_users=2, max_cycles=2)
+    observations, _ = env.reset(seed=0)
+    while env.agents:
+        observations, *_ = env.step({a: np.flatnonzero(o["action_mask"])[:3] for a, o in observations.items()})
+    with pytest.raises(AgentNotActingError, match=r"the episode has ended .*call reset\(\) before step\(\)"):
+        env.step({})
+
+
+@pytest.mark.parametrize("action", [None, "2", b"2", True])
+def test_a_user_action_that_is_not_a_number_names_the_agent(action):
+    env = ecosystem_v0.env(roles=["system", "user"], num_users=2, max_cycles=3)
+    env.reset(seed=0)
+    env.step(np.array([0, 1, 2]))
+    env.step(np.array([0, 1, 2]))
+    assert env.agent_selection == "user_0"
+    with pytest.raises(InvalidActionError, match=r"invalid action for user_0: .* is not a number .*expected Discrete\(4\)"):
+        env.step(action)
+    env.step(1)  # the env is still usable
+    assert env.agent_selection == "user_1"

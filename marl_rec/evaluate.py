@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -41,9 +41,11 @@ def evaluate_behaviour(
     episodes: int = 10,
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """``episodes`` episodes on seeds seed, seed + 1, ... with ``policy`` as the system and
-    users and creators simulated; returns metric -> array over episodes."""
+    users and creators simulated; returns metric -> array over episodes. ``progress(policy,
+    episodes done, episodes)`` is called after each episode."""
     runner = RoundRunner(baseline_config(policy, scenario, overrides))
     results = {m: np.zeros(episodes) for m in METRICS}
     for e in range(episodes):
@@ -52,6 +54,8 @@ def evaluate_behaviour(
             runner.play_round()
         for name, value in runner.sim.metrics().items():
             results[name][e] = value
+        if progress is not None:
+            progress(policy, e + 1, episodes)
     return results
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig
-from marl_rec.rllib.train import run_dir
+from marl_rec.rllib.train import fix_hash_seed, run_dir
 from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
 
 RUNS_FILE = "runs.json"
@@ -35,6 +35,7 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     from marl_rec.rllib.evaluation import evaluate_runs  # torch: not needed by `marl-rec report`
 
     c = exp.compare
+    fix_hash_seed()  # before run_trials starts Ray: a seed repeats a run
     results = run_trials(
         exp,
         {"__variant__": tune.grid_search(list(c.variants)), "seed": tune.grid_search(list(c.seeds))},

@@ -5,7 +5,7 @@ compare."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,7 +39,11 @@ def greedy_actions(module, observations: list) -> np.ndarray:
     return np.asarray(actions.cpu().numpy() if isinstance(actions, torch.Tensor) else actions)
 
 
-def evaluate_modules(modules: dict, exp: ExperimentConfig, episodes: int, seed: int) -> dict[str, np.ndarray]:
+Progress = Callable[[str, int, int], None]  # (policy, episodes done, episodes), after each episode
+
+
+def evaluate_modules(modules: dict, exp: ExperimentConfig, episodes: int, seed: int,
+                     progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
     """Episodes seed, seed + 1, ... with the trained modules acting for the external roles."""
     env = EcosystemRLlibEnv(env_config(exp))
     results = {m: np.zeros(episodes) for m in METRICS}
@@ -57,6 +61,8 @@ def evaluate_modules(modules: dict, exp: ExperimentConfig, episodes: int, seed: 
                 break
         for name, value in env.sim.metrics().items():
             results[name][e] = value
+        if progress is not None:
+            progress(label, e + 1, episodes)
     return results
 
 
@@ -70,12 +76,13 @@ def evaluate_runs(
     exp: ExperimentConfig,
     episodes: int | None = None,
     seed: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """policy -> metric -> values over episodes ``seed, seed + 1, ...``: each checkpoint's
     modules (label -> checkpoint folder, acting in the env of the experiment stored with it),
     then every baseline of ``exp.evaluation.baselines`` on ``exp``'s env, all on the same seeds.
 
-    ``episodes`` and ``seed`` default to ``exp.evaluation``. The one evaluation behind
+    ``episodes`` and ``seed`` default to ``exp.evaluation``; ``progress`` is told of every episode. The one evaluation behind
     ``marl-rec train``'s final table, ``marl-rec evaluate --checkpoint`` and ``marl-rec compare``.
     """
     episodes = episodes or exp.evaluation.episodes
@@ -85,7 +92,8 @@ def evaluate_runs(
         raise ConfigError(f"{exp.source}: a trained run and a baseline share the name {clashes[0]!r}")
     table = {}
     for label, checkpoint in checkpoints.items():
-        table[label] = evaluate_modules(load_modules(checkpoint), find_experiment(checkpoint), episodes, seed)
+        table[label] = evaluate_modules(load_modules(checkpoint), find_experiment(checkpoint), episodes, seed,
+                                        progress, label)
     for name in exp.evaluation.baselines:
-        table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env)
+        table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env, progress=progress)
     return table

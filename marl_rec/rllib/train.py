@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from marl_rec.experiment import ExperimentConfig
+
+if TYPE_CHECKING:
+    from marl_rec.rllib.output import ThirdPartyLog
 
 
 def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False, ship_plugins: bool = False) -> None:
@@ -69,17 +73,35 @@ def _progress_callback(exp: ExperimentConfig):
     return Progress()
 
 
+def fix_hash_seed() -> None:
+    """Give the Ray worker processes started from here a fixed ``PYTHONHASHSEED`` (unless one is
+    set). RLlib 2.60 gathers the agents that act in a step from sets of their ids, whose order
+    follows the string hashes Python randomises per process: without this, the same seed
+    samples the same step's actions for other agents in another process, and runs diverge from
+    the first iteration. A cluster joined with ``--address`` keeps its workers' own setting."""
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
 def run_dir(exp: ExperimentConfig) -> Path:
     return Path(exp.results_dir).resolve() / exp.name
 
 
-def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False):
+def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False,
+          log: ThirdPartyLog | None = None):
     """Run ``exp`` as a one-trial Tune experiment of the shared trainable under results_dir/name,
     printing a progress line per iteration; returns the trial's Tune Result (its ``checkpoint``
-    is the last one, in the layout of :mod:`marl_rec.rllib.trainable`)."""
-    from marl_rec.rllib.trainable import run_trials
+    is the last one, in the layout of :mod:`marl_rec.rllib.trainable`; ``path`` its trial folder).
 
-    results = run_trials(exp, {}, address=address, resume=resume, dashboard=dashboard,
+    Ray is started here (workers with a fixed hash seed, :func:`fix_hash_seed`); ``log`` (a
+    :class:`marl_rec.rllib.output.ThirdPartyLog`) is then attached to what Ray added."""
+    from marl_rec.rllib.trainable import run_trials, trial_resources
+
+    resources = trial_resources(exp)  # every check before Ray starts
+    fix_hash_seed()
+    init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
+    if log is not None:
+        log.attach()  # the handlers and the worker output stream Ray has just added
+    results = run_trials(exp, {}, address=address, resume=resume, dashboard=dashboard, resources=resources,
                          callbacks=[_progress_callback(exp)], verbose=0)
     result = results[0]
     if result.error:

@@ -1,0 +1,338 @@
+"""What ``marl-rec train`` shows a person, and what it leaves in the run's folder.
+
+- :class:`ThirdPartyLog`: known-harmless third-party messages (:data:`HARMLESS`, matched by
+  their exact text) go to ``<run>/third_party.log`` instead of the terminal, from the driver
+  (logging, warnings) and from Ray's worker processes (their lines reach the terminal through
+  the driver's log stream, which is filtered). Everything else still reaches the terminal.
+- :class:`EvaluationProgress`: a progress bar over the final evaluation's episodes.
+- :func:`plot_learning_curve`: team return of the training episodes over env steps, with the
+  held-out evaluation's means as reference lines (``learning_curve.png``).
+- :func:`save_evaluation` / :func:`train_report`: the final evaluation as ``evaluation.json``
+  and ``evaluation.md``; ``marl-rec report`` on a train folder rebuilds the table and the plot.
+- :func:`closing_summary`: the last lines of a train run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from marl_rec.envs.config import ConfigError
+from marl_rec.evaluate import summarise
+
+LOG_FILE = "third_party.log"
+CURVE_FILE = "learning_curve.png"
+EVALUATION_FILE = "evaluation.json"  # every episode's metrics of the final evaluation
+EVALUATION_TABLE = "evaluation.md"
+PROGRESS_FILE = "progress.csv"  # Tune's per-iteration results of a trial
+STEPS_COLUMN = "num_env_steps_sampled_lifetime"
+RETURN_COLUMN = "env_runners/team_return"
+
+# Exact message text (a fragment of it) -> why it is harmless. Only these leave the terminal.
+HARMLESS: dict[str, str] = {
+    "on the new API stack! This is the new default behavior for this algorithm.":
+        "RLlib: marl-rec is built on the new API stack on purpose (algorithm_config.py)",
+    "`RLModule(config=[RLModuleConfig object])` has been deprecated.":
+        "RLlib 2.60 builds RLModules through its own deprecated path (rl_module.py); nothing of ours calls it",
+    "Install gputil for GPU system monitoring.":
+        "Tune's resource monitor on a machine without the optional gputil package",
+    "is not within the observation space.":
+        "gymnasium's passive checker on float32 rounding at a Box bound (passive_env_checker.py)",
+    "Checkpoint successfully created at:":
+        "Tune's note for every checkpoint; the run's checkpoint is printed at the end",
+    "Wrote the latest version of all result files and experiment state to":
+        "Tune's note when an experiment ends",
+    "Started a local Ray instance.":
+        "Ray's note at start; the CLI starts a local instance on loopback unless --address",
+    "Token authentication is enabled for this Ray cluster.":
+        "Ray's note that its token authentication is on (the default)",
+}
+
+# Baselines that read the simulator's true state (interest, quality, creator viability), which a
+# recommender never observes: reference points, not competitors.
+PRIVILEGED = frozenset({"oracle_myopic", "long_term"})
+
+
+def is_harmless(message: str) -> bool:
+    """Whether ``message`` contains one of :data:`HARMLESS`'s texts."""
+    return any(fragment in message for fragment in HARMLESS)
+
+
+# -- third-party output -----------------------------------------------------------------------
+
+
+class _HarmlessFilter(logging.Filter):
+    """On a logging handler: records with a harmless message go to the log file instead."""
+
+    def __init__(self, sink):
+        super().__init__("marl_rec.harmless")
+        self.sink = sink
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if is_harmless(message):
+            self.sink(f"{record.levelname} {record.name}: {message}")
+            return False
+        return True
+
+
+class ThirdPartyLog:
+    """Context manager: harmless third-party messages to ``path``, the rest to the terminal.
+
+    Filters every logging handler present when entered or at :meth:`attach` (call it again
+    after ``ray.init``, which adds handlers and the worker log stream), ``warnings.showwarning``,
+    and the driver's stream of Ray worker output (``ray._private.ray_logging``'s dispatcher,
+    the one path by which a worker's stdout/stderr reaches the terminal with
+    ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
+    prints nothing at ``verbose=0`` (the new one prints a configuration box and a TensorBoard
+    hint pointing into /tmp). Everything is restored on exit.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = None
+        self._handlers: list[logging.Handler] = []
+        self._dispatcher = None
+        self._wrapped: dict = {}  # our wrapper -> the dispatcher's handler it wraps
+        self._showwarning = None
+        self._environ: dict[str, str | None] = {}
+        self.dropped = 0
+
+    def write(self, line: str) -> None:
+        self.dropped += 1
+        self._file.write(line.rstrip("\n") + "\n")
+        self._file.flush()
+
+    def __enter__(self) -> "ThirdPartyLog":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+        self._file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: known-harmless third-party messages "
+                         "(marl_rec.rllib.output.HARMLESS), kept out of the terminal\n")
+        self._filter = _HarmlessFilter(self.write)
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = self._show_warning
+        for name, value in {"RAY_AIR_NEW_OUTPUT": "0"}.items():
+            self._environ[name] = os.environ.get(name)
+            os.environ[name] = value
+        self.attach()
+        return self
+
+    def attach(self) -> None:
+        """Filter the handlers and the Ray worker stream that exist now (idempotent)."""
+        loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                           if isinstance(lg, logging.Logger)]
+        for logger in loggers:
+            for handler in logger.handlers:
+                if handler not in self._handlers:
+                    handler.addFilter(self._filter)
+                    self._handlers.append(handler)
+        self._attach_worker_stream()
+
+    def _attach_worker_stream(self) -> None:
+        ray_logging = sys.modules.get("ray._private.ray_logging")
+        dispatcher = getattr(ray_logging, "global_worker_stdstream_dispatcher", None)
+        if dispatcher is None or not hasattr(dispatcher, "handlers"):  # no Ray yet, or another Ray
+            return
+        self._dispatcher = dispatcher
+        with dispatcher._lock:  # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
+            dispatcher.handlers = [(name, handler if handler in self._wrapped else self._wrap(handler))
+                                   for name, handler in dispatcher.handlers]
+
+    def _wrap(self, handler):
+        def filtered(data: dict) -> None:
+            lines = data.get("lines", [])
+            kept = [line for line in lines if not is_harmless(line)]
+            for line in lines:
+                if is_harmless(line):
+                    self.write(f"(pid={data.get('pid')}) {line}")
+            if kept:
+                handler({**data, "lines": kept})
+
+        self._wrapped[filtered] = handler
+        return filtered
+
+    def _show_warning(self, message, category, filename, lineno, file=None, line=None):
+        if is_harmless(str(message)):
+            self.write(f"{category.__name__} {filename}:{lineno}: {message}")
+        else:
+            self._showwarning(message, category, filename, lineno, file, line)
+
+    def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._filter)
+        if self._dispatcher is not None:
+            with self._dispatcher._lock:
+                self._dispatcher.handlers = [(name, self._wrapped.get(handler, handler))
+                                             for name, handler in self._dispatcher.handlers]
+        warnings.showwarning = self._showwarning
+        for name, value in self._environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._file.close()
+
+
+# -- evaluation progress ----------------------------------------------------------------------
+
+
+class EvaluationProgress:
+    """``progress(policy, done, total)`` after each evaluation episode: a bar redrawn in place on
+    a terminal, one line per finished policy otherwise (logs, pipes)."""
+
+    def __init__(self, stream=None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start: dict[str, float] = {}
+
+    def __call__(self, policy: str, done: int, total: int) -> None:
+        start = self.start.setdefault(policy, time.time())
+        seconds = time.time() - start
+        filled = self.width * done // max(total, 1)
+        bar = f"  evaluating {policy:<32.32s} [{'#' * filled}{'.' * (self.width - filled)}] {done:3d}/{total} {seconds:5.1f}s"
+        if self.tty:
+            self.stream.write("\r" + bar + ("\n" if done == total else ""))
+        elif done == total:
+            self.stream.write(bar + "\n")
+        self.stream.flush()
+
+
+# -- the evaluation's files -------------------------------------------------------------------
+
+
+def evaluation_header(name: str, episodes: int, seed: int) -> str:
+    return (f"{name}: final evaluation, {episodes} episodes on held-out seeds {seed}..{seed + episodes - 1} "
+            "(mean ± standard error)")
+
+
+def save_evaluation(folder: Path, name: str, table: Mapping[str, Mapping[str, np.ndarray]], learned: str,
+                    checkpoint: Path, episodes: int, seed: int) -> str:
+    """Write evaluation.json (every episode's metrics) and evaluation.md; returns the Markdown."""
+    data = {
+        "experiment": name, "episodes": episodes, "seed": seed, "learned": learned, "checkpoint": str(checkpoint),
+        "results": {policy: {m: np.asarray(v).tolist() for m, v in metrics.items()} for policy, metrics in table.items()},
+    }
+    (folder / EVALUATION_FILE).write_text(json.dumps(data, indent=1))
+    return _write_table(folder, data)
+
+
+def _write_table(folder: Path, data: dict) -> str:
+    text = evaluation_header(data["experiment"], data["episodes"], data["seed"]) + "\n\n" + summarise(data["results"])
+    (folder / EVALUATION_TABLE).write_text(text + "\n")
+    return text
+
+
+def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str) -> str:
+    """One line: the learned policy's mean team return and its ratio to each baseline's."""
+    mean = {policy: float(np.mean(metrics["team_return"])) for policy, metrics in table.items()}
+    others = [f"{mean[learned] / mean[p]:.2f} × {p}{' (privileged)' if p in PRIVILEGED else ''} ({mean[p]:.1f})"
+              for p in table if p != learned and mean[p]]
+    return f"learned policy's held-out team return {mean[learned]:.1f}: " + ", ".join(others)
+
+
+# -- the learning curve -----------------------------------------------------------------------
+
+
+def read_curve(trial: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, team return of the training episodes) per iteration from a trial's
+    progress.csv; iterations in which no episode had ended yet are left out."""
+    steps, returns = [], []
+    with (trial / PROGRESS_FILE).open() as f:
+        for row in csv.DictReader(f):
+            value = float(row.get(RETURN_COLUMN) or "nan")
+            if np.isfinite(value):
+                steps.append(float(row[STEPS_COLUMN]))
+                returns.append(value)
+    return np.array(steps), np.array(returns)
+
+
+def plot_learning_curve(trial: Path, out: Path, title: str,
+                        table: Mapping[str, Mapping[str, np.ndarray]] | None = None, learned: str | None = None) -> Path:
+    """Write ``out``: the training episodes' team return over env steps sampled, each
+    baseline's held-out mean as a horizontal line and, if given, the learned policy's
+    held-out mean (± standard error) at the last step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps, returns = read_curve(trial)
+    fig = Figure(figsize=(7, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(steps, returns, color="C0", linewidth=1.2, label="training episodes (exploring policy)")
+    styles = ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4
+    for (policy, metrics), style, colour in zip((table or {}).items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
+        values = np.asarray(metrics["team_return"], dtype=float)
+        if policy == learned:
+            if len(steps):
+                se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+                ax.errorbar([steps[-1]], [values.mean()], yerr=[se], fmt="o", color="C0", capsize=3,
+                            label=f"learned, greedy (held-out mean {values.mean():.1f})")
+            continue
+        suffix = ", privileged" if policy in PRIVILEGED else ""
+        ax.axhline(values.mean(), color=colour, linestyle=style, linewidth=1.0,
+                   label=f"{policy} (held-out mean {values.mean():.1f}{suffix})")
+    ax.set_xlabel("env steps sampled")
+    ax.set_ylabel("team return per episode")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    return out
+
+
+# -- marl-rec report on a train folder --------------------------------------------------------
+
+
+def newest_trial(folder: Path) -> Path:
+    found = sorted(folder.glob(f"*/{PROGRESS_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"{folder}: no trial with a {PROGRESS_FILE} (written by marl-rec train)")
+    return found[-1].parent
+
+
+def train_report(folder: str | Path) -> tuple[str, Path]:
+    """Rebuild a train folder's evaluation.md and learning_curve.png (from evaluation.json and
+    the evaluated trial's progress.csv); returns the table and the plot's path."""
+    folder = Path(folder)
+    source = folder / EVALUATION_FILE
+    if not source.is_file():
+        raise ConfigError(f"{folder}: no {EVALUATION_FILE} (written by marl-rec train after its final evaluation) "
+                          f"and no runs.json (written by marl-rec compare)")
+    data = json.loads(source.read_text())
+    trial = Path(data["checkpoint"]).parent
+    if not (trial / PROGRESS_FILE).is_file():  # the folder was moved: the newest trial in it
+        trial = newest_trial(folder)
+    text = _write_table(folder, data)
+    table = {p: {m: np.asarray(v) for m, v in metrics.items()} for p, metrics in data["results"].items()}
+    png = plot_learning_curve(trial, folder / CURVE_FILE, f"{data['experiment']}: {data['learned']}", table,
+                              data["learned"])
+    return text, png
+
+
+# -- the closing summary ----------------------------------------------------------------------
+
+
+def closing_summary(name: str, folder: Path, table: Mapping[str, Mapping[str, np.ndarray]], learned: str,
+                    log: ThirdPartyLog | None = None) -> list[str]:
+    """The last lines of ``marl-rec train``: the verdict and where everything is."""
+    lines = [f"[{name}] {comparison_line(table, learned)}",
+             f"[{name}] results:        {folder}",
+             f"[{name}] evaluation:     {folder / EVALUATION_TABLE}",
+             f"[{name}] learning curve: {folder / CURVE_FILE}"]
+    if log is not None:
+        lines.append(f"[{name}] third-party log: {log.path} ({log.dropped} known-harmless messages)")
+    lines.append(f"[{name}] TensorBoard:    tensorboard --logdir {folder}")
+    return lines

@@ -167,6 +167,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def check_dashboard() -> None:
+    """Ray's dashboard needs ray[default]'s packages, which ray[rllib] does not install."""
+    import importlib.util
+
+    missing = [m for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"--dashboard needs Ray's dashboard packages ({', '.join(missing)} missing): "
+                          "pip install 'marl-rec[dashboard]' (or 'ray[default]==2.60.0'), or leave --dashboard out")
+
+
 def list_parts() -> list[str]:
     from marl_rec.envs import registry
     from marl_rec.experiment import ALGORITHMS
@@ -302,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         load_plugins(args.plugin, where="--plugin")  # and the installed 'marl_rec.plugins' entry points
+        if getattr(args, "dashboard", False):
+            check_dashboard()
         return args.func(args)
     except ConfigError as err:
         print(f"marl-rec: configuration error: {err}", file=sys.stderr)

@@ -157,3 +157,15 @@ def test_shipped_experiments_resolve_by_bare_name(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="no such experiment file, nor a shipped experiment of that name; "
                                           "shipped: .*quickstart.*did you mean 'quickstart'"):
         load_experiment("quikstart")
+
+
+def test_dashboard_without_its_packages_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp" else real(name, *a))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("env: {num_users: 3}\n")
+    assert main(["train", str(plain), "--dashboard"]) == 2
+    assert "--dashboard needs Ray's dashboard packages (aiohttp missing): pip install 'marl-rec[dashboard]'" in \
+        capsys.readouterr().err

@@ -34,9 +34,13 @@ def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = Fa
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:
+        from marl_rec.rllib.sessions import clean_up_orphans, record_session
+
+        clean_up_orphans()  # what a killed driver's local Ray left running
         # address="local": always a new local instance, even if `ray start` left a cluster to join
         ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  runtime_env=runtime_env)
+        record_session(ray._private.worker._global_node.get_session_dir_path())
 
 
 def _progress_callback(exp: ExperimentConfig):

@@ -75,7 +75,12 @@ class _Section:
                 kwargs[name] = type(default).from_dict(value, source, prefix=key + ".")
             else:
                 kwargs[name] = _check_value(value, default, f.metadata, source, key)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:  # a check across keys (__post_init__): name the source and the section
+            if str(err).startswith(source):
+                raise
+            raise ConfigError(f"{source}: {prefix.rstrip('.') + ': ' if prefix else ''}{err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -84,7 +84,9 @@ def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(
     from marl_rec.rllib.evaluation import evaluate_runs
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import train
-    from marl_rec.rllib.trainable import ALGORITHM_DIR, STATE_FILE, find_experiment, latest_checkpoint, load_modules
+    from marl_rec.rllib.safety import MANIFEST
+    from marl_rec.rllib.trainable import (ALGORITHM_DIR, STATE_FILE, WEIGHTS_DIR, find_experiment, latest_checkpoint,
+                                          load_modules)
 
     (tmp_path / "shared.yaml").write_text(SHARED)
     # lr 0: train and compare keep the seeded initial weights, so their modules are the same by
@@ -105,7 +107,7 @@ def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(
         checkpoints[command] = checkpoint
         # results/<name>/<trial>/checkpoint_NNNNNN/{algorithm/, marl_rec.json}, whoever wrote it
         assert checkpoint.parent.parent == run and checkpoint.name.startswith("checkpoint_"), checkpoint
-        assert sorted(p.name for p in checkpoint.iterdir()) == [ALGORITHM_DIR, STATE_FILE]
+        assert sorted(p.name for p in checkpoint.iterdir()) == [ALGORITHM_DIR, STATE_FILE, MANIFEST, WEIGHTS_DIR]
         assert (checkpoint / ALGORITHM_DIR / "learner_group" / "learner" / "rl_module" / "system").is_dir()
         state = json.loads((checkpoint / STATE_FILE).read_text())
         assert state["iteration"] == 2 and state["experiment"]["name"] == f"as_{command}"

@@ -7,12 +7,17 @@ one per variant x seed. Every trial checkpoints every ``checkpoint_every`` itera
 its last one, into Tune's ``<trial>/checkpoint_NNNNNN/``::
 
     checkpoint_000004/
-        algorithm/       RLlib's Algorithm.save_to_path (learner_group/learner/rl_module/<role>/...)
+        algorithm/       RLlib's Algorithm.save_to_path (learner_group/learner/rl_module/<role>/...):
+                         pickles, restored only to continue training, after the manifest checks
+        weights/<role>.safetensors   each learning module's weights (tensors only, no code)
         marl_rec.json    {"iteration": 4, "time_total_s": ..., "experiment": {...}}: the trial's
                          own experiment as run (overrides, variant and seed applied)
+        marl_rec.manifest.json       sha256 of every file above, signed (marl_rec.rllib.safety);
+                                     written last: a checkpoint without it is incomplete
 
 so a checkpoint folder alone is enough to evaluate it (:func:`find_experiment`,
-:func:`load_modules`) or to continue its trial (``--resume``).
+:func:`load_modules`: JSON and safetensors, nothing unpickled) or to continue its trial
+(``--resume``: from the newest complete checkpoint in the trial's folder, :func:`resume_point`).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import yaml
 from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import METRICS
 from marl_rec.experiment import ExperimentConfig
+from marl_rec.rllib.safety import MANIFEST, run_files, sign_checkpoint, sign_run, verify_checkpoint, verify_run
 from marl_rec.rllib.train import init_ray, run_dir
 
 ALGORITHM_DIR = "algorithm"  # RLlib's own checkpoint, inside ours
 STATE_FILE = "marl_rec.json"  # {"iteration", "time_total_s" (training time so far), "experiment": to_dict()}
+WEIGHTS_DIR = "weights"  # <role>.safetensors per module with parameters: what evaluation loads
 EXPERIMENT_FILE = "experiment.yaml"  # the run's experiment, for people (readers use STATE_FILE)
 REPORTED = (*METRICS, "episode_return_mean")  # per-iteration means under env_runners/ (the last is RLlib's)
 
@@ -41,9 +48,29 @@ REPORTED = (*METRICS, "episode_return_mean")  # per-iteration means under env_ru
 
 
 def save_checkpoint(folder: Path, algo, exp: ExperimentConfig, iteration: int, time_total_s: float) -> None:
+    """RLlib's checkpoint, each module's weights as safetensors, our state, then the signed
+    manifest (last: it marks the checkpoint complete)."""
     algo.save_to_path(str(folder / ALGORITHM_DIR))
+    save_weights(folder / WEIGHTS_DIR, algo)
     state = {"iteration": iteration, "time_total_s": time_total_s, "experiment": exp.to_dict()}
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    sign_checkpoint(folder)
+
+
+def save_weights(folder: Path, algo) -> None:
+    """The learner's module weights (those RLlib's checkpoint holds), one safetensors file per
+    module; a module without parameters (the fixed behaviour module) gets none."""
+    import numpy as np
+    import torch
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+    from safetensors.torch import save_file
+
+    state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for module_id, weights in state[COMPONENT_LEARNER][COMPONENT_RL_MODULE].items():
+        if weights:
+            save_file({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in weights.items()},
+                      str(folder / f"{module_id}.safetensors"))
 
 
 def checkpoint_state(checkpoint: str | Path) -> dict:
@@ -75,12 +102,161 @@ def find_experiment(checkpoint: str | Path) -> ExperimentConfig:
 
 
 def load_modules(checkpoint: str | Path) -> dict:
-    """role -> RLModule restored from a checkpoint (no Ray cluster needed)."""
-    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
+    """role -> RLModule rebuilt from a checkpoint without unpickling anything: the experiment
+    from its JSON, each module from the builder's specs (spaces from that experiment's env),
+    its weights from ``weights/<role>.safetensors``. The folder's files must match its manifest
+    (digests only: a checkpoint signed on another machine evaluates too). No Ray cluster needed."""
+    from safetensors.torch import load_file
 
-    checkpoint_state(checkpoint)  # a clear error for a folder that is not ours
-    multi = MultiRLModule.from_checkpoint(Path(checkpoint) / ALGORITHM_DIR / "learner_group" / "learner" / "rl_module")
-    return {module_id: multi[module_id] for module_id in multi.keys()}
+    from marl_rec.rllib.builder import build_algorithm_config, env_config
+    from marl_rec.rllib.env import EcosystemRLlibEnv
+
+    folder = Path(checkpoint)
+    checkpoint_state(folder)  # a clear error for a folder that is not ours
+    verify_checkpoint(folder, signed=False)  # before its JSON names plug-ins to import
+    exp = find_experiment(folder)
+    specs = build_algorithm_config(exp).get_multi_rl_module_spec(env=EcosystemRLlibEnv(env_config(exp)))
+    modules = {}
+    for role, spec in specs.rl_module_specs.items():
+        module = spec.build()
+        weights = folder / WEIGHTS_DIR / f"{role}.safetensors"
+        if weights.is_file():
+            module.load_state_dict(load_file(str(weights)), strict=True)
+        elif module.state_dict():
+            raise ConfigError(f"{weights}: missing: the checkpoint has no weights-only export of module {role!r} "
+                              "(written by an older marl-rec?); marl-rec does not unpickle RLlib's files to evaluate")
+        modules[role] = module
+    return modules
+
+
+def complete_checkpoints(trial_dir: Path) -> list[tuple[int, Path]]:
+    """(iteration, folder) of every checkpoint in a trial folder whose manifest checks, oldest
+    first; one that does not (cut short by a kill, or changed) is left out with a note."""
+    found = []
+    for folder in sorted(trial_dir.glob("checkpoint_*")):
+        if not (folder / MANIFEST).is_file():
+            print(f"[marl-rec] {folder}: incomplete checkpoint (no manifest), not restored", flush=True)
+            continue
+        try:
+            verify_checkpoint(folder)
+            found.append((int(checkpoint_state(folder)["iteration"]), folder))
+        except (ConfigError, ValueError, KeyError, TypeError) as err:
+            print(f"[marl-rec] {folder}: not restored: {err}", flush=True)
+    return sorted(found, key=lambda entry: entry[0])
+
+
+def resume_point(trial_dir: Path, handed: Path | None = None) -> Path | None:
+    """The checkpoint a trial continues from: the newest complete one in its own folder, or the
+    one Tune hands over if that is newer (Tune's choice comes from its periodic snapshot of the
+    experiment, which lags behind the trial's checkpoints after a kill)."""
+    candidates = complete_checkpoints(trial_dir) if trial_dir.is_dir() else []
+    if handed is not None and handed.parent != trial_dir:
+        verify_checkpoint(handed)
+        candidates.append((int(checkpoint_state(handed)["iteration"]), handed))
+    return max(candidates, key=lambda entry: entry[0])[1] if candidates else None
+
+
+def trim_results(trial_dir: Path, iteration: int) -> None:
+    """Drop the rows of a trial's result.json and progress.csv past ``iteration``, the one it
+    continues from: the trial reports them again, and a file holds one row per iteration."""
+    import csv
+
+    results = trial_dir / "result.json"
+    if results.is_file():
+        kept = [line for line in results.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line).get("training_iteration", 0) <= iteration]
+        results.write_text("".join(kept))
+    progress = trial_dir / "progress.csv"
+    if progress.is_file():
+        with progress.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if rows and "training_iteration" in rows[0]:
+            column = rows[0].index("training_iteration")
+            kept = [rows[0]] + [row for row in rows[1:] if row and float(row[column]) <= iteration]
+            with progress.open("w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+
+def prepare_resume(path: Path) -> None:
+    """Before Tune restores run folder ``path``: refuse it unless every pickle-bearing file is as
+    signed (:func:`marl_rec.rllib.safety.verify_run`), then trim each trial's results to the
+    checkpoint it will continue from."""
+    verify_run(path)
+    for trial_dir in sorted(p for p in path.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+        restored = resume_point(trial_dir)
+        trim_results(trial_dir, checkpoint_state(restored)["iteration"] if restored else 0)
+
+
+def old_unsigned_files(path: Path) -> frozenset[str]:
+    """The pickle-bearing files of an existing run folder that no valid manifest covers: a new
+    run there leaves them out of its own manifest, so a later --resume refuses them."""
+    if not path.is_dir():
+        return frozenset()
+    try:
+        verify_run(path)
+        return frozenset()
+    except ConfigError:
+        return frozenset(run_files(path))
+
+
+def _signing_callback(unsigned: frozenset[str] = frozenset()):
+    from ray import tune
+
+    class SignedRun(tune.Callback):
+        """Keeps the run folder's signed manifest in step with Tune's own state files.
+
+        Tune writes its experiment state to a driver staging folder, then copies that folder
+        over the run folder. ``get_state`` is called as the last part of each such save, so the
+        manifest is signed here and travels in the same copy as the state it covers. It also
+        hands a resumed trial that Tune thinks has no checkpoint its (trimmed) logs, which Tune
+        would otherwise start afresh over the old rows."""
+
+        def __init__(self):
+            self.folders = None  # (run folder, staging folder), from the first trial seen
+            self.seen = None  # what the run folder's pickle-bearing files looked like when last signed
+            self.checked = 0.0
+
+        def _remember(self, trials):
+            if self.folders is None and trials:
+                storage = trials[0].storage
+                self.folders = (Path(storage.experiment_fs_path), Path(storage.experiment_driver_staging_path))
+
+        def on_step_begin(self, iteration, trials, **info):
+            self._remember(trials)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._remember(trials)
+            if trial.checkpoint is None:  # Tune's loggers copy the old logs only for a trial with one
+                staging, stored = Path(trial.local_path), Path(trial.storage.trial_fs_path)
+                for name in ("result.json", "progress.csv"):
+                    if (stored / name).is_file() and not (staging / name).exists():
+                        staging.mkdir(parents=True, exist_ok=True)
+                        (staging / name).write_bytes((stored / name).read_bytes())
+
+        def on_step_end(self, iteration, trials, **info):
+            # Tune's copy of its state reaches the run folder after the save that signed it, or
+            # before any trial told us where the staging folder is: sign what is there now
+            self._remember(trials)
+            if self.folders is None or time.monotonic() - self.checked < 1.0:
+                return
+            self.checked = time.monotonic()
+            run = self.folders[0]
+            seen = []
+            for name in run_files(run):
+                try:
+                    seen.append((name, (run / name).stat().st_mtime_ns, (run / name).stat().st_size))
+                except OSError:  # removed meanwhile
+                    continue
+            if seen != self.seen:
+                sign_run(run, exclude=unsigned)
+                self.seen = seen
+
+        def get_state(self):
+            if self.folders is not None:
+                sign_run(*self.folders, exclude=unsigned)
+            return None
+
+    return SignedRun()
 
 
 # -- the trainable ----------------------------------------------------------------------------
@@ -93,6 +269,8 @@ def flat_result(result: dict) -> dict[str, float]:
     # are those of the first result
     out = {f"env_runners/{k}": float(runners.get(k, float("nan"))) for k in REPORTED}
     out["num_env_steps_sampled_lifetime"] = float(result.get("num_env_steps_sampled_lifetime", 0))
+    if "training_iteration" in result:  # RLlib's count, restored with its checkpoint: Tune's restarts
+        out["training_iteration"] = int(result["training_iteration"])  # from the checkpoint *it* knows
     evaluation = result.get("evaluation", {}).get("env_runners")
     if evaluation:  # RLlib's in-training evaluation (evaluation.interval), on the iterations it ran
         out.update({f"evaluation/env_runners/{k}": float(evaluation.get(k, float("nan"))) for k in REPORTED})
@@ -118,11 +296,13 @@ def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, second
 
 
 def trial(config: dict) -> None:
-    """Tune function trainable: train the trial's experiment, continuing from Tune's checkpoint
-    if there is one; report :func:`flat_result` every iteration and checkpoint every
-    ``checkpoint_every`` iterations and when a stop criterion is reached."""
+    """Tune function trainable: train the trial's experiment, continuing from the newest complete
+    checkpoint in the trial's folder or Tune's (:func:`resume_point`); report :func:`flat_result`
+    every iteration and checkpoint every ``checkpoint_every`` iterations and when a stop
+    criterion is reached."""
     import ray
     from ray import tune
+    from ray.train._internal.session import get_session
     from ray.tune import Checkpoint
 
     from marl_rec.rllib.builder import build_algorithm_config
@@ -130,12 +310,17 @@ def trial(config: dict) -> None:
     exp = trial_experiment(config)
     algo = build_algorithm_config(exp).build_algo()
     iteration, seconds = 0, 0.0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            algo.restore_from_path(str(Path(folder) / ALGORITHM_DIR))
-            state = checkpoint_state(folder)
-            iteration, seconds = state["iteration"], state.get("time_total_s", 0.0)
+    handed = tune.get_checkpoint()
+    storage = get_session().storage  # Ray Train's private session: the trial folder and checkpoint index
+    trial_dir = Path(storage.trial_fs_path)
+    folder = resume_point(trial_dir, Path(handed.path) if handed is not None else None)
+    if folder is not None:  # verified: signed with this machine's key, every file as signed
+        algo.restore_from_path(str(folder / ALGORITHM_DIR))
+        state = checkpoint_state(folder)
+        iteration, seconds = state["iteration"], state.get("time_total_s", 0.0)
+    indexes = [int(p.name.split("_")[-1]) for p in trial_dir.glob("checkpoint_*") if p.name.split("_")[-1].isdigit()]
+    if indexes:  # Tune's index may lag the folders on disk: never write into an existing one
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, max(indexes))
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
     done = stop_reached(exp, iteration, 0, seconds)
     while not done:
@@ -222,14 +407,17 @@ def run_trials(
 
     path = run_dir(exp)
     trainable = tune.with_resources(trial, resources)
+    unsigned = frozenset()
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there)")
+        prepare_resume(path)  # refused before Tune unpickles anything there
         # callbacks and the rest of the RunConfig come back from the saved Tuner state
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         if refuse_existing and tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"{path} already holds a run: pass --resume to finish it, or change 'name'")
+        unsigned = old_unsigned_files(path)  # a new run next to old trials never signs their files
         path.mkdir(parents=True, exist_ok=True)
         (path / EXPERIMENT_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
         tuner = tune.Tuner(
@@ -241,8 +429,11 @@ def run_trials(
                 storage_path=str(path.parent),
                 stop=exp.stop.as_tune_stop(),  # the trial stops itself first, checkpointing its last iteration
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-                callbacks=list(callbacks),
+                callbacks=[*callbacks, _signing_callback(unsigned)],
                 verbose=verbose,
             ),
         )
-    return tuner.fit()
+        sign_run(path, exclude=unsigned)  # tuner.pkl, written by Tuner() before any state save
+    results = tuner.fit()
+    sign_run(path, exclude=unsigned)  # Tune's last save has been copied in (fit waits for it)
+    return results

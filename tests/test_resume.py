@@ -1,0 +1,119 @@
+"""``--resume`` after ``kill -9`` of the driver continues every trial from the newest complete
+checkpoint on disk, with one result row per iteration; a run folder with a planted pickle is
+refused before anything in it is unpickled."""
+
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_RUN
+from marl_rec.rllib.safety import KEY_ENV, MANIFEST
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+TINY = TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
+evaluation: {episodes: 1, baselines: [random]}
+stop: {training_iteration: 8}
+checkpoint_every: 1
+tune: {search_space: {algorithm.training.lr: {grid: [0.0005]}}, max_concurrent_trials: 1}
+"""
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def command(verb, experiment, results, *extra):
+    return [sys.executable, "-m", "marl_rec.cli", verb, str(experiment), "--set", f"results_dir={results}", *extra]
+
+
+def complete(run: Path) -> list[int]:
+    return sorted(json.loads((c / "marl_rec.json").read_text())["iteration"]
+                  for c in run.glob("*/checkpoint_*") if (c / MANIFEST).is_file())
+
+
+def iterations(trial: Path) -> tuple[list[int], list[int]]:
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    with (trial / "progress.csv").open() as f:
+        progress = [int(float(r["training_iteration"])) for r in csv.DictReader(f)]
+    return [r["training_iteration"] for r in rows], progress
+
+
+def kill_after_second_checkpoint(args, run: Path, env) -> tuple[int, float]:
+    driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and len(complete(run)) < 2 and driver.poll() is None:
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started die at once
+    driver.wait()
+    seen = complete(run)
+    assert len(seen) >= 2 and max(seen) < 8, f"killed too late or too early: {seen}"
+    return max(seen), time.time()
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, KEY_ENV: str(tmp_path / "checkpoint.key")}
+
+
+def test_train_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
+    (tmp_path / "tiny.yaml").write_text("name: killed\n" + TINY)
+    results, run = tmp_path / "results", tmp_path / "results" / "killed"
+    newest, _ = kill_after_second_checkpoint(command("train", tmp_path / "tiny.yaml", results), run, env)
+
+    resumed = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reported = [int(line.split()[2]) for line in resumed.stdout.splitlines() if line.startswith("[killed] iter")]
+    assert reported[0] >= newest + 1 and reported[-1] == 8, reported  # on from the newest checkpoint seen
+    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
+    rows, progress = iterations(trial)
+    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)  # one row each
+    assert rows[-1] == progress[-1] == 8
+    assert max(complete(run)) == 8
+
+    # a planted pickle: refused by name before anything is unpickled
+    marker = tmp_path / "pwned"
+    evil = trial / "evil.pkl"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    refused = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and f"{evil}: not in the signed manifest" in refused.stderr, refused.stderr[-2000:]
+    evil.unlink()
+    (run / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    refused = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "tuner.pkl: changed since it was signed" in refused.stderr
+    assert not marker.exists()
+
+
+def test_sweep_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
+    (tmp_path / "tiny.yaml").write_text("name: killed_sweep\n" + TINY)
+    results, run = tmp_path / "results", tmp_path / "results" / "killed_sweep"
+    newest, killed_at = kill_after_second_checkpoint(command("sweep", tmp_path / "tiny.yaml", results), run, env)
+
+    resumed = subprocess.run(command("sweep", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
+    lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    after = [r["training_iteration"] for r in lines if r["timestamp"] >= int(killed_at)]
+    assert after[0] >= newest + 1 and after[-1] == 8, after
+    rows, progress = iterations(trial)
+    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
+    (row,) = list(csv.DictReader((run / "sweep.csv").open()))
+    assert row["training_iteration"] == "8"

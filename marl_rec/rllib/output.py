@@ -268,7 +268,7 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
     from matplotlib.figure import Figure
 
     steps, returns = read_curve(trial)
-    fig = Figure(figsize=(7, 4.2), dpi=100)
+    fig = Figure(figsize=(9, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.plot(steps, returns, color="C0", linewidth=1.2, label="training episodes (exploring policy)")
@@ -287,7 +287,7 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
     ax.set_xlabel("env steps sampled")
     ax.set_ylabel("team return per episode")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the lines stay visible
     fig.tight_layout()
     fig.savefig(out)
     return out

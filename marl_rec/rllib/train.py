@@ -51,13 +51,17 @@ def _progress_callback(exp: ExperimentConfig):
 
         def __init__(self):
             self.start = time.time()
+            self.first: tuple[int, float] | None = None  # (iteration, time) of the first result
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             it = result.get("training_iteration", 0)
-            elapsed = time.time() - self.start
+            now = time.time()
+            elapsed = now - self.start
+            self.first = self.first or (it, now)
             eta = ""
-            if exp.stop.training_iteration:
-                eta = f"  eta {elapsed / max(it, 1) * (exp.stop.training_iteration - it):6.0f}s"
+            if exp.stop.training_iteration and it > self.first[0]:  # the first iteration also built the algorithm
+                per_iteration = (now - self.first[1]) / (it - self.first[0])
+                eta = f"  eta {per_iteration * (exp.stop.training_iteration - it):6.0f}s"
             if exp.stop.time_total_s:
                 eta = f"  eta<= {max(exp.stop.time_total_s - result.get('time_total_s', 0), 0):6.0f}s"
 

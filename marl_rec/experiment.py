@@ -154,6 +154,19 @@ class StopSection(_Section):
         return stop
 
 
+@dataclass(frozen=True)
+class FaultsSection(_Section):
+    """What a run survives (docs/faults.md)."""
+
+    max_consecutive_env_faults: int = spec(
+        5, "exceptions a sub-environment survives in a row (each drops its episode and rebuilds the env) before "
+           "training stops with the exception; 0: any env exception stops training", low=0)
+    max_failures: int = spec(2, "times Tune retries a failed trial from its newest checkpoint (-1: without limit)",
+                             low=-1)
+    check_finite: bool = spec(True, "stop with an error naming the module and the metric when a learner's loss "
+                                    "or a module's weights are NaN or infinite (never checkpointing that state)")
+
+
 SEARCH_SPACES = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
 
@@ -197,6 +210,7 @@ class ExperimentConfig(_Section):
     modules: dict = spec({}, "role -> {type, model_config}; roles left out get the default module")
     train_roles: list = spec([], "roles whose modules learn ([] = every external role with a learning module)")
     resources: ResourcesSection = spec(ResourcesSection(), "Ray resources")
+    faults: FaultsSection = spec(FaultsSection(), "env exceptions, trial retries, NaN stop")
     evaluation: EvaluationSection = spec(EvaluationSection(), "evaluation")
     stop: StopSection = spec(StopSection(), "stop criteria (the first reached ends the run)")
     seed: int = spec(0, "seed of the training run (env seeds, module init)", low=0, high=2**32 - 1)

@@ -47,6 +47,24 @@ def module_specs(exp: ExperimentConfig) -> MultiRLModuleSpec:
     return MultiRLModuleSpec(rl_module_specs=specs)
 
 
+# -- fault tolerance (docs/faults.md) --------------------------------------------------------
+
+
+def fault_tolerance(config: AlgorithmConfig, exp: ExperimentConfig) -> AlgorithmConfig:
+    """Env exceptions are absorbed in the adapter (EcosystemRLlibEnv), one sub-environment at a
+    time, in every env runner, local or remote: RLlib's ``restart_failed_sub_environments``
+    would rebuild all of a runner's sub-envs and drop all their episodes, and a remote runner
+    that raises is restarted only after a stalled iteration that samples nothing. RLlib's
+    runner restarts stay on for what the adapter cannot catch (a runner process that dies)."""
+    faults = exp.faults
+    config = config.environment(env_config={**config.env_config,
+                                            "max_consecutive_faults": faults.max_consecutive_env_faults})
+    return config.fault_tolerance(restart_failed_env_runners=True, restart_failed_sub_environments=False)
+
+
+# -----------------------------------------------------------------------------------------------
+
+
 def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
     register_env(ENV_NAME, lambda cfg: EcosystemRLlibEnv(cfg))
     cls = algorithm_config_class(exp.algorithm.name, f"{exp.source}: 'algorithm.name'")
@@ -63,6 +81,7 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
         .callbacks(RecommenderMetricsCallback)
         .debugging(seed=exp.seed)
     )
+    config = fault_tolerance(config, exp)
     if exp.algorithm.name == "DQN":
         # RLlib 2.60: multi-agent DQN needs the multi-agent episode buffer and short fragments.
         config = config.training(replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000})

@@ -4,10 +4,18 @@ All agents of a phase act together, so RLlib batches their forward pass; agents 
 phases get no observation that call, and their rewards reach them with their next one
 (RLlib's multi-agent episode holds rewards for agents that did not observe). RLlib's generic
 PettingZoo AEC wrapper would instead step one agent per call.
+
+An exception raised inside the simulator (a plug-in part, a dynamics bug hit by a rare state)
+is an *env fault*: with ``max_consecutive_faults`` > 0 the adapter rebuilds its simulator,
+ends the episode (every live agent truncated, with its last observation), names the exception
+in one warning line and lists it in the infos under ``env_faults``, so the other sub-environments
+and the training run go on (see docs/faults.md).
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
 from typing import Any
 
 import gymnasium as gym
@@ -16,8 +24,13 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.ecosystem_v0 import build_runner
+from marl_rec.envs.roles import InvalidActionError
+from marl_rec.envs.rounds import AgentNotActingError
 
 ENV_NAME = "marl_rec_ecosystem_v0"
+FAULT_INFO = "env_faults"  # infos key: ["ExceptionType: message (file:line)", ...], the faults a reset or step absorbed
+
+logger = logging.getLogger(__name__)
 
 
 class EcosystemRLlibEnv(MultiAgentEnv):
@@ -29,6 +42,12 @@ class EcosystemRLlibEnv(MultiAgentEnv):
     ``single_item_slates`` (needs ``slate_size: 1``) exposes the system action as
     ``Discrete(M)`` instead of ``Slate(M, 1)``: RLlib 2.60's new-stack DQN takes Discrete
     actions only.
+
+    ``max_consecutive_faults`` (default 0: every exception propagates) is how many env faults in
+    a row (no episode completed between them) the env absorbs; one more raises the exception,
+    as a part that fails every time is a bug to stop on, not to sample around. Invalid actions
+    (``InvalidActionError``, ``AgentNotActingError``) are the caller's errors and always raise.
+    ``faults`` counts the faults this env absorbed.
     """
 
     def __init__(self, config: dict[str, Any] | None = None):
@@ -36,7 +55,13 @@ class EcosystemRLlibEnv(MultiAgentEnv):
         config = dict(config or {})
         scenario = config.pop("scenario", "creator_economy")
         self.single_item_slates = bool(config.pop("single_item_slates", False))
-        self.runner = build_runner(scenario, **config)
+        self.max_consecutive_faults = int(config.pop("max_consecutive_faults", 0))
+        self._build = lambda: build_runner(scenario, **config)
+        self.runner = self._build()
+        self.faults = 0
+        self._faults_in_a_row = 0
+        self._reseed: int | None = None  # a rebuilt simulator's first seed, drawn from the one it replaced
+        self._last_observations: dict[str, Any] = {}  # each agent's newest, the last one of an episode a fault ends
         self.possible_agents = list(self.runner.possible_agents)
         self.agents = list(self.possible_agents)
         self.observation_spaces = {a: self.runner.observation_space(a) for a in self.possible_agents}
@@ -56,22 +81,77 @@ class EcosystemRLlibEnv(MultiAgentEnv):
         return self.runner.sim
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self.runner.reset(seed)
-        return self.runner.observe(self.runner.acting_agents()), {}
+        if seed is None and self._reseed is not None:  # the first episode of a rebuilt simulator
+            seed, self._reseed = self._reseed, None
+        infos = {}
+        while True:
+            try:
+                self.runner.reset(seed)
+                observations = self.runner.observe(self.runner.acting_agents())
+                break
+            except (InvalidActionError, AgentNotActingError):
+                raise
+            except Exception as err:  # noqa: BLE001 - any simulator exception is an env fault
+                infos.setdefault(FAULT_INFO, []).append(self._absorb(err))
+                seed, self._reseed = self._reseed, None
+        self._last_observations = dict(observations)
+        # RLlib's episode keeps the reset infos per agent: the callbacks count a reset's faults there
+        return observations, {agent: dict(infos) for agent in observations}
 
     def step(self, action_dict):
         if self.single_item_slates:
             action_dict = {a: (np.reshape(x, (1,)) if a.startswith("system_") else x) for a, x in action_dict.items()}
-        outcome = self.runner.step(action_dict)
-        ended = outcome.terminated + outcome.truncated
-        # agents that ended get a last observation (RLlib requires one on truncation)
-        observations = self.runner.observe(self.runner.acting_agents() + ended)
+        try:
+            outcome = self.runner.step(action_dict)
+            ended = outcome.terminated + outcome.truncated
+            # agents that ended get a last observation (RLlib requires one on truncation)
+            observations = self.runner.observe(self.runner.acting_agents() + ended)
+        except (InvalidActionError, AgentNotActingError):
+            raise
+        except Exception as err:  # noqa: BLE001 - any simulator exception is an env fault
+            return self._end_by_fault(err)
+        self._last_observations.update(observations)
         terminateds = {a: True for a in outcome.terminated}
         truncateds = {a: True for a in outcome.truncated}
         all_truncated = self.runner.done and bool(outcome.truncated) and not outcome.terminated
         terminateds["__all__"] = self.runner.done and not all_truncated
         truncateds["__all__"] = all_truncated
+        if self.runner.done:
+            self._faults_in_a_row = 0
         return observations, dict(outcome.rewards), terminateds, truncateds, outcome.infos
+
+    # -- env faults -------------------------------------------------------------------------
+
+    def _absorb(self, err: Exception) -> str:
+        """Count ``err``, warn once, rebuild the simulator; re-raise past the consecutive limit."""
+        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        fault = f"{type(err).__name__}: {err}" + (f" ({where.filename}:{where.lineno})" if where else "")
+        if self._faults_in_a_row >= self.max_consecutive_faults:
+            if self.max_consecutive_faults:
+                raise RuntimeError(f"{self._faults_in_a_row + 1} env faults in a row, with no episode completed "
+                                   f"between them (faults.max_consecutive_env_faults: {self.max_consecutive_faults}); "
+                                   f"the last: {fault}") from err
+            raise err
+        self.faults += 1
+        self._faults_in_a_row += 1
+        logger.warning("marl-rec env fault (episode dropped, env rebuilt): %s", fault)
+        rng = self.runner.sim.rng
+        # the episodes after a fault stay seeded (a seeded run still reproduces), on new seeds
+        self._reseed = None if rng is None else int(rng.integers(2**32))
+        self.runner = self._build()  # a part that raised may have left its state, or the simulator's, half-updated
+        return fault
+
+    def _end_by_fault(self, err: Exception):
+        """The step ``err`` interrupted ends the episode: every live agent truncated with its last
+        observation (from before the fault); the interrupted round's rewards are lost (0)."""
+        live = [a for a in self.possible_agents if a in self.runner.live]
+        fault = self._absorb(err)
+        observations = {a: self._last_observations[a] for a in live if a in self._last_observations}
+        rewards = {a: 0.0 for a in observations}  # RLlib needs a reward for each agent that acted and observes
+        terminateds = {"__all__": False}
+        truncateds = {**{a: True for a in observations}, "__all__": True}
+        infos = {a: {FAULT_INFO: [fault]} for a in observations}
+        return observations, rewards, terminateds, truncateds, infos
 
     def get_state(self):
         return self.sim.global_state()

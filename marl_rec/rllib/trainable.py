@@ -324,11 +324,23 @@ def trial(config: dict) -> None:
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
     done = stop_reached(exp, iteration, 0, seconds)
     while not done:
+        from marl_rec.rllib.callbacks import NonFiniteError, iteration_faults, non_finite_state  # docs/faults.md
+
         start = time.time()
-        metrics = {**flat_result(algo.train()), "node_id": node}
+        result = algo.train()
+        faults = iteration_faults(result, f"[{exp.name}] iteration {iteration + 1}")  # env faults, steps sampled
+        metrics = {**flat_result(result), "node_id": node, **faults}
         iteration, seconds = iteration + 1, seconds + time.time() - start
         done = stop_reached(exp, iteration, metrics["num_env_steps_sampled_lifetime"], seconds)
-        if iteration % exp.checkpoint_every == 0 or done:
+        checkpoint_now = iteration % exp.checkpoint_every == 0 or done
+        # a state with NaN or infinity is reported, never checkpointed: the newest checkpoint stays the last finite one
+        problem = exp.faults.check_finite and non_finite_state(result, algo if checkpoint_now else None)
+        if problem:
+            tune.report(metrics)
+            raise NonFiniteError(f"{exp.source}: training diverged at iteration {iteration}: {problem}; this state is "
+                                 "not checkpointed. Lower algorithm.training.lr or set grad_clip "
+                                 "(faults.check_finite: false trains on regardless)")
+        if checkpoint_now:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), algo, exp, iteration, seconds)
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
@@ -429,6 +441,8 @@ def run_trials(
                 storage_path=str(path.parent),
                 stop=exp.stop.as_tune_stop(),  # the trial stops itself first, checkpointing its last iteration
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+                # a failed trial starts again from its newest checkpoint (docs/faults.md)
+                failure_config=tune.FailureConfig(max_failures=exp.faults.max_failures),
                 callbacks=[*callbacks, _signing_callback(unsigned)],
                 verbose=verbose,
             ),

@@ -7,6 +7,7 @@ import os
 import sys
 
 from marl_rec.envs.config import ConfigError
+from marl_rec.experiment import RunStopped
 from marl_rec.envs.presets import SCENARIOS
 
 
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"marl-rec: configuration error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:
+        print(f"marl-rec: {stopped}", file=sys.stderr)
+        return 130  # the shell's code for a run ended by SIGINT
 
 
 if __name__ == "__main__":

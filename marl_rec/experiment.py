@@ -32,6 +32,10 @@ from marl_rec.envs.presets import SCENARIOS, make_config
 from marl_rec.envs.registry import BEHAVIOURS, ROLES, Registry
 from marl_rec.policies import MODULES
 
+class RunStopped(Exception):
+    """A run the user asked to stop (Ctrl-C, SIGTERM) after its trials checkpointed."""
+
+
 # The algorithm registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in
 # adds one with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it
 # as ``algorithm.name: "package.module:MyAlgoConfig"``.
@@ -59,7 +63,8 @@ TRAINING_SYNONYMS = {
 # Ranges of the common RLlib hyper-parameters (keyword -> (kind, low, high, low_open)); a
 # learning-rate schedule ([[timestep, value], ...]) is checked value by value.
 TRAINING_RANGES = {
-    "lr": (float, 0.0, None, False),  # 0 freezes the weights: a diagnostic, not an error "gamma": (float, 0.0, 1.0, False), "lambda_": (float, 0.0, 1.0, False),
+    "lr": (float, 0.0, None, False),  # 0 freezes the weights: a diagnostic, not an error
+    "gamma": (float, 0.0, 1.0, False), "lambda_": (float, 0.0, 1.0, False),
     "clip_param": (float, 0.0, None, True), "vf_clip_param": (float, 0.0, None, True),
     "entropy_coeff": (float, 0.0, None, False), "vf_loss_coeff": (float, 0.0, None, False),
     "kl_coeff": (float, 0.0, None, False), "kl_target": (float, 0.0, None, True), "grad_clip": (float, 0.0, None, True),

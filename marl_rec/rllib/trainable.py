@@ -22,6 +22,7 @@ so a checkpoint folder alone is enough to evaluate it (:func:`find_experiment`,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -33,7 +34,7 @@ import yaml
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import METRICS
-from marl_rec.experiment import ExperimentConfig
+from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.rllib.safety import MANIFEST, run_files, sign_checkpoint, sign_run, verify_checkpoint, verify_run
 from marl_rec.rllib.train import init_ray, run_dir
 
@@ -295,6 +296,43 @@ def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, second
                 or (stop.time_total_s and seconds >= stop.time_total_s))
 
 
+STOP_FILE = "stop.requested"  # in the run folder: every trial checkpoints at the end of its iteration and stops
+
+
+class StopRequested(Exception):
+    """Raised by a trial after its stop checkpoint, so Tune marks it unfinished (``--resume`` continues it)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop_file: Path, name: str):
+    """While the run lasts, the first SIGINT or SIGTERM asks every trial to checkpoint at the end
+    of its current iteration and stop (a file in the run folder, which trials on any node of a
+    shared file system see); a second one stops at once. Tune's own SIGINT handler is off meanwhile."""
+    import signal
+
+    def request_stop(signum, frame):
+        if stop_file.exists():
+            raise KeyboardInterrupt
+        stop_file.write_text(str(signum))
+        print(f"[{name}] stopping: each trial writes a checkpoint at the end of its current iteration "
+              "(signal again to stop at once, losing that iteration)", flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
 def trial(config: dict) -> None:
     """Tune function trainable: train the trial's experiment, continuing from the newest complete
     checkpoint in the trial's folder or Tune's (:func:`resume_point`); report :func:`flat_result`
@@ -322,7 +360,10 @@ def trial(config: dict) -> None:
     if indexes:  # Tune's index may lag the folders on disk: never write into an existing one
         storage.current_checkpoint_index = max(storage.current_checkpoint_index, max(indexes))
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
+    stop_file = trial_dir.parent / STOP_FILE
     done = stop_reached(exp, iteration, 0, seconds)
+    if not done and stop_file.exists():  # a stop was asked before this trial (or its retry) started
+        raise StopRequested(f"stop requested before iteration {iteration + 1}; continue with --resume")
     while not done:
         from marl_rec.rllib.callbacks import NonFiniteError, iteration_faults, non_finite_state  # docs/faults.md
 
@@ -332,7 +373,8 @@ def trial(config: dict) -> None:
         metrics = {**flat_result(result), "node_id": node, **faults}
         iteration, seconds = iteration + 1, seconds + time.time() - start
         done = stop_reached(exp, iteration, metrics["num_env_steps_sampled_lifetime"], seconds)
-        checkpoint_now = iteration % exp.checkpoint_every == 0 or done
+        stopping = not done and stop_file.exists()  # the user asked the run to stop: checkpoint this iteration
+        checkpoint_now = iteration % exp.checkpoint_every == 0 or done or stopping
         # a state with NaN or infinity is reported, never checkpointed: the newest checkpoint stays the last finite one
         problem = exp.faults.check_finite and non_finite_state(result, algo if checkpoint_now else None)
         if problem:
@@ -346,6 +388,9 @@ def trial(config: dict) -> None:
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
+        if stopping:
+            algo.stop()
+            raise StopRequested(f"stopped on request after iteration {iteration} (checkpointed); continue with --resume")
     algo.stop()
 
 
@@ -448,6 +493,13 @@ def run_trials(
             ),
         )
         sign_run(path, exclude=unsigned)  # tuner.pkl, written by Tuner() before any state save
-    results = tuner.fit()
+    stop_file = path / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    with stop_on_signals(stop_file, exp.name):
+        results = tuner.fit()
     sign_run(path, exclude=unsigned)  # Tune's last save has been copied in (fit waits for it)
+    if stop_file.exists():
+        stop_file.unlink()
+        raise RunStopped(f"[{exp.name}] stopped on request, with a checkpoint of each running trial's last iteration "
+                         f"in {path}; continue with --resume")
     return results

@@ -94,7 +94,8 @@ class ThirdPartyLog:
     the one path by which a worker's stdout/stderr reaches the terminal with
     ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
     prints nothing at ``verbose=0`` (the new one prints a configuration box and a TensorBoard
-    hint pointing into /tmp). Everything is restored on exit.
+    hint pointing into /tmp). Everything is restored on exit, except the worker stream while
+    Ray is still up (its late lines still go to the log file).
     """
 
     def __init__(self, path: str | Path):
@@ -109,6 +110,10 @@ class ThirdPartyLog:
 
     def write(self, line: str) -> None:
         self.dropped += 1
+        if self._file is None or self._file.closed:  # a worker's line that arrived after exit
+            with self.path.open("a") as late:
+                late.write(line.rstrip("\n") + "\n")
+            return
         self._file.write(line.rstrip("\n") + "\n")
         self._file.flush()
 
@@ -144,7 +149,7 @@ class ThirdPartyLog:
             return
         self._dispatcher = dispatcher
         with dispatcher._lock:  # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
-            dispatcher.handlers = [(name, handler if handler in self._wrapped else self._wrap(handler))
+            dispatcher.handlers = [(name, handler if handler in self._wrapped else self._wrap(_unwrapped(handler)))
                                    for name, handler in dispatcher.handlers]
 
     def _wrap(self, handler):
@@ -157,6 +162,7 @@ class ThirdPartyLog:
             if kept:
                 handler({**data, "lines": kept})
 
+        filtered.marl_rec_wraps = handler
         self._wrapped[filtered] = handler
         return filtered
 
@@ -169,7 +175,10 @@ class ThirdPartyLog:
     def __exit__(self, *exc) -> None:
         for handler in self._handlers:
             handler.removeFilter(self._filter)
-        if self._dispatcher is not None:
+        ray = sys.modules.get("ray")
+        if self._dispatcher is not None and not (ray is not None and ray.is_initialized()):
+            # While Ray is up the worker stream stays filtered: a worker's line can arrive after
+            # the run (Tune's note on the last checkpoint does); it goes to the log file.
             with self._dispatcher._lock:
                 self._dispatcher.handlers = [(name, self._wrapped.get(handler, handler))
                                              for name, handler in self._dispatcher.handlers]
@@ -180,6 +189,11 @@ class ThirdPartyLog:
             else:
                 os.environ[name] = value
         self._file.close()
+
+
+def _unwrapped(handler):
+    """A dispatcher handler without the filter an earlier :class:`ThirdPartyLog` left on it."""
+    return getattr(handler, "marl_rec_wraps", handler)
 
 
 # -- evaluation progress ----------------------------------------------------------------------

@@ -242,6 +242,10 @@ def save_evaluation(folder: Path, name: str, table: Mapping[str, Mapping[str, np
 
 def _write_table(folder: Path, data: dict) -> str:
     text = evaluation_header(data["experiment"], data["episodes"], data["seed"]) + "\n\n" + summarise(data["results"])
+    privileged = [p for p in data["results"] if p in PRIVILEGED]
+    if privileged:
+        text += (f"\n\nPrivileged references: {', '.join(privileged)} read the simulator's true state (interest, "
+                 "quality, creator viability), which no recommender observes.")
     (folder / EVALUATION_TABLE).write_text(text + "\n")
     return text
 

@@ -35,7 +35,26 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
         "reward": {"name": "watch_time"},
     },
+    # Fitted from an interaction log by `marl-rec calibrate` (docs/calibration.md): needs
+    # calibration: DIR; sizes and the fitted user parameters come from DIR (FROM_FILES).
+    # No creators: the log has none; the catalogue grows as items first appear in the log.
+    "calibrated": {
+        "num_creators": 0,
+        "max_cycles": 100,
+        "num_candidates": 20,
+        "slate_size": 3,
+        "sampler": {"name": "calibrated"},
+        "item": {"generator": "calibrated", "length_mean": 1.0, "length_std": 0.0, "freshness_half_life": 0.0},
+        "creator": {"initial_items": 0},
+        "user": {"dynamics": "calibrated", "choice_model": "mnl", "clickbait_appeal": 0.0, "position_bias": 0.0,
+                 "fatigue_rate": 0.0, "repeat_penalty": 10.0, "step_cost": 0.05, "quality_refill": 0.0,
+                 "interest_drift": 0.0},
+    },
 }
+
+# Presets completed from files: name -> "module:function(raw, source) -> values", merged under
+# the user's overrides (the calibrated scenario reads its sizes and fitted values from its folder).
+FROM_FILES: dict[str, str] = {"calibrated": "marl_rec.envs.parts.calibrated:scenario_config"}
 
 
 # Sizes a preset derives from the others unless the user sets them: name -> key -> function of
@@ -66,6 +85,12 @@ def make_config(
         raise ConfigError(f"{source}: unknown scenario {scenario!r}; allowed values: {', '.join(SCENARIOS)}")
     overrides = dict(overrides or {})
     raw = merge_overrides(SCENARIOS[scenario], overrides)
+    if scenario in FROM_FILES:
+        from marl_rec.envs.registry import import_object
+
+        fitted = import_object(FROM_FILES[scenario])(raw, source)
+        overrides.pop("calibration", None)
+        raw = merge_overrides(merge_overrides(SCENARIOS[scenario], fitted), overrides)
     for key, derive in DERIVED.get(scenario, {}).items():
         if not _given(overrides, key):
             try:

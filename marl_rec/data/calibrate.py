@@ -29,6 +29,7 @@ import numpy as np
 from marl_rec.data.evaluation import (interaction_weights, interests_before, rank_of_positive, ranking_metrics,
                                       sample_negatives)
 from marl_rec.data.logs import InteractionLog
+from marl_rec.data.text import project
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.parts.calibrated import ARRAYS, SIMULATOR_FILE
 
@@ -70,17 +71,6 @@ def train_mask(log: InteractionLog, fraction: float) -> tuple[np.ndarray, float]
 def _unit(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return np.where(norm > 1e-9, x / np.maximum(norm, 1e-9), 0.0)
-
-
-def _pca(x: np.ndarray, dim: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """PCA to ``dim`` components fitted on ``rows`` (default all), applied to every row; unit rows."""
-    fit = x if rows is None else x[rows]
-    mean = fit.mean(0)
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    z = (x - mean) @ vt[:dim].T
-    if z.shape[1] < dim:
-        z = np.concatenate([z, np.zeros((len(z), dim - z.shape[1]))], axis=1)
-    return _unit(z)
 
 
 def factorisation(log: InteractionLog, mask: np.ndarray, dim: int, content: np.ndarray | None) -> np.ndarray:
@@ -277,7 +267,7 @@ def content_embeddings(log: InteractionLog, mask: np.ndarray, options: Calibrati
         try:
             raw, summary = encode_items(texts, Path(options.cache_dir).expanduser(), options.text_model, log=say)
             options.figures.setdefault("text", summary)  # the first call: the one that encoded
-            out["text"] = _pca(raw, options.dim)
+            out["text"] = project(raw, options.dim)
             features.append(out["text"])
         except ConfigError as err:
             if options.embedding == "text" or options.text_model:
@@ -285,7 +275,7 @@ def content_embeddings(log: InteractionLog, mask: np.ndarray, options: Calibrati
             say(f"text: skipped ({err})")
     if log.genre_names():
         genres = log.genre_matrix()
-        out["genres"] = _pca(genres, options.dim)
+        out["genres"] = project(genres, options.dim)
         features.append(genres / np.maximum(np.sqrt(genres.sum(1, keepdims=True)), 1.0))
     if "mf" in wanted:
         out["mf"] = factorisation(log, mask, options.dim, np.concatenate(features, 1) if features else None)

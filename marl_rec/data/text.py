@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -141,15 +140,11 @@ def encode_items(texts: list[str], cache_dir, model_dir=None, encoder: TextEncod
 
 def project(embedding: np.ndarray, dim: int) -> np.ndarray:
     """PCA to ``dim`` components fitted on these rows (centred), then unit rows: (n, dim) float32.
-    Components beyond the data's rank are zero columns."""
-    x = embedding - embedding.mean(0)
+    Components beyond the data's rank are zero columns. (Also the genres' projection.)"""
+    x = np.asarray(embedding, np.float64)
+    x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     z = x @ vt[:dim].T
     if z.shape[1] < dim:
         z = np.concatenate([z, np.zeros((len(z), dim - z.shape[1]))], axis=1)
     return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-8)).astype(np.float32)
-
-
-def describe_model(model_dir: Path) -> str:
-    config = json.loads((model_dir / "config.json").read_text())
-    return f"{config.get('model_type', '?')}, hidden {config.get('hidden_size', '?')}, {config.get('num_hidden_layers', '?')} layers"

@@ -169,7 +169,7 @@ def plots(dist: dict, out: Path) -> list[str]:
         for who, colour in (("real", "tab:blue"), ("sim", "tab:orange")):
             v = np.sort(dist[f"{who}_{key}"])
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=colour,
-                    label=("held-out log" if who == "real" else "simulator (popularity recommender)"))
+                    label=("held-out log" if who == "real" else f"simulator ({dist['policy']} recommender)"))
         ax.set_xscale("log")
         ax.set_title(f"{title}\nKS = {ks:.3f}", fontsize=10)
         ax.set_ylabel("CDF")

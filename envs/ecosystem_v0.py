@@ -38,7 +38,7 @@ catalogue are drawn from the seed passed to ``reset``; one ``np.random.Generator
 leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``max_cycles`` rounds.
 
 ## Arguments
-``scenario`` ("creator_economy" or "recsim_interest_evolution"), ``render_mode``
+``scenario`` ("creator_economy", "recsim_interest_evolution", or "calibrated" with ``calibration=DIR``, a folder written by ``marl-rec calibrate``), ``render_mode``
 ("human": prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
 or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``.
 Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,

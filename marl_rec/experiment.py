@@ -485,7 +485,18 @@ def load_experiment(
     raw["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     raw.setdefault("name", path.stem)
     raw["source"] = str(path)
-    exp = ExperimentConfig.from_dict(raw, source=str(path)).validate()  # the file's own errors name the file
+    try:
+        exp = ExperimentConfig.from_dict(raw, source=str(path)).validate()  # the file's own errors name the file
+    except ConfigError:
+        if not overrides:
+            raise
+        # a file completed by its --set flags (e.g. a calibration folder given on the command line)
+        merged = merge_overrides(raw, dict(overrides))
+        try:
+            return ExperimentConfig.from_dict(merged, source=str(path)).validate()
+        except ConfigError:
+            pass
+        raise  # the file's own error
     if not overrides:
         return exp
     where = "--set " + " ".join(f"{key}={value!r}" for key, value in overrides.items())

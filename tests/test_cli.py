@@ -129,7 +129,7 @@ def test_version_and_lists(capsys):
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"marl-rec {__version__}"
     assert main(["list", "scenarios"]) == 0
-    assert capsys.readouterr().out.split() == ["creator_economy", "recsim_interest_evolution"]
+    assert capsys.readouterr().out.split() == ["calibrated", "creator_economy", "recsim_interest_evolution"]
     assert main(["list", "policies"]) == 0
     assert set(capsys.readouterr().out.split()) == {"random", "popularity", "myopic", "oracle_myopic", "long_term"}
     assert main(["list", "experiments"]) == 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -299,15 +300,42 @@ def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, second
 STOP_FILE = "stop.requested"  # in the run folder: every trial checkpoints at the end of its iteration and stops
 
 
-class StopRequested(Exception):
-    """Raised by a trial after its stop checkpoint, so Tune marks it unfinished (``--resume`` continues it)."""
+def wait_to_be_stopped() -> None:
+    """A trial that has checkpointed for a stop request waits here until the driver ends the run
+    (it interrupts Tune, which keeps the trial unfinished, so ``--resume`` continues it)."""
+    while True:
+        time.sleep(1.0)
+
+
+def _stop_callback(stop_file: Path):
+    from ray import tune
+    from ray.tune.experiment import Trial
+
+    class InterruptWhenCheckpointed(tune.Callback):
+        """Once a stop is requested, interrupts Tune (its SIGUSR1 path: the experiment state is
+        saved and unfinished trials stay resumable) as soon as every running trial has reported
+        its stop checkpoint; a trial with no result yet has nothing to keep."""
+
+        def __init__(self):
+            self.stop_file, self.sent = str(stop_file), False
+
+        def on_step_begin(self, iteration, trials, **info):
+            if self.sent or not os.path.exists(self.stop_file):
+                return
+            running = [t for t in trials if t.status == Trial.RUNNING and t.last_result]
+            if all(t.last_result.get("stopping") for t in running):
+                self.sent = True
+                signal.raise_signal(signal.SIGUSR1)
+
+    return InterruptWhenCheckpointed()
 
 
 @contextlib.contextmanager
 def stop_on_signals(stop_file: Path, name: str):
     """While the run lasts, the first SIGINT or SIGTERM asks every trial to checkpoint at the end
-    of its current iteration and stop (a file in the run folder, which trials on any node of a
-    shared file system see); a second one stops at once. Tune's own SIGINT handler is off meanwhile."""
+    of its current iteration (a file in the run folder, which trials on any node of a shared file
+    system see); the driver then interrupts Tune (``_stop_callback``). A second signal stops at
+    once. Tune's own SIGINT handler is off meanwhile (it would stop trials mid-iteration)."""
     import signal
 
     def request_stop(signum, frame):
@@ -362,8 +390,8 @@ def trial(config: dict) -> None:
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
     stop_file = trial_dir.parent / STOP_FILE
     done = stop_reached(exp, iteration, 0, seconds)
-    if not done and stop_file.exists():  # a stop was asked before this trial (or its retry) started
-        raise StopRequested(f"stop requested before iteration {iteration + 1}; continue with --resume")
+    if not done and stop_file.exists():  # a stop was asked before this trial started: nothing new to keep
+        wait_to_be_stopped()
     while not done:
         from marl_rec.rllib.callbacks import NonFiniteError, iteration_faults, non_finite_state  # docs/faults.md
 
@@ -375,6 +403,8 @@ def trial(config: dict) -> None:
         done = stop_reached(exp, iteration, metrics["num_env_steps_sampled_lifetime"], seconds)
         stopping = not done and stop_file.exists()  # the user asked the run to stop: checkpoint this iteration
         checkpoint_now = iteration % exp.checkpoint_every == 0 or done or stopping
+        if stopping:
+            metrics["stopping"] = True
         # a state with NaN or infinity is reported, never checkpointed: the newest checkpoint stays the last finite one
         problem = exp.faults.check_finite and non_finite_state(result, algo if checkpoint_now else None)
         if problem:
@@ -389,8 +419,7 @@ def trial(config: dict) -> None:
         else:
             tune.report(metrics)
         if stopping:
-            algo.stop()
-            raise StopRequested(f"stopped on request after iteration {iteration} (checkpointed); continue with --resume")
+            wait_to_be_stopped()
     algo.stop()
 
 
@@ -431,6 +460,31 @@ def largest_resources(experiments: Iterable[ExperimentConfig]):
     return max((trial_resources(exp) for exp in experiments), key=lambda r: sum(b.get("CPU", 0) for b in r.bundles))
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> None:
+    """``--resume`` continues the run as it was started: Tune restores its trials' own
+    experiment, so a changed training key would be ignored in silence. Only the final
+    evaluation (run by the driver afterwards) may change; anything else is refused, named."""
+    saved_file = path / EXPERIMENT_FILE
+    if not saved_file.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
+    given = _flatten(exp.to_dict())
+    free = ("evaluation.", "source", "results_dir")
+    changed = sorted(k for k in set(saved) | set(given)
+                     if not k.startswith(free) and saved.get(k, "(unset)") != given.get(k, "(unset)"))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {given.get(k, '(unset)')!r}" for k in changed[:5])
+        raise ConfigError(f"{path}: --resume continues the run as it was started, but these keys differ from it: {shown}"
+                          f"{' ...' if len(changed) > 5 else ''}. Resume with the run's own settings (only "
+                          "evaluation.* may change), or start a new run under another name (--set name=...)")
+
+
 def run_trials(
     exp: ExperimentConfig,
     param_space: dict[str, Any],
@@ -468,6 +522,7 @@ def run_trials(
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there)")
+        check_resumed_experiment(exp, path)
         prepare_resume(path)  # refused before Tune unpickles anything there
         # callbacks and the rest of the RunConfig come back from the saved Tuner state
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -488,7 +543,7 @@ def run_trials(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                 # a failed trial starts again from its newest checkpoint (docs/faults.md)
                 failure_config=tune.FailureConfig(max_failures=exp.faults.max_failures),
-                callbacks=[*callbacks, _signing_callback(unsigned)],
+                callbacks=[*callbacks, _signing_callback(unsigned), _stop_callback(path / STOP_FILE)],
                 verbose=verbose,
             ),
         )

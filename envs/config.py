@@ -144,7 +144,9 @@ def _check_value(value, default, meta, source: str, key: str):
             raise ConfigError(f"{source}: {key!r} must be a mapping, got {value!r}")
         return dict(value)
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(f"{source}: {key!r} is {value!r}; allowed values: {allowed}")
+        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        raise ConfigError(f"{source}: {key!r} is {value!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                          + f"; allowed values: {allowed}")
     low, high = meta.get("low"), meta.get("high")
     if low is not None and (value < low or (meta.get("low_open") and value == low)):
         raise ConfigError(f"{source}: {key!r} is {value!r}; allowed values: {allowed}")

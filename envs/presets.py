@@ -82,7 +82,11 @@ def make_config(
     from marl_rec.envs.checks import check_names  # checks imports the parts, which import config
 
     if scenario not in SCENARIOS:
-        raise ConfigError(f"{source}: unknown scenario {scenario!r}; allowed values: {', '.join(SCENARIOS)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(scenario), list(SCENARIOS), n=1)
+        raise ConfigError(f"{source}: unknown scenario {scenario!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                          + f"; allowed values: {', '.join(SCENARIOS)}")
     overrides = dict(overrides or {})
     raw = merge_overrides(SCENARIOS[scenario], overrides)
     if scenario in FROM_FILES:

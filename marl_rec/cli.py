@@ -1,4 +1,4 @@
-"""The ``marl-rec`` command line."""
+"""marl-rec: train, evaluate, sweep and compare multi-agent recommender experiments with Ray RLlib."""
 
 from __future__ import annotations
 
@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="import MODULE first (it registers parts, roles, behaviours, modules); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate non-learning recommenders on a scenario")
+    ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate recommenders: baselines on a scenario, or a trained "
+                                                          "run's checkpoint next to its baselines")
     ev.add_argument("--policy", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")

@@ -55,6 +55,14 @@ HARMLESS: dict[str, str] = {
         "Ray's note at start; the CLI starts a local instance on loopback unless --address",
     "Token authentication is enabled for this Ray cluster.":
         "Ray's note that its token authentication is on (the default)",
+    "has constructor arguments in the object store and max_restarts > 0":
+        "Ray core's note on restartable actors (RLlib's env runners may restart after a crash, by design)",
+    "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.":
+        "Tune's note when marl-rec ends a run that the user stopped; marl-rec prints its own",
+    "Trials did not complete:":
+        "Tune's note on a stopped run's trials, which stay resumable; marl-rec says how to resume",
+    "Experiment has been interrupted, but the most recent state was saved.":
+        "Tune's resume hint after a stop; marl-rec prints its own (--resume)",
 }
 
 # Baselines that read the simulator's true state (interest, quality, creator viability), which a
@@ -253,7 +261,7 @@ def _write_table(folder: Path, data: dict) -> str:
 def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str) -> str:
     """One line: the learned policy's mean team return and its ratio to each baseline's."""
     mean = {policy: float(np.mean(metrics["team_return"])) for policy, metrics in table.items()}
-    others = [f"{mean[learned] / mean[p]:.2f} × {p}{' (privileged)' if p in PRIVILEGED else ''} ({mean[p]:.1f})"
+    others = [f"{mean[learned] / mean[p]:.2f} × {p} ({mean[p]:.1f}{', privileged' if p in PRIVILEGED else ''})"
               for p in table if p != learned and mean[p]]
     return f"learned policy's held-out team return {mean[learned]:.1f}: " + ", ".join(others)
 
@@ -352,5 +360,10 @@ def closing_summary(name: str, folder: Path, table: Mapping[str, Mapping[str, np
              f"[{name}] learning curve: {folder / CURVE_FILE}"]
     if log is not None:
         lines.append(f"[{name}] third-party log: {log.path} ({log.dropped} known-harmless messages)")
-    lines.append(f"[{name}] TensorBoard:    tensorboard --logdir {folder}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        lines.append(f"[{name}] TensorBoard:    tensorboard --logdir {folder}")
+    else:
+        lines.append(f"[{name}] TensorBoard:    events in {folder} (pip install tensorboard, then tensorboard --logdir {folder})")
     return lines

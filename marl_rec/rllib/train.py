@@ -70,11 +70,19 @@ def _progress_callback(exp: ExperimentConfig):
                 return "-" if value != value else format(value, spec)
 
             steps = result.get("num_env_steps_sampled_lifetime", 0)
+            sampled = result.get("env_runners/num_env_steps_sampled", float("nan"))
+            faults = result.get("env_runners/env_faults", 0) or 0
+            if sampled == 0:
+                metrics = "sampled nothing this iteration (see the warnings above)"
+            elif result.get("env_runners/team_return", float("nan")) != result.get("env_runners/team_return", 0.0):
+                metrics = "no episode has ended yet (episodes last up to env.max_cycles rounds)"
+            else:
+                metrics = (f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
+                           f"ctr {fmt('ctr', '.3f')}  users kept {fmt('user_retention', '.2f')}  "
+                           f"creators kept {fmt('creator_retention', '.2f')}")
             print(
-                f"[{exp.name}] iter {it:4d}  env steps {int(steps):9,d}  "
-                f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
-                f"ctr {fmt('ctr', '.3f')}  users kept {fmt('user_retention', '.2f')}  "
-                f"creators kept {fmt('creator_retention', '.2f')}  {elapsed:6.0f}s{eta}",
+                f"[{exp.name}] iter {it:4d}  env steps {int(steps):9,d}  {metrics}"
+                f"{f'  env faults {int(faults)}' if faults else ''}  {elapsed:6.0f}s{eta}",
                 flush=True,
             )
 

@@ -64,7 +64,7 @@ def advertiser_observations(sim, ledger: AdvertiserLedger, idx: np.ndarray, conf
 
 @ROLES.register("advertiser")
 class AdvertiserRole(Role):
-    """A advertisers; advertiser i sponsors topic i mod T and bids for the last slate position.
+    """`num_advertisers` advertisers; advertiser i sponsors topic i mod T and bids for the last slate position.
 
     Phase ``auction``, after RECOMMEND (the slates are chosen) and before RESPOND.
 

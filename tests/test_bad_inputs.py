@@ -239,3 +239,41 @@ def test_actions_through_the_parallel_and_rllib_apis():
         with pytest.raises(InvalidActionError, match=f"invalid action for {agent}"):
             rllib.step({**legal, agent: action})
     rllib.step(legal)
+
+
+# -- the four the reliability review named: each a clear message, quickly --------------------
+
+
+def test_an_alias_bomb_is_refused(tmp_path):
+    text = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    previous = "a"
+    for i in range(1, 30):
+        name = f"n{i}"
+        text += f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]\n"
+        previous = name
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)  # about 1 KB that would expand to 9^30 entries
+    assert "more than 100 aliases" in refused(lambda: load_experiment(path))
+
+
+def test_nan_learning_rate_is_refused(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text(BASE_RUN + "algorithm: {training: {lr: .nan}}\n")
+    assert "'algorithm.training.lr' is nan; NaN and infinity are not allowed" in refused(lambda: load_experiment(path))
+
+
+def test_a_thousand_env_runners_on_this_machine_is_refused(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text(BASE_RUN + "resources: {num_env_runners: 1000}\n")
+    exp = load_experiment(path)
+    assert "one trial needs at least 1001 CPUs" in refused(exp.check_local_resources)
+
+
+def test_a_gpu_learner_without_a_gpu_is_refused(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(BASE_RUN + "resources: {num_learners: 1, num_gpus_per_learner: 1}\n")
+    exp = load_experiment(path)
+    assert "needs 1 GPUs, but this machine has 0; set it to 0 to learn on the CPU" in refused(exp.check_local_resources)

@@ -117,3 +117,25 @@ def test_sweep_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
     assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
     (row,) = list(csv.DictReader((run / "sweep.csv").open()))
     assert row["training_iteration"] == "8"
+
+
+def test_compare_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
+    """The same for a comparison (one variant, one seed): its runs.json holds one run, evaluated."""
+    (tmp_path / "tiny.yaml").write_text("name: killed_compare\n" + TINY + "compare: {variants: {PPO: {}}, seeds: [0], "
+                                        "episodes: 1, max_concurrent_trials: 1}\n")
+    results, run = tmp_path / "results", tmp_path / "results" / "killed_compare"
+    newest, killed_at = kill_after_second_checkpoint(command("compare", tmp_path / "tiny.yaml", results), run, env)
+
+    resumed = subprocess.run(command("compare", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
+    lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    after = [r["training_iteration"] for r in lines if r["timestamp"] >= int(killed_at)]
+    assert after[0] >= newest + 1 and after[-1] == 8, after
+    rows, progress = iterations(trial)
+    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
+    runs = json.loads((run / "runs.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["evaluation"] and not runs[0]["error"]
+    steps = runs[0]["curve"]["env_steps"]
+    assert steps == sorted(set(steps))  # the learning curve has one point per iteration

@@ -40,3 +40,18 @@ def strict_warnings(extra: tuple[str, ...] = ()):
 def strict():
     with strict_warnings():
         yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_calibration(tmp_path_factory) -> str:
+    """A calibrated scenario fitted from a small synthetic log in the generic columns (the
+    MovieLens one is not in a checkout): the folder ``scenario: calibrated`` reads."""
+    from marl_rec.data.calibrate import CalibrationOptions, calibrate
+    from marl_rec.data.logs import load_log
+    from marl_rec.data.synthetic import write_synthetic_log
+
+    folder = tmp_path_factory.mktemp("calibrated")
+    paths = write_synthetic_log(folder / "log", num_users=30, num_items=120, per_user=24, seed=1)
+    log = load_log(paths["log"], paths["items"], paths["tags"])
+    calibrate(log, folder / "cal", CalibrationOptions(use_text=False, dim=4, num_topics=4), say=lambda *a: None)
+    return str(folder / "cal")

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 from pettingzoo.test import api_test, parallel_api_test, seed_test
 
-from marl_rec.data.calibrate import CalibrationOptions, calibrate
-from marl_rec.data.logs import load_log
-from marl_rec.data.synthetic import write_synthetic_log
 from marl_rec.envs import ConfigError, ecosystem_v0, make_config
 from marl_rec.envs.parts.calibrated import ARRAYS, SIMULATOR_FILE
 from marl_rec.envs.rounds import RoundRunner
@@ -20,12 +17,8 @@ SMALL = {"num_users": 4, "max_cycles": 25}
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calibrated")
-    paths = write_synthetic_log(folder / "log", num_users=30, num_items=120, per_user=24, seed=1)
-    log = load_log(paths["log"], paths["items"], paths["tags"])
-    calibrate(log, folder / "cal", CalibrationOptions(use_text=False, dim=4, num_topics=4), say=lambda *a: None)
-    return str(folder / "cal")
+def calibration(synthetic_calibration):
+    return synthetic_calibration
 
 
 def test_the_scenario_reads_its_sizes_and_fitted_values_from_the_folder(calibration):
@@ -86,8 +79,6 @@ def test_catalogue_grows_as_items_first_appeared_and_nobody_consumes_twice(calib
 def test_users_leave_when_their_logged_activity_is_spent(calibration):
     config = make_config("calibrated", {"calibration": calibration, "num_users": 6, "max_cycles": 2000,
                                         "roles": [], "behaviours": {"system": "myopic"}})
-    from marl_rec import policies  # noqa: F401  (registers myopic)
-
     runner = RoundRunner(config)
     runner.reset(seed=3)
     budget = runner.sim.state.users.time_budget.copy()

@@ -10,21 +10,6 @@ from marl_rec.experiment import load_experiment
 EXPERIMENTS = sorted(Path(__file__).resolve().parent.parent.joinpath("experiments").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def synthetic_calibration(tmp_path_factory):
-    """A calibration fitted from a small synthetic log (calibrated.yaml names one fitted from
-    MovieLens, which a fresh checkout does not hold)."""
-    from marl_rec.data.calibrate import CalibrationOptions, calibrate
-    from marl_rec.data.logs import load_log
-    from marl_rec.data.synthetic import write_synthetic_log
-
-    folder = tmp_path_factory.mktemp("calibration")
-    paths = write_synthetic_log(folder / "log", num_users=30, num_items=120, per_user=24, seed=1)
-    log = load_log(paths["log"], paths["items"], paths["tags"])
-    calibrate(log, folder / "cal", CalibrationOptions(use_text=False, dim=4, num_topics=4), say=lambda *a: None)
-    return str(folder / "cal")
-
-
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_shipped_experiments_validate(path, request):
     overrides = {"env.calibration": request.getfixturevalue("synthetic_calibration")} if path.stem == "calibrated" else {}

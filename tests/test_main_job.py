@@ -187,7 +187,7 @@ def test_train_writes_the_learning_curve_and_a_quiet_summary(tmp_path, capsys):
     assert run.returncode == 0, run.stderr[-3000:]
     folder = tmp_path / "results" / "tiny_main"
     assert f"[tiny_main] learning curve: {folder / CURVE_FILE}" in run.stdout
-    assert f"[tiny_main] TensorBoard:    " in run.stdout and f"tensorboard --logdir {folder}" in run.stdout
+    assert "[tiny_main] TensorBoard:    " in run.stdout and f"tensorboard --logdir {folder}" in run.stdout
     assert "learned policy's held-out team return" in run.stdout
     assert (folder / CURVE_FILE).stat().st_size > 10_000
     terminal = run.stdout + run.stderr

@@ -65,6 +65,17 @@ def kill_after_second_checkpoint(args, run: Path, env) -> tuple[int, float]:
     return max(seen), time.time()
 
 
+def check_resumed_trial(run: Path, newest: int, killed_at: float) -> None:
+    """The run's one trial went on from the newest checkpoint after the kill, to the end, with
+    one row per iteration in result.json and progress.csv."""
+    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
+    lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    after = [r["training_iteration"] for r in lines if r["timestamp"] >= int(killed_at)]
+    assert after[0] >= newest + 1 and after[-1] == 8, after
+    rows, progress = iterations(trial)
+    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
+
+
 @pytest.fixture
 def env(tmp_path):
     return {**os.environ, KEY_ENV: str(tmp_path / "checkpoint.key")}
@@ -109,12 +120,7 @@ def test_sweep_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
     resumed = subprocess.run(command("sweep", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
-    lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-    after = [r["training_iteration"] for r in lines if r["timestamp"] >= int(killed_at)]
-    assert after[0] >= newest + 1 and after[-1] == 8, after
-    rows, progress = iterations(trial)
-    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
+    check_resumed_trial(run, newest, killed_at)
     (row,) = list(csv.DictReader((run / "sweep.csv").open()))
     assert row["training_iteration"] == "8"
 
@@ -129,12 +135,7 @@ def test_compare_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
     resumed = subprocess.run(command("compare", tmp_path / "tiny.yaml", results, "--resume"), cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
-    lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-    after = [r["training_iteration"] for r in lines if r["timestamp"] >= int(killed_at)]
-    assert after[0] >= newest + 1 and after[-1] == 8, after
-    rows, progress = iterations(trial)
-    assert rows == sorted(set(rows)) and progress == sorted(set(progress)), (rows, progress)
+    check_resumed_trial(run, newest, killed_at)
     runs = json.loads((run / "runs.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["evaluation"] and not runs[0]["error"]
     steps = runs[0]["curve"]["env_steps"]

@@ -95,7 +95,6 @@ def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy
     """One episode of the calibrated simulator with recommender ``policy`` over ``num_users``
     users until they leave (or ``max_cycles``): clicks per user and per item. The held-out
     period's new items arrive over the episode's first 3000 rounds."""
-    from marl_rec import policies  # noqa: F401  (registers the popularity baseline)
     from marl_rec.evaluate import baseline_config
     from marl_rec.envs.rounds import RoundRunner
 

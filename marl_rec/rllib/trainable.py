@@ -507,6 +507,8 @@ def run_trials(
     trials, or refused with ``refuse_existing``.
     """
     resources = resources or trial_resources(exp)  # every check before Ray starts
+    if resume:
+        check_resumed_experiment(exp, run_dir(exp))
     if not address:
         check_resources(exp, resources, local_resources(exp))  # before Ray starts: a request that cannot fit waits forever
     init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
@@ -522,7 +524,6 @@ def run_trials(
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there)")
-        check_resumed_experiment(exp, path)
         prepare_resume(path)  # refused before Tune unpickles anything there
         # callbacks and the rest of the RunConfig come back from the saved Tuner state
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)

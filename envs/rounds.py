@@ -18,6 +18,7 @@ import numpy as np
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, EcosystemConfig
 from marl_rec.envs.core import Simulator
+from marl_rec.envs.parts.base import instantiate
 from marl_rec.envs.roles import Role
 
 
@@ -44,10 +45,12 @@ class RoundRunner:
         plan = plan_roles(config)  # the same checks as make_config's check_names
         check_memory(config)  # before the simulator allocates
         self.sim = Simulator(config, **parts)
-        self.roles: dict[str, Role] = {name: _build(cls, config, plan.role_params[name]) for name, cls in plan.roles.items()}
+        self.roles: dict[str, Role] = {name: instantiate(cls, config, plan.role_params[name])
+                                       for name, cls in plan.roles.items()}
         self.sim.roles = self.roles  # behaviours read their role's own state through sim.roles[name]
         self.external = plan.external
-        self.behaviours = {name: _build(cls, config, plan.behaviour_params[name]) for name, cls in plan.behaviours.items()}
+        self.behaviours = {name: instantiate(cls, config, plan.behaviour_params[name])
+                           for name, cls in plan.behaviours.items()}
         self.reward_mix = {name: config.reward_mix_for(name) for name in self.roles}
 
         self.phases = list(PHASES)
@@ -218,7 +221,7 @@ class RoundRunner:
         rnd = sim.state.round
         outcome.rounds_completed += 1
         given = rnd.individual_reward or {}
-        individual_of = {}
+        individual_of, mixed_of = {}, {}
         for name, role in self.roles.items():  # external or simulated: the reward and its side effects
             individual = given.get(name)
             individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
@@ -228,6 +231,7 @@ class RoundRunner:
             mixed += alpha * rnd.team_reward
             mixed *= self._still_in[name]  # agents that ended in an earlier round get nothing more
             self.role_returns[name] += mixed
+            mixed_of[name] = mixed
         for name, role in self.roles.items():
             role.end_round(sim)
             np.logical_and(self._still_in[name], role.active(sim), out=self._still_in[name])
@@ -242,8 +246,7 @@ class RoundRunner:
                 continue
             idx = np.array([self.agent_role[a][1] for a in agents])
             individual = individual_of[name][idx]
-            alpha = self.reward_mix[name]
-            reward = alpha * rnd.team_reward + (1.0 - alpha) * individual
+            reward = mixed_of[name][idx]  # live agents were all still in at the round's start
             for agent, r in zip(agents, reward.tolist()):
                 outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + r
             outcome.infos.update(
@@ -265,7 +268,3 @@ class RoundRunner:
         self.phase_index = 0
         sim.begin_round()
 
-
-def _build(cls, config: EcosystemConfig, params):
-    """A role or behaviour instance: with its validated params, or plain for a class without a schema."""
-    return cls(config) if params is None else cls(config, params)

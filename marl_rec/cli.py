@@ -7,7 +7,7 @@ import os
 import sys
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.experiment import RunStopped
+from marl_rec.experiment import RunStopped, resolve_baseline, system_behaviours
 from marl_rec.envs.presets import SCENARIOS
 
 
@@ -150,15 +150,11 @@ def cmd_evaluate(args) -> int:
     args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)
     from marl_rec.envs.presets import make_config
-    from marl_rec.envs.registry import BEHAVIOURS
 
     make_config(args.scenario, overrides, source="--set")  # the overrides' own errors name the flag
 
     for policy in args.policy:  # every name is a system behaviour (a baseline) before anything runs
-        acts_for = getattr(BEHAVIOURS.resolve(policy, "--policy"), "role", None)
-        if acts_for != "system":
-            raise ConfigError(f"--policy: {policy!r} is a behaviour of role {acts_for!r}; the policies evaluated here "
-                              f"recommend (role 'system'): {', '.join(system_behaviours())}")
+        resolve_baseline(policy, "--policy")
     results = {}
     for policy in args.policy:
         results[policy] = evaluate_behaviour(policy, args.scenario, args.episodes, args.seed, overrides)
@@ -217,13 +213,6 @@ def cmd_list(args) -> int:
     for what, lines in LISTS.items():
         print(f"{what}:\n  " + "\n  ".join(lines()))
     return 0
-
-
-def system_behaviours() -> list[str]:
-    """The registered behaviours that recommend (role 'system'): the baselines."""
-    from marl_rec.envs.registry import BEHAVIOURS
-
-    return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
 
 
 def cmd_bench(args) -> int:

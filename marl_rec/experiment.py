@@ -99,6 +99,21 @@ def check_training_value(key: str, value, where: str) -> None:
         raise ConfigError(f"{where}: 'algorithm.training.{key}' is {value!r}; allowed values: a number {span}")
 
 
+def system_behaviours() -> list[str]:
+    """The registered behaviours that recommend (role 'system'): the baselines."""
+    return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
+
+
+def resolve_baseline(name: str, where: str) -> type:
+    """The behaviour ``name``, which must recommend (role 'system'); a ConfigError naming ``where`` if not."""
+    behaviour = BEHAVIOURS.resolve(name, where)
+    role = getattr(behaviour, "role", None)
+    if role != "system":
+        raise ConfigError(f"{where}: {name!r} is a behaviour of role {role!r}; a baseline recommends (role "
+                          f"'system'): {', '.join(system_behaviours())}")
+    return behaviour
+
+
 # The module each built-in role gets when the experiment names none; a plug-in role declares
 # its own as the class attribute ``default_module`` (a {type, model_config} mapping).
 DEFAULT_MODULES = {
@@ -328,11 +343,7 @@ class ExperimentConfig(_Section):
         if name not in ALGORITHMS and ":" not in name:
             raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
         for name in self.evaluation.baselines:
-            behaviour = BEHAVIOURS.resolve(name, f"{self.source}: 'evaluation.baselines'")
-            role = getattr(behaviour, "role", None)
-            if role not in ("system", None):
-                raise ConfigError(f"{self.source}: 'evaluation.baselines': {name!r} is a behaviour of role {role!r}; "
-                                  "a baseline recommends for the system role")
+            resolve_baseline(name, f"{self.source}: 'evaluation.baselines'")
 
     def trained_roles(self) -> list[str]:
         sections = self.module_sections()

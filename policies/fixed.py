@@ -24,7 +24,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.annotations import override
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig, spec
-from marl_rec.envs.parts.base import Behaviour, validate_params
+from marl_rec.envs.parts.base import Behaviour, instantiate, validate_params
 from marl_rec.envs.presets import SCENARIOS, make_config
 from marl_rec.envs.registry import BEHAVIOURS, ROLES
 from marl_rec.policies.common import ModelConfig, module_options
@@ -70,7 +70,7 @@ def fixed_behaviour(config: EcosystemConfig, role: str, policy: str, where: str)
                           f"role instead (leave {role!r} out of env.roles) or give it a learning module")
     params = validate_params(cls, config.behaviour_params.get(role) if policy == "behaviour" else None,
                              "env", f"behaviour_params.{role}")
-    return cls(config, params) if params is not None else cls(config)
+    return instantiate(cls, config, params)
 
 
 class FixedPolicyModule(RLModule):

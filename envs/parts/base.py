@@ -68,10 +68,14 @@ def validate_params(cls, values: Mapping[str, Any] | None, source: str, key: str
     return schema.from_dict(values, source, prefix=key + ".")
 
 
+def instantiate(cls, config: EcosystemConfig, params: _Section | None):
+    """A part, behaviour or role: with its validated params, or plain for a class without a schema."""
+    return cls(config) if params is None else cls(config, params)
+
+
 def build_part(cls, config: EcosystemConfig, values: Mapping[str, Any] | None, source: str, key: str):
     """An instance of part class ``cls`` with its params validated (see ``validate_params``)."""
-    params = validate_params(cls, values, source, key)
-    return cls(config) if params is None else cls(config, params)
+    return instantiate(cls, config, validate_params(cls, values, source, key))
 
 
 class CandidateSampler(Part):

@@ -10,11 +10,10 @@ import functools
 
 import numpy as np
 
-from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
+from marl_rec.envs import kernels, parts  # noqa: F401  (parts: registers the built-in parts)
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.features import item_column
 from marl_rec.envs.parts.base import build_part
-from marl_rec.envs.parts.rewards import intra_list_diversity
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
     CHOICE_MODELS,
@@ -55,8 +54,6 @@ class Simulator:
             CREATOR_DYNAMICS, config, "creator.dynamics", "creator.dynamics_params"
         )
         self.reward_fn = reward_fn or _part(REWARDS, config, "reward.name", "reward.params")
-        self._demand_keep = 1.0 - config.topic_demand_rate  # 1 - 0.1 is 0.9 exactly, as 1 - 0.2 is 0.8
-        self._estimate_keep = 1.0 - config.user.interest_estimate_rate
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
         self.roles: dict = {}  # name -> Role instance, set by the RoundRunner that drives this simulator
@@ -66,10 +63,9 @@ class Simulator:
         self._slate_of = self._slate_candidates = None  # the (slate, candidates) arrays behind _slate_slots
         self._slate_slots: np.ndarray | None = None
         self._slate_embedding: np.ndarray | None = None
-        self._row_start = np.arange(config.num_users) * config.slate_size  # flat index of each row's slot 0
-        self._candidate_row_start = self._rows * config.num_candidates  # the same in the (U, M) candidates
+        self._candidate_row_start = self._rows * config.num_candidates  # flat index of each row's first candidate
         self._all_users = np.arange(config.num_users)
-        self._popular_sum: np.ndarray | None = None  # scratch, catalogue-sized, zero between rounds
+        self._popular_sum = np.zeros(0)  # scratch for the popular pool, catalogue-sized, zero between rounds
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -96,7 +92,6 @@ class Simulator:
         self.diversity_sum = 0.0
         self.diversity_count = 0
         self._shown = np.zeros(2 * c.catalogue_size, bool)  # by uid: shown in a slate this episode
-        self._count_one = self.state.catalogue.impressions.dtype.type(1.0)
         self.last_diversity = np.zeros(c.num_users)
         self.begin_round()
 
@@ -130,16 +125,9 @@ class Simulator:
         s = self.state
         rnd = s.round
         rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
-        rnd.choice[:] = -1
-        rnd.watch_time[:] = 0.0
-        rnd.clicked_slot[:] = -1
-        rnd.publish_topic[:] = -1
-        rnd.publish_effort[:] = 0
-        rnd.users_active_at_start = s.users.active.copy()
-        rnd.creators_active_at_start = s.creators.active.copy()
-        s.creators.exposure[:] = 0.0
-        s.creators.clicks[:] = 0.0
-        s.creators.engagement[:] = 0.0
+        kernels.start_round(rnd.choice, rnd.watch_time, rnd.clicked_slot, rnd.publish_topic, rnd.publish_effort,
+                            s.users.active, rnd.users_active_at_start, s.creators.active, rnd.creators_active_at_start,
+                            s.creators.exposure, s.creators.clicks, s.creators.engagement)
 
     def set_slates(self, slate: np.ndarray) -> None:
         """RECOMMEND, second half: the system's slates, (U, K) candidate indices."""
@@ -171,109 +159,44 @@ class Simulator:
         return self.choice_model.probabilities(self, self.slate_slots())
 
     def respond(self, choice: np.ndarray) -> None:
-        """RESPOND: users pick slate position ``choice`` (K = no click); apply the consequences."""
+        """RESPOND: users pick slate position ``choice`` (K = no click); apply the consequences:
+        the user dynamics, then the round's records (``kernels.record_responses``) and the
+        popular pool."""
         s, c = self.state, self.config
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
         k = c.slate_size
         n_active = np.count_nonzero(users.active)
         everyone = n_active == c.num_users
         active = self._all_users if everyone else users.active.nonzero()[0]
-        rows = slice(None) if everyone else active  # in-place updates of per-user arrays
         choice = np.asarray(choice, np.int64)
-        all_slate_slots = self.slate_slots()
         if not everyone:
             choice = choice[active]
-        slate_slots = all_slate_slots if everyone else all_slate_slots[active]
+        slate_slots = self.slate_slots()
         clicked = choice < k
-        slots = slate_slots.ravel()[self._row_start[:n_active] + np.minimum(choice, k - 1)]
-
-        watch = self.user_dynamics.respond(self, self.rng, active, slots, clicked)
-        rnd.choice[rows] = choice
-        rnd.watch_time[rows] = watch
-        rnd.clicked_slot[rows] = np.where(clicked, slots, -1)
-
-        # exposure and engagement bookkeeping, all O(users × K)
-        shown = slate_slots.ravel()
-        # ufunc.at takes its fast path only when the values have the array's dtype
-        one = self._count_one
-        np.add.at(cat.impressions, shown, one)
-        clickers = clicked.nonzero()[0]
-        c_users, c_slots, c_watch = active[clickers], slots[clickers], watch[clickers]
-        np.add.at(cat.clicks, c_slots, one)
-        np.add.at(cat.watch_time, c_slots, c_watch.astype(cat.watch_time.dtype))
-        if c.num_creators:
-            # creator −1 (no creator) lands in bin 0, which is dropped
-            n = c.num_creators + 1
-            creators.exposure += np.bincount(cat.creator[shown] + 1, minlength=n)[1:]
-            click_creator = cat.creator[c_slots] + 1
-            creators.clicks += np.bincount(click_creator, minlength=n)[1:]
-            creators.engagement += np.bincount(click_creator, weights=c_watch, minlength=n)[1:]
-            creators.exposure_total += creators.exposure
-        if len(c_slots):
-            topic_clicks = np.bincount(cat.topic[c_slots], minlength=c.num_topics)
-            s.topic_demand = self._demand_keep * s.topic_demand + c.topic_demand_rate * topic_clicks / len(c_slots)
-
-        # users' histories (newest first) and running interest estimate
-        clicked_embedding = cat.embedding.take(c_slots, axis=0)
-        users.history_uid[c_users, 1:] = users.history_uid[c_users, :-1]
-        users.history_embedding[c_users, 1:] = users.history_embedding[c_users, :-1]
-        users.history_watch[c_users, 1:] = users.history_watch[c_users, :-1]
-        users.history_uid[:, 0][c_users] = cat.uid[c_slots]  # a column view indexed in 1-D: cheaper than [c_users, 0]
-        users.history_embedding[c_users, 0] = clicked_embedding
-        users.history_watch[:, 0][c_users] = c_watch
-        users.interest_estimate[c_users] = (
-            self._estimate_keep * users.interest_estimate.take(c_users, axis=0)
-            + c.user.interest_estimate_rate * clicked_embedding
-        )
-        users.clicks[c_users] += 1
-        users.slates_seen[rows] += 1
-        self.lifetime_slates += n_active
-        users.watch_total[rows] += watch
-        users.session_length[rows] += 1
-        users.active[rows] = users.time_budget[rows] > 0
-
-        self._update_popular(c_slots)
-        self.last_diversity = intra_list_diversity(self, all_slate_slots, self.slate_embedding())
-        self.diversity_sum += float(np.add.reduce(self.last_diversity if everyone else self.last_diversity[active]))
-        self.diversity_count += n_active
-        shown_uids = cat.uid[shown]
-        try:
-            self._shown[shown_uids] = True
-        except IndexError:  # more items than the flags cover so far: double them
-            grown = np.zeros(2 * max(int(shown_uids.max()) + 1, len(self._shown)), bool)
+        slots = slate_slots.ravel()[active * k + np.minimum(choice, k - 1)]
+        watch = np.asarray(self.user_dynamics.respond(self, self.rng, active, slots, clicked), np.float64)
+        clicked_slots = np.empty(n_active, np.int64)
+        n_clicked, diversity, unshown = kernels.record_responses(
+            active, choice, slate_slots, watch, k, s.t,
+            cat.uid, cat.topic, cat.creator, cat.embedding, cat.impressions, cat.clicks, cat.watch_time,
+            creators.exposure, creators.clicks, creators.engagement, creators.exposure_total,
+            s.topic_demand, c.topic_demand_rate,
+            users.history_uid, users.history_embedding, users.history_watch, users.interest_estimate,
+            c.user.interest_estimate_rate, users.clicks, users.slates_seen, users.watch_total, users.session_length,
+            users.time_budget, users.active, rnd.choice, rnd.watch_time, rnd.clicked_slot,
+            self.last_diversity, self._shown, clicked_slots)
+        if unshown >= 0:  # more items than the flags cover so far: double them
+            grown = np.zeros(2 * max(unshown + 1, len(self._shown)), bool)
             grown[: len(self._shown)] = self._shown
             self._shown = grown
-            self._shown[shown_uids] = True
-
-    def _update_popular(self, clicked_slots: np.ndarray) -> None:
-        """Decayed click counts over the tracked pool plus this round's clicks; keep the top P
-        (ties to the lower slot). O(P + clicks): sums go through a catalogue-sized scratch array."""
-        s, cat = self.state, self.state.catalogue
-        pool = s.popular
-        alive = cat.uid[pool] == s.popular_uid  # a pad entry's uid is -2, which no slot holds
-        kept = pool[alive]
-        if len(kept) + len(clicked_slots) == 0:
-            return
-        if self._popular_sum is None or len(self._popular_sum) != cat.capacity:
+            self._shown[cat.uid[slate_slots[active]]] = True
+        if len(self._popular_sum) != cat.capacity:
             self._popular_sum = np.zeros(cat.capacity)
-        total = self._popular_sum
-        total[kept] = s.popular_score[alive] * self.config.sampler.popularity_decay  # pool slots are distinct
-        np.add.at(total, clicked_slots, 1.0)
-        slots = np.concatenate([kept, clicked_slots])
-        slots.sort()
-        first = np.empty(len(slots), bool)
-        first[0] = True
-        np.not_equal(slots[1:], slots[:-1], out=first[1:])
-        slots = slots[first]  # each slot once, ascending
-        totals = total[slots]
-        total[slots] = 0.0
-        top = (-totals).argsort(kind="stable")[: len(pool)]  # highest total first, ties to the lower slot
-        n = len(top)
-        pool[:n] = chosen = slots[top]
-        s.popular_score[:n] = totals[top]
-        s.popular_uid[:n] = cat.uid[chosen]
-        if n < len(pool):
-            pool[n:], s.popular_score[n:], s.popular_uid[n:] = -1, 0.0, -2
+        kernels.update_popular(s.popular, s.popular_score, s.popular_uid, cat.uid, clicked_slots, n_clicked,
+                               c.sampler.popularity_decay, self._popular_sum)
+        self.lifetime_slates += n_active
+        self.diversity_sum += diversity
+        self.diversity_count += n_active
 
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
@@ -283,9 +206,8 @@ class Simulator:
         if c.num_creators:
             actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
             # T publishes nothing; departed creators neither
-            topic = np.where((actions[:, 0] < c.num_topics) & s.creators.active, actions[:, 0], -1)
-            rnd.publish_topic, rnd.publish_effort = topic, actions[:, 1]
-            self.creator_dynamics.resolve(self, self.rng, topic, actions[:, 1])
+            kernels.creator_choices(actions, s.creators.active, c.num_topics, rnd.publish_topic, rnd.publish_effort)
+            self.creator_dynamics.resolve(self, self.rng, rnd.publish_topic, rnd.publish_effort)
 
     def end_round(self) -> None:
         """End of the round, after its last phase: the round's rewards (``reward_fn``: team,

@@ -6,6 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marl_rec.envs import kernels
+
+
+def _column(values, n: int, dtype) -> np.ndarray:
+    """``values`` as a contiguous (n,) array of ``dtype`` (a scalar is repeated)."""
+    values = np.asarray(values, dtype)
+    return np.full(n, values) if values.ndim == 0 else np.ascontiguousarray(values)
+
 
 @dataclass
 class Catalogue:
@@ -52,25 +60,15 @@ class Catalogue:
         capacity = self.capacity
         if n > capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
-        if self.head + n <= capacity:  # contiguous: slice writes are cheaper than fancy indexing
-            slots = slice(self.head, self.head + n)
-        else:
-            slots = (self.head + np.arange(n)) % capacity
-        self.embedding[slots] = embedding
-        self.topic[slots] = topic
-        self.quality[slots] = quality
-        self.length[slots] = length
-        self.creator[slots] = creator
-        self.birth[slots] = birth
-        self.uid[slots] = np.arange(self.next_uid, self.next_uid + n)
-        self.impressions[slots] = 0.0
-        self.clicks[slots] = 0.0
-        self.watch_time[slots] = 0.0
+        slots = np.empty(n, np.int64)
+        self.head = kernels.push_items(
+            self.head, capacity, self.next_uid, np.ascontiguousarray(embedding, np.float64), _column(topic, n, np.int64),
+            _column(quality, n, np.float64), _column(length, n, np.float64), _column(creator, n, np.int64),
+            _column(birth, n, np.int64), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
+            self.uid, self.impressions, self.clicks, self.watch_time, slots)
         self.next_uid += n
-        first = self.head
-        self.head = int((self.head + n) % capacity)
         self.count = min(capacity, self.count + n)
-        return np.arange(first, first + n) if isinstance(slots, slice) else slots
+        return slots
 
     def newest(self, offsets: np.ndarray, below: int | None = None) -> np.ndarray:
         """Slots of the items ``offsets`` places back from the newest (0 = newest). ``below``,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.features import creator_column, creator_home_topic
 from marl_rec.envs.parts.base import Behaviour
 from marl_rec.envs.parts.choice import sample_choice
@@ -56,14 +57,11 @@ def viability_publishing(
     base_rate: float, demand_drift: float, effort_levels: int,
 ) -> np.ndarray:
     """(n, 2) (topic, effort) actions of ``ViabilityPublisher`` from the creators' own view."""
-    n, num_topics = len(viability), len(demand)
-    draws = rng.random(3 * n)  # publish?, follow demand?, which topic: the same numbers as three draws of n
-    demand_cdf = (demand / np.add.reduce(demand)).cumsum()
-    demand_topic = np.minimum(demand_cdf.searchsorted(draws[2 * n :]), num_topics - 1)
+    n = len(viability)
     actions = np.empty((n, 2), np.int64)
-    actions[:, 0] = np.where(draws[n : 2 * n] < demand_drift, demand_topic, home_topic)
-    actions[draws[:n] >= base_rate * np.minimum(viability, 1.0), 0] = num_topics  # T = publish nothing
-    actions[:, 1] = (effort_levels - 1) // 2
+    kernels.viability_publishing(rng.random(3 * n), np.ascontiguousarray(viability, np.float64),
+                                 np.ascontiguousarray(home_topic, np.int64), np.ascontiguousarray(demand, np.float64),
+                                 base_rate, demand_drift, effort_levels, actions)
     return actions
 
 

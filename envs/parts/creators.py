@@ -2,24 +2,18 @@
 
 EcoAgent (Mladenov et al. 2021, "RecSim NG" ecosystem example; Zhan et al. 2021) models
 creators whose satisfaction is fed by the exposure and engagement they get and who leave the
-platform when it stays too low; this is a vectorised version of that mechanism.
+platform when it stays too low; this is a compiled loop over creators of that mechanism (``kernels.creator_viability``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts.base import CreatorDynamics
 from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
-
-
-def _share(x: np.ndarray, active: np.ndarray, n: int) -> np.ndarray:
-    """x relative to its mean over the ``n`` active creators (1 = an average creator), 0 when
-    nobody got any."""
-    mean = np.add.reduce(x * active) / max(n, 1)
-    return x / mean if mean > 0 else np.zeros_like(x)
 
 
 @CREATOR_DYNAMICS.register("ecosystem")
@@ -77,8 +71,7 @@ class EcosystemCreatorDynamics(CreatorDynamics):
     def resolve(self, sim, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
         """Publish what creators chose, then update viability and churn from last round's stats."""
         creators, cc = sim.state.creators, self.creator
-        publishes = topic >= 0  # create() gives departed creators topic -1
-        publishing = publishes.nonzero()[0]
+        publishing = (topic >= 0).nonzero()[0]  # create() gives departed creators topic -1
         if len(publishing):
             sim.publish(
                 rng,
@@ -87,14 +80,7 @@ class EcosystemCreatorDynamics(CreatorDynamics):
                 creator=publishing,
                 n=len(publishing),
             )
-            creators.published += publishes
-        active = creators.active
-        n = np.count_nonzero(active)
-        target = cc.exposure_weight * _share(creators.exposure, active, n) + cc.engagement_weight * _share(
-            creators.engagement, active, n
-        )
-        creators.viability = cc.viability_memory * creators.viability + (1.0 - cc.viability_memory) * target
-        below = active & (creators.viability < cc.leave_threshold)
-        creators.rounds_below = np.where(below, creators.rounds_below + 1, 0)
-        creators.active = active & (creators.rounds_below <= cc.grace_period)
-        creators.viability = np.where(creators.active, creators.viability, 0.0)
+            creators.published[publishing] += 1
+        kernels.creator_viability(creators.exposure, creators.engagement, creators.viability, creators.active,
+                                  creators.rounds_below, cc.exposure_weight, cc.engagement_weight,
+                                  cc.viability_memory, cc.leave_threshold, cc.grace_period)

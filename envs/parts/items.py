@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section, spec
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.registry import ITEM_GENERATORS
@@ -33,15 +34,17 @@ class TopicItemGenerator(ItemGenerator):
         return _unit_rows(rng.normal(size=(c.num_topics, c.embedding_dim))).astype(np.float32)
 
     def sample(self, rng, topic_centres, topic: np.ndarray | None, n: int, quality_mean) -> dict:
-        if topic is None:
-            topic = rng.integers(0, len(topic_centres), size=n)
-        d = topic_centres.shape[1]
-        # one standard-normal draw for noise, quality and length: the same numbers as
-        # rng.normal(loc, scale) in turn, which is loc + scale · z
+        topic = rng.integers(0, len(topic_centres), size=n) if topic is None else np.asarray(topic, np.int64)
+        d, item = topic_centres.shape[1], self.item
+        quality_mean = np.asarray(quality_mean, np.float64)
+        if quality_mean.ndim == 0:
+            quality_mean = np.full(n, quality_mean)
+        # one standard-normal draw for noise, quality and length
         z = rng.standard_normal(n * (d + 2))
-        embedding = _unit_rows(topic_centres.take(topic, axis=0) + z[: n * d].reshape(n, d) * self.item.topic_spread)
-        quality = quality_mean + z[n * d : n * d + n] * self.item.quality_std
-        length = np.maximum(self.item.length_mean + z[n * d + n :] * self.item.length_std, self.params.min_length)
+        embedding, quality, length = np.empty((n, d)), np.empty(n), np.empty(n)
+        kernels.topic_items(np.ascontiguousarray(topic_centres, np.float32), topic, z, item.topic_spread, quality_mean,
+                            item.quality_std, item.length_mean, item.length_std, self.params.min_length,
+                            embedding, quality, length)
         return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts.base import Reward
 from marl_rec.envs.registry import REWARDS
@@ -46,12 +47,11 @@ class EcosystemReward(Reward):
 
     def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         rnd, creators = sim.state.round, sim.state.creators
-        started = np.count_nonzero(rnd.users_active_at_start)
-        engagement = float(np.add.reduce(rnd.watch_time)) / max(started, 1)
-        utility = np.log1p(creators.engagement) * rnd.creators_active_at_start
-        creator_term = float(np.add.reduce(utility)) / max(self.config.num_creators, 1)
-        diversity = sim.last_diversity if started == len(sim.last_diversity) else sim.last_diversity[rnd.users_active_at_start]
-        diversity_term = float(np.add.reduce(diversity)) / started if started else 0.0
+        creator_reward = np.empty(self.config.num_creators)
+        engagement, creator_term, diversity_term = kernels.ecosystem_reward_terms(
+            rnd.watch_time, rnd.users_active_at_start, sim.last_diversity, creators.engagement,
+            rnd.creators_active_at_start, rnd.publish_topic, rnd.publish_effort, self.config.creator.effort_cost,
+            creator_reward)
         w = self.weights
         terms = {
             "engagement": engagement,
@@ -59,13 +59,8 @@ class EcosystemReward(Reward):
             "diversity": diversity_term,
         }
         team = w.engagement_weight * engagement + w.creator_weight * creator_term + w.diversity_weight * diversity_term
-        published = rnd.publish_topic >= 0
         watch = rnd.watch_time.copy()  # one copy for both roles: readers take from it, never write
-        individual = {
-            "system": watch,
-            "user": watch,
-            "creator": utility - self.config.creator.effort_cost * rnd.publish_effort * published,
-        }
+        individual = {"system": watch, "user": watch, "creator": creator_reward}
         return team, individual, terms
 
 

@@ -1,14 +1,14 @@
 """Slate-picking helpers shared by behaviours, baselines, action spaces and RLlib modules.
 
-Pure numpy over batches of candidate rows; no simulator, no registry. They live apart from the
+Over batches of candidate rows (numpy, and a compiled loop for random slates); no simulator, no registry. They live apart from the
 behaviours so that ``marl_rec.policies`` can use them without ``envs`` importing ``policies``.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from marl_rec.envs import kernels
 
 
 def top_k_slate(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
@@ -41,39 +41,9 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
 
 def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(n, k) distinct allowed candidates per row of ``mask`` (n, M) (allowed: true or positive),
-    uniformly random in set and order.
-
-    Every candidate allowed (the usual case): k steps of a Fisher–Yates shuffle run on all rows
-    at once, n × k uniform draws. Some padded: the k smallest of n × M uniform keys, where padded
-    candidates rank after every allowed one."""
-    allowed = mask if mask.dtype == bool else mask > 0
-    n, m = allowed.shape
-    if np.count_nonzero(allowed) != allowed.size:
-        keys = rng.random(allowed.shape)
-        keys += (~allowed) * 2.0
-        return smallest_k(keys, k, overwrite=True)
-    identity, row_start, widths = _shuffle_tables(n, m, k)
-    order = identity.copy()  # each row's candidates; step j swaps its pick to the row's end
-    remaining = order.reshape(n, m)
-    draws = rng.random((k, n))
-    draws *= widths  # step j picks one of the m − j candidates not yet taken
-    picks = draws.astype(np.int64)
-    picks += row_start
-    out = np.empty((n, k), np.int64)
-    for j in range(k):
-        pick = picks[j]
-        out[:, j] = order[pick]
-        order[pick] = remaining[:, m - 1 - j]  # the last untaken candidate fills the hole
+    uniformly random in set and order: k steps of a Fisher–Yates shuffle of each row's allowed
+    candidates, n × k uniform draws (``kernels.random_slates``)."""
+    allowed = np.ascontiguousarray(mask if mask.dtype == bool else mask > 0)
+    out = np.empty((len(allowed), k), np.int64)
+    kernels.random_slates(allowed, rng.random((len(allowed), k)), out)
     return out
-
-
-@functools.lru_cache(maxsize=64)
-def _shuffle_tables(n: int, m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``random_slates``' constants: n rows of range(m) flat, each row's flat start, and the
-    (k, 1) number of candidates left at each step."""
-    identity = np.tile(np.arange(m), n)
-    row_start = np.arange(n) * m
-    widths = np.arange(m, m - k, -1, dtype=np.float64)[:, None]
-    for table in (identity, row_start, widths):
-        table.flags.writeable = False
-    return identity, row_start, widths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.registry import USER_DYNAMICS
@@ -60,34 +61,22 @@ class EcosystemUserDynamics(UserDynamics):
         return empty_users(c, interest)
 
     def engagement(self, sim, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
-        cat, users = sim.state.catalogue, sim.state.users
-        aff = np.einsum("nd,nd->n", cat.embedding.take(slots, axis=0), users.interest.take(user_idx, axis=0))
-        fraction = sigmoid(
-            self.user.engagement_affinity * aff + self.user.engagement_quality * cat.quality[slots]
-            + self.user.engagement_bias
-        )
-        age = sim.state.t - cat.birth[slots]
-        return cat.length[slots] * fraction * np.exp(-self.age_rate * np.maximum(age, 0))
+        cat, users, user = sim.state.catalogue, sim.state.users, self.user
+        out = np.empty(len(slots))
+        kernels.engagement(np.asarray(user_idx, np.int64), np.asarray(slots, np.int64), sim.state.t, cat.embedding,
+                           cat.quality, cat.length, cat.birth, users.interest, user.engagement_affinity,
+                           user.engagement_quality, user.engagement_bias, self.age_rate, out)
+        return out
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
         """Apply the response of users ``user_idx`` (clicked → consumed ``slots``); return watch time."""
-        users, cat = sim.state.users, sim.state.catalogue
-        everyone = len(user_idx) == len(users.active)  # user_idx is then 0..U-1: update in place
-        rows = slice(None) if everyone else user_idx
-        budget = users.time_budget[rows]
-        watch = np.where(clicked, np.minimum(self.engagement(sim, slots, user_idx), budget), 0.0)
-        quality = cat.quality[slots]
-        budget = budget - np.where(clicked, watch, self.user.step_cost) + self.user.quality_refill * watch * quality
-        users.time_budget[rows] = budget
-
-        clickers = clicked.nonzero()[0]
-        c_users, c_slots = user_idx[clickers], slots[clickers]
-        users.fatigue[rows] *= self.user.fatigue_decay
-        users.fatigue[c_users, cat.topic[c_slots]] += self.user.fatigue_rate
-
-        interest = users.interest.take(c_users, axis=0)  # take: several times faster than [c_users] on rows
-        interest += self.user.interest_drift * (cat.embedding.take(c_slots, axis=0) - interest)
-        users.interest[c_users] = interest
+        users, cat, user = sim.state.users, sim.state.catalogue, self.user
+        watch = np.empty(len(user_idx))
+        kernels.ecosystem_respond(
+            user_idx, slots, clicked, sim.state.t, cat.embedding, cat.quality, cat.length, cat.topic, cat.birth,
+            users.interest, users.time_budget, users.fatigue, user.engagement_affinity, user.engagement_quality,
+            user.engagement_bias, self.age_rate, user.step_cost, user.quality_refill, user.fatigue_decay,
+            user.fatigue_rate, user.interest_drift, watch)
         return watch
 
 
@@ -114,22 +103,9 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
         return sim.state.catalogue.length[slots].astype(np.float64)
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
-        users, cat = sim.state.users, sim.state.catalogue
-        budget = users.time_budget[user_idx]
-        watch = np.where(clicked, np.minimum(budget, cat.length[slots]), 0.0)
-
-        c_users, c_slots = user_idx[clicked], slots[clicked]
-        interest = users.interest[c_users]
-        features = cat.embedding.take(c_slots, axis=0)
-        x0, y0 = self.user.interest_update_x_intercept, self.user.interest_update_y_intercept
-        step = (-y0 / x0) * np.abs(interest) + y0
-        update = step * features * (features - interest)
-        positive = np.einsum("nd,nd->n", (interest + 1.0) / 2.0, features)
-        flip = rng.random(len(c_users))
-        sign = np.where(flip < positive, 1.0, -1.0)[:, None]
-        users.interest[c_users] = np.clip(interest + sign * update, -1.0, 1.0)
-
-        budget = budget - np.where(clicked, watch, self.user.step_cost)
-        budget = budget + self.user.quality_refill * watch * cat.quality[slots] * clicked
-        users.time_budget[user_idx] = budget
+        users, cat, user = sim.state.users, sim.state.catalogue, self.user
+        watch = np.empty(len(user_idx))
+        kernels.recsim_respond(user_idx, slots, clicked, rng.random(len(user_idx)), cat.embedding, cat.quality,
+                               cat.length, users.interest, users.time_budget, user.interest_update_x_intercept,
+                               user.interest_update_y_intercept, user.step_cost, user.quality_refill, watch)
         return watch

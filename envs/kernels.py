@@ -1,0 +1,617 @@
+"""The round's compiled loops (numba): candidate sampling, slates, choice, user and creator
+dynamics, the round's bookkeeping and rewards.
+
+Each kernel is a loop over users or creators that reads as the model does, called once per
+phase with the state's arrays; the parts in ``marl_rec.envs.parts`` wrap them behind their
+numpy contracts, so a plug-in part written in plain numpy runs beside them unchanged.
+
+Randomness: the env's one ``np.random.Generator`` draws each phase's uniforms or normals as
+one array, which the kernel consumes; no kernel holds random state.
+
+Compiled code is cached on disk (``cache_dir()``), shared by every process of the machine
+(Ray's workers included); the first process of a fresh install compiles, the others load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$NUMBA_CACHE_DIR`` when the user set it, else
+    ``$MARL_REC_CACHE_DIR/numba``, else ``$XDG_CACHE_HOME/marl-rec/numba`` (``~/.cache``)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    root = os.environ.get("MARL_REC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "marl-rec")
+    return Path(root) / "numba"
+
+
+def _configure_cache() -> None:
+    """Point numba's cache at ``cache_dir()`` before the kernels below are decorated (numba
+    reads the setting when a cached function is created). A folder that cannot be written is
+    not fatal: numba then compiles in memory, every process on its own."""
+    path = cache_dir()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(path))
+    from numba.core import config
+
+    if not config.CACHE_DIR:
+        config.CACHE_DIR = str(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+
+
+_configure_cache()
+
+import numba  # noqa: E402  (after the cache location is set)
+
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------------------- the round's phases
+@jit
+def start_round(choice, watch, clicked_slot, publish_topic, publish_effort, users_active, users_active_at_start,
+                creators_active, creators_active_at_start, exposure, clicks, engagement):
+    """A new round's records: nothing chosen, watched or published yet; who is active at its
+    start; creators' per-round statistics at zero."""
+    for u in range(len(choice)):
+        choice[u], watch[u], clicked_slot[u] = -1, 0.0, -1
+        users_active_at_start[u] = users_active[u]
+    for c in range(len(publish_topic)):
+        publish_topic[c], publish_effort[c] = -1, 0
+        creators_active_at_start[c] = creators_active[c]
+        exposure[c], clicks[c], engagement[c] = 0.0, 0.0, 0.0
+
+
+@jit
+def creator_choices(actions, active, n_topics, publish_topic, publish_effort):
+    """Creators' (topic, effort) actions as the round's publishing: topic T (nothing) and
+    departed creators become -1."""
+    for c in range(len(active)):
+        publish_topic[c] = actions[c, 0] if actions[c, 0] < n_topics and active[c] else -1
+        publish_effort[c] = actions[c, 1]
+
+
+# ---------------------------------------------------------------------------- candidates
+@jit
+def _is_pick(slot, position_of, picks, n_eligible, popular):
+    """Whether catalogue ``slot`` is one of the user's popular picks: a pool item whose position
+    is the pick of its own pool stratum."""
+    position = position_of[slot]
+    return position >= 0 and picks[((position + 1) * popular - 1) // n_eligible] == position
+
+
+@jit
+def _in_row(row, n, slot):
+    for i in range(n):
+        if row[i] == slot:
+            return True
+    return False
+
+
+@jit
+def sample_mixed(draws, head, count, capacity, window, num_fresh, num_popular, num_older,
+                 pool, position_of, candidates):
+    """The mixed sampler's candidates (see ``MixedSampler``), written into ``candidates``
+    (U, M): per user, ``num_fresh`` fresh items (one per stratum of the newest ``window``),
+    up to ``num_popular`` popular items older than the window (one per stratum of the eligible
+    pool) and random older items (one per stratum of [window, count)), all distinct. A stratum
+    of a range of n split k ways is [(n·j) // k, (n·(j + 1)) // k).
+
+    ``draws`` (U, M) uniforms; ``position_of``: catalogue-sized scratch, -1 between calls.
+    A random older draw that lands on one of its user's popular picks moves along its stratum;
+    in a stratum made only of such picks it takes the first older item the user lacks."""
+    n_users = candidates.shape[0]
+    eligible = np.empty(len(pool), np.int64)
+    n_eligible = 0
+    for slot in pool:
+        if slot >= 0 and window <= (head - 1 - slot) % capacity < count:
+            eligible[n_eligible] = slot
+            n_eligible += 1
+    popular = min(num_popular, n_eligible)
+    random_older = num_older - popular
+    older = count - window
+    first_older = num_fresh + popular
+    for p in range(n_eligible):
+        position_of[eligible[p]] = p
+    picks = np.empty(max(popular, 1), np.int64)
+    for u in range(n_users):
+        row, draw = candidates[u], draws[u]
+        for j in range(num_fresh):
+            start = (window * j) // num_fresh
+            offset = start + int(draw[j] * ((window * (j + 1)) // num_fresh - start))
+            row[j] = (head - 1 - offset) % capacity
+        for j in range(popular):
+            start = (n_eligible * j) // popular
+            picks[j] = start + int(draw[num_fresh + j] * ((n_eligible * (j + 1)) // popular - start))
+            row[num_fresh + j] = eligible[picks[j]]
+        moved_out = False  # an earlier draw left its stratum: check against the whole row
+        for j in range(random_older):
+            start = window + (older * j) // random_older
+            width = window + (older * (j + 1)) // random_older - start
+            offset = start + int(draw[first_older + j] * width)
+            found = False
+            for _ in range(width):
+                slot = (head - 1 - offset) % capacity
+                clash = popular > 0 and _is_pick(slot, position_of, picks, n_eligible, popular)
+                if not clash and not (moved_out and _in_row(row, first_older + j, slot)):
+                    found = True
+                    break
+                offset = start + (offset - start + 1) % width
+            if not found:
+                moved_out = True
+                offset = window
+                while _in_row(row, first_older + j, (head - 1 - offset) % capacity):
+                    offset += 1
+            row[first_older + j] = (head - 1 - offset) % capacity
+    for p in range(n_eligible):
+        position_of[eligible[p]] = -1
+
+
+@jit
+def sample_any(draws, head, count, capacity, candidates):
+    """Any ``min(count, M)`` distinct items per user (a partial Fisher–Yates shuffle of the
+    catalogue's offsets, one uniform each), the rest -1: the sampler while the catalogue is
+    smaller than its strata need."""
+    n_users, m = candidates.shape
+    take = min(count, m)
+    order = np.empty(count, np.int64)
+    for u in range(n_users):
+        for i in range(count):
+            order[i] = i
+        for j in range(take):
+            pick = j + int(draws[u, j] * (count - j))
+            order[j], order[pick] = order[pick], order[j]
+            candidates[u, j] = (head - 1 - order[j]) % capacity
+        for j in range(take, m):
+            candidates[u, j] = -1
+
+
+# ---------------------------------------------------------------------------- slates
+@jit
+def random_slates(allowed, draws, out):
+    """(n, k) distinct candidates per row, uniformly random in set and order among the allowed
+    ones (a partial Fisher–Yates shuffle, ``draws`` (n, k) uniforms); when a row allows fewer
+    than k, the rest are its disallowed candidates, as random."""
+    n, m = allowed.shape
+    k = out.shape[1]
+    order = np.empty(m, np.int64)
+    for r in range(n):
+        n_allowed = 0
+        for i in range(m):
+            if allowed[r, i]:
+                order[n_allowed] = i
+                n_allowed += 1
+        rest = n_allowed
+        for i in range(m):
+            if not allowed[r, i]:
+                order[rest] = i
+                rest += 1
+        for j in range(k):
+            low, high = (j, n_allowed) if j < n_allowed else (j, m)
+            pick = low + int(draws[r, j] * (high - low))
+            order[j], order[pick] = order[pick], order[j]
+            out[r, j] = order[j]
+
+
+# ---------------------------------------------------------------------------- choice
+@jit
+def _item_logit(u, s, embedding, quality, topic, uid, interest, fatigue, history_uid,
+                affinity_scale, clickbait_appeal, repeat_penalty):
+    """User u's MNL logit of catalogue item s before position bias: affinity, clickbait appeal,
+    topic fatigue and the repeat penalty (see ``MultinomialLogitChoice``)."""
+    affinity = 0.0
+    for i in range(embedding.shape[1]):
+        affinity += embedding[s, i] * interest[u, i]
+    logit = affinity_scale * affinity + max(-quality[s] * clickbait_appeal, 0.0) - fatigue[u, topic[s]]
+    if repeat_penalty != 0.0:
+        for h in range(history_uid.shape[1]):
+            if history_uid[u, h] == uid[s]:
+                return logit - repeat_penalty
+    return logit
+
+
+@jit
+def item_logits(slots, embedding, quality, topic, uid, interest, fatigue, history_uid,
+                affinity_scale, clickbait_appeal, repeat_penalty, out):
+    """(U, n) MNL logit of each user's items ``slots`` (U, n), before position bias."""
+    for u in range(slots.shape[0]):
+        for j in range(slots.shape[1]):
+            out[u, j] = _item_logit(u, slots[u, j], embedding, quality, topic, uid, interest, fatigue, history_uid,
+                                    affinity_scale, clickbait_appeal, repeat_penalty)
+
+
+@jit
+def mnl_probabilities(slots, embedding, quality, topic, uid, interest, fatigue, history_uid,
+                      affinity_scale, clickbait_appeal, repeat_penalty, position_bias, no_click_logit, out):
+    """Multinomial logit over each user's slate plus no click: ``out`` (U, K + 1)."""
+    n_users, k = slots.shape
+    logits = np.empty(k + 1)
+    for u in range(n_users):
+        top = no_click_logit
+        for j in range(k):
+            logit = _item_logit(u, slots[u, j], embedding, quality, topic, uid, interest, fatigue, history_uid,
+                                affinity_scale, clickbait_appeal, repeat_penalty) - position_bias * j
+            logits[j] = logit
+            top = max(top, logit)
+        logits[k] = no_click_logit
+        total = 0.0
+        for j in range(k + 1):
+            logits[j] = math.exp(logits[j] - top)
+            total += logits[j]
+        for j in range(k + 1):
+            out[u, j] = logits[j] / total
+
+
+@jit
+def proportional_probabilities(slots, embedding, interest, min_normalizer, no_click_mass, out):
+    """RecSim's proportional choice: P ∝ max(affinity − min_normalizer, 0), no click included."""
+    n_users, k = slots.shape
+    d = embedding.shape[1]
+    for u in range(n_users):
+        total = max(no_click_mass - min_normalizer, 0.0)
+        out[u, k] = total
+        for j in range(k):
+            affinity = 0.0
+            for i in range(d):
+                affinity += embedding[slots[u, j], i] * interest[u, i]
+            out[u, j] = max(affinity - min_normalizer, 0.0)
+            total += out[u, j]
+        for j in range(k + 1):
+            out[u, j] /= total
+
+
+@jit
+def sample_choice(probabilities, draws, out):
+    """Inverse CDF per row, one uniform each: the number of cumulative probabilities at or below
+    draw · total, at most the last index."""
+    n, options = probabilities.shape
+    for r in range(n):
+        total = 0.0
+        for j in range(options):
+            total += probabilities[r, j]
+        threshold = draws[r] * total
+        cdf, index = 0.0, 0
+        for j in range(options):
+            cdf += probabilities[r, j]
+            if cdf <= threshold:
+                index += 1
+        out[r] = min(index, options - 1)
+
+
+# ---------------------------------------------------------------------------- users
+@jit
+def _engagement(u, s, t, embedding, quality, length, birth, interest, engagement_affinity, engagement_quality,
+                engagement_bias, age_rate):
+    """Minutes user u would watch of item s: length · sigmoid(affinity, quality, bias) · 0.5^(age / half-life)."""
+    affinity = 0.0
+    for j in range(embedding.shape[1]):
+        affinity += embedding[s, j] * interest[u, j]
+    x = engagement_affinity * affinity + engagement_quality * quality[s] + engagement_bias
+    return length[s] / (1.0 + math.exp(-x)) * math.exp(-age_rate * max(t - birth[s], 0))
+
+
+@jit
+def engagement(users, slots, t, embedding, quality, length, birth, interest, engagement_affinity,
+               engagement_quality, engagement_bias, age_rate, out):
+    """``_engagement`` of user ``users[i]`` for item ``slots[i]``, into ``out``."""
+    for i in range(len(users)):
+        out[i] = _engagement(users[i], slots[i], t, embedding, quality, length, birth, interest,
+                             engagement_affinity, engagement_quality, engagement_bias, age_rate)
+
+
+@jit
+def ecosystem_respond(users, slots, clicked, t, embedding, quality, length, topic, birth,
+                      interest, time_budget, fatigue, engagement_affinity, engagement_quality,
+                      engagement_bias, age_rate, step_cost, quality_refill, fatigue_decay,
+                      fatigue_rate, interest_drift, watch):
+    """``EcosystemUserDynamics.respond`` for users ``users`` (their consumed ``slots``, or no
+    click): watch time into ``watch``; budget, fatigue and interest updated in place."""
+    d = embedding.shape[1]
+    for i in range(len(users)):
+        u, s = users[i], slots[i]
+        budget = time_budget[u]
+        minutes = 0.0
+        if clicked[i]:
+            minutes = min(_engagement(u, s, t, embedding, quality, length, birth, interest, engagement_affinity,
+                                      engagement_quality, engagement_bias, age_rate), budget)
+            budget += quality_refill * minutes * quality[s] - minutes
+        else:
+            budget -= step_cost
+        time_budget[u] = budget
+        watch[i] = minutes
+        for j in range(fatigue.shape[1]):
+            fatigue[u, j] *= fatigue_decay
+        if clicked[i]:
+            fatigue[u, topic[s]] += fatigue_rate
+            for j in range(d):
+                interest[u, j] += interest_drift * (embedding[s, j] - interest[u, j])
+
+
+@jit
+def recsim_respond(users, slots, clicked, flips, embedding, quality, length, interest, time_budget,
+                   x_intercept, y_intercept, step_cost, quality_refill, watch):
+    """``RecSimInterestEvolutionDynamics.respond``: RecSim 0.2.4's IEvUserModel, one coin flip
+    (``flips[i]``) per user for the direction of the interest update."""
+    d = embedding.shape[1]
+    for i in range(len(users)):
+        u, s = users[i], slots[i]
+        if not clicked[i]:
+            watch[i] = 0.0
+            time_budget[u] -= step_cost
+            continue
+        minutes = min(time_budget[u], length[s])
+        watch[i] = minutes
+        positive = 0.0
+        for j in range(d):
+            positive += (interest[u, j] + 1.0) / 2.0 * embedding[s, j]
+        sign = 1.0 if flips[i] < positive else -1.0
+        for j in range(d):
+            x, e = interest[u, j], embedding[s, j]
+            step = (-y_intercept / x_intercept) * abs(x) + y_intercept
+            interest[u, j] = min(max(x + sign * step * e * (e - x), -1.0), 1.0)
+        time_budget[u] += quality_refill * minutes * quality[s] - minutes
+
+
+# ---------------------------------------------------------------------------- the round's records
+@jit
+def record_responses(users, choice, slate_slots, watch, k, t,
+                     cat_uid, cat_topic, cat_creator, cat_embedding, impressions, clicks, watch_time,
+                     creator_exposure, creator_clicks, creator_engagement, creator_exposure_total,
+                     topic_demand, demand_rate,
+                     history_uid, history_embedding, history_watch, interest_estimate, estimate_rate,
+                     user_clicks, slates_seen, watch_total, session_length, time_budget, active,
+                     round_choice, round_watch, round_clicked_slot,
+                     diversity, shown, clicked_slots):
+    """Everything a round of responses leaves behind, for users ``users`` (choice K = no click):
+    items' impressions, clicks and watch time; creators' exposure and engagement; the topic
+    demand; each clicker's history (newest first) and interest estimate; per-user counters and
+    whether the user is still active; the slates' diversity; the shown flags (by uid).
+    ``clicked_slots`` (len(users),) receives the consumed slots in user order; returns how many
+    users clicked, the sum of their slates' diversity, and the largest shown uid that ``shown``
+    was too short for (−1 for none; the caller grows it and marks those slates)."""
+    n_topics = len(topic_demand)
+    topic_clicks = np.zeros(n_topics)
+    d = cat_embedding.shape[1]
+    h = history_uid.shape[1]
+    total = np.empty(d)
+    n_clicks = 0
+    unshown = -1  # the largest uid past the end of ``shown``, -1 when every shown uid fit
+    if len(users) < len(diversity):
+        diversity[:] = 0.0
+    for i in range(len(users)):
+        u = users[i]
+        row = slate_slots[u]
+        # the slate: impressions, exposure, shown flags, diversity
+        for j in range(d):
+            total[j] = 0.0
+        for j in range(k):
+            s = row[j]
+            impressions[s] += 1.0
+            c = cat_creator[s]
+            if c >= 0:
+                creator_exposure[c] += 1.0
+            if cat_uid[s] < len(shown):
+                shown[cat_uid[s]] = True
+            else:
+                unshown = max(unshown, cat_uid[s])
+            for e in range(d):
+                total[e] += cat_embedding[s, e]
+        if k >= 2:
+            norm = 0.0
+            for e in range(d):
+                norm += total[e] * total[e]
+            diversity[u] = 1.0 - (norm - k) / (k * (k - 1))
+        else:
+            diversity[u] = 0.0
+        # the response
+        picked = choice[i]
+        round_choice[u] = picked
+        round_watch[u] = watch[i]
+        minutes = watch[i]
+        if picked < k:
+            s = row[picked]
+            round_clicked_slot[u] = s
+            clicked_slots[n_clicks] = s
+            n_clicks += 1
+            clicks[s] += 1.0
+            watch_time[s] += minutes
+            c = cat_creator[s]
+            if c >= 0:
+                creator_clicks[c] += 1.0
+                creator_engagement[c] += minutes
+            topic_clicks[cat_topic[s]] += 1.0
+            for j in range(h - 1, 0, -1):
+                history_uid[u, j] = history_uid[u, j - 1]
+                history_watch[u, j] = history_watch[u, j - 1]
+                for e in range(d):
+                    history_embedding[u, j, e] = history_embedding[u, j - 1, e]
+            history_uid[u, 0] = cat_uid[s]
+            history_watch[u, 0] = minutes
+            for e in range(d):
+                history_embedding[u, 0, e] = cat_embedding[s, e]
+                interest_estimate[u, e] = ((1.0 - estimate_rate) * interest_estimate[u, e]
+                                           + estimate_rate * cat_embedding[s, e])
+            user_clicks[u] += 1
+        else:
+            round_clicked_slot[u] = -1
+        slates_seen[u] += 1
+        watch_total[u] += minutes
+        session_length[u] += 1
+        active[u] = time_budget[u] > 0
+    for c in range(len(creator_exposure)):
+        creator_exposure_total[c] += creator_exposure[c]
+    if n_clicks:
+        for topic in range(n_topics):
+            topic_demand[topic] = (1.0 - demand_rate) * topic_demand[topic] + demand_rate * topic_clicks[topic] / n_clicks
+    diversity_sum = 0.0
+    for i in range(len(users)):
+        diversity_sum += diversity[users[i]]
+    return n_clicks, diversity_sum, unshown
+
+
+@jit
+def update_popular(pool, score, pool_uid, cat_uid, clicked_slots, n_clicked, decay, total):
+    """The popular pool: decayed click counts of the tracked items plus this round's clicks,
+    the top P kept (highest first, ties to the lower slot). ``total``: catalogue-sized scratch,
+    zero between calls; O(P + clicks)."""
+    p = len(pool)
+    slots = np.empty(p + n_clicked, np.int64)
+    n = 0
+    for i in range(p):
+        s = pool[i]
+        if s >= 0 and cat_uid[s] == pool_uid[i]:  # still the item that was tracked
+            total[s] = score[i] * decay
+            slots[n] = s
+            n += 1
+    for i in range(n_clicked):
+        total[clicked_slots[i]] += 1.0
+        slots[n] = clicked_slots[i]
+        n += 1
+    if n == 0:
+        return
+    slots = np.sort(slots[:n])
+    unique = 0
+    for i in range(n):
+        if i == 0 or slots[i] != slots[i - 1]:
+            slots[unique] = slots[i]
+            unique += 1
+    n = unique
+    totals = np.empty(n)
+    for i in range(n):
+        totals[i] = -total[slots[i]]
+        total[slots[i]] = 0.0
+    order = np.argsort(totals, kind="mergesort")  # stable: ties keep the lower slot first
+    for i in range(p):
+        if i < n:
+            s = slots[order[i]]
+            pool[i], score[i], pool_uid[i] = s, -totals[order[i]], cat_uid[s]
+        else:
+            pool[i], score[i], pool_uid[i] = -1, 0.0, -2
+
+
+# ---------------------------------------------------------------------------- items and creators
+@jit
+def topic_items(centres, topic, z, spread, quality_mean, quality_std, length_mean, length_std, min_length,
+                embedding, quality, length):
+    """Items around their topic's centre: embedding = unit(centre + spread · z), quality ~
+    N(quality_mean, quality_std), length ~ N(length_mean, length_std) clipped at min_length;
+    ``z`` (n · (d + 2)) standard normals: n · d for the embeddings, then n, then n."""
+    n, d = embedding.shape
+    for i in range(n):
+        norm = 0.0
+        for j in range(d):
+            x = centres[topic[i], j] + z[i * d + j] * spread
+            embedding[i, j] = x
+            norm += x * x
+        norm = max(math.sqrt(norm), 1e-8)
+        for j in range(d):
+            embedding[i, j] /= norm
+        quality[i] = quality_mean[i] + z[n * d + i] * quality_std
+        length[i] = max(length_mean + z[n * d + n + i] * length_std, min_length)
+
+
+@jit
+def push_items(head, capacity, next_uid, new_embedding, new_topic, new_quality, new_length, new_creator, new_birth,
+               embedding, topic, quality, length, creator, birth, uid, impressions, clicks, watch_time, slots):
+    """Write n items into the ring buffer at ``head`` (overwriting the oldest): their slots into
+    ``slots``; returns the new head."""
+    n = len(new_topic)
+    for i in range(n):
+        s = (head + i) % capacity
+        slots[i] = s
+        for j in range(embedding.shape[1]):
+            embedding[s, j] = new_embedding[i, j]
+        topic[s] = new_topic[i]
+        quality[s] = new_quality[i]
+        length[s] = new_length[i]
+        creator[s] = new_creator[i]
+        birth[s] = new_birth[i]
+        uid[s] = next_uid + i
+        impressions[s] = 0.0
+        clicks[s] = 0.0
+        watch_time[s] = 0.0
+    return (head + n) % capacity
+
+
+@jit
+def viability_publishing(draws, viability, home_topic, demand, base_rate, demand_drift, effort_levels, actions):
+    """``ViabilityPublisher``: publish with probability base_rate · min(viability, 1), on the home
+    topic or, with probability demand_drift, on a topic drawn from the demand; middle effort.
+    ``draws`` (3n,): publish?, follow demand?, which topic. Topic T means nothing."""
+    n, n_topics = len(viability), len(demand)
+    demand_total = 0.0
+    for topic in range(n_topics):
+        demand_total += demand[topic]
+    for c in range(n):
+        if draws[c] >= base_rate * min(viability[c], 1.0):
+            actions[c, 0] = n_topics
+        elif draws[n + c] < demand_drift:
+            target, cdf, topic = draws[2 * n + c] * demand_total, 0.0, 0
+            while topic < n_topics - 1:
+                cdf += demand[topic]
+                if cdf >= target:
+                    break
+                topic += 1
+            actions[c, 0] = topic
+        else:
+            actions[c, 0] = home_topic[c]
+        actions[c, 1] = (effort_levels - 1) // 2
+
+
+@jit
+def creator_viability(exposure, engagement, viability, active, rounds_below, exposure_weight, engagement_weight,
+                      memory, leave_threshold, grace_period):
+    """Viability follows the creator's share of exposure and engagement (1 = the mean over
+    active creators); under the threshold for longer than the grace period, it leaves."""
+    n = len(active)
+    n_active, exposure_sum, engagement_sum = 0, 0.0, 0.0
+    for c in range(n):
+        if active[c]:
+            n_active += 1
+            exposure_sum += exposure[c]
+            engagement_sum += engagement[c]
+    exposure_mean = exposure_sum / max(n_active, 1)
+    engagement_mean = engagement_sum / max(n_active, 1)
+    for c in range(n):
+        target = 0.0
+        if exposure_mean > 0:
+            target += exposure_weight * exposure[c] / exposure_mean
+        if engagement_mean > 0:
+            target += engagement_weight * engagement[c] / engagement_mean
+        value = memory * viability[c] + (1.0 - memory) * target
+        below = active[c] and value < leave_threshold
+        rounds_below[c] = rounds_below[c] + 1 if below else 0
+        active[c] = active[c] and rounds_below[c] <= grace_period
+        viability[c] = value if active[c] else 0.0
+
+
+# ---------------------------------------------------------------------------- rewards
+@jit
+def ecosystem_reward_terms(watch, users_active_at_start, diversity, creator_engagement, creators_active_at_start,
+                           publish_topic, publish_effort, effort_cost, creator_reward):
+    """The team reward's terms (mean watch per user active at the round's start, mean creator
+    utility log(1 + engagement) over the creators at reset, mean slate diversity), and each
+    creator's reward (its utility minus the effort cost of what it published) into
+    ``creator_reward``."""
+    started, watched, diverse = 0, 0.0, 0.0
+    for u in range(len(watch)):
+        watched += watch[u]
+        if users_active_at_start[u]:
+            started += 1
+            diverse += diversity[u]
+    utility_sum = 0.0
+    n = len(creator_engagement)
+    for c in range(n):
+        utility = math.log1p(creator_engagement[c]) if creators_active_at_start[c] else 0.0
+        utility_sum += utility
+        cost = effort_cost * publish_effort[c] if publish_topic[c] >= 0 else 0.0
+        creator_reward[c] = utility - cost
+    engagement = watched / max(started, 1)
+    return engagement, utility_sum / max(n, 1), diverse / started if started else 0.0

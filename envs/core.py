@@ -172,11 +172,12 @@ class Simulator:
         if not everyone:
             choice = choice[active]
         slate_slots = self.slate_slots()
-        clicked = choice < k
-        slots = slate_slots.ravel()[active * k + np.minimum(choice, k - 1)]
+        slots, clicked = np.empty(n_active, np.int64), np.empty(n_active, bool)
+        kernels.consumed_slots(active, choice, slate_slots, slots, clicked)
         watch = np.asarray(self.user_dynamics.respond(self, self.rng, active, slots, clicked), np.float64)
-        clicked_slots = np.empty(n_active, np.int64)
-        n_clicked, diversity, unshown = kernels.record_responses(
+        if len(self._popular_sum) != cat.capacity:
+            self._popular_sum = np.zeros(cat.capacity)
+        diversity, unshown = kernels.record_responses(
             active, choice, slate_slots, watch, k, s.t,
             cat.uid, cat.topic, cat.creator, cat.embedding, cat.impressions, cat.clicks, cat.watch_time,
             creators.exposure, creators.clicks, creators.engagement, creators.exposure_total,
@@ -184,16 +185,13 @@ class Simulator:
             users.history_uid, users.history_embedding, users.history_watch, users.interest_estimate,
             c.user.interest_estimate_rate, users.clicks, users.slates_seen, users.watch_total, users.session_length,
             users.time_budget, users.active, rnd.choice, rnd.watch_time, rnd.clicked_slot,
-            self.last_diversity, self._shown, clicked_slots)
+            self.last_diversity, self._shown,
+            s.popular, s.popular_score, s.popular_uid, c.sampler.popularity_decay, self._popular_sum)
         if unshown >= 0:  # more items than the flags cover so far: double them
             grown = np.zeros(2 * max(unshown + 1, len(self._shown)), bool)
             grown[: len(self._shown)] = self._shown
             self._shown = grown
             self._shown[cat.uid[slate_slots[active]]] = True
-        if len(self._popular_sum) != cat.capacity:
-            self._popular_sum = np.zeros(cat.capacity)
-        kernels.update_popular(s.popular, s.popular_score, s.popular_uid, cat.uid, clicked_slots, n_clicked,
-                               c.sampler.popularity_decay, self._popular_sum)
         self.lifetime_slates += n_active
         self.diversity_sum += diversity
         self.diversity_count += n_active

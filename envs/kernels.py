@@ -80,14 +80,6 @@ def creator_choices(actions, active, n_topics, publish_topic, publish_effort):
 
 # ---------------------------------------------------------------------------- candidates
 @jit
-def _is_pick(slot, position_of, picks, n_eligible, popular):
-    """Whether catalogue ``slot`` is one of the user's popular picks: a pool item whose position
-    is the pick of its own pool stratum."""
-    position = position_of[slot]
-    return position >= 0 and picks[((position + 1) * popular - 1) // n_eligible] == position
-
-
-@jit
 def _in_row(row, n, slot):
     for i in range(n):
         if row[i] == slot:
@@ -96,18 +88,27 @@ def _in_row(row, n, slot):
 
 
 @jit
+def _strata(low, n, k, start, width):
+    """[low, low + n) split into k strata, [low + (n·j) // k, low + (n·(j + 1)) // k): their
+    starts and widths."""
+    for j in range(k):
+        start[j] = low + (n * j) // k
+        width[j] = low + (n * (j + 1)) // k - start[j]
+
+
+@jit
 def sample_mixed(draws, head, count, capacity, window, num_fresh, num_popular, num_older,
                  pool, position_of, candidates):
     """The mixed sampler's candidates (see ``MixedSampler``), written into ``candidates``
     (U, M): per user, ``num_fresh`` fresh items (one per stratum of the newest ``window``),
     up to ``num_popular`` popular items older than the window (one per stratum of the eligible
-    pool) and random older items (one per stratum of [window, count)), all distinct. A stratum
-    of a range of n split k ways is [(n·j) // k, (n·(j + 1)) // k).
+    pool) and random older items (one per stratum of [window, count)), all distinct; one
+    uniform of ``draws`` (U, M) per stratum. Offsets count back from the newest item.
 
-    ``draws`` (U, M) uniforms; ``position_of``: catalogue-sized scratch, -1 between calls.
-    A random older draw that lands on one of its user's popular picks moves along its stratum;
-    in a stratum made only of such picks it takes the first older item the user lacks."""
-    n_users = candidates.shape[0]
+    ``position_of``: catalogue-sized scratch, -1 between calls. A random older draw that lands
+    on one of its user's popular picks moves along its stratum; in a stratum made only of such
+    picks it takes the first older item the user lacks."""
+    n_users, m = candidates.shape
     eligible = np.empty(len(pool), np.int64)
     n_eligible = 0
     for slot in pool:
@@ -116,40 +117,49 @@ def sample_mixed(draws, head, count, capacity, window, num_fresh, num_popular, n
             n_eligible += 1
     popular = min(num_popular, n_eligible)
     random_older = num_older - popular
-    older = count - window
     first_older = num_fresh + popular
-    for p in range(n_eligible):
-        position_of[eligible[p]] = p
+    start, width = np.empty(m, np.int64), np.empty(m, np.int64)
+    _strata(0, window, num_fresh, start, width)
+    _strata(0, n_eligible, popular, start[num_fresh:], width[num_fresh:])
+    _strata(window, count - window, random_older, start[first_older:], width[first_older:])
+    stratum_of = np.empty(n_eligible, np.int64)  # the pool stratum of each eligible position
+    for j in range(popular):
+        for p in range(start[num_fresh + j], start[num_fresh + j] + width[num_fresh + j]):
+            stratum_of[p] = j
+            position_of[eligible[p]] = p
     picks = np.empty(max(popular, 1), np.int64)
+    newest = head - 1
     for u in range(n_users):
         row, draw = candidates[u], draws[u]
         for j in range(num_fresh):
-            start = (window * j) // num_fresh
-            offset = start + int(draw[j] * ((window * (j + 1)) // num_fresh - start))
-            row[j] = (head - 1 - offset) % capacity
-        for j in range(popular):
-            start = (n_eligible * j) // popular
-            picks[j] = start + int(draw[num_fresh + j] * ((n_eligible * (j + 1)) // popular - start))
-            row[num_fresh + j] = eligible[picks[j]]
-        moved_out = False  # an earlier draw left its stratum: check against the whole row
-        for j in range(random_older):
-            start = window + (older * j) // random_older
-            width = window + (older * (j + 1)) // random_older - start
-            offset = start + int(draw[first_older + j] * width)
-            found = False
-            for _ in range(width):
-                slot = (head - 1 - offset) % capacity
-                clash = popular > 0 and _is_pick(slot, position_of, picks, n_eligible, popular)
-                if not clash and not (moved_out and _in_row(row, first_older + j, slot)):
-                    found = True
-                    break
-                offset = start + (offset - start + 1) % width
-            if not found:
-                moved_out = True
-                offset = window
-                while _in_row(row, first_older + j, (head - 1 - offset) % capacity):
-                    offset += 1
-            row[first_older + j] = (head - 1 - offset) % capacity
+            slot = newest - (start[j] + int(draw[j] * width[j]))
+            row[j] = slot + capacity if slot < 0 else slot
+        for j in range(num_fresh, first_older):
+            picks[j - num_fresh] = position = start[j] + int(draw[j] * width[j])
+            row[j] = eligible[position]
+        moved_out = False  # an older draw left its stratum: later ones check the whole row
+        for j in range(first_older, m):
+            offset = start[j] + int(draw[j] * width[j])
+            slot = newest - offset
+            slot = slot + capacity if slot < 0 else slot
+            if popular or moved_out:
+                found = False
+                for _ in range(width[j]):
+                    position = position_of[slot]
+                    clash = position >= 0 and picks[stratum_of[position]] == position
+                    if not clash and not (moved_out and _in_row(row, j, slot)):
+                        found = True
+                        break
+                    offset = offset + 1 if offset + 1 < start[j] + width[j] else start[j]
+                    slot = newest - offset
+                    slot = slot + capacity if slot < 0 else slot
+                if not found:
+                    moved_out = True
+                    offset = window
+                    while _in_row(row, j, (newest - offset) % capacity):
+                        offset += 1
+                    slot = (newest - offset) % capacity
+            row[j] = slot
     for p in range(n_eligible):
         position_of[eligible[p]] = -1
 
@@ -177,27 +187,40 @@ def sample_any(draws, head, count, capacity, candidates):
 @jit
 def random_slates(allowed, draws, out):
     """(n, k) distinct candidates per row, uniformly random in set and order among the allowed
-    ones (a partial Fisher–Yates shuffle, ``draws`` (n, k) uniforms); when a row allows fewer
-    than k, the rest are its disallowed candidates, as random."""
+    ones: k steps of a Fisher–Yates shuffle (``draws`` (n, k) uniforms); when a row allows
+    fewer than k, the rest are its disallowed candidates, as random. The shuffle keeps only the
+    k positions it swapped (``moved``), so a row costs O(M) to read its mask and O(k²) to draw."""
     n, m = allowed.shape
     k = out.shape[1]
-    order = np.empty(m, np.int64)
+    order = np.empty(m, np.int64)  # the allowed candidates first, then the rest
+    moved_from, moved_to = np.empty(k, np.int64), np.empty(k, np.int64)
     for r in range(n):
         n_allowed = 0
         for i in range(m):
-            if allowed[r, i]:
-                order[n_allowed] = i
-                n_allowed += 1
-        rest = n_allowed
-        for i in range(m):
-            if not allowed[r, i]:
-                order[rest] = i
-                rest += 1
+            n_allowed += allowed[r, i]
+        if n_allowed < m:
+            first, rest = 0, n_allowed
+            for i in range(m):
+                if allowed[r, i]:
+                    order[first] = i
+                    first += 1
+                else:
+                    order[rest] = i
+                    rest += 1
+        n_moved = 0
         for j in range(k):
-            low, high = (j, n_allowed) if j < n_allowed else (j, m)
-            pick = low + int(draws[r, j] * (high - low))
-            order[j], order[pick] = order[pick], order[j]
-            out[r, j] = order[j]
+            high = n_allowed if j < n_allowed else m
+            pick = j + int(draws[r, j] * (high - j))
+            # what the shuffle holds at positions pick and j (swapped positions remembered)
+            at_pick, at_j = pick, j
+            for i in range(n_moved):
+                if moved_from[i] == pick:
+                    at_pick = moved_to[i]
+                if moved_from[i] == j:
+                    at_j = moved_to[i]
+            moved_from[n_moved], moved_to[n_moved] = pick, at_j
+            n_moved += 1
+            out[r, j] = at_pick if n_allowed == m else order[at_pick]
 
 
 # ---------------------------------------------------------------------------- choice
@@ -228,9 +251,11 @@ def item_logits(slots, embedding, quality, topic, uid, interest, fatigue, histor
 
 
 @jit
-def mnl_probabilities(slots, embedding, quality, topic, uid, interest, fatigue, history_uid,
-                      affinity_scale, clickbait_appeal, repeat_penalty, position_bias, no_click_logit, out):
-    """Multinomial logit over each user's slate plus no click: ``out`` (U, K + 1)."""
+def mnl_choice(slots, embedding, quality, topic, uid, interest, fatigue, history_uid, affinity_scale,
+               clickbait_appeal, repeat_penalty, position_bias, no_click_logit, probabilities, draws, choice):
+    """Multinomial logit over each user's slate plus no click into ``probabilities`` (U, K + 1);
+    with ``draws`` (one uniform per user; empty for none), each user's choice into ``choice``
+    (``sample_choice``'s inverse CDF)."""
     n_users, k = slots.shape
     logits = np.empty(k + 1)
     for u in range(n_users):
@@ -246,7 +271,9 @@ def mnl_probabilities(slots, embedding, quality, topic, uid, interest, fatigue, 
             logits[j] = math.exp(logits[j] - top)
             total += logits[j]
         for j in range(k + 1):
-            out[u, j] = logits[j] / total
+            probabilities[u, j] = logits[j] / total
+        if len(draws):
+            choice[u] = _inverse_cdf(probabilities[u], draws[u])
 
 
 @jit
@@ -268,21 +295,26 @@ def proportional_probabilities(slots, embedding, interest, min_normalizer, no_cl
 
 
 @jit
+def _inverse_cdf(p, draw):
+    """The number of cumulative probabilities of ``p`` at or below draw · sum(p), at most the
+    last index: the first index whose cumulative probability exceeds the draw."""
+    total = 0.0
+    for j in range(len(p)):
+        total += p[j]
+    threshold = draw * total
+    cdf, index = 0.0, 0
+    for j in range(len(p)):
+        cdf += p[j]
+        if cdf <= threshold:
+            index += 1
+    return min(index, len(p) - 1)
+
+
+@jit
 def sample_choice(probabilities, draws, out):
-    """Inverse CDF per row, one uniform each: the number of cumulative probabilities at or below
-    draw · total, at most the last index."""
-    n, options = probabilities.shape
-    for r in range(n):
-        total = 0.0
-        for j in range(options):
-            total += probabilities[r, j]
-        threshold = draws[r] * total
-        cdf, index = 0.0, 0
-        for j in range(options):
-            cdf += probabilities[r, j]
-            if cdf <= threshold:
-                index += 1
-        out[r] = min(index, options - 1)
+    """One choice per row by inverse CDF (``_inverse_cdf``), one uniform each."""
+    for r in range(len(probabilities)):
+        out[r] = _inverse_cdf(probabilities[r], draws[r])
 
 
 # ---------------------------------------------------------------------------- users
@@ -361,6 +393,16 @@ def recsim_respond(users, slots, clicked, flips, embedding, quality, length, int
 
 # ---------------------------------------------------------------------------- the round's records
 @jit
+def consumed_slots(users, choice, slate_slots, slots, clicked):
+    """For users ``users`` choosing slate position ``choice[i]`` (K = no click): whether they
+    clicked, and the slot they consumed (the last slate item's for no click, unread)."""
+    k = slate_slots.shape[1]
+    for i in range(len(users)):
+        clicked[i] = choice[i] < k
+        slots[i] = slate_slots[users[i], min(choice[i], k - 1)]
+
+
+@jit
 def record_responses(users, choice, slate_slots, watch, k, t,
                      cat_uid, cat_topic, cat_creator, cat_embedding, impressions, clicks, watch_time,
                      creator_exposure, creator_clicks, creator_engagement, creator_exposure_total,
@@ -368,20 +410,21 @@ def record_responses(users, choice, slate_slots, watch, k, t,
                      history_uid, history_embedding, history_watch, interest_estimate, estimate_rate,
                      user_clicks, slates_seen, watch_total, session_length, time_budget, active,
                      round_choice, round_watch, round_clicked_slot,
-                     diversity, shown, clicked_slots):
+                     diversity, shown, pool, pool_score, pool_uid, popularity_decay, popular_total):
     """Everything a round of responses leaves behind, for users ``users`` (choice K = no click):
     items' impressions, clicks and watch time; creators' exposure and engagement; the topic
     demand; each clicker's history (newest first) and interest estimate; per-user counters and
     whether the user is still active; the slates' diversity; the shown flags (by uid).
-    ``clicked_slots`` (len(users),) receives the consumed slots in user order; returns how many
-    users clicked, the sum of their slates' diversity, and the largest shown uid that ``shown``
-    was too short for (−1 for none; the caller grows it and marks those slates)."""
+    Then the popular pool takes this round's clicks (``update_popular``). Returns the sum of the
+    slates' diversity and the largest shown uid that ``shown`` was too short for (−1 for none;
+    the caller grows it and marks those slates)."""
     n_topics = len(topic_demand)
     topic_clicks = np.zeros(n_topics)
     d = cat_embedding.shape[1]
     h = history_uid.shape[1]
     total = np.empty(d)
     n_clicks = 0
+    clicked_slots = np.empty(len(users), np.int64)
     unshown = -1  # the largest uid past the end of ``shown``, -1 when every shown uid fit
     if len(users) < len(diversity):
         diversity[:] = 0.0
@@ -453,7 +496,8 @@ def record_responses(users, choice, slate_slots, watch, k, t,
     diversity_sum = 0.0
     for i in range(len(users)):
         diversity_sum += diversity[users[i]]
-    return n_clicks, diversity_sum, unshown
+    update_popular(pool, pool_score, pool_uid, cat_uid, clicked_slots, n_clicks, popularity_decay, popular_total)
+    return diversity_sum, unshown
 
 
 @jit
@@ -593,6 +637,15 @@ def creator_viability(exposure, engagement, viability, active, rounds_below, exp
 
 
 # ---------------------------------------------------------------------------- rewards
+@jit
+def mix_rewards(individual, alpha, team, still_in, returns, mixed):
+    """Each agent's reward, alpha · team + (1 − alpha) · individual, zero for agents no longer
+    in; added to their returns."""
+    for i in range(len(individual)):
+        mixed[i] = (individual[i] * (1.0 - alpha) + alpha * team) * still_in[i]
+        returns[i] += mixed[i]
+
+
 @jit
 def ecosystem_reward_terms(watch, users_active_at_start, diversity, creator_engagement, creators_active_at_start,
                            publish_topic, publish_effort, effort_cost, creator_reward):

@@ -17,6 +17,7 @@ import numpy as np
 
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, EcosystemConfig
+from marl_rec.envs import kernels
 from marl_rec.envs.core import Simulator
 from marl_rec.envs.parts.base import instantiate
 from marl_rec.envs.roles import Role
@@ -226,12 +227,10 @@ class RoundRunner:
             individual = given.get(name)
             individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
             individual_of[name] = individual
-            alpha = self.reward_mix[name]
-            mixed = individual * (1.0 - alpha)
-            mixed += alpha * rnd.team_reward
-            mixed *= self._still_in[name]  # agents that ended in an earlier round get nothing more
-            self.role_returns[name] += mixed
-            mixed_of[name] = mixed
+            # agents that ended in an earlier round get nothing more
+            mixed_of[name] = mixed = np.empty(len(individual))
+            kernels.mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
+                                self.role_returns[name], mixed)
         for name, role in self.roles.items():
             role.end_round(sim)
             np.logical_and(self._still_in[name], role.active(sim), out=self._still_in[name])

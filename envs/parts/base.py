@@ -118,10 +118,19 @@ class ChoiceModel(Part):
     the no-click option last, rows summing to 1, for the (U, K) catalogue ``slate_slots``.
     Reads: ``state.users`` (interest, fatigue, history_uid), ``state.catalogue``. Writes nothing
     (``sim.slate_embedding()`` gives the slates' embeddings gathered once).
+
+    ``sample(sim, rng) -> (U,)``: a slate position (K = no click) per user for the current
+    slates; by default drawn from ``probabilities`` by inverse CDF, one uniform per user. A
+    compiled model may override it to do both in one pass, drawing the same numbers.
     """
 
     def probabilities(self, sim: "Simulator", slate_slots: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def sample(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
+        from marl_rec.envs.parts.choice import sample_choice
+
+        return sample_choice(self.probabilities(sim, sim.slate_slots()), rng)
 
 
 class UserDynamics(Part):

@@ -45,7 +45,8 @@ class ChoiceModelUser(Behaviour):
     role = "user"
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
-        return sample_choice(sim.choice_probabilities(), rng)
+        sample = getattr(sim.choice_model, "sample", None)  # ChoiceModel's; a plain plug-in may lack it
+        return sample(sim, rng) if sample else sample_choice(sim.choice_probabilities(), rng)
 
     def act_on_observations(self, observations, rng):
         # the same sampler on the observed probabilities (float32 copies of the model's)

@@ -64,13 +64,23 @@ class MultinomialLogitChoice(ChoiceModel):
         self.user = config.user
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
+        return self._run(sim, slate_slots, None)
+
+    def sample(self, sim, rng: np.random.Generator) -> np.ndarray:
+        slate_slots = sim.slate_slots()
+        return self._run(sim, slate_slots, rng.random(len(slate_slots)))
+
+    def _run(self, sim, slate_slots, draws):
+        """The probabilities, or with ``draws`` the sampled choices (``kernels.mnl_choice``)."""
         cat, users, user = sim.state.catalogue, sim.state.users, self.user
-        out = np.empty((len(slate_slots), slate_slots.shape[1] + 1))
-        kernels.mnl_probabilities(
-            np.asarray(slate_slots, np.int64), cat.embedding, cat.quality, cat.topic, cat.uid, users.interest,
-            users.fatigue, users.history_uid, user.affinity_scale, user.clickbait_appeal, user.repeat_penalty,
-            user.position_bias, user.no_click_logit, out)
-        return out
+        slate_slots = np.asarray(slate_slots, np.int64)
+        probabilities = np.empty((len(slate_slots), slate_slots.shape[1] + 1))
+        choice = np.empty(0 if draws is None else len(slate_slots), np.int64)
+        kernels.mnl_choice(
+            slate_slots, cat.embedding, cat.quality, cat.topic, cat.uid, users.interest, users.fatigue,
+            users.history_uid, user.affinity_scale, user.clickbait_appeal, user.repeat_penalty, user.position_bias,
+            user.no_click_logit, probabilities, np.empty(0) if draws is None else draws, choice)
+        return probabilities if draws is None else choice
 
 
 @CHOICE_MODELS.register("proportional")

@@ -6,13 +6,10 @@ views over it. It imports neither Ray nor torch.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from marl_rec.envs import kernels, parts  # noqa: F401  (parts: registers the built-in parts)
 from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.features import item_column
 from marl_rec.envs.parts.base import build_part
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
@@ -223,53 +220,25 @@ class Simulator:
         share of the episode's slate impressions (1 = the mean over creators still on the
         platform, 0 for items without a creator) and whether it is still on the platform
         (true quality follows with ``oracle_observations``). Shape (..., F)."""
-        cat, c = self.state.catalogue, self.config
-        d = c.embedding_dim
-        column = _item_columns(d)  # name -> index, as marl_rec.envs.features names them
-        out = np.empty((*np.shape(slots), c.item_feature_dim), np.float32)  # filled column by column
-        np.take(cat.embedding, slots, axis=0, out=out[..., :d])
-        impressions = cat.impressions[slots]
-        clicks = cat.clicks[slots]
-        out[..., column["length"]] = cat.length[slots] / c.item.length_mean
-        out[..., column["age"]] = (self.state.t - cat.birth[slots]) / self._age_scale
-        out[..., column["log_impressions"]] = np.log1p(impressions) / 5.0
-        out[..., column["ctr"]] = (clicks + 1.0) / (impressions + 2.0)
-        out[..., column["watch_per_click"]] = cat.watch_time[slots] / np.maximum(clicks, 1.0) / c.item.length_mean
-        creator = cat.creator[slots] + 1  # 0: no creator
-        share, on_platform = self._creator_columns()
-        out[..., column["creator_share"]] = share[creator]
-        out[..., column["creator_on_platform"]] = on_platform[creator]
-        if c.oracle_observations:
-            out[..., column["quality"]] = cat.quality[slots]
+        cat, c, creators = self.state.catalogue, self.config, self.state.creators
+        shape = np.shape(slots)
+        out = np.empty((*shape, c.item_feature_dim), np.float32)
+        flat = np.ascontiguousarray(slots, np.int64).reshape(-1)
+        kernels.item_features(flat, self.state.t, cat.embedding, cat.length, cat.birth, cat.impressions, cat.clicks,
+                              cat.watch_time, cat.creator, cat.quality, creators.exposure_total, creators.active,
+                              c.item.length_mean, self._age_scale, c.oracle_observations,
+                              out.reshape(len(flat), c.item_feature_dim))
         return out
-
-    def _creator_columns(self) -> tuple[np.ndarray, np.ndarray]:
-        """(C + 1,) exposure share and on-platform flag per creator, entry 0 for "no creator"."""
-        creators = self.state.creators
-        n = len(creators.active)
-        share, on_platform = np.zeros(n + 1, np.float32), np.zeros(n + 1, np.float32)
-        if n:
-            active = creators.active
-            mean = float(creators.exposure_total @ active) / max(int(active.sum()), 1)
-            share[1:] = creators.exposure_total / mean if mean > 0 else 1.0
-            on_platform[1:] = active
-        return share, on_platform
 
     def user_features(self) -> np.ndarray:
         """What the system sees of its user: (U, d + 4), columns as ``features.user_columns``.
         Never the true interest unless oracle."""
         users, c = self.state.users, self.config
-        interest = users.interest if c.oracle_observations else users.interest_estimate
-        return np.concatenate(
-            [
-                interest,
-                (users.session_length / c.max_cycles)[:, None],
-                (users.clicks / (users.slates_seen + 1.0))[:, None],
-                (users.history_watch[:, 0] / c.item.length_mean)[:, None],
-                (users.watch_total / c.user.time_budget)[:, None],
-            ],
-            axis=1,
-        ).astype(np.float32)
+        out = np.empty((c.num_users, c.user_feature_dim), np.float32)
+        kernels.user_features(users.interest if c.oracle_observations else users.interest_estimate,
+                              users.session_length, users.clicks, users.slates_seen, users.history_watch,
+                              users.watch_total, c.max_cycles, c.item.length_mean, c.user.time_budget, out)
+        return out
 
     def global_state(self) -> np.ndarray:
         """Everything a centralised critic may see, as one flat float32 vector of fixed size."""
@@ -318,10 +287,3 @@ def _part(registry, config: EcosystemConfig, name_key: str, params_key: str):
     values = getattr(config, section)
     cls = registry.resolve(getattr(values, field), f"<config>: {name_key!r}")
     return build_part(cls, config, getattr(values, params_key.partition(".")[2]), "<config>", params_key)
-
-
-@functools.lru_cache(maxsize=64)
-def _item_columns(dim: int) -> dict[str, int]:
-    from marl_rec.envs.features import ITEM_COLUMNS, ORACLE_ITEM_COLUMNS
-
-    return {name: item_column(name, dim) for name in (*ITEM_COLUMNS, *ORACLE_ITEM_COLUMNS)}

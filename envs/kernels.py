@@ -668,3 +668,98 @@ def ecosystem_reward_terms(watch, users_active_at_start, diversity, creator_enga
         creator_reward[c] = utility - cost
     engagement = watched / max(started, 1)
     return engagement, utility_sum / max(n, 1), diverse / started if started else 0.0
+
+
+# ---------------------------------------------------------------------------- observations
+@jit
+def item_features(slots, t, embedding, length, birth, impressions, clicks, watch_time, creator, quality,
+                  creator_exposure_total, creator_active, length_mean, age_scale, oracle, out):
+    """What the system sees of items ``slots`` (flat), one row each in ``out`` (n, F): the
+    embedding, then the columns of ``marl_rec.envs.features.ITEM_COLUMNS`` in their order, then
+    quality when ``oracle``."""
+    d = embedding.shape[1]
+    n_active, exposure = 0, 0.0
+    for c in range(len(creator_active)):
+        if creator_active[c]:
+            n_active += 1
+            exposure += creator_exposure_total[c]
+    mean_exposure = exposure / max(n_active, 1)
+    for i in range(len(slots)):
+        s = slots[i]
+        for j in range(d):
+            out[i, j] = embedding[s, j]
+        shown, clicked = impressions[s], clicks[s]
+        out[i, d] = length[s] / length_mean
+        out[i, d + 1] = (t - birth[s]) / age_scale
+        out[i, d + 2] = math.log1p(shown) / 5.0
+        out[i, d + 3] = (clicked + 1.0) / (shown + 2.0)
+        out[i, d + 4] = watch_time[s] / max(clicked, 1.0) / length_mean
+        c = creator[s]
+        if c < 0:
+            out[i, d + 5], out[i, d + 6] = 0.0, 0.0
+        else:
+            out[i, d + 5] = creator_exposure_total[c] / mean_exposure if mean_exposure > 0 else 1.0
+            out[i, d + 6] = 1.0 if creator_active[c] else 0.0
+        if oracle:
+            out[i, d + 7] = quality[s]
+
+
+@jit
+def user_features(interest, session_length, clicks, slates_seen, history_watch, watch_total, max_cycles,
+                  length_mean, time_budget, out):
+    """What the system sees of each user, ``out`` (U, d + 4): the interest given (the running
+    estimate unless oracle), then the columns of ``features.USER_COLUMNS`` in their order."""
+    d = interest.shape[1]
+    for u in range(len(interest)):
+        for j in range(d):
+            out[u, j] = interest[u, j]
+        out[u, d] = session_length[u] / max_cycles
+        out[u, d + 1] = clicks[u] / (slates_seen[u] + 1.0)
+        out[u, d + 2] = history_watch[u, 0] / length_mean
+        out[u, d + 3] = watch_total[u] / time_budget
+
+
+@jit
+def history_view(idx, history_embedding, history_watch, history_uid, length_mean, history, mask):
+    """Users ``idx``'s consumed items as the system sees them: embedding and watch / length_mean
+    per row of ``history`` (n, H, d + 1); ``mask`` 1 where a row holds an item."""
+    d = history_embedding.shape[2]
+    for i in range(len(idx)):
+        u = idx[i]
+        for h in range(history_uid.shape[1]):
+            for j in range(d):
+                history[i, h, j] = history_embedding[u, h, j]
+            history[i, h, d] = history_watch[u, h] / length_mean
+            mask[i, h] = 1.0 if history_uid[u, h] >= 0 else 0.0
+
+
+@jit
+def valid_slates(idx, batch, candidate_mask):
+    """Whether every row of ``batch`` (agents ``idx``) is a legal slate: K distinct candidate
+    indices in range, each masked in."""
+    m = candidate_mask.shape[1]
+    for r in range(len(batch)):
+        for j in range(batch.shape[1]):
+            a = batch[r, j]
+            if a < 0 or a >= m or not candidate_mask[idx[r], a]:
+                return False
+            for i in range(j):
+                if batch[r, i] == a:
+                    return False
+    return True
+
+
+@jit
+def utility_items(topic_draws, z, cluster_means, quality_std, length_mean, topic, embedding, quality, length):
+    """RecSim's utility-model documents: a cluster per item (uniform from ``topic_draws``, or
+    the given one when ``topic_draws`` is empty), one-hot features, quality ~ N(cluster mean,
+    quality_std) from standard normals ``z``, every item ``length_mean`` long."""
+    n_topics = len(cluster_means)
+    for i in range(len(topic)):
+        if len(topic_draws):
+            topic[i] = min(int(topic_draws[i] * n_topics), n_topics - 1)
+        for j in range(n_topics):
+            embedding[i, j] = 0.0
+        embedding[i, topic[i]] = 1.0
+        quality[i] = cluster_means[topic[i]] + quality_std * z[i]
+        length[i] = length_mean

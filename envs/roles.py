@@ -13,6 +13,7 @@ import functools
 import numpy as np
 from gymnasium import spaces
 
+from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig, _Section
 from marl_rec.envs.parts.base import NoParams
 from marl_rec.envs.registry import ROLES
@@ -214,14 +215,15 @@ class SystemRole(Role):
 
     def observe(self, sim, idx):
         users, rnd, c = sim.state.users, sim.state.round, self.config
-        history = np.concatenate(
-            [users.history_embedding.take(idx, axis=0), (users.history_watch.take(idx, axis=0) / c.item.length_mean)[..., None]],
-            axis=-1,
-        )  # .take(idx, axis=0): rows gathered several times faster than by [idx]
+        idx = np.asarray(idx, np.int64)
+        history = np.empty((len(idx), c.history_length, c.embedding_dim + 1), np.float32)
+        history_mask = np.empty((len(idx), c.history_length), np.float32)
+        kernels.history_view(idx, users.history_embedding, users.history_watch, users.history_uid,
+                             c.item.length_mean, history, history_mask)
         obs = {
             "user": sim.user_features().take(idx, axis=0),
-            "history": history.astype(np.float32),
-            "history_mask": (users.history_uid.take(idx, axis=0) >= 0).astype(np.float32),
+            "history": history,
+            "history_mask": history_mask,
             "candidates": sim.item_features(rnd.candidates.take(idx, axis=0)),
             "action_mask": rnd.candidate_mask.take(idx, axis=0).astype(np.float32),
         }
@@ -242,12 +244,8 @@ class SystemRole(Role):
         return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
 
     def batch_valid(self, sim, idx, batch):
-        if not ((batch >= 0) & (batch < self.config.num_candidates)).all():
-            return False
-        ordered = np.sort(batch, axis=1)
-        if (ordered[:, 1:] == ordered[:, :-1]).any():
-            return False
-        return bool(sim.state.round.candidate_mask[idx[:, None], batch].all())
+        return kernels.valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
+                                    sim.state.round.candidate_mask)
 
     def check_action(self, sim, index, action, agent):
         array = super().check_action(sim, index, action, agent)

@@ -79,11 +79,9 @@ class RecSimUtilityGenerator(ItemGenerator):
         return np.eye(self.config.num_topics, dtype=np.float32)
 
     def sample(self, rng, topic_centres, topic: np.ndarray | None, n: int, quality_mean) -> dict:
-        if topic is None:
-            topic = rng.integers(0, self.config.num_topics, size=n)
-        return {
-            "embedding": topic_centres[topic],
-            "topic": topic,
-            "quality": rng.normal(self.cluster_means[topic], self.params.quality_std),
-            "length": np.full(n, self.config.item.length_mean),
-        }
+        draws = rng.random(n) if topic is None else np.empty(0)
+        topic = np.empty(n, np.int64) if topic is None else np.array(topic, np.int64)
+        embedding, quality, length = np.empty((n, self.config.num_topics)), np.empty(n), np.empty(n)
+        kernels.utility_items(draws, rng.standard_normal(n), self.cluster_means, self.params.quality_std,
+                              self.config.item.length_mean, topic, embedding, quality, length)
+        return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}

@@ -215,16 +215,61 @@ def cmd_list(args) -> int:
     return 0
 
 
+def check_bench_paths(args) -> None:
+    """bench's --against, --recsim and --recsim-script name paths that exist, before anything runs;
+    fills in the default anchor script."""
+    import shutil
+    from pathlib import Path
+
+    from marl_rec.bench import DEFAULT_RECSIM_SCRIPT
+
+    if args.against is not None:
+        tree = Path(args.against)
+        if not tree.is_dir():
+            raise ConfigError(f"--against {args.against}: no such directory (a marl-rec source tree, e.g. "
+                              "git worktree add --detach DIR COMMIT)")
+        if not (tree / "marl_rec" / "__init__.py").is_file():
+            raise ConfigError(f"--against {args.against}: not a marl-rec source tree "
+                              f"(no {tree / 'marl_rec' / '__init__.py'})")
+    if args.target != "env":
+        for flag, value in (("--recsim", args.recsim), ("--recsim-script", args.recsim_script)):
+            if value is not None:
+                raise ConfigError(f"{flag} {value}: RecSim is measured by bench env only, not bench {args.target}")
+        return
+    if args.recsim is None:
+        if args.recsim_script is not None:
+            raise ConfigError(f"--recsim-script {args.recsim_script}: needs --recsim PYTHON (a python with RecSim "
+                              "0.2.4 installed) to run it")
+        return
+    python = Path(args.recsim) if Path(args.recsim).is_file() else shutil.which(args.recsim)
+    if python is None or not os.access(python, os.X_OK):
+        raise ConfigError(f"--recsim {args.recsim}: no such python (give the python of a venv with RecSim 0.2.4, "
+                          "e.g. recsim-venv/bin/python)")
+    args.recsim = str(python)
+    if args.recsim_script is None:
+        if not DEFAULT_RECSIM_SCRIPT.is_file():
+            raise ConfigError(f"--recsim needs --recsim-script PATH (the anchor script recsim_bench.py): the default "
+                              f"{DEFAULT_RECSIM_SCRIPT} does not exist here")
+        args.recsim_script = str(DEFAULT_RECSIM_SCRIPT)
+    elif not Path(args.recsim_script).is_file():
+        raise ConfigError(f"--recsim-script {args.recsim_script}: no such file")
+
+
 def cmd_bench(args) -> int:
-    if args.target == "env":
-        from marl_rec.bench import run_env_benchmarks
+    check_bench_paths(args)
+    from marl_rec.bench import TRAIN_EXPERIMENTS, BenchError, run_env_benchmarks, run_train_benchmarks
 
-        print(run_env_benchmarks(args.seconds))
-        return 0
-    from marl_rec.bench import TRAIN_EXPERIMENTS, bench_train
-
-    experiments = args.experiment or TRAIN_EXPERIMENTS
-    print(bench_train(experiments, iterations=args.iterations, overrides=parse_sets(args.set)))
+    try:
+        if args.target == "env":
+            print(run_env_benchmarks(args.seconds, against=args.against, recsim=args.recsim, repeats=args.repeats,
+                                     recsim_script=args.recsim_script))
+            return 0
+        print(run_train_benchmarks(args.experiment or TRAIN_EXPERIMENTS, iterations=args.iterations,
+                                   overrides=parse_sets(args.set), against=args.against, repeats=args.repeats,
+                                   plugins=args.plugin))
+    except BenchError as err:
+        print(f"marl-rec: bench: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -301,12 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", parents=[plugin], help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])
-    bench.add_argument("--seconds", type=bounded(float, 0.1), default=5.0, help="env: measuring time per figure")
+    bench.add_argument("--seconds", type=bounded(float, 0.1), default=5.0,
+                       help="env: measuring time per figure and side, split over --repeats (each (c) figure a "
+                            "quarter of it)")
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
     bench.add_argument("--iterations", type=bounded(int, 1), default=10,
                        help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
+    bench.add_argument("--against", metavar="TREE",
+                       help="a marl-rec source tree (e.g. git worktree add --detach DIR COMMIT) measured side by side "
+                            "with this checkout in the same run, alternating; each figure with the ratio ours / TREE")
+    bench.add_argument("--recsim", metavar="PYTHON",
+                       help="env: a python with RecSim 0.2.4 installed (its own venv): RecSim measured in the same "
+                            "run, alternating, for the (a) figures")
+    bench.add_argument("--recsim-script", metavar="PATH",
+                       help="env: the RecSim anchor script recsim_bench.py (default /work/shared/anchors/recsim_bench.py "
+                            "where it exists)")
+    bench.add_argument("--repeats", type=bounded(int, 1, 100), default=3,
+                       help="measurements per figure and side, alternating ours / reference / RecSim; medians and "
+                            "paired ratios (env: --seconds is split over them)")
     bench.set_defaults(func=cmd_bench)
 
     from marl_rec.data.calibrate import DEFAULT_CACHE, EMBEDDINGS

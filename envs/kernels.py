@@ -342,17 +342,21 @@ def engagement(users, slots, t, embedding, quality, length, birth, interest, eng
 def ecosystem_respond(users, slots, clicked, t, embedding, quality, length, topic, birth,
                       interest, time_budget, fatigue, engagement_affinity, engagement_quality,
                       engagement_bias, age_rate, step_cost, quality_refill, fatigue_decay,
-                      fatigue_rate, interest_drift, watch):
+                      fatigue_rate, interest_drift, given_engagement, watch):
     """``EcosystemUserDynamics.respond`` for users ``users`` (their consumed ``slots``, or no
-    click): watch time into ``watch``; budget, fatigue and interest updated in place."""
+    click): watch time into ``watch``; budget, fatigue and interest updated in place.
+    ``given_engagement``: each user's engagement when a subclass computes it, else empty."""
     d = embedding.shape[1]
     for i in range(len(users)):
         u, s = users[i], slots[i]
         budget = time_budget[u]
         minutes = 0.0
         if clicked[i]:
-            minutes = min(_engagement(u, s, t, embedding, quality, length, birth, interest, engagement_affinity,
-                                      engagement_quality, engagement_bias, age_rate), budget)
+            if len(given_engagement):
+                minutes = min(given_engagement[i], budget)
+            else:
+                minutes = min(_engagement(u, s, t, embedding, quality, length, birth, interest, engagement_affinity,
+                                          engagement_quality, engagement_bias, age_rate), budget)
             budget += quality_refill * minutes * quality[s] - minutes
         else:
             budget -= step_cost

@@ -67,6 +67,8 @@ class MultinomialLogitChoice(ChoiceModel):
         return self._run(sim, slate_slots, None)
 
     def sample(self, sim, rng: np.random.Generator) -> np.ndarray:
+        if type(self).probabilities is not MultinomialLogitChoice.probabilities:  # a subclass's own model
+            return super().sample(sim, rng)
         slate_slots = sim.slate_slots()
         return self._run(sim, slate_slots, rng.random(len(slate_slots)))
 

@@ -72,11 +72,13 @@ class EcosystemUserDynamics(UserDynamics):
         """Apply the response of users ``user_idx`` (clicked → consumed ``slots``); return watch time."""
         users, cat, user = sim.state.users, sim.state.catalogue, self.user
         watch = np.empty(len(user_idx))
+        given = (np.empty(0) if type(self).engagement is EcosystemUserDynamics.engagement  # a subclass's own engagement
+                 else np.asarray(self.engagement(sim, slots, user_idx), np.float64))
         kernels.ecosystem_respond(
             user_idx, slots, clicked, sim.state.t, cat.embedding, cat.quality, cat.length, cat.topic, cat.birth,
             users.interest, users.time_budget, users.fatigue, user.engagement_affinity, user.engagement_quality,
             user.engagement_bias, self.age_rate, user.step_cost, user.quality_refill, user.fatigue_decay,
-            user.fatigue_rate, user.interest_drift, watch)
+            user.fatigue_rate, user.interest_drift, given, watch)
         return watch
 
 

@@ -20,6 +20,8 @@ from marl_rec.envs.registry import ROLES
 from marl_rec.envs.spaces import PlatformSlates, Slate
 
 
+_ALL = np.zeros(0, bool)  # kernels.valid_slates: every row checked
+
 # Finite bounds on feature boxes (PettingZoo's api_test flags infinite ones); every feature is
 # a normalised quantity far inside them.
 BOUND = np.float32(1e6)
@@ -245,7 +247,7 @@ class SystemRole(Role):
 
     def batch_valid(self, sim, idx, batch):
         return kernels.valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
-                                    sim.state.round.candidate_mask)
+                                    sim.state.round.candidate_mask, _ALL)
 
     def check_action(self, sim, index, action, agent):
         array = super().check_action(sim, index, action, agent)
@@ -305,6 +307,8 @@ class PlatformRole(SystemRole):
     def observe(self, sim, idx):
         per_user = super().observe(sim, np.arange(self.config.num_users))
         per_user["user_mask"] = sim.state.users.active.astype(np.float32)
+        if len(idx) == 1:  # the one platform agent: the fresh arrays themselves, with a leading axis
+            return {key: value[None] for key, value in per_user.items()}
         return {key: np.repeat(value[None], len(idx), axis=0) for key, value in per_user.items()}
 
     def noop_actions(self, sim):
@@ -324,7 +328,9 @@ class PlatformRole(SystemRole):
         return spaces.MultiDiscrete.contains(self.action_space, action)
 
     def batch_valid(self, sim, idx, batch):
-        return all(self._problem(sim, slates) is None for slates in batch)
+        users, active = np.arange(self.config.num_users), sim.state.users.active
+        return all(kernels.valid_slates(users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask, active)
+                   for slates in batch)
 
     def _problem(self, sim, slates: np.ndarray) -> str | None:
         active = sim.state.users.active

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from marl_rec.envs import kernels
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, EcosystemConfig
-from marl_rec.envs import kernels
 from marl_rec.envs.core import Simulator
 from marl_rec.envs.parts.base import instantiate
 from marl_rec.envs.roles import Role
@@ -70,6 +70,9 @@ class RoundRunner:
                 self.possible_agents.append(agent)
                 self.agent_role[agent] = (name, i)
         self.role_agents = {n: [f"{n}_{i}" for i in range(self.roles[n].num_agents())] for n in self.external}
+        self._num_agents = {name: role.num_agents() for name, role in self.roles.items()}
+        # the roles whose end_round hook does something (the base hook does nothing)
+        self._hooked = [role for role in self.roles.values() if type(role).end_round is not Role.end_round]
         self.live: set[str] = set()
         self._episode_seeds: np.random.SeedSequence | None = None  # the next unseeded resets' seeds
         self.phase_index = 0
@@ -189,6 +192,8 @@ class RoundRunner:
             role = self.roles[name]
             if name in self.behaviours:
                 batch = role.from_behaviour(self.behaviours[name].act(sim, sim.rng))
+            elif name in actions and len(actions[name][0]) == self._num_agents[name]:
+                batch = actions[name][1]  # every agent of the role acted (agent order: idx is 0..n-1)
             else:
                 batch = role.noop_actions(sim)
                 if name in actions:
@@ -231,31 +236,41 @@ class RoundRunner:
             mixed_of[name] = mixed = np.empty(len(individual))
             kernels.mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
                                 self.role_returns[name], mixed)
-        for name, role in self.roles.items():
+        for role in self._hooked:
             role.end_round(sim)
+        for name, role in self.roles.items():
             np.logical_and(self._still_in[name], role.active(sim), out=self._still_in[name])
-        users_left = not np.count_nonzero(sim.state.users.active)
+        users_left = not sim.state.users.active.any()
         truncate = sim.state.t >= c.max_cycles
         if self.external:
             common = {"team_reward": rnd.team_reward, **{f"team_{k}": v for k, v in (rnd.reward_terms or {}).items()}}
+        everyone_live = len(self.live) == len(self.possible_agents)
         for name in self.external:
             role = self.roles[name]
-            agents = [a for a in self.role_agents[name] if a in self.live]
+            if everyone_live:
+                agents, idx = self.role_agents[name], slice(None)
+            else:
+                agents = [a for a in self.role_agents[name] if a in self.live]
+                idx = np.array([self.agent_role[a][1] for a in agents], np.int64)
             if not agents:
                 continue
-            idx = np.array([self.agent_role[a][1] for a in agents])
-            individual = individual_of[name][idx]
             reward = mixed_of[name][idx]  # live agents were all still in at the round's start
+            rewards = outcome.rewards
             for agent, r in zip(agents, reward.tolist()):
-                outcome.rewards[agent] = outcome.rewards.get(agent, 0.0) + r
+                rewards[agent] = rewards.get(agent, 0.0) + r
             outcome.infos.update(
-                {agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual.tolist())}
+                {agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual_of[name][idx].tolist())}
             )
-            ended = np.ones(len(agents), bool) if users_left else ~role.active(sim)[idx]
-            outcome.terminated.extend(a for a, e in zip(agents, ended) if e)
-            if truncate:
-                outcome.truncated.extend(a for a, e in zip(agents, ended) if not e)
-        self.live -= set(outcome.terminated) | set(outcome.truncated)
+            ended = None if users_left else np.flatnonzero(~role.active(sim)[idx])
+            if users_left:
+                outcome.terminated.extend(agents)
+            elif len(ended):
+                outcome.terminated.extend(agents[i] for i in ended)
+            if truncate and not users_left:
+                ending = set(ended.tolist())
+                outcome.truncated.extend(a for i, a in enumerate(agents) if i not in ending)
+        if outcome.terminated or outcome.truncated:
+            self.live -= set(outcome.terminated) | set(outcome.truncated)
         if users_left or truncate or (self.external and not self.live):
             self.done = True
             metrics = sim.metrics()

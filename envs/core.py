@@ -122,6 +122,7 @@ class Simulator:
         s = self.state
         rnd = s.round
         rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
+        self._slate_of = None  # a sampler may reuse its arrays: the cached slate slots are stale
         kernels.start_round(rnd.choice, rnd.watch_time, rnd.clicked_slot, rnd.publish_topic, rnd.publish_effort,
                             s.users.active, rnd.users_active_at_start, s.creators.active, rnd.creators_active_at_start,
                             s.creators.exposure, s.creators.clicks, s.creators.engagement)

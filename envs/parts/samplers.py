@@ -20,10 +20,12 @@ class MixedSampler(CandidateSampler):
 
     Each source draws one item per stratum of its range, so its picks are distinct; fresh
     (the newest ``fresh_window`` items) and older items are disjoint. A random older draw that
-    equals one of the same user's popular picks moves along its stratum; a user whose stratum
-    holds nothing else (rare) gets any distinct items instead. When the pool has too few
-    eligible items, random older items fill in. While the catalogue is too small for those
-    strata, candidates are any distinct items, padded and masked out only when fewer than M exist.
+    equals one of the same user's popular picks moves along its stratum; in a stratum that
+    holds nothing else (rare) it takes the first older item its user lacks. When the pool has
+    too few eligible items, random older items fill in. While the catalogue is too small for
+    those strata, candidates are any distinct items, padded and masked out only when fewer than
+    M exist. The loops are ``kernels.sample_mixed`` and ``kernels.sample_any``; the arrays
+    returned are the sampler's own two buffers in turn (valid through the next round).
     """
 
     def __init__(self, config: EcosystemConfig, params=None):
@@ -35,23 +37,29 @@ class MixedSampler(CandidateSampler):
         self.num_older = m - self.num_fresh
         self.window = s.fresh_window
         self._pool_position = np.zeros(0, np.int64)  # scratch: catalogue slot -> pool position, -1 between calls
+        # two (candidates, mask) buffers used in turn: a round's arrays stay valid through the next
+        # round, and no round pays for fresh pages (at 10^5 users, most of the sampler's cost)
+        shape = (config.num_users, self.num_fresh + self.num_older)
+        self._buffers = [(np.empty(shape, np.int64), np.empty(shape, bool)) for _ in range(2)]
+        self._round = 0
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cat = sim.state.catalogue
         n_users, count = sim.config.num_users, cat.count
         window = min(self.window, count)
-        candidates = np.empty((n_users, self.num_fresh + self.num_older), np.int64)
+        self._round += 1
+        candidates, mask = self._buffers[self._round % 2]
         if window < self.num_fresh or (count - window) < 2 * self.num_older:
             # a small catalogue: any distinct items, padded with masked slots when too few exist
             draws = rng.random((n_users, min(count, candidates.shape[1])))
             kernels.sample_any(draws, cat.head, count, cat.capacity, candidates)
-            return candidates, candidates >= 0
+            np.greater_equal(candidates, 0, out=mask)
+            return candidates, mask
         if len(self._pool_position) != cat.capacity:
             self._pool_position = np.full(cat.capacity, -1, np.int64)
         kernels.sample_mixed(rng.random(candidates.shape), cat.head, count, cat.capacity, window, self.num_fresh,
                              self.num_popular, self.num_older, sim.state.popular, self._pool_position, candidates)
-        mask = np.empty(candidates.shape, bool)  # writable: a role may mask candidates out (tests/test_custom_role.py)
-        mask.fill(True)
+        mask.fill(True)  # writable: a role may mask candidates out (tests/test_custom_role.py)
         return candidates, mask
 
 

@@ -110,8 +110,10 @@ class Simulator:
 
     def publish(self, rng, *, topic, quality_mean, creator, n: int, birth=None) -> np.ndarray:
         """Generate ``n`` items and write them into the catalogue; returns their slots."""
-        items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)
         birth = self.state.t if birth is None else birth  # one round for all, or one each
+        if hasattr(self.item_generator, "publish"):
+            return self.item_generator.publish(self, rng, topic, n, quality_mean, creator, birth)
+        items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)  # a plain plug-in
         return self.state.catalogue.push(
             items["embedding"], items["topic"], items["quality"], items["length"], creator, birth
         )

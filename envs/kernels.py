@@ -546,46 +546,98 @@ def update_popular(pool, score, pool_uid, cat_uid, clicked_slots, n_clicked, dec
 
 # ---------------------------------------------------------------------------- items and creators
 @jit
+def _topic_item(i, n, row, centres, topic, z, spread, quality_mean, quality_std, length_mean, length_std,
+                min_length, embedding, quality, length):
+    """Item i of n around its topic's centre into ``row`` of the output arrays: embedding =
+    unit(centre + spread · z), quality ~ N(quality_mean, quality_std), length ~ N(length_mean,
+    length_std) clipped at min_length; ``z`` (n · (d + 2)) standard normals: n · d for the
+    embeddings, then n for quality, then n for length."""
+    d = embedding.shape[1]
+    norm = 0.0
+    for j in range(d):
+        x = centres[topic[i], j] + z[i * d + j] * spread
+        embedding[row, j] = x
+        norm += x * x
+    norm = max(math.sqrt(norm), 1e-8)
+    for j in range(d):
+        embedding[row, j] /= norm
+    quality[row] = quality_mean[i] + z[n * d + i] * quality_std
+    length[row] = max(length_mean + z[n * d + n + i] * length_std, min_length)
+
+
+@jit
 def topic_items(centres, topic, z, spread, quality_mean, quality_std, length_mean, length_std, min_length,
                 embedding, quality, length):
-    """Items around their topic's centre: embedding = unit(centre + spread · z), quality ~
-    N(quality_mean, quality_std), length ~ N(length_mean, length_std) clipped at min_length;
-    ``z`` (n · (d + 2)) standard normals: n · d for the embeddings, then n, then n."""
-    n, d = embedding.shape
+    """n items around their topics' centres (``_topic_item``) into (n, d), (n,), (n,)."""
+    n = len(topic)
     for i in range(n):
-        norm = 0.0
-        for j in range(d):
-            x = centres[topic[i], j] + z[i * d + j] * spread
-            embedding[i, j] = x
-            norm += x * x
-        norm = max(math.sqrt(norm), 1e-8)
-        for j in range(d):
-            embedding[i, j] /= norm
-        quality[i] = quality_mean[i] + z[n * d + i] * quality_std
-        length[i] = max(length_mean + z[n * d + n + i] * length_std, min_length)
+        _topic_item(i, n, i, centres, topic, z, spread, quality_mean, quality_std, length_mean, length_std,
+                    min_length, embedding, quality, length)
+
+
+@jit
+def _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, new_creator, new_birth, uid, impressions,
+               clicks, watch_time):
+    """The slot of the i-th item written at ``head`` (overwriting the oldest), its bookkeeping
+    written: topic, creator, birth, a new uid, no impressions, clicks or watch time yet."""
+    s = (head + i) % capacity
+    topic[s] = new_topic[i]
+    creator[s] = new_creator[i]
+    birth[s] = new_birth[i] if len(new_birth) > 1 else new_birth[0]
+    uid[s] = next_uid + i
+    impressions[s], clicks[s], watch_time[s] = 0.0, 0.0, 0.0
+    return s
 
 
 @jit
 def push_items(head, capacity, next_uid, new_embedding, new_topic, new_quality, new_length, new_creator, new_birth,
                embedding, topic, quality, length, creator, birth, uid, impressions, clicks, watch_time, slots):
-    """Write n items into the ring buffer at ``head`` (overwriting the oldest): their slots into
-    ``slots``; returns the new head."""
+    """Write n items into the ring buffer at ``head`` (``new_birth``: one round for all, or one
+    each): their slots into ``slots``; returns the new head."""
     n = len(new_topic)
     for i in range(n):
-        s = (head + i) % capacity
+        s = _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, new_creator, new_birth, uid,
+                       impressions, clicks, watch_time)
         slots[i] = s
         for j in range(embedding.shape[1]):
             embedding[s, j] = new_embedding[i, j]
-        topic[s] = new_topic[i]
         quality[s] = new_quality[i]
         length[s] = new_length[i]
-        creator[s] = new_creator[i]
-        birth[s] = new_birth[i]
-        uid[s] = next_uid + i
-        impressions[s] = 0.0
-        clicks[s] = 0.0
-        watch_time[s] = 0.0
     return (head + n) % capacity
+
+
+@jit
+def push_topic_items(head, capacity, next_uid, centres, new_topic, z, spread, quality_mean, quality_std, length_mean,
+                     length_std, min_length, new_creator, new_birth, embedding, topic, quality, length, creator, birth,
+                     uid, impressions, clicks, watch_time, slots):
+    """``topic_items`` generated straight into the ring buffer (``push_items`` without the
+    intermediate arrays); returns the new head."""
+    n = len(new_topic)
+    for i in range(n):
+        s = _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, new_creator, new_birth, uid,
+                       impressions, clicks, watch_time)
+        slots[i] = s
+        _topic_item(i, n, s, centres, new_topic, z, spread, quality_mean, quality_std, length_mean, length_std,
+                    min_length, embedding, quality, length)
+    return (head + n) % capacity
+
+
+@jit
+def publishers(topic, effort, skill, effort_quality, published):
+    """The creators publishing this round (topic >= 0), their topics and their items' mean
+    quality (skill + effort_quality · effort); each one's count of published items goes up."""
+    n = 0
+    for c in range(len(topic)):
+        n += topic[c] >= 0
+    who, topics, quality_mean = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
+    i = 0
+    for c in range(len(topic)):
+        if topic[c] >= 0:
+            who[i], topics[i] = c, topic[c]
+            quality_mean[i] = skill[c] + effort_quality * effort[c]
+            published[c] += 1
+            i += 1
+    return who, topics, quality_mean
 
 
 @jit

@@ -15,6 +15,11 @@ def _column(values, n: int, dtype) -> np.ndarray:
     return np.full(n, values) if values.ndim == 0 else np.ascontiguousarray(values)
 
 
+def birth_column(birth) -> np.ndarray:
+    """Publication rounds for the ring-buffer kernels: one round for all as a 1-element array, or one each."""
+    return np.ascontiguousarray(np.asarray(birth, np.int64).reshape(-1))
+
+
 @dataclass
 class Catalogue:
     """Items in a bounded ring buffer: publishing writes at ``head``, pushing out the oldest."""
@@ -64,7 +69,7 @@ class Catalogue:
         self.head = kernels.push_items(
             self.head, capacity, self.next_uid, np.ascontiguousarray(embedding, np.float64), _column(topic, n, np.int64),
             _column(quality, n, np.float64), _column(length, n, np.float64), _column(creator, n, np.int64),
-            _column(birth, n, np.int64), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
+            birth_column(birth), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
             self.uid, self.impressions, self.clicks, self.watch_time, slots)
         self.next_uid += n
         self.count = min(capacity, self.count + n)

@@ -101,6 +101,10 @@ class ItemGenerator(Part):
     ``topic`` (n,) int, ``quality`` (n,), ``length`` (n,) minutes; ``topic`` None means "draw the
     topics too", ``quality_mean`` a scalar or (n,). Reads and writes no state: ``sim.publish``
     writes the items into ``state.catalogue``.
+
+    ``publish(sim, rng, topic, n, quality_mean, creator, birth) -> (n,) slots``: what
+    ``sim.publish`` calls; by default ``sample`` then ``state.catalogue.push``. A compiled
+    generator may write straight into the catalogue instead.
     """
 
     def topic_centres(self, rng: np.random.Generator) -> np.ndarray:
@@ -109,6 +113,12 @@ class ItemGenerator(Part):
     def sample(self, rng: np.random.Generator, topic_centres: np.ndarray, topic: np.ndarray | None, n: int,
                quality_mean) -> dict:
         raise NotImplementedError
+
+    def publish(self, sim: "Simulator", rng: np.random.Generator, topic, n: int, quality_mean, creator,
+                birth) -> np.ndarray:
+        items = self.sample(rng, sim.state.topic_centres, topic, n, quality_mean)
+        return sim.state.catalogue.push(items["embedding"], items["topic"], items["quality"], items["length"],
+                                        creator, birth)
 
 
 class ChoiceModel(Part):

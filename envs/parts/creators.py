@@ -71,16 +71,11 @@ class EcosystemCreatorDynamics(CreatorDynamics):
     def resolve(self, sim, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
         """Publish what creators chose, then update viability and churn from last round's stats."""
         creators, cc = sim.state.creators, self.creator
-        publishing = (topic >= 0).nonzero()[0]  # create() gives departed creators topic -1
+        # create() gives departed creators topic -1
+        publishing, topics, quality_mean = kernels.publishers(topic, effort, creators.skill, cc.effort_quality,
+                                                              creators.published)
         if len(publishing):
-            sim.publish(
-                rng,
-                topic=topic[publishing],
-                quality_mean=creators.skill[publishing] + cc.effort_quality * effort[publishing],
-                creator=publishing,
-                n=len(publishing),
-            )
-            creators.published[publishing] += 1
+            sim.publish(rng, topic=topics, quality_mean=quality_mean, creator=publishing, n=len(publishing))
         kernels.creator_viability(creators.exposure, creators.engagement, creators.viability, creators.active,
                                   creators.rounds_below, cc.exposure_weight, cc.engagement_weight,
                                   cc.viability_memory, cc.leave_threshold, cc.grace_period)

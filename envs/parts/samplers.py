@@ -41,6 +41,7 @@ class MixedSampler(CandidateSampler):
         # round, and no round pays for fresh pages (at 10^5 users, most of the sampler's cost)
         shape = (config.num_users, self.num_fresh + self.num_older)
         self._buffers = [(np.empty(shape, np.int64), np.empty(shape, bool)) for _ in range(2)]
+        self._draws = np.empty(shape)  # each round's uniforms, drawn into the same array
         self._round = 0
 
     def sample(self, sim, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +58,7 @@ class MixedSampler(CandidateSampler):
             return candidates, mask
         if len(self._pool_position) != cat.capacity:
             self._pool_position = np.full(cat.capacity, -1, np.int64)
-        kernels.sample_mixed(rng.random(candidates.shape), cat.head, count, cat.capacity, window, self.num_fresh,
+        kernels.sample_mixed(rng.random(out=self._draws), cat.head, count, cat.capacity, window, self.num_fresh,
                              self.num_popular, self.num_older, sim.state.popular, self._pool_position, candidates)
         mask.fill(True)  # writable: a role may mask candidates out (tests/test_custom_role.py)
         return candidates, mask

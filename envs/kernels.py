@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +33,39 @@ def cache_dir() -> Path:
     return Path(root) / "numba"
 
 
-def _configure_cache() -> None:
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
+def _configure_cache() -> bool:
     """Point numba's cache at ``cache_dir()`` before the kernels below are decorated (numba
-    reads the setting when a cached function is created). A folder that cannot be written is
-    not fatal: numba then compiles in memory, every process on its own."""
+    reads the setting when a cached function is created); Ray's workers inherit it. A folder
+    that cannot be written falls back to one under the temporary folder; when none can be
+    written, the kernels compile in memory, every process on its own (with a warning)."""
     path = cache_dir()
+    if not _writable(path):
+        fallback = Path(tempfile.gettempdir()) / f"marl-rec-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        if not _writable(fallback):
+            warnings.warn(f"marl-rec: neither {path} nor {fallback} can be written; the simulator's kernels will "
+                          "compile in every process (set MARL_REC_CACHE_DIR to a writable folder)", stacklevel=2)
+            return False
+        path = fallback
     os.environ.setdefault("NUMBA_CACHE_DIR", str(path))
     from numba.core import config
 
     if not config.CACHE_DIR:
         config.CACHE_DIR = str(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
+    return True
 
 
-_configure_cache()
+import numba  # noqa: E402
 
-import numba  # noqa: E402  (after the cache location is set)
-
-jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+jit = numba.njit(cache=_configure_cache(), nogil=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------------------- the round's phases

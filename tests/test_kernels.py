@@ -123,3 +123,14 @@ def test_a_fresh_cache_compiles_once_and_the_next_process_loads_it(tmp_path):
     assert first["seconds"] < 15
     assert any(p.suffix == ".nbi" for p in (tmp_path / "numba").rglob("*"))
     assert second["misses"] == 0 and second["hits"] > 0  # (helpers compiled into their callers count only once)
+
+
+def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    env = {**os.environ, "MARL_REC_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    (tmp_path / "tmp").mkdir()
+    code = "import numba, marl_rec.envs.kernels; print(numba.config.CACHE_DIR)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().startswith(str(tmp_path / "tmp" / "marl-rec-numba-"))

@@ -197,6 +197,10 @@ class SystemRole(Role):
     def num_agents(self) -> int:
         return self.config.num_users
 
+    @functools.cached_property
+    def _users(self) -> np.ndarray:
+        return np.arange(self.config.num_users)
+
     def make_observation_space(self) -> spaces.Space:
         c = self.config
         f = c.item_feature_dim
@@ -222,12 +226,13 @@ class SystemRole(Role):
         history_mask = np.empty((len(idx), c.history_length), np.float32)
         kernels.history_view(idx, users.history_embedding, users.history_watch, users.history_uid,
                              c.item.length_mean, history, history_mask)
+        every_user = len(idx) == c.num_users and (idx == self._users).all()  # in order: no gathers needed
         obs = {
-            "user": sim.user_features().take(idx, axis=0),
+            "user": sim.user_features() if every_user else sim.user_features().take(idx, axis=0),
             "history": history,
             "history_mask": history_mask,
-            "candidates": sim.item_features(rnd.candidates.take(idx, axis=0)),
-            "action_mask": rnd.candidate_mask.take(idx, axis=0).astype(np.float32),
+            "candidates": sim.item_features(rnd.candidates if every_user else rnd.candidates.take(idx, axis=0)),
+            "action_mask": (rnd.candidate_mask if every_user else rnd.candidate_mask.take(idx, axis=0)).astype(np.float32),
         }
         if c.state_in_observations:  # the same global state for every agent (centralised critic)
             obs["state"] = np.repeat(sim.global_state()[None], len(idx), axis=0)
@@ -322,7 +327,7 @@ class PlatformRole(SystemRole):
 
     def individual_reward(self, sim):
         rnd = sim.state.round
-        return np.array([rnd.watch_time.sum() / max(int(rnd.users_active_at_start.sum()), 1)])
+        return np.array([float(rnd.watch_time.sum()) / max(int(np.count_nonzero(rnd.users_active_at_start)), 1)])
 
     def in_range(self, action):
         return spaces.MultiDiscrete.contains(self.action_space, action)

@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 
 def _writable(path: Path) -> bool:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: numba's cache files are pickled code
         with tempfile.NamedTemporaryFile(dir=path):
             return True
     except OSError:

@@ -36,6 +36,7 @@ def cache_dir() -> Path:
 def _writable(path: Path) -> bool:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: numba's cache files are pickled code
+        path.chmod(0o700)  # a folder made by an earlier version may be wider
         with tempfile.NamedTemporaryFile(dir=path):
             return True
     except OSError:

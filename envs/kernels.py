@@ -433,7 +433,9 @@ def record_responses(users, choice, slate_slots, watch, k, t,
     """Everything a round of responses leaves behind, for users ``users`` (choice K = no click):
     items' impressions, clicks and watch time; creators' exposure and engagement; the topic
     demand; each clicker's history (newest first) and interest estimate; per-user counters and
-    whether the user is still active; the slates' diversity; the shown flags (by uid).
+    whether the user is still active; the shown flags (by uid); each slate's diversity, the mean
+    pairwise cosine distance of its items (for unit embeddings the cosines over pairs i != j sum
+    to |sum_k e_k|^2 - K).
     Then the popular pool takes this round's clicks (``update_popular``). Returns the sum of the
     slates' diversity and the largest shown uid that ``shown`` was too short for (−1 for none;
     the caller grows it and marks those slates)."""

@@ -10,26 +10,6 @@ from marl_rec.envs.parts.base import Reward
 from marl_rec.envs.registry import REWARDS
 
 
-def intra_list_diversity(sim, slate_slots: np.ndarray | None = None, embedding: np.ndarray | None = None) -> np.ndarray:
-    """Mean pairwise cosine distance between the items of each user's slate: (U,).
-
-    For unit embeddings, the sum of pairwise cosines over i != j is |sum_k e_k|^2 - K.
-    ``embedding``, the slates' (U, K, d) item embeddings, saves the gather when already at hand.
-    """
-    if embedding is None:
-        slots = sim.slate_slots() if slate_slots is None else slate_slots
-        embedding = sim.state.catalogue.embedding.take(slots, axis=0)
-    k = embedding.shape[1]  # (U, K, d), unit rows
-    if k < 2:
-        return np.zeros(len(embedding))
-    total = np.einsum("ukd->ud", embedding)  # the sum over K: half the time of np.add.reduce(axis=1) here
-    diversity = np.einsum("ud,ud->u", total, total)
-    diversity -= k
-    diversity *= -1.0 / (k * (k - 1))  # minus the mean pairwise cosine
-    diversity += 1.0
-    return diversity
-
-
 @REWARDS.register("ecosystem")
 class EcosystemReward(Reward):
     """team = w_e · mean watch time per user + w_c · mean creator utility + w_d · mean diversity.

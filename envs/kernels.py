@@ -609,8 +609,8 @@ def _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, ne
 @jit
 def push_items(head, capacity, next_uid, new_embedding, new_topic, new_quality, new_length, new_creator, new_birth,
                embedding, topic, quality, length, creator, birth, uid, impressions, clicks, watch_time, slots):
-    """Write n items into the ring buffer at ``head`` (``new_birth``: one round for all, or one
-    each): their slots into ``slots``; returns the new head."""
+    """Write n items into the ring buffer from ``head`` on (``Catalogue.claim``; ``new_birth``:
+    one round for all, or one each): their slots into ``slots``."""
     n = len(new_topic)
     for i in range(n):
         s = _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, new_creator, new_birth, uid,
@@ -620,7 +620,6 @@ def push_items(head, capacity, next_uid, new_embedding, new_topic, new_quality, 
             embedding[s, j] = new_embedding[i, j]
         quality[s] = new_quality[i]
         length[s] = new_length[i]
-    return (head + n) % capacity
 
 
 @jit
@@ -628,7 +627,7 @@ def push_topic_items(head, capacity, next_uid, centres, new_topic, z, spread, qu
                      length_std, min_length, new_creator, new_birth, embedding, topic, quality, length, creator, birth,
                      uid, impressions, clicks, watch_time, slots):
     """``topic_items`` generated straight into the ring buffer (``push_items`` without the
-    intermediate arrays); returns the new head."""
+    intermediate arrays)."""
     n = len(new_topic)
     for i in range(n):
         s = _ring_slot(head, capacity, next_uid, i, creator, birth, topic, new_topic, new_creator, new_birth, uid,
@@ -636,7 +635,6 @@ def push_topic_items(head, capacity, next_uid, centres, new_topic, z, spread, qu
         slots[i] = s
         _topic_item(i, n, s, centres, new_topic, z, spread, quality_mean, quality_std, length_mean, length_std,
                     min_length, embedding, quality, length)
-    return (head + n) % capacity
 
 
 @jit

@@ -9,7 +9,7 @@ import numpy as np
 from marl_rec.envs import kernels
 
 
-def _column(values, n: int, dtype) -> np.ndarray:
+def column(values, n: int, dtype) -> np.ndarray:
     """``values`` as a contiguous (n,) array of ``dtype`` (a scalar is repeated)."""
     values = np.asarray(values, dtype)
     return np.full(n, values) if values.ndim == 0 else np.ascontiguousarray(values)
@@ -62,25 +62,30 @@ class Catalogue:
         n = len(topic)
         if n == 0:
             return np.zeros(0, np.int64)
+        head, first_uid = self.claim(n)
+        slots = np.empty(n, np.int64)
+        kernels.push_items(
+            head, self.capacity, first_uid, np.ascontiguousarray(embedding, np.float64), column(topic, n, np.int64),
+            column(quality, n, np.float64), column(length, n, np.float64), column(creator, n, np.int64),
+            birth_column(birth), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
+            self.uid, self.impressions, self.clicks, self.watch_time, slots)
+        return slots
+
+    def claim(self, n: int) -> tuple[int, int]:
+        """Reserve the next ``n`` slots of the ring (the oldest items' from ``head`` on, wrapping)
+        and their uids: returns the first slot and the first uid; the caller writes the items
+        (``kernels.push_items`` or a generator's own kernel). O(1)."""
         capacity = self.capacity
         if n > capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
-        slots = np.empty(n, np.int64)
-        self.head = kernels.push_items(
-            self.head, capacity, self.next_uid, np.ascontiguousarray(embedding, np.float64), _column(topic, n, np.int64),
-            _column(quality, n, np.float64), _column(length, n, np.float64), _column(creator, n, np.int64),
-            birth_column(birth), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
-            self.uid, self.impressions, self.clicks, self.watch_time, slots)
+        head, first_uid = self.head, self.next_uid
+        self.head = (head + n) % capacity
         self.next_uid += n
         self.count = min(capacity, self.count + n)
-        return slots
+        return head, first_uid
 
-    def newest(self, offsets: np.ndarray, below: int | None = None) -> np.ndarray:
-        """Slots of the items ``offsets`` places back from the newest (0 = newest). ``below``,
-        an upper bound on the offsets, skips the modulo (a division per offset) when no offset
-        reaches back past slot 0."""
-        if below is not None and below <= self.head:
-            return (self.head - 1) - offsets
+    def newest(self, offsets: np.ndarray) -> np.ndarray:
+        """Slots of the items ``offsets`` places back from the newest (0 = newest)."""
         return (self.head - 1 - offsets) % self.capacity
 
 

@@ -104,13 +104,12 @@ def test_smallest_k_orders_the_k_smallest_keys(k):
     assert smallest_k(np.array([[5, 1, 3, 2]]), 2, overwrite=True).tolist() == [[1, 3]]
 
 
-def test_newest_with_a_bound_matches_the_ring_buffer_arithmetic():
+def test_newest_follows_the_ring_buffer_arithmetic():
     from marl_rec.envs.state import Catalogue
 
     cat = Catalogue.empty(10, 2)
     cat.head, cat.count = 6, 10  # slots 5, 4, ..., 0, 9, 8, 7, 6 from newest to oldest
     offsets = np.array([[0, 3, 5], [1, 2, 4]])
     assert (cat.newest(offsets) == [[5, 2, 0], [4, 3, 1]]).all()
-    assert (cat.newest(offsets, below=6) == cat.newest(offsets)).all()  # no offset wraps: no modulo
     wrapping = np.array([0, 6, 9])
-    assert (cat.newest(wrapping, below=10) == [5, 9, 6]).all()  # a bound past head keeps the modulo
+    assert (cat.newest(wrapping) == [5, 9, 6]).all()  # offsets past slot 0 wrap to the end

@@ -10,7 +10,7 @@ from marl_rec.envs import kernels
 from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section, spec
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.registry import ITEM_GENERATORS
-from marl_rec.envs.state import birth_column
+from marl_rec.envs.state import birth_column, column
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -37,14 +37,11 @@ class TopicItemGenerator(ItemGenerator):
     def sample(self, rng, topic_centres, topic: np.ndarray | None, n: int, quality_mean) -> dict:
         topic = rng.integers(0, len(topic_centres), size=n) if topic is None else np.asarray(topic, np.int64)
         d, item = topic_centres.shape[1], self.item
-        quality_mean = np.asarray(quality_mean, np.float64)
-        if quality_mean.ndim == 0:
-            quality_mean = np.full(n, quality_mean)
         # one standard-normal draw for noise, quality and length
         z = rng.standard_normal(n * (d + 2))
         embedding, quality, length = np.empty((n, d)), np.empty(n), np.empty(n)
-        kernels.topic_items(np.ascontiguousarray(topic_centres, np.float32), topic, z, item.topic_spread, quality_mean,
-                            item.quality_std, item.length_mean, item.length_std, self.params.min_length,
+        kernels.topic_items(np.ascontiguousarray(topic_centres, np.float32), topic, z, item.topic_spread,
+                            column(quality_mean, n, np.float64), item.quality_std, item.length_mean, item.length_std, self.params.min_length,
                             embedding, quality, length)
         return {"embedding": embedding, "topic": topic, "quality": quality, "length": length}
 
@@ -52,21 +49,15 @@ class TopicItemGenerator(ItemGenerator):
         if topic is None:
             return super().publish(sim, rng, topic, n, quality_mean, creator, birth)
         cat, item = sim.state.catalogue, self.item
-        if n > cat.capacity:
-            raise ValueError(f"cannot publish {n} items into a catalogue of capacity {cat.capacity}")
-        quality_mean = np.asarray(quality_mean, np.float64)
-        if quality_mean.ndim == 0:
-            quality_mean = np.full(n, quality_mean)
+        head, first_uid = cat.claim(n)
         z = rng.standard_normal(n * (sim.config.embedding_dim + 2))  # the numbers sample() would draw
         slots = np.empty(n, np.int64)
-        cat.head = kernels.push_topic_items(
-            cat.head, cat.capacity, cat.next_uid, np.ascontiguousarray(sim.state.topic_centres, np.float32),
-            np.asarray(topic, np.int64), z, item.topic_spread, quality_mean, item.quality_std, item.length_mean,
-            item.length_std, self.params.min_length, np.asarray(creator, np.int64).reshape(-1) if np.ndim(creator)
-            else np.full(n, creator, np.int64), birth_column(birth), cat.embedding, cat.topic, cat.quality, cat.length,
-            cat.creator, cat.birth, cat.uid, cat.impressions, cat.clicks, cat.watch_time, slots)
-        cat.next_uid += n
-        cat.count = min(cat.capacity, cat.count + n)
+        kernels.push_topic_items(
+            head, cat.capacity, first_uid, np.ascontiguousarray(sim.state.topic_centres, np.float32),
+            column(topic, n, np.int64), z, item.topic_spread, column(quality_mean, n, np.float64), item.quality_std,
+            item.length_mean, item.length_std, self.params.min_length, column(creator, n, np.int64),
+            birth_column(birth), cat.embedding, cat.topic, cat.quality, cat.length, cat.creator, cat.birth, cat.uid,
+            cat.impressions, cat.clicks, cat.watch_time, slots)
         return slots
 
 

@@ -164,7 +164,6 @@ class Simulator:
         popular pool."""
         s, c = self.state, self.config
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
-        k = c.slate_size
         n_active = np.count_nonzero(users.active)
         everyone = n_active == c.num_users
         active = self._all_users if everyone else users.active.nonzero()[0]
@@ -178,7 +177,7 @@ class Simulator:
         if len(self._popular_sum) != cat.capacity:
             self._popular_sum = np.zeros(cat.capacity)
         diversity, unshown = kernels.record_responses(
-            active, choice, slate_slots, watch, k, s.t,
+            active, choice, slate_slots, watch,
             cat.uid, cat.topic, cat.creator, cat.embedding, cat.impressions, cat.clicks, cat.watch_time,
             creators.exposure, creators.clicks, creators.engagement, creators.exposure_total,
             s.topic_demand, c.topic_demand_rate,

@@ -422,7 +422,7 @@ def consumed_slots(users, choice, slate_slots, slots, clicked):
 
 
 @jit
-def record_responses(users, choice, slate_slots, watch, k, t,
+def record_responses(users, choice, slate_slots, watch,
                      cat_uid, cat_topic, cat_creator, cat_embedding, impressions, clicks, watch_time,
                      creator_exposure, creator_clicks, creator_engagement, creator_exposure_total,
                      topic_demand, demand_rate,
@@ -439,7 +439,7 @@ def record_responses(users, choice, slate_slots, watch, k, t,
     Then the popular pool takes this round's clicks (``update_popular``). Returns the sum of the
     slates' diversity and the largest shown uid that ``shown`` was too short for (−1 for none;
     the caller grows it and marks those slates)."""
-    n_topics = len(topic_demand)
+    n_topics, k = len(topic_demand), slate_slots.shape[1]
     topic_clicks = np.zeros(n_topics)
     d = cat_embedding.shape[1]
     h = history_uid.shape[1]

@@ -310,7 +310,7 @@ class PlatformRole(SystemRole):
         return PlatformSlates(c.num_users, c.num_candidates, c.slate_size)
 
     def observe(self, sim, idx):
-        per_user = super().observe(sim, np.arange(self.config.num_users))
+        per_user = super().observe(sim, self._users)
         per_user["user_mask"] = sim.state.users.active.astype(np.float32)
         if len(idx) == 1:  # the one platform agent: the fresh arrays themselves, with a leading axis
             return {key: value[None] for key, value in per_user.items()}
@@ -333,9 +333,9 @@ class PlatformRole(SystemRole):
         return spaces.MultiDiscrete.contains(self.action_space, action)
 
     def batch_valid(self, sim, idx, batch):
-        users, active = np.arange(self.config.num_users), sim.state.users.active
-        return all(kernels.valid_slates(users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask, active)
-                   for slates in batch)
+        active = sim.state.users.active
+        return all(kernels.valid_slates(self._users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask,
+                                        active) for slates in batch)
 
     def _problem(self, sim, slates: np.ndarray) -> str | None:
         active = sim.state.users.active

@@ -261,12 +261,12 @@ class RoundRunner:
             outcome.infos.update(
                 {agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual_of[name][idx].tolist())}
             )
-            ended = None if users_left else np.flatnonzero(~role.active(sim)[idx])
             if users_left:
                 outcome.terminated.extend(agents)
-            elif len(ended):
-                outcome.terminated.extend(agents[i] for i in ended)
-            if truncate and not users_left:
+                continue
+            ended = np.flatnonzero(~role.active(sim)[idx])
+            outcome.terminated.extend(agents[i] for i in ended)
+            if truncate:
                 ending = set(ended.tolist())
                 outcome.truncated.extend(a for i, a in enumerate(agents) if i not in ending)
         if outcome.terminated or outcome.truncated:

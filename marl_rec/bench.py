@@ -43,16 +43,6 @@ MEMORY_TARGET_BYTES = 4e9
 RESULT_MARK = "@@marl-rec-bench-result@@ "
 
 
-def __getattr__(name: str):
-    """``random_slates`` from the envs, imported when first asked for (PEP 562): this module's
-    top level must not import ``marl_rec`` (see the module docstring)."""
-    if name == "random_slates":
-        from marl_rec.envs.parts.behaviours import random_slates
-
-        return random_slates
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ---------------------------------------------------------------------- the timed loops
 def recsim_users(num_users: int) -> dict:
     """recsim_interest_evolution overrides for ``num_users`` independent users in one env: each

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from marl_rec.bench import random_slates, recsim_users
+from marl_rec.bench import recsim_users
 from marl_rec.envs import ecosystem_v0
+from marl_rec.envs.parts.slates import random_slates
 from marl_rec.evaluate import evaluate_behaviour
 
 

@@ -18,6 +18,27 @@ DESIGNED_ADVISORIES = (
 PLATFORM_ADVISORIES = ("Action mask has more than 1 dimension",)
 
 
+def train_in_local_ray(exp, iterations: int = 2) -> list[dict]:
+    """The results of ``iterations`` training iterations of experiment ``exp``, sampling in the
+    driver, in a local Ray of 2 CPUs started and shut down here."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    from marl_rec.rllib.builder import build_algorithm_config
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        algo = build_algorithm_config(exp).build_algo()
+        try:
+            return [algo.train() for _ in range(iterations)]
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
+
+
 # The tiny PPO run (3 users, an MLP recommender) behind the sweep, compare and cluster tests;
 # each adds its own name, resources, stop and tune/compare sections.
 TINY_RUN = """\

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pettingzoo.test import api_test, parallel_api_test, seed_test
 
+from conftest import train_in_local_ray
 from marl_rec.envs import ConfigError, ecosystem_v0, make_config
 from marl_rec.envs.parts.calibrated import ARRAYS, SIMULATOR_FILE
 from marl_rec.envs.rounds import RoundRunner
@@ -122,11 +123,7 @@ def test_the_experiment_file_validates_with_a_calibration(calibration):
 
 @pytest.mark.slow
 def test_ppo_trains_on_the_calibrated_scenario(calibration):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.builder import build_algorithm_config
 
     exp = ExperimentConfig.from_dict({
         "name": "test_calibrated_ppo", "scenario": "calibrated",
@@ -137,12 +134,6 @@ def test_ppo_trains_on_the_calibrated_scenario(calibration):
                                "model_config": {"d_model": 16, "num_layers": 1, "num_heads": 2, "ff_dim": 32}}},
         "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
     }, source="<test>").validate()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        algo = build_algorithm_config(exp).build_algo()
-        results = [algo.train() for _ in range(2)]
-        algo.stop()
-    finally:
-        ray.shutdown()
+    results = train_in_local_ray(exp)
     learner = results[-1]["learners"]["system"]
     assert np.isfinite(learner["policy_loss"]) and results[-1]["env_runners"]["num_env_steps_sampled"] > 0

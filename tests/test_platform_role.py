@@ -5,7 +5,7 @@ import pytest
 from pettingzoo.test import api_test, parallel_api_test
 from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
-from conftest import PLATFORM_ADVISORIES, strict_warnings
+from conftest import PLATFORM_ADVISORIES, strict_warnings, train_in_local_ray
 from marl_rec.envs import ConfigError, InvalidActionError, ecosystem_v0
 from marl_rec.rllib.env import EcosystemRLlibEnv
 
@@ -93,13 +93,7 @@ def test_platform_module_samples_legal_slates_and_factorises_over_users():
 
 @pytest.mark.slow
 def test_ppo_trains_a_platform_agent():
-    import os
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.builder import build_algorithm_config
 
     exp = ExperimentConfig.from_dict({
         "env": {"roles": ["platform"], **SMALL},
@@ -109,12 +103,6 @@ def test_ppo_trains_a_platform_agent():
                                                                          "num_heads": 2, "ff_dim": 32}}},
         "resources": {"num_envs_per_env_runner": 2},
     }).validate()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        algo = build_algorithm_config(exp).build_algo()
-        results = [algo.train() for _ in range(2)]
-        algo.stop()
-    finally:
-        ray.shutdown()
+    results = train_in_local_ray(exp)
     assert np.isfinite(results[-1]["learners"]["platform"]["policy_loss"])
     assert np.isfinite(results[-1]["env_runners"]["team_return"])

@@ -41,8 +41,16 @@ def command(verb, experiment, results, *extra):
 
 
 def complete(run: Path) -> list[int]:
-    return sorted(json.loads((c / "marl_rec.json").read_text())["iteration"]
-                  for c in run.glob("*/checkpoint_*") if (c / MANIFEST).is_file())
+    """Iterations of the run's signed checkpoints, skipping one that Tune is still copying into
+    the trial folder (its files arrive one by one, the manifest possibly first)."""
+    done = []
+    for c in run.glob("*/checkpoint_*"):
+        try:
+            if (c / MANIFEST).is_file():
+                done.append(json.loads((c / "marl_rec.json").read_text())["iteration"])
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+    return sorted(done)
 
 
 def iterations(trial: Path) -> tuple[list[int], list[int]]:

@@ -252,6 +252,12 @@ class RewardConfig(_Section):
     name: str = spec("ecosystem", "reward function (registry REWARDS): 'ecosystem' or 'watch_time'")
     params: dict = spec({}, "parameters of the reward function (its Params schema)")
     engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0)
+    user_denominator: str = spec(
+        "reset", "what the mean watch time per user (the ecosystem reward's user term, the platform role's individual "
+        "reward) divides by: 'reset', the users at reset, a departed user counting 0 (driving users away cannot raise "
+        "it); 'active', the users active at the round's start (the earlier definition, kept for comparison: losing "
+        "low-engagement users raises it)", choices=("reset", "active"),
+    )
     creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0)
     diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0)
 

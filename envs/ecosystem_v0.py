@@ -23,7 +23,10 @@ Every key's shape and columns: ``marl_rec.envs.features.OBSERVATIONS`` (README's
 ## Rewards
 At the end of every round (``Simulator.end_round``, after the last phase) a cooperative team
 reward (``reward.name``, default: mean watch time per user + mean creator utility
-log(1 + engagement) + optional diversity) and an individual reward per role; each agent gets
+log(1 + engagement) + optional diversity; both means over the users and creators at reset,
+one who left counting 0, so driving users or creators away never raises them;
+``reward.user_denominator: active`` divides the watch time by the users active at the round's
+start instead) and an individual reward per role; each agent gets
 ``α · team + (1 − α) · individual`` with α = ``reward_mix`` (a number, or per role:
 ``{default: 1.0, creator: 0.5}``). Both parts are in ``infos`` (``team_reward``,
 ``individual_reward``); the last round's infos also hold ``episode_metrics`` and
@@ -48,7 +51,10 @@ parameters from their ``params`` keys (``reward.params``, ``behaviour_params.<ro
 (``marl_rec.envs.parts.base``).
 
 ## Version history
-* v0: initial release.
+* v0: initial release. Since then, one change of the default reward, under the same name: the
+  team reward's user term divides the round's watch time by the users at reset, not by those
+  active at the round's start (which losing low-engagement users raised);
+  ``reward.user_denominator: active`` restores the earlier definition.
 """
 
 from __future__ import annotations

@@ -25,12 +25,13 @@ import numpy as np
 
 def cache_dir() -> Path:
     """Where compiled kernels are kept: ``$NUMBA_CACHE_DIR`` when the user set it, else
-    ``$MARL_REC_CACHE_DIR/numba``, else ``$XDG_CACHE_HOME/marl-rec/numba`` (``~/.cache``)."""
+    ``numba/`` in marl-rec's cache folder (:func:`marl_rec.cache_root`: ``$MARL_REC_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/marl-rec``, ``~/.cache``)."""
+    from marl_rec import cache_root
+
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    root = os.environ.get("MARL_REC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "marl-rec")
-    return Path(root) / "numba"
+    return cache_root() / "numba"
 
 
 def _writable(path: Path) -> bool:
@@ -718,12 +719,14 @@ def mix_rewards(individual, alpha, team, still_in, returns, mixed):
 
 
 @jit
-def ecosystem_reward_terms(watch, users_active_at_start, diversity, creator_engagement, creators_active_at_start,
-                           publish_topic, publish_effort, effort_cost, creator_reward):
-    """The team reward's terms (mean watch per user active at the round's start, mean creator
-    utility log(1 + engagement) over the creators at reset, mean slate diversity), and each
-    creator's reward (its utility minus the effort cost of what it published) into
-    ``creator_reward``."""
+def ecosystem_reward_terms(watch, users_active_at_start, per_user_at_reset, diversity, creator_engagement,
+                           creators_active_at_start, publish_topic, publish_effort, effort_cost, creator_reward):
+    """The team reward's terms and each creator's reward (its utility minus the effort cost of
+    what it published) into ``creator_reward``. The terms: mean watch time per user, over the
+    users at reset (``per_user_at_reset``; a departed user counts 0, so losing users never
+    raises it) or over those active at the round's start; mean creator utility log(1 + engagement)
+    over the creators at reset (a departed creator counts 0); mean diversity of the slates served
+    (over the users active at the round's start: the users who got a slate)."""
     started, watched, diverse = 0, 0.0, 0.0
     for u in range(len(watch)):
         watched += watch[u]
@@ -737,7 +740,7 @@ def ecosystem_reward_terms(watch, users_active_at_start, diversity, creator_enga
         utility_sum += utility
         cost = effort_cost * publish_effort[c] if publish_topic[c] >= 0 else 0.0
         creator_reward[c] = utility - cost
-    engagement = watched / max(started, 1)
+    engagement = watched / max(len(watch) if per_user_at_reset else started, 1)
     return engagement, utility_sum / max(n, 1), diverse / started if started else 0.0
 
 

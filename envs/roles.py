@@ -16,6 +16,7 @@ from gymnasium import spaces
 from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig, _Section
 from marl_rec.envs.parts.base import NoParams
+from marl_rec.envs.parts.rewards import watch_time_per_user
 from marl_rec.envs.registry import ROLES
 from marl_rec.envs.spaces import PlatformSlates, Slate
 
@@ -287,7 +288,7 @@ class PlatformRole(SystemRole):
     default_behaviour = "random"
     agent_doc = "platform_0"
     action_doc = "`PlatformSlates(U, M, K)`: one slate per user; rows of users who left are ignored"
-    reward_doc = "mean watch time over the users active at the round's start"
+    reward_doc = "mean watch time per user at reset, a departed user counting 0 (`reward.user_denominator`)"
 
     def from_behaviour(self, actions):
         return np.asarray(actions)[None]
@@ -326,8 +327,7 @@ class PlatformRole(SystemRole):
         return np.array([sim.state.users.active.any()])
 
     def individual_reward(self, sim):
-        rnd = sim.state.round
-        return np.array([float(rnd.watch_time.sum()) / max(int(np.count_nonzero(rnd.users_active_at_start)), 1)])
+        return np.array([watch_time_per_user(sim)])
 
     def in_range(self, action):
         return spaces.MultiDiscrete.contains(self.action_space, action)

@@ -14,11 +14,14 @@ from marl_rec.envs.registry import REWARDS
 class EcosystemReward(Reward):
     """team = w_e · mean watch time per user + w_c · mean creator utility + w_d · mean diversity.
 
+    Both means count the population at reset, so losing users or creators never raises them:
+    a departed user watches 0 minutes and a departed creator has 0 utility for the rest of the
+    episode (``reward.user_denominator: active`` divides the watch time by the users active at
+    the round's start instead, the earlier definition, which losing low-engagement users raises).
     Creator utility is log(1 + minutes watched of its items this round): concave, so spreading
-    engagement over creators is worth more than piling it on a few, and a departed creator
-    counts as zero for the rest of the episode (the mean is over the creators at reset).
-    Individual rewards: system_<u> and user_<u> get user u's watch time; creator_<c> gets its
-    utility minus the cost of the effort it published with.
+    engagement over creators is worth more than piling it on a few. Diversity is the mean over
+    the slates served this round. Individual rewards: system_<u> and user_<u> get user u's watch
+    time; creator_<c> gets its utility minus the cost of the effort it published with.
     """
 
     def __init__(self, config: EcosystemConfig, params=None):
@@ -29,9 +32,9 @@ class EcosystemReward(Reward):
         rnd, creators = sim.state.round, sim.state.creators
         creator_reward = np.empty(self.config.num_creators)
         engagement, creator_term, diversity_term = kernels.ecosystem_reward_terms(
-            rnd.watch_time, rnd.users_active_at_start, sim.last_diversity, creators.engagement,
-            rnd.creators_active_at_start, rnd.publish_topic, rnd.publish_effort, self.config.creator.effort_cost,
-            creator_reward)
+            rnd.watch_time, rnd.users_active_at_start, self.weights.user_denominator == "reset", sim.last_diversity,
+            creators.engagement, rnd.creators_active_at_start, rnd.publish_topic, rnd.publish_effort,
+            self.config.creator.effort_cost, creator_reward)
         w = self.weights
         terms = {
             "engagement": engagement,
@@ -42,6 +45,18 @@ class EcosystemReward(Reward):
         watch = rnd.watch_time.copy()  # one copy for both roles: readers take from it, never write
         individual = {"system": watch, "user": watch, "creator": creator_reward}
         return team, individual, terms
+
+
+def watch_time_per_user(sim) -> float:
+    """The round's mean watch time per user as ``reward.user_denominator`` defines it: over the
+    users at reset (``reset``, a departed user counting 0) or over the users active at the
+    round's start (``active``). The ecosystem reward's kernel computes the same mean."""
+    rnd = sim.state.round
+    if sim.config.reward.user_denominator == "reset":
+        users = len(rnd.watch_time)
+    else:
+        users = int(np.count_nonzero(rnd.users_active_at_start))
+    return float(rnd.watch_time.sum()) / max(users, 1)
 
 
 @REWARDS.register("watch_time")

@@ -48,27 +48,42 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, type[T] | str] = {}
+        self._origins: dict[str, str] = {}  # name -> the module that registered it (what `marl-rec list` shows)
 
     def register(self, name: str, *, overwrite: bool = False) -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
-            existing = self._entries.get(name)
-            if existing is not None and not overwrite and existing is not cls and existing != _path(cls):
-                raise ValueError(
-                    f"a {self.kind} named {name!r} is already registered "
-                    f"({existing if isinstance(existing, str) else existing.__qualname__}); "
-                    "pass overwrite=True to replace it"
-                )
+            self._refuse_taken(name, cls, overwrite)
             self._entries[name] = cls
+            self._origins[name] = cls.__module__
             cls.registered_name = name
             return cls
 
         return decorator
 
-    def register_lazy(self, name: str, target: str) -> None:
-        """Register ``"package.module:Class"`` under ``name``; imported on the first ``get``."""
+    def register_lazy(self, name: str, target: str, *, overwrite: bool = False) -> None:
+        """Register ``"package.module:Class"`` under ``name``; imported on the first ``get``.
+        A name that is taken is refused as :meth:`register` refuses it."""
         if ":" not in target:
             raise ValueError(f"register_lazy needs 'package.module:Class', got {target!r}")
-        self._entries.setdefault(name, target)
+        self._refuse_taken(name, target, overwrite)
+        self._entries[name] = target
+        self._origins[name] = target.partition(":")[0]
+
+    def _refuse_taken(self, name: str, new: type[T] | str, overwrite: bool) -> None:
+        """A ValueError if ``name`` holds another entry than ``new`` (the same class, or its
+        import string, may be registered again: a module imported twice)."""
+        existing = self._entries.get(name)
+        if existing is None or overwrite or _same_entry(existing, new):
+            return
+        raise ValueError(
+            f"a {self.kind} named {name!r} is already registered "
+            f"({existing if isinstance(existing, str) else _path(existing)}, from {self._origins.get(name, '?')}); "
+            "pass overwrite=True to replace it"
+        )
+
+    def origin(self, name: str) -> str | None:
+        """The module that registered ``name`` (a plug-in's, or marl-rec's own)."""
+        return self._origins.get(name)
 
     def get(self, name: str) -> type[T]:
         entry = self._entries.get(name)
@@ -114,6 +129,22 @@ class Registry(Generic[T]):
 
 def _path(cls) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _same_entry(existing, new) -> bool:
+    """Whether two registrations (classes or import strings) name the same class."""
+    if existing is new or existing == new:
+        return True
+    paths = [entry if isinstance(entry, str) else _path(entry) for entry in (existing, new)]
+    if paths[0] == paths[1]:
+        return True
+    if isinstance(existing, str) != isinstance(new, str):  # a lazy entry already imported, registered again
+        target, cls = (existing, new) if isinstance(existing, str) else (new, existing)
+        try:
+            return import_object(target) is cls
+        except (ImportError, AttributeError):
+            return False
+    return False
 
 
 CANDIDATE_SAMPLERS: Registry = Registry("candidate sampler")

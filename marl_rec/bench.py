@@ -30,8 +30,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 ECONOMY = {"num_users": 64, "num_creators": 16, "num_candidates": 50, "slate_size": 5}
-# The project's RecSim 0.2.4 anchor (its README says how to install RecSim in its own venv).
-DEFAULT_RECSIM_SCRIPT = Path("/work/shared/anchors/recsim_bench.py")
 # recsim_bench.py ENV NUM_CANDIDATES SLATE_SIZE: RecSim's interest_evolution with the sizes of
 # the recsim_interest_evolution preset (10 fresh candidates per step, slates of 2)
 RECSIM_ARGS = ("interest_evolution", "10", "2")
@@ -593,7 +591,10 @@ def run_env_benchmarks(seconds: float = 5.0, against: str | Path | None = None, 
     sides = [s for s in (ours, reference) if s]
     anchor = None
     if recsim:
-        anchor = RecSimAnchor(recsim, recsim_script or DEFAULT_RECSIM_SCRIPT)
+        if recsim_script is None:
+            raise BenchError("RecSim is measured by its anchor script: give recsim_script (--recsim-script PATH, "
+                             "recsim_bench.py)")
+        anchor = RecSimAnchor(recsim, recsim_script)
     if measure is None:
         functions = sorted({f.call for f in figures})
         for side in sides:

@@ -53,11 +53,12 @@ def cmd_train(args) -> int:
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
     if not args.address:
         exp.check_local_resources()
+    check_run_folder(exp, args.resume)  # before anything is written there
     from pathlib import Path
 
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
-    from marl_rec.rllib.output import (CURVE_FILE, LOG_FILE, EvaluationProgress, ThirdPartyLog, closing_summary,
-                                       plot_learning_curve, save_evaluation)
+    from marl_rec.rllib.output import (CURVE_FILE, EvaluationProgress, closing_summary, plot_learning_curve,
+                                       save_evaluation)
     from marl_rec.rllib.train import run_dir, train
     from marl_rec.rllib.trainable import latest_checkpoint
 
@@ -65,7 +66,7 @@ def cmd_train(args) -> int:
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
           f"results in {folder}", flush=True)
-    with ThirdPartyLog(folder / LOG_FILE) as log:  # known-harmless Ray/RLlib/gymnasium messages
+    with third_party_log(folder) as log:  # known-harmless Ray/RLlib/gymnasium messages
         result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard, log=log)
         checkpoint = latest_checkpoint(result.checkpoint.path)
         print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
@@ -78,6 +79,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def check_run_folder(exp, resume: bool) -> None:
+    """train, sweep and compare alike: a new run never goes into another run's folder, and
+    ``--resume`` needs one there (marl_rec.rllib.trainable.check_run_folder), before Ray starts."""
+    from marl_rec.rllib.trainable import check_run_folder as check
+
+    check(exp, resume)
+
+
+def third_party_log(folder):
+    """The run's :class:`marl_rec.rllib.output.ThirdPartyLog` (``<folder>/third_party.log``)."""
+    from marl_rec.rllib.output import LOG_FILE, ThirdPartyLog
+
+    return ThirdPartyLog(folder / LOG_FILE)
+
+
+def log_line(name: str, log) -> str:
+    return f"[{name}] third-party log: {log.path} ({log.dropped} known-harmless messages)"
+
+
 def cmd_sweep(args) -> int:
     from marl_rec.experiment import load_experiment
 
@@ -87,10 +107,12 @@ def cmd_sweep(args) -> int:
     if not (exp.tune.search_space or exp.tune.seeds):
         raise ConfigError(f"{exp.source}: nothing to sweep: the file has no 'tune:' section with a search_space or "
                           "seeds (see experiments/sweep_ppo.yaml); to train it once, use marl-rec train")
+    check_run_folder(exp, args.resume)
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import run_dir
 
-    results = sweep(exp, address=args.address, resume=args.resume)
+    with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
+        results = sweep(exp, address=args.address, resume=args.resume, log=log)
     errors = [r for r in results if r.error]
     print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}")
     try:
@@ -99,8 +121,10 @@ def cmd_sweep(args) -> int:
         print(f"[{exp.name}] no trial reported {exp.tune.metric} yet (no episode ended?): nothing to rank")
         best = None
     if best is not None:
+        swept = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
         print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): {best.metrics.get(exp.tune.metric)} "
-              f"with {{{', '.join(f'{k}: {best.config.get(k)}' for k in list(exp.tune.search_space) + ['seed'])}}}")
+              f"with {{{', '.join(f'{k}: {best.config.get(k)}' for k in swept)}}}")
+    print(log_line(exp.name, log))
     return 1 if errors else 0
 
 
@@ -110,11 +134,15 @@ def cmd_compare(args) -> int:
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
     if not args.address:
         exp.check_local_resources()
+    check_run_folder(exp, args.resume)
     from marl_rec.rllib.compare import compare
+    from marl_rec.rllib.train import run_dir
 
-    path = compare(exp, address=args.address, resume=args.resume)
+    with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
+        path = compare(exp, address=args.address, resume=args.resume, log=log)
     print((path / "comparison.md").read_text())
     print(f"[{exp.name}] results: {path}/comparison.csv, comparison.md, learning_curves.png, performance_profile.png")
+    print(log_line(exp.name, log))
     return 0
 
 
@@ -145,13 +173,22 @@ def cmd_evaluate(args) -> int:
         seed = exp.evaluation.seed if args.seed is None else args.seed
         print(f"{exp.name} checkpoint {checkpoint}: {args.episodes} episodes on seeds {seed}..{seed + args.episodes - 1}"
               " (mean ± standard error)")
-        print(summarise(evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)))
+        with third_party_log(log_folder(checkpoint)) as log:  # RLlib's notes on building the modules
+            table = evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)
+        print(summarise(table))
+        print(log_line(exp.name, log))
         return 0
     args.seed = 0 if args.seed is None else args.seed
     overrides = parse_sets(args.set)
     from marl_rec.envs.presets import make_config
+    from marl_rec.experiment import set_flags
 
-    make_config(args.scenario, overrides, source="--set")  # the overrides' own errors name the flag
+    try:
+        make_config(args.scenario, overrides, source="--set")
+    except ConfigError:  # name the flag at fault, as train's errors do
+        for key, value in overrides.items():
+            make_config(args.scenario, {key: value}, source=set_flags({key: value}))
+        raise
 
     for policy in args.policy:  # every name is a system behaviour (a baseline) before anything runs
         resolve_baseline(policy, "--policy")
@@ -162,6 +199,19 @@ def cmd_evaluate(args) -> int:
           " (mean ± standard error)")
     print(summarise(results))
     return 0
+
+
+def log_folder(checkpoint):
+    """Where ``evaluate --checkpoint`` keeps its third-party log: the checkpoint's run folder
+    (results/<name>/<trial>/checkpoint_N: two levels up) if it can be written, else the
+    temporary folder (a checkpoint copied read-only)."""
+    import tempfile
+    from pathlib import Path
+
+    from marl_rec.rllib.trainable import EXPERIMENT_FILE
+
+    run = checkpoint.parent.parent if (checkpoint.parent.parent / EXPERIMENT_FILE).is_file() else checkpoint.parent
+    return run if os.access(run, os.W_OK) else Path(tempfile.gettempdir())
 
 
 def check_dashboard() -> None:
@@ -175,14 +225,21 @@ def check_dashboard() -> None:
 
 
 def list_parts() -> list[str]:
+    """One line per registry; a name a plug-in registered says which module did. The algorithm
+    recipes (MAPPO: PPO with settings) follow the algorithms."""
     from marl_rec.envs import registry
-    from marl_rec.experiment import ALGORITHMS
+    from marl_rec.experiment import ALGORITHM_RECIPES, ALGORITHMS
     from marl_rec.policies import MODULES
+
+    def shown(r, name: str) -> str:
+        origin = r.origin(name) or ""
+        return name if origin.split(".")[0] in ("marl_rec", "ray") else f"{name} (plug-in {origin})"
 
     registries = [getattr(registry, name) for name in (
         "ROLES", "BEHAVIOURS", "CANDIDATE_SAMPLERS", "ITEM_GENERATORS", "CHOICE_MODELS", "USER_DYNAMICS",
         "CREATOR_DYNAMICS", "REWARDS")] + [MODULES, ALGORITHMS]
-    return [f"{r.kind}: {', '.join(r.names())}" for r in registries]
+    lines = [f"{r.kind}: {', '.join(shown(r, name) for name in r.names())}" for r in registries]
+    return lines + [f"algorithm {name}: {recipe}" for name, recipe in ALGORITHM_RECIPES.items()]
 
 
 def list_experiments() -> list[str]:
@@ -216,12 +273,9 @@ def cmd_list(args) -> int:
 
 
 def check_bench_paths(args) -> None:
-    """bench's --against, --recsim and --recsim-script name paths that exist, before anything runs;
-    fills in the default anchor script."""
+    """bench's --against, --recsim and --recsim-script name paths that exist, before anything runs."""
     import shutil
     from pathlib import Path
-
-    from marl_rec.bench import DEFAULT_RECSIM_SCRIPT
 
     if args.against is not None:
         tree = Path(args.against)
@@ -247,11 +301,9 @@ def check_bench_paths(args) -> None:
                           "e.g. recsim-venv/bin/python)")
     args.recsim = str(python)
     if args.recsim_script is None:
-        if not DEFAULT_RECSIM_SCRIPT.is_file():
-            raise ConfigError(f"--recsim needs --recsim-script PATH (the anchor script recsim_bench.py): the default "
-                              f"{DEFAULT_RECSIM_SCRIPT} does not exist here")
-        args.recsim_script = str(DEFAULT_RECSIM_SCRIPT)
-    elif not Path(args.recsim_script).is_file():
+        raise ConfigError(f"--recsim {args.recsim} needs --recsim-script PATH: RecSim's anchor script "
+                          "recsim_bench.py, which it runs (docs/benchmarks.md)")
+    if not Path(args.recsim_script).is_file():
         raise ConfigError(f"--recsim-script {args.recsim_script}: no such file")
 
 
@@ -361,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="env: a python with RecSim 0.2.4 installed (its own venv): RecSim measured in the same "
                             "run, alternating, for the (a) figures")
     bench.add_argument("--recsim-script", metavar="PATH",
-                       help="env: the RecSim anchor script recsim_bench.py (default /work/shared/anchors/recsim_bench.py "
-                            "where it exists)")
+                       help="env: the RecSim anchor script recsim_bench.py, which --recsim's python runs "
+                            "(required with --recsim)")
     bench.add_argument("--repeats", type=bounded(int, 1, 100), default=3,
                        help="measurements per figure and side, alternating ours / reference / RecSim; medians and "
                             "paired ratios (env: --seconds is split over them)")

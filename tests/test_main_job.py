@@ -38,6 +38,10 @@ SEEN = [
     "Trials did not complete: [trial_b144b_00000]",
     "Experiment has been interrupted, but the most recent state was saved. Resume experiment with: "
     "Tuner.restore(path=...)",
+    "Trainable.setup took 10.356 seconds. If your trainable is slow to initialize, consider setting "
+    "reuse_actors=True to reduce actor creation overheads.",
+    "Experiment state snapshotting has been triggered multiple times in the last 5.0 seconds and may become a "
+    "bottleneck. A snapshot is forced if `CheckpointConfig(num_to_keep)` is set, ...",
 ]
 KEPT = [
     "The obs returned by the `step()` method is not within the observation space with exception: boom",

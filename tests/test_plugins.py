@@ -3,6 +3,7 @@ the command line (``--plugin``), reach every process of a run: the driver's vali
 runners, learners and Tune trials."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -210,3 +211,76 @@ compare: {variants: {narrow: {}, mlp: {modules.system.type: mlp}}, seeds: [0], e
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     table = (results / "tilt_compare" / "comparison.md").read_text()
     assert "| narrow |" in table and "| mlp |" in table and "Failed runs" not in table
+
+
+# -- a name that is taken, which plug-in provides what, entry points, a plug-in that fails in workers ---
+
+
+def test_a_taken_name_is_refused_lazily_too():
+    from marl_rec.envs.registry import Registry
+    from marl_rec.policies import MODULES
+
+    with pytest.raises(ValueError, match=r"a RLModule named 'mlp' is already registered "
+                                         r"\(marl_rec.policies.mlp:SlateMLPModule.*pass overwrite=True"):
+        MODULES.register_lazy("mlp", "my_plugin.modules:MyMLP")
+    assert MODULES.get("mlp").__name__ == "SlateMLPModule"  # the built-in kept
+    MODULES.register_lazy("mlp", "marl_rec.policies.mlp:SlateMLPModule")  # the same class again: a no-op
+    parts = Registry("part")
+    parts.register_lazy("x", "my_plugin.parts:X")
+    parts.register_lazy("x", "other_plugin.parts:X", overwrite=True)
+    assert parts.origin("x") == "other_plugin.parts"
+
+
+def test_list_names_the_plugin_of_each_part(plugin_dir, tmp_path):
+    # in a process of its own: this one's registries stay as the other tests expect them
+    run = run_cli(["list", "parts", "--plugin", "tilt_plugin"], plugin_dir, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    assert "tilted (plug-in tilt_plugin)" in out and "narrow_mlp (plug-in tilt_plugin.modules)" in out
+    assert re.search(r"^choice model: (.*, )?mnl, proportional, ", out, flags=re.M), out  # built-ins plain
+
+
+def test_entry_point_plugins_are_recorded_in_the_experiment(tmp_path, plugin_dir, monkeypatch):
+    import importlib.metadata
+
+    entry = importlib.metadata.EntryPoint(name="tilt", value="tilt_plugin", group="marl_rec.plugins")
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [entry] if kw.get("group") == "marl_rec.plugins" else real(**kw))
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    exp = load_experiment(experiment(tmp_path, RUN))  # names tilt_plugin's parts, lists no plug-in
+    assert exp.plugins == ["tilt_plugin"]  # what the checkpoint's experiment holds, for evaluate and --resume
+
+
+BROKEN_IN_WORKERS = '''
+import os
+
+from marl_rec.envs.parts.choice import MultinomialLogitChoice
+from marl_rec.envs.registry import CHOICE_MODELS
+
+if os.environ.get("MARL_REC_PLUGINS"):  # set only in the Ray workers' environment
+    raise RuntimeError("licence server unreachable from this process")
+
+
+@CHOICE_MODELS.register("driver_only")
+class DriverOnly(MultinomialLogitChoice):
+    pass
+'''
+
+
+@pytest.mark.slow
+def test_a_plugin_that_fails_only_in_ray_workers_is_named_in_a_few_lines(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "driver_only_plugin.py").write_text(BROKEN_IN_WORKERS)
+    path = experiment(tmp_path, RUN.replace("choice_model: tilted, choice_params: {tilt: 1.0}",
+                                            "choice_model: driver_only").replace("narrow_mlp", "mlp")
+                      .replace("  reward: {name: watch_only}\n", ""))
+    run = run_cli(["train", str(path), "--plugin", "driver_only_plugin", "--set", f"results_dir={tmp_path / 'r'}"],
+                  site, tmp_path)
+    assert run.returncode == 2, (run.stdout + run.stderr)[-3000:]
+    assert ("configuration error: in Ray's workers: plug-in 'driver_only_plugin' failed to import: RuntimeError: "
+            "licence server unreachable from this process (on node") in run.stderr, run.stderr[-3000:]
+    # checked before any trial started (a trial used to fail for 27 s, in 276 lines of Ray's tracebacks)
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) <= 6, run.stderr[-3000:]
+    assert not list((tmp_path / "r").glob("*/trial_*"))

@@ -148,3 +148,27 @@ def test_compare_resumes_from_the_newest_checkpoint_after_kill(tmp_path, env):
     assert len(runs) == 1 and runs[0]["evaluation"] and not runs[0]["error"]
     steps = runs[0]["curve"]["env_steps"]
     assert steps == sorted(set(steps))  # the learning curve has one point per iteration
+
+
+def test_resume_with_a_larger_stop_extends_a_finished_run(tmp_path, env):
+    (tmp_path / "tiny.yaml").write_text("name: extended\n" + TINY)
+    results, run = tmp_path / "results", tmp_path / "results" / "extended"
+    first = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--set", "stop.training_iteration=1"),
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert complete(run) == [1]
+
+    extended = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--set", "stop.training_iteration=2",
+                                      "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    reported = [int(line.split()[2]) for line in extended.stdout.splitlines() if line.startswith("[extended] iter")]
+    assert reported == [2], extended.stdout[-3000:]  # the finished trial went on from its checkpoint
+    (trial,) = [p for p in run.iterdir() if (p / "params.json").is_file()]
+    assert iterations(trial) == ([1, 2], [1, 2]) and max(complete(run)) == 2
+
+    # any other changed key is still refused, by name, before Ray starts
+    refused = subprocess.run(command("train", tmp_path / "tiny.yaml", results, "--set", "stop.training_iteration=3",
+                                     "--set", "seed=3", "--resume"), cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "seed: 0 -> 3" in refused.stderr, refused.stderr[-2000:]
+    assert "only evaluation.* and stop.* may change" in refused.stderr and "Ray" not in refused.stdout

@@ -23,7 +23,10 @@ def test_the_next_start_ends_what_a_killed_driver_left(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     experiment = tmp_path / "long.yaml"
     experiment.write_text("name: long\n" + TINY_RUN + "stop: {training_iteration: 1000}\n")
-    env = {**os.environ, "MARL_REC_CACHE": str(cache)}
+    from marl_rec.envs.kernels import cache_dir
+
+    # the session records in a cache folder of the test's own; the compiled kernels where they are
+    env = {**os.environ, "MARL_REC_CACHE_DIR": str(cache), "NUMBA_CACHE_DIR": str(cache_dir())}
     driver = subprocess.Popen([sys.executable, "-m", "marl_rec.cli", "train", str(experiment), "--set",
                                f"results_dir={tmp_path / 'results'}"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

@@ -67,12 +67,27 @@ def test_sweep_resumes_after_kill_without_rerunning_finished_trials(tmp_path):
     assert {float(row["algorithm.training.lr"]) for row in rows} == {0.001, 0.0005, 0.0003}
 
 
-def test_sweep_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
+@pytest.mark.slow
+def test_sweep_prints_a_line_per_iteration_and_refuses_to_overwrite_or_to_resume_nothing(tmp_path):
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(TINY)
     run = subprocess.run(sweep_command(experiment, tmp_path / "empty", "--resume"), cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 2 and "nothing to resume" in run.stderr
+    one = ("--set", "tune.search_space={algorithm.training.lr: {grid: [0.001, 0.0005]}}", "--set",
+           "stop.training_iteration=1")
+    run = subprocess.run(sweep_command(experiment, tmp_path / "results", *one), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Ray's, RLlib's and Tune's notes went to the run's third-party log; no trial tables, no warnings
+    assert run.stderr == "", run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert all(line.startswith("[tiny_sweep] ") for line in lines), run.stdout[-3000:]
+    assert "[tiny_sweep] algorithm.training.lr=0.0005 seed=0  iter    1  env steps" in run.stdout  # trial, iteration
+    assert lines[-1].startswith(f"[tiny_sweep] third-party log: {tmp_path / 'results' / 'tiny_sweep'}")
+    again = subprocess.run(sweep_command(experiment, tmp_path / "results", *one), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2 and "tiny_sweep already holds a run: pass --resume" in again.stderr
 
 
 @pytest.mark.parametrize("tune, message", [

@@ -12,8 +12,9 @@ import ray  # noqa: E402
 from marl_rec.experiment import ExperimentConfig  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
 from marl_rec.rllib.env import EcosystemRLlibEnv  # noqa: E402
-from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions  # noqa: E402
-from marl_rec.rllib.trainable import find_experiment, latest_checkpoint, load_modules, save_checkpoint  # noqa: E402
+from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions, greedy_curve_point  # noqa: E402
+from marl_rec.rllib.trainable import (build_modules, find_experiment, latest_checkpoint, learner_weights,  # noqa: E402
+                                      load_modules, save_checkpoint, set_weights)
 
 pytestmark = pytest.mark.slow
 
@@ -90,18 +91,30 @@ def test_checkpoint_restore_gives_identical_actions(tmp_path):
     assert metrics["team_return"].shape == (2,) and (metrics["ctr"] > 0).all()
 
 
-def test_evaluation_runner_survives_agents_leaving_and_appearing_mid_episode():
-    # RLlib #56709: an evaluation EnvRunner died on episodes where agents terminate one by one;
-    # here users run out of budget at different rounds (their system agents terminate) and
-    # creator agents first act in a later phase of every round.
+def test_greedy_curve_evaluates_episodes_where_agents_leave_and_appear_mid_episode():
+    # The greedy line of the learning curve (trainable.trial): the learner's weights loaded into
+    # inference-built modules, episodes batched side by side, where users run out of budget at
+    # different rounds (their system agents terminate) and creators first act in a later phase.
     exp = experiment(
         roles=("system", "creator"),
         modules={"system": {"type": "transformer", "model_config": TINY_MODEL}, "creator": {"type": "creator_mlp"}},
-        evaluation={"interval": 1, "duration": 2, "num_env_runners": 1},
+        env={**TINY_ENV, "user.time_budget": 12.0, "roles": ["system", "creator"]},
+        evaluation={"interval": 1, "duration": 3},
     )
-    algo, results = train(exp, iterations=3)
-    evaluation = results[-1]["evaluation"]["env_runners"]
-    assert evaluation["num_episodes"] >= 2 and np.isfinite(evaluation["team_return"])
+    algo, _ = train(exp, iterations=1)
+    modules = build_modules(exp)
+    set_weights(modules, learner_weights(algo))
+    env = EcosystemRLlibEnv({"scenario": "creator_economy", **exp.env})
+    observations, _ = env.reset(seed=3)
+    batch = [observations[a] for a in sorted(observations) if a.startswith("system_")]
+    np.testing.assert_array_equal(greedy_actions(modules["system"], batch),
+                                  greedy_actions(algo.get_module("system"), batch))  # the learner's weights, synced
+    point = greedy_curve_point(modules, exp)
+    alone = evaluate_modules(modules, exp, episodes=1, seed=exp.evaluation.seed + 2)  # not batched with others
+    batched = evaluate_modules(modules, exp, episodes=3, seed=exp.evaluation.seed)
+    assert point["greedy/team_return"] == pytest.approx(batched["team_return"].mean())
+    assert batched["team_return"][2] == pytest.approx(alone["team_return"][0])
+    assert (batched["user_retention"] < 1).all()  # users left mid-episode
     algo.stop()
 
 

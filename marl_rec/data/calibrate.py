@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marl_rec import cache_root
 from marl_rec.data.evaluation import (interaction_weights, interests_before, rank_of_positive, ranking_metrics,
                                       sample_negatives)
 from marl_rec.data.logs import InteractionLog
@@ -37,7 +38,7 @@ PARAMS_FILE = "calibration.json"
 USERS_FILE = "users.npz"  # every user's fitted popularity weight, by user id (marl-rec validate reads it)
 NEW_ITEM_POPULARITY = 0.0
 EMBEDDINGS = ("auto", "text", "genres", "mf")
-DEFAULT_CACHE = Path("~/.cache/marl_rec/text")
+DEFAULT_CACHE = cache_root() / "text"  # text embeddings, beside the compiled simulator's numba/
 
 
 @dataclass
@@ -260,7 +261,8 @@ def content_embeddings(log: InteractionLog, mask: np.ndarray, options: Calibrati
     ridge regression predicts from their text and genres)."""
     out, features = {}, []
     wanted = EMBEDDINGS[1:] if options.embedding == "auto" else (options.embedding,)
-    if options.use_text and ("text" in wanted or "mf" in wanted) and (any(log.title) or any(log.tags)):
+    skipped = "skipped" in (options.figures.get("text") or {})  # an earlier call found no encoder: said once
+    if options.use_text and not skipped and ("text" in wanted or "mf" in wanted) and (any(log.title) or any(log.tags)):
         from marl_rec.data.text import encode_items, item_text
 
         texts = [item_text(*x) for x in zip(log.title, log.genres, log.tags)]
@@ -272,6 +274,7 @@ def content_embeddings(log: InteractionLog, mask: np.ndarray, options: Calibrati
         except ConfigError as err:
             if options.embedding == "text" or options.text_model:
                 raise
+            options.figures["text"] = {"skipped": str(err)}  # calibration.json's "text" says why
             say(f"text: skipped ({err})")
     if log.genre_names():
         genres = log.genre_matrix()

@@ -92,15 +92,6 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
     training = dict(exp.algorithm.training)  # its keys were checked with the experiment (check_training)
     if training:
         config = config.training(**training)
-    ev = exp.evaluation
-    if ev.interval:
-        config = config.evaluation(
-            evaluation_interval=ev.interval,
-            evaluation_duration=ev.duration,
-            evaluation_duration_unit="episodes",
-            evaluation_num_env_runners=ev.num_env_runners,
-            evaluation_config={"explore": False},
-        )
     try:
         config.validate()
     except ValueError as err:  # RLlib's own consistency checks, reported against the file

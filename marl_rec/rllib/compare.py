@@ -20,14 +20,16 @@ import numpy as np
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig
-from marl_rec.rllib.train import fix_hash_seed, run_dir
+from marl_rec.rllib.train import fix_hash_seed, progress_callback, run_dir
 from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
 
 RUNS_FILE = "runs.json"
 
 
-def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False) -> Path:
-    """Train every variant x seed (a Tune grid, resumable), evaluate, write the report."""
+def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None) -> Path:
+    """Train every variant x seed (a Tune grid, resumable; a progress line per trial iteration),
+    evaluate, write the report. ``log``: a :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's
+    and Tune's known-harmless messages."""
     if not exp.compare.variants:
         raise ConfigError(f"{exp.source}: 'compare.variants' is empty: name the algorithms to compare")
     from ray import tune
@@ -43,6 +45,9 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
         resume=resume,
         resources=largest_resources(exp.with_overrides(o) for o in c.variants.values()),
         tune_config=tune.TuneConfig(max_concurrent_trials=c.max_concurrent_trials or None),
+        callbacks=[progress_callback(exp, lambda trial: f"{trial.config['__variant__']} seed {trial.config['seed']}")],
+        verbose=0,
+        log=log,
     )
 
     runs, checkpoints = [], {}

@@ -40,30 +40,64 @@ def greedy_actions(module, observations: list) -> np.ndarray:
 
 
 Progress = Callable[[str, int, int], None]  # (policy, episodes done, episodes), after each episode
+BATCH_EPISODES = 16  # episodes stepped side by side: one forward pass per role and round for all of them
 
 
 def evaluate_modules(modules: dict, exp: ExperimentConfig, episodes: int, seed: int,
                      progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
-    """Episodes seed, seed + 1, ... with the trained modules acting for the external roles."""
-    env = EcosystemRLlibEnv(env_config(exp))
+    """Episodes seed, seed + 1, ... with the trained modules acting (greedily) for the external
+    roles. Up to :data:`BATCH_EPISODES` episodes run side by side, each in its own env, and each
+    role's agents of all of them are batched into one forward pass (each episode keeps its own env
+    and seed)."""
     results = {m: np.zeros(episodes) for m in METRICS}
-    for e in range(episodes):
-        observations, _ = env.reset(seed=seed + e)
-        while True:
-            acting = [a for a in observations if a in env.runner.acting_agents()]
-            actions = {}
-            for role in dict.fromkeys(role_of(a) for a in acting):
-                agents = [a for a in acting if role_of(a) == role]
-                batch = greedy_actions(modules[role], [observations[a] for a in agents])
-                actions.update(zip(agents, batch))
-            observations, _, terminateds, truncateds, _ = env.step(actions)
-            if terminateds["__all__"] or truncateds["__all__"]:
-                break
-        for name, value in env.sim.metrics().items():
-            results[name][e] = value
-        if progress is not None:
-            progress(label, e + 1, episodes)
+    envs = [EcosystemRLlibEnv(env_config(exp)) for _ in range(min(episodes, BATCH_EPISODES))]
+    done = 0
+    for first in range(0, episodes, len(envs)):
+        running = {e: env for e, env in zip(range(first, min(first + len(envs), episodes)), envs)}
+        observations = {e: env.reset(seed=seed + e)[0] for e, env in running.items()}
+        while running:
+            acting = {}  # role -> [(episode, agent)]
+            for e, env in running.items():
+                now = env.runner.acting_agents()
+                for agent in observations[e]:
+                    if agent in now:
+                        acting.setdefault(role_of(agent), []).append((e, agent))
+            actions = {e: {} for e in running}
+            for role, agents in acting.items():
+                batch = greedy_actions(modules[role], [observations[e][agent] for e, agent in agents])
+                for (e, agent), action in zip(agents, batch):
+                    actions[e][agent] = action
+            for e, env in list(running.items()):
+                observations[e], _, terminateds, truncateds, _ = env.step(actions[e])
+                if terminateds["__all__"] or truncateds["__all__"]:
+                    for name, value in env.sim.metrics().items():
+                        results[name][e] = value
+                    del running[e]
+                    done += 1
+                    if progress is not None:
+                        progress(label, done, episodes)
     return results
+
+
+def greedy_curve_point(modules: dict, exp: ExperimentConfig) -> dict[str, float]:
+    """One point of the learning curve's greedy line: the modules' mean metrics on the first
+    ``evaluation.duration`` held-out seeds, as ``greedy/<metric>``, and the standard error of the
+    team return (``greedy/team_return_se``)."""
+    ev = exp.evaluation
+    values = evaluate_modules(modules, exp, ev.duration, ev.seed)
+    point = {f"greedy/{m}": float(np.mean(v)) for m, v in values.items()}
+    team = values["team_return"]
+    point["greedy/team_return_se"] = float(team.std(ddof=1) / np.sqrt(len(team))) if len(team) > 1 else 0.0
+    return point
+
+
+def baseline_curve_lines(exp: ExperimentConfig) -> dict[str, float]:
+    """The baselines' mean team return on the same seeds as :func:`greedy_curve_point`, as
+    ``baseline/<name>/team_return``: reference lines next to the greedy curve."""
+    ev = exp.evaluation
+    return {f"baseline/{name}/team_return": float(np.mean(
+                evaluate_behaviour(name, exp.scenario, ev.duration, ev.seed, overrides=exp.env)["team_return"]))
+            for name in ev.baselines}
 
 
 def run_label(exp: ExperimentConfig) -> str:

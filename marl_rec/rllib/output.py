@@ -5,8 +5,9 @@
   (logging, warnings) and from Ray's worker processes (their lines reach the terminal through
   the driver's log stream, which is filtered). Everything else still reaches the terminal.
 - :class:`EvaluationProgress`: a progress bar over the final evaluation's episodes.
-- :func:`plot_learning_curve`: team return of the training episodes over env steps, with the
-  held-out evaluation's means as reference lines (``learning_curve.png``).
+- :func:`plot_learning_curve`: team return over env steps of the training episodes and of the
+  greedy policy on held-out seeds during training, with the baselines as reference lines
+  (``learning_curve.png``).
 - :func:`save_evaluation` / :func:`train_report`: the final evaluation as ``evaluation.json``
   and ``evaluation.md``; ``marl-rec report`` on a train folder rebuilds the table and the plot.
 - :func:`closing_summary`: the last lines of a train run.
@@ -35,7 +36,9 @@ EVALUATION_FILE = "evaluation.json"  # every episode's metrics of the final eval
 EVALUATION_TABLE = "evaluation.md"
 PROGRESS_FILE = "progress.csv"  # Tune's per-iteration results of a trial
 STEPS_COLUMN = "num_env_steps_sampled_lifetime"
-RETURN_COLUMN = "env_runners/team_return"
+TEAM_RETURN = "team_return"
+RETURN_COLUMN = f"env_runners/{TEAM_RETURN}"  # the training episodes' (exploring policy)
+GREEDY_COLUMN = f"greedy/{TEAM_RETURN}"  # the greedy policy's on held-out seeds, every evaluation.interval iterations
 
 # Exact message text (a fragment of it) -> why it is harmless. Only these leave the terminal.
 HARMLESS: dict[str, str] = {
@@ -63,6 +66,12 @@ HARMLESS: dict[str, str] = {
         "Tune's note on a stopped run's trials, which stay resumable; marl-rec says how to resume",
     "Experiment has been interrupted, but the most recent state was saved.":
         "Tune's resume hint after a stop; marl-rec prints its own (--resume)",
+    "If your trainable is slow to initialize, consider setting reuse_actors=True":
+        "Tune's note on a trial whose setup takes seconds: building the algorithm and its envs does; each trial "
+        "of marl-rec builds its own algorithm, so reusing actors would not save it",
+    "Experiment state snapshotting has been triggered multiple times":
+        "Tune's note when trials checkpoint every few seconds (checkpoint_every: 1 on a small run); each snapshot "
+        "is a small JSON file, and the checkpoints themselves are kept as configured",
 }
 
 # Baselines that read the simulator's true state (interest, quality, creator viability), which a
@@ -269,24 +278,39 @@ def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str)
 # -- the learning curve -----------------------------------------------------------------------
 
 
-def read_curve(trial: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps, team return of the training episodes) per iteration from a trial's
-    progress.csv; iterations in which no episode had ended yet are left out."""
-    steps, returns = [], []
+def read_curve(trial: Path, column: str = RETURN_COLUMN) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, ``column``) per iteration from a trial's progress.csv, on the iterations where
+    the column is a number: the training episodes' team return by default (left out before an
+    episode has ended), or the greedy evaluation's (``greedy/team_return``, on the iterations it
+    ran)."""
+    steps, values = [], []
     with (trial / PROGRESS_FILE).open() as f:
         for row in csv.DictReader(f):
-            value = float(row.get(RETURN_COLUMN) or "nan")
+            value = float(row.get(column) or "nan")
             if np.isfinite(value):
                 steps.append(float(row[STEPS_COLUMN]))
-                returns.append(value)
-    return np.array(steps), np.array(returns)
+                values.append(value)
+    return np.array(steps), np.array(values)
+
+
+def curve_baselines(trial: Path) -> dict[str, float]:
+    """baseline -> its mean team return on the greedy evaluation's seeds (the trial's
+    ``baseline/<name>/team_return`` columns, from its last row)."""
+    with (trial / PROGRESS_FILE).open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {key.split("/")[1]: float(value) for key, value in rows[-1].items()
+            if key.startswith("baseline/") and key.endswith(f"/{TEAM_RETURN}") and value not in ("", None)}
 
 
 def plot_learning_curve(trial: Path, out: Path, title: str,
                         table: Mapping[str, Mapping[str, np.ndarray]] | None = None, learned: str | None = None) -> Path:
-    """Write ``out``: the training episodes' team return over env steps sampled, each
-    baseline's held-out mean as a horizontal line and, if given, the learned policy's
-    held-out mean (± standard error) at the last step."""
+    """Write ``out``: over env steps sampled, the training episodes' team return (the exploring
+    policy), the greedy policy's on held-out seeds during training (``evaluation.interval``),
+    each baseline's mean on those same seeds as a horizontal line (on the final evaluation's
+    seeds for a run without the greedy line), and the final evaluation's mean (± standard error)
+    of the learned policy at the last step."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -294,22 +318,29 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
     from matplotlib.figure import Figure
 
     steps, returns = read_curve(trial)
+    greedy_steps, greedy = read_curve(trial, GREEDY_COLUMN)
+    _, greedy_se = read_curve(trial, GREEDY_COLUMN + "_se")
     fig = Figure(figsize=(9, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.plot(steps, returns, color="C0", linewidth=1.2, label="training episodes (exploring policy)")
+    ax.plot(steps, returns, color="C0", linewidth=1.0, alpha=0.6, label="training episodes (exploring policy)")
+    if len(greedy):
+        se = greedy_se if len(greedy_se) == len(greedy) else np.zeros_like(greedy)
+        ax.errorbar(greedy_steps, greedy, yerr=se, color="C0", marker="o", markersize=3, linewidth=1.6, capsize=2,
+                    label="greedy policy on held-out seeds (mean ± s.e.)")
+    lines = curve_baselines(trial) if len(greedy) else {}
+    where = "greedy's seeds" if lines else "held-out"
+    if not lines:
+        lines = {p: float(np.mean(m["team_return"])) for p, m in (table or {}).items() if p != learned}
     styles = ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4
-    for (policy, metrics), style, colour in zip((table or {}).items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
-        values = np.asarray(metrics["team_return"], dtype=float)
-        if policy == learned:
-            if len(steps):
-                se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-                ax.errorbar([steps[-1]], [values.mean()], yerr=[se], fmt="o", color="C0", capsize=3,
-                            label=f"learned, greedy (held-out mean {values.mean():.1f})")
-            continue
+    for (policy, mean), style, colour in zip(lines.items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
         suffix = ", privileged" if policy in PRIVILEGED else ""
-        ax.axhline(values.mean(), color=colour, linestyle=style, linewidth=1.0,
-                   label=f"{policy} (held-out mean {values.mean():.1f}{suffix})")
+        ax.axhline(mean, color=colour, linestyle=style, linewidth=1.0, label=f"{policy} ({where} mean {mean:.1f}{suffix})")
+    if table and learned in table and len(steps):
+        values = np.asarray(table[learned]["team_return"], dtype=float)
+        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+        ax.errorbar([steps[-1]], [values.mean()], yerr=[se], fmt="s", color="black", capsize=3,
+                    label=f"learned, final evaluation ({len(values)} episodes, mean {values.mean():.1f})")
     ax.set_xlabel("env steps sampled")
     ax.set_ylabel("team return per episode")
     ax.set_title(title, fontsize=9)

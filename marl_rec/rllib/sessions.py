@@ -2,7 +2,8 @@
 
 A driver killed with SIGKILL cannot stop the local Ray it started: its GCS server, raylet, log
 monitor and agents live on (seen here: 20 s and more). Each local start records the driver's pid
-and the Ray session's folder under ``~/.cache/marl-rec/ray-sessions``; the next start ends the
+and the Ray session's folder under ``ray-sessions/`` in marl-rec's cache folder
+(``~/.cache/marl-rec``, :func:`marl_rec.cache_root`); the next start ends the
 processes of every recorded session whose driver is gone (those whose command line or open
 files name the session's folder). Sessions of running drivers
 and Ray clusters the user started are never touched. Linux only (it reads /proc).
@@ -15,7 +16,9 @@ import os
 import signal
 from pathlib import Path
 
-RECORDS = Path(os.environ.get("MARL_REC_CACHE", Path.home() / ".cache" / "marl-rec")) / "ray-sessions"
+from marl_rec import cache_root
+
+RECORDS = cache_root() / "ray-sessions"
 
 
 def _alive(pid: int) -> bool:

@@ -58,9 +58,23 @@ def scheduler(exp: ExperimentConfig):
         raise ConfigError(f"{exp.source}: 'tune.scheduler' ({kind}): {err}") from None
 
 
-def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = False):
-    """Run (or resume) the sweep; writes results/<name>/sweep.csv and returns Tune's ResultGrid."""
+def trial_label(exp: ExperimentConfig):
+    """``label(trial)`` for the progress lines: the trial's swept values."""
+    keys = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
+
+    def label(trial) -> str:
+        return " ".join(f"{key}={trial.config.get(key)}" for key in keys)
+
+    return label
+
+
+def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None):
+    """Run (or resume) the sweep, a progress line per trial iteration; writes
+    results/<name>/sweep.csv and returns Tune's ResultGrid. ``log``: a
+    :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's and Tune's known-harmless messages."""
     from ray import tune
+
+    from marl_rec.rllib.train import progress_callback
 
     search_alg = None
     if exp.tune.search_alg == "optuna" and not resume:
@@ -75,8 +89,8 @@ def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = Fals
         search_alg=search_alg,
         max_concurrent_trials=exp.tune.max_concurrent_trials or None,
     )
-    results = run_trials(exp, search_space(exp), address=address, resume=resume, refuse_existing=True,
-                         tune_config=tune_config)
+    results = run_trials(exp, search_space(exp), address=address, resume=resume, tune_config=tune_config,
+                         callbacks=[progress_callback(exp, trial_label(exp))], verbose=0, log=log)
     write_summary(exp, results, run_dir(exp) / "sweep.csv")
     return results
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from marl_rec.experiment import ExperimentConfig
 
@@ -18,15 +18,16 @@ def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = Fa
     """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``.
 
     Every worker process of the run imports the plug-ins this process loaded (a
-    ``worker_process_setup_hook``; see marl_rec.plugins); ``ship_plugins`` also uploads their
-    packages to the cluster, for nodes that do not have them installed."""
+    ``worker_process_setup_hook``; see marl_rec.plugins), which is checked on every node before
+    anything runs; ``ship_plugins`` also uploads their packages to the cluster, for nodes that do
+    not have them installed."""
     if not address:
         # Ray binds its listeners to the machine's address unless this is off
         # (ray/_private/services.py). Ray reads it on first import: marl-rec's CLI sets it at start.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from marl_rec.plugins import ray_runtime_env
+    from marl_rec.plugins import check_workers, ray_runtime_env
 
     if ray.is_initialized():
         return
@@ -41,9 +42,12 @@ def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = Fa
         ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  runtime_env=runtime_env)
         record_session(ray._private.worker._global_node.get_session_dir_path())
+    check_workers()
 
 
-def _progress_callback(exp: ExperimentConfig):
+def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None = None):
+    """A Tune callback printing a line per trial iteration; ``label(trial)`` names the trial
+    (a sweep's values, a comparison's variant and seed) when a run has several."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -51,16 +55,17 @@ def _progress_callback(exp: ExperimentConfig):
 
         def __init__(self):
             self.start = time.time()
-            self.first: tuple[int, float] | None = None  # (iteration, time) of the first result
+            self.first: dict[str, tuple[int, float]] = {}  # trial id -> (iteration, time) of its first result
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             it = result.get("training_iteration", 0)
             now = time.time()
             elapsed = now - self.start
-            self.first = self.first or (it, now)
+            first = self.first.setdefault(trial.trial_id, (it, now))
             eta = ""
-            if exp.stop.training_iteration and it > self.first[0]:  # the first iteration also built the algorithm
-                per_iteration = (now - self.first[1]) / (it - self.first[0])
+            # the first iteration also built the algorithm; past the stop (a resume extended it) no estimate
+            if exp.stop.training_iteration and first[0] < it <= exp.stop.training_iteration:
+                per_iteration = (now - first[1]) / (it - first[0])
                 eta = f"  eta {per_iteration * (exp.stop.training_iteration - it):6.0f}s"
             if exp.stop.time_total_s:
                 eta = f"  eta<= {max(exp.stop.time_total_s - result.get('time_total_s', 0), 0):6.0f}s"
@@ -80,8 +85,11 @@ def _progress_callback(exp: ExperimentConfig):
                 metrics = (f"team return {fmt('team_return', '8.2f')}  watch {fmt('watch_time', '7.2f')}  "
                            f"ctr {fmt('ctr', '.3f')}  users kept {fmt('user_retention', '.2f')}  "
                            f"creators kept {fmt('creator_retention', '.2f')}")
+            greedy = result.get("greedy/team_return", float("nan"))
+            if greedy == greedy:  # an iteration with a greedy evaluation on held-out seeds
+                metrics += f"  greedy {greedy:7.2f}"
             print(
-                f"[{exp.name}] iter {it:4d}  env steps {int(steps):9,d}  {metrics}"
+                f"[{exp.name}] {f'{label(trial)}  ' if label else ''}iter {it:4d}  env steps {int(steps):9,d}  {metrics}"
                 f"{f'  env faults {int(faults)}' if faults else ''}  {elapsed:6.0f}s{eta}",
                 flush=True,
             )
@@ -118,7 +126,7 @@ def train(exp: ExperimentConfig, address: str | None = None, resume: bool = Fals
     if log is not None:
         log.attach()  # the handlers and the worker output stream Ray has just added
     results = run_trials(exp, {}, address=address, resume=resume, dashboard=dashboard, resources=resources,
-                         callbacks=[_progress_callback(exp)], verbose=0)
+                         callbacks=[progress_callback(exp)], verbose=0)
     result = results[0]
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

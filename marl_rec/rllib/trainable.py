@@ -49,30 +49,75 @@ REPORTED = (*METRICS, "episode_return_mean")  # per-iteration means under env_ru
 # -- the checkpoint layout --------------------------------------------------------------------
 
 
-def save_checkpoint(folder: Path, algo, exp: ExperimentConfig, iteration: int, time_total_s: float) -> None:
-    """RLlib's checkpoint, each module's weights as safetensors, our state, then the signed
-    manifest (last: it marks the checkpoint complete)."""
+def save_checkpoint(folder: Path, algo, exp: ExperimentConfig, iteration: int, time_total_s: float,
+                    modules: dict | None = None) -> None:
+    """RLlib's checkpoint, each module's inference weights as safetensors, our state, then the
+    signed manifest (last: it marks the checkpoint complete). ``modules``: the trial's
+    :func:`build_modules` (built here if not given)."""
     algo.save_to_path(str(folder / ALGORITHM_DIR))
-    save_weights(folder / WEIGHTS_DIR, algo)
+    save_weights(folder / WEIGHTS_DIR, learner_weights(algo), modules or build_modules(exp))
     state = {"iteration": iteration, "time_total_s": time_total_s, "experiment": exp.to_dict()}
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     sign_checkpoint(folder)
 
 
-def save_weights(folder: Path, algo) -> None:
-    """The learner's module weights (those RLlib's checkpoint holds), one safetensors file per
-    module; a module without parameters (the fixed behaviour module) gets none."""
-    import numpy as np
+def build_modules(exp: ExperimentConfig) -> dict:
+    """role -> RLModule as inference builds it: from the builder's specs, spaces from the
+    experiment's env, without what a learner adds for training (APPO's and DQN's learners add
+    target networks, ``TargetNetworkAPI.make_target_networks``). No Ray cluster needed."""
+    from marl_rec.rllib.builder import build_algorithm_config, env_config
+    from marl_rec.rllib.env import EcosystemRLlibEnv
+
+    specs = build_algorithm_config(exp).get_multi_rl_module_spec(env=EcosystemRLlibEnv(env_config(exp)))
+    return {role: spec.build() for role, spec in specs.rl_module_specs.items()}
+
+
+def has_weights(module) -> bool:
+    """Whether a module has tensors to save (the fixed behaviour module, not a torch module, has none)."""
     import torch
+
+    return isinstance(module, torch.nn.Module) and bool(module.state_dict())
+
+
+def learner_weights(algo) -> dict[str, dict]:
+    """module id -> {tensor name: numpy array}: the learner's modules, as RLlib's checkpoint holds them."""
     from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
-    from safetensors.torch import save_file
 
     state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}")
+    return state[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
+
+
+def inference_weights(module, weights: dict, role: str) -> dict:
+    """The tensors of ``weights`` (a learner module's state) that inference uses: exactly the
+    inference-built ``module``'s own keys, whatever the learner added (target networks)."""
+    import numpy as np
+    import torch
+
+    wanted = list(module.state_dict())
+    missing = [name for name in wanted if name not in weights]
+    if missing:
+        raise ConfigError(f"module {role!r}: the learner's weights lack {missing[:3]} that the module built for "
+                          f"inference ({type(module).__name__}) has: it was built differently")
+    return {name: torch.from_numpy(np.ascontiguousarray(weights[name])) for name in wanted}
+
+
+def save_weights(folder: Path, weights: dict[str, dict], modules: dict) -> None:
+    """One safetensors file per module with parameters: the inference weights
+    (:func:`inference_weights`) of the learner's ``weights`` (:func:`learner_weights`);
+    a module without parameters (the fixed behaviour module) gets none."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
-    for module_id, weights in state[COMPONENT_LEARNER][COMPONENT_RL_MODULE].items():
-        if weights:
-            save_file({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in weights.items()},
-                      str(folder / f"{module_id}.safetensors"))
+    for role, module in modules.items():
+        if has_weights(module):
+            save_file(inference_weights(module, weights.get(role, {}), role), str(folder / f"{role}.safetensors"))
+
+
+def set_weights(modules: dict, weights: dict[str, dict]) -> None:
+    """Load the learner's ``weights`` into inference-built ``modules`` (strict)."""
+    for role, module in modules.items():
+        if has_weights(module):
+            module.load_state_dict(inference_weights(module, weights.get(role, {}), role), strict=True)
 
 
 def checkpoint_state(checkpoint: str | Path) -> dict:
@@ -105,29 +150,27 @@ def find_experiment(checkpoint: str | Path) -> ExperimentConfig:
 
 def load_modules(checkpoint: str | Path) -> dict:
     """role -> RLModule rebuilt from a checkpoint without unpickling anything: the experiment
-    from its JSON, each module from the builder's specs (spaces from that experiment's env),
-    its weights from ``weights/<role>.safetensors``. The folder's files must match its manifest
+    from its JSON, each module as inference builds it (:func:`build_modules`), its weights from
+    ``weights/<role>.safetensors``, loaded strictly. The folder's files must match its manifest
     (digests only: a checkpoint signed on another machine evaluates too). No Ray cluster needed."""
     from safetensors.torch import load_file
-
-    from marl_rec.rllib.builder import build_algorithm_config, env_config
-    from marl_rec.rllib.env import EcosystemRLlibEnv
 
     folder = Path(checkpoint)
     checkpoint_state(folder)  # a clear error for a folder that is not ours
     verify_checkpoint(folder, signed=False)  # before its JSON names plug-ins to import
-    exp = find_experiment(folder)
-    specs = build_algorithm_config(exp).get_multi_rl_module_spec(env=EcosystemRLlibEnv(env_config(exp)))
-    modules = {}
-    for role, spec in specs.rl_module_specs.items():
-        module = spec.build()
+    modules = build_modules(find_experiment(folder))
+    for role, module in modules.items():
         weights = folder / WEIGHTS_DIR / f"{role}.safetensors"
-        if weights.is_file():
-            module.load_state_dict(load_file(str(weights)), strict=True)
-        elif module.state_dict():
+        if not has_weights(module):
+            continue
+        if not weights.is_file():
             raise ConfigError(f"{weights}: missing: the checkpoint has no weights-only export of module {role!r} "
                               "(written by an older marl-rec?); marl-rec does not unpickle RLlib's files to evaluate")
-        modules[role] = module
+        try:
+            module.load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"{weights}: does not fit module {role!r} as the checkpoint's experiment builds it: "
+                              f"{' '.join(str(err).split())[:400]}") from None
     return modules
 
 
@@ -273,19 +316,27 @@ def flat_result(result: dict) -> dict[str, float]:
     out["num_env_steps_sampled_lifetime"] = float(result.get("num_env_steps_sampled_lifetime", 0))
     if "training_iteration" in result:  # RLlib's count, restored with its checkpoint: Tune's restarts
         out["training_iteration"] = int(result["training_iteration"])  # from the checkpoint *it* knows
-    evaluation = result.get("evaluation", {}).get("env_runners")
-    if evaluation:  # RLlib's in-training evaluation (evaluation.interval), on the iterations it ran
-        out.update({f"evaluation/env_runners/{k}": float(evaluation.get(k, float("nan"))) for k in REPORTED})
     return out
 
 
-def trial_experiment(config: dict) -> ExperimentConfig:
-    """The experiment a trial runs: the base, a comparison variant's overrides (if any), then
-    the sampled keys."""
-    base = ExperimentConfig.from_saved(config["__experiment__"], source=config["__experiment__"]["source"])
+def trial_experiment(config: dict, stop: dict | None = None) -> ExperimentConfig:
+    """The experiment a trial runs: the base (with ``stop`` instead of its own, if given), a
+    comparison variant's overrides (if any), then the sampled keys."""
+    raw = config["__experiment__"] if stop is None else {**config["__experiment__"], "stop": stop}
+    base = ExperimentConfig.from_saved(raw, source=raw["source"])
     overrides = dict(base.compare.variants.get(config.get("__variant__"), {}))
     overrides.update({k: v for k, v in config.items() if not k.startswith("__")})
     return base.with_overrides(overrides)
+
+
+def run_stop(run_folder: Path) -> dict | None:
+    """The stop criteria in the run folder's experiment file. A trial's config is the one Tune
+    saved when the run started; ``--resume`` may have changed the stop since, and writes it there."""
+    path = run_folder / EXPERIMENT_FILE
+    if not path.is_file():
+        return None
+    stop = (yaml.safe_load(path.read_text()) or {}).get("stop")
+    return stop if isinstance(stop, dict) else None
 
 
 def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, seconds: float) -> bool:
@@ -373,8 +424,17 @@ def trial(config: dict) -> None:
 
     from marl_rec.rllib.builder import build_algorithm_config
 
-    exp = trial_experiment(config)
+    from marl_rec.evaluate import METRICS as CURVE_METRICS
+    from marl_rec.rllib.evaluation import baseline_curve_lines, greedy_curve_point
+
+    exp = trial_experiment(config, stop=run_stop(Path(get_session().storage.trial_fs_path).parent))
     algo = build_algorithm_config(exp).build_algo()
+    modules = build_modules(exp)  # inference copies: the weights export and the greedy curve
+    every = exp.evaluation.interval
+    # the learning curve's greedy line (docs/results.md): NaN on iterations without a greedy
+    # evaluation, every key in every row (progress.csv's columns are those of the first row)
+    no_point = {f"greedy/{m}": float("nan") for m in (*CURVE_METRICS, "team_return_se")} if every else {}
+    lines = baseline_curve_lines(exp) if every else {}
     iteration, seconds = 0, 0.0
     handed = tune.get_checkpoint()
     storage = get_session().storage  # Ray Train's private session: the trial folder and checkpoint index
@@ -398,7 +458,7 @@ def trial(config: dict) -> None:
         start = time.time()
         result = algo.train()
         faults = iteration_faults(result, f"[{exp.name}] iteration {iteration + 1}")  # env faults, steps sampled
-        metrics = {**flat_result(result), "node_id": node, **faults}
+        metrics = {**flat_result(result), "node_id": node, **faults, **no_point, **lines}
         iteration, seconds = iteration + 1, seconds + time.time() - start
         done = stop_reached(exp, iteration, metrics["num_env_steps_sampled_lifetime"], seconds)
         stopping = not done and stop_file.exists()  # the user asked the run to stop: checkpoint this iteration
@@ -412,9 +472,12 @@ def trial(config: dict) -> None:
             raise NonFiniteError(f"{exp.source}: training diverged at iteration {iteration}: {problem}; this state is "
                                  "not checkpointed. Lower algorithm.training.lr or set grad_clip "
                                  "(faults.check_finite: false trains on regardless)")
+        if every and (iteration == 1 or iteration % every == 0 or done or stopping):  # not counted as training time
+            set_weights(modules, learner_weights(algo))
+            metrics.update(greedy_curve_point(modules, exp))
         if checkpoint_now:
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder), algo, exp, iteration, seconds)
+                save_checkpoint(Path(folder), algo, exp, iteration, seconds, modules)
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
@@ -446,7 +509,7 @@ def check_resources(exp: ExperimentConfig, request, available: dict[str, float],
     if need["CPU"] > available.get("CPU", 0.0):
         raise ConfigError(
             f"{exp.source}: one trial needs {need['CPU']:g} CPUs (the driver, num_env_runners: {r.num_env_runners}, "
-            f"num_learners: {r.num_learners}, evaluation.num_env_runners: {exp.evaluation.num_env_runners}), but "
+            f"num_learners: {r.num_learners}), but "
             f"{where} has {available.get('CPU', 0.0):g}" + ("" if where != "this machine" else
                                                          " (resources.num_cpus, or every CPU when 0)"))
     if need["GPU"] > available.get("GPU", 0.0):
@@ -466,23 +529,45 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> None:
+def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     """``--resume`` continues the run as it was started: Tune restores its trials' own
     experiment, so a changed training key would be ignored in silence. Only the final
-    evaluation (run by the driver afterwards) may change; anything else is refused, named."""
+    evaluation (run by the driver afterwards) and the stop criteria (which trials read from the
+    run folder, :func:`run_stop`) may change; anything else is refused, named. Returns whether
+    the stop changed (then finished trials continue too)."""
     saved_file = path / EXPERIMENT_FILE
     if not saved_file.is_file():
-        return
+        return False
     saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
     given = _flatten(exp.to_dict())
-    free = ("evaluation.", "source", "results_dir")
-    changed = sorted(k for k in set(saved) | set(given)
-                     if not k.startswith(free) and saved.get(k, "(unset)") != given.get(k, "(unset)"))
+    differ = sorted(k for k in set(saved) | set(given) if saved.get(k, "(unset)") != given.get(k, "(unset)"))
+    changed = [k for k in differ if not k.startswith(("evaluation.", "stop.", "source", "results_dir"))]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {given.get(k, '(unset)')!r}" for k in changed[:5])
         raise ConfigError(f"{path}: --resume continues the run as it was started, but these keys differ from it: {shown}"
                           f"{' ...' if len(changed) > 5 else ''}. Resume with the run's own settings (only "
-                          "evaluation.* may change), or start a new run under another name (--set name=...)")
+                          "evaluation.* and stop.* may change), or start a new run under another name (--set name=...)")
+    return any(k.startswith("stop.") for k in differ)
+
+
+TUNE_STATE = "tuner.pkl"  # what tune.Tuner.can_restore looks for in a run folder
+
+
+def check_run_folder(exp: ExperimentConfig, resume: bool) -> bool:
+    """Before Ray starts and before anything is written into ``results/<name>``: a new run
+    never goes into a folder that holds a run (their trials, logs and tables would mix), and
+    ``resume`` needs a run there, started with the same settings
+    (:func:`check_resumed_experiment`, whose answer it returns)."""
+    path = run_dir(exp)
+    if not resume:
+        if (path / TUNE_STATE).is_file():
+            raise ConfigError(f"{path} already holds a run: pass --resume to continue it, or start a new run under "
+                              "another name (--set name=...)")
+        return False
+    if not (path / TUNE_STATE).is_file():
+        raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there); leave --resume out to start "
+                          "the run")
+    return check_resumed_experiment(exp, path)
 
 
 def run_trials(
@@ -491,27 +576,28 @@ def run_trials(
     *,
     address: str | None = None,
     resume: bool = False,
-    refuse_existing: bool = False,
     resources=None,
     tune_config=None,
     callbacks: Iterable = (),
     verbose: int = 1,
     dashboard: bool = False,
+    log=None,
 ):
     """Run (or with ``resume`` continue) :func:`trial` over ``param_space`` as the Tune
     experiment ``results/<name>/``; returns Tune's ResultGrid.
 
     ``param_space`` holds the sampled keys, plus ``__variant__`` for compare; the experiment
-    itself is added here. ``resources`` defaults to :func:`trial_resources`. ``resume`` with no
-    Tune state there is an error; without it an existing run is started afresh next to its old
-    trials, or refused with ``refuse_existing``.
+    itself is added here. ``resources`` defaults to :func:`trial_resources`. The run folder is
+    checked first (:func:`check_run_folder`): a new run never goes into another's folder.
+    ``log``, a :class:`marl_rec.rllib.output.ThirdPartyLog`, is attached to what Ray adds.
     """
     resources = resources or trial_resources(exp)  # every check before Ray starts
-    if resume:
-        check_resumed_experiment(exp, run_dir(exp))
+    stop_changed = check_run_folder(exp, resume)
     if not address:
         check_resources(exp, resources, local_resources(exp))  # before Ray starts: a request that cannot fit waits forever
     init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
+    if log is not None:
+        log.attach()  # the handlers and the worker output stream Ray has added
     if address:
         import ray
 
@@ -522,14 +608,18 @@ def run_trials(
     trainable = tune.with_resources(trial, resources)
     unsigned = frozenset()
     if resume:
-        if not tune.Tuner.can_restore(str(path)):
-            raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there)")
+        from ray.tune import ResumeConfig
+
         prepare_resume(path)  # refused before Tune unpickles anything there
-        # callbacks and the rest of the RunConfig come back from the saved Tuner state
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        (path / EXPERIMENT_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))  # the stop trials read
+        # a new stop continues finished trials too, each from its newest checkpoint (Tune's
+        # experimental _resume_config is its one way to say so); callbacks and the rest of the
+        # RunConfig come back from the saved Tuner state
+        again = ResumeConfig.ResumeType.RESUME
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   _resume_config=ResumeConfig(finished=again, unfinished=again, errored=again)
+                                   if stop_changed else None)
     else:
-        if refuse_existing and tune.Tuner.can_restore(str(path)):
-            raise ConfigError(f"{path} already holds a run: pass --resume to finish it, or change 'name'")
         unsigned = old_unsigned_files(path)  # a new run next to old trials never signs their files
         path.mkdir(parents=True, exist_ok=True)
         (path / EXPERIMENT_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
@@ -540,7 +630,8 @@ def run_trials(
             run_config=tune.RunConfig(
                 name=exp.name,
                 storage_path=str(path.parent),
-                stop=exp.stop.as_tune_stop(),  # the trial stops itself first, checkpointing its last iteration
+                # no Tune stop: the trial stops itself, checkpointing its last iteration, at the stop
+                # it reads from the run folder (run_stop), which --resume may have extended
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                 # a failed trial starts again from its newest checkpoint (docs/faults.md)
                 failure_config=tune.FailureConfig(max_failures=exp.faults.max_failures),

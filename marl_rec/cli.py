@@ -114,7 +114,8 @@ def cmd_sweep(args) -> int:
     with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
         results = sweep(exp, address=args.address, resume=args.resume, log=log)
     errors = [r for r in results if r.error]
-    print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}")
+    print((run_dir(exp) / "sweep.md").read_text())
+    print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}, sweep.md")
     try:
         best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
     except RuntimeError:  # no trial reported the metric (e.g. no episode ended yet): nothing to rank
@@ -151,9 +152,14 @@ def cmd_report(args) -> int:
 
     from marl_rec.rllib.compare import RUNS_FILE, report
     from marl_rec.rllib.output import train_report
+    from marl_rec.rllib.sweep import SUMMARY_CSV, SUMMARY_MD, write_summary
 
     if (Path(args.directory) / RUNS_FILE).is_file():  # a comparison's folder
         print(report(args.directory))
+        return 0
+    if (Path(args.directory) / SUMMARY_CSV).is_file():  # a sweep's folder
+        print(write_summary(Path(args.directory)))
+        print(f"summary: {Path(args.directory) / SUMMARY_CSV}, {Path(args.directory) / SUMMARY_MD}")
         return 0
     text, png = train_report(args.directory)  # a train folder
     print(text)

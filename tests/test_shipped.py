@@ -158,11 +158,18 @@ def check_compare(folder: Path, raw: dict) -> None:
 def check_sweep(folder: Path, raw: dict) -> None:
     rows = list(csv.DictReader((folder / "sweep.csv").open()))
     assert rows and all(row["error"] == "False" for row in rows), rows
+    assert all(math.isfinite(float(row["greedy/team_return"])) for row in rows), rows  # the greedy evaluation ran
+    assert (folder / "sweep.md").read_text().count("\n| ") == len(rows) + 1  # header and one row per trial
 
 
 def check_train(folder: Path, raw: dict) -> None:
     for name in ("evaluation.md", "evaluation.json", "learning_curve.png"):
         assert (folder / name).is_file(), name
+    (progress,) = folder.glob("*/progress.csv")
+    (row,) = csv.DictReader(progress.open())  # one iteration: the first and the last greedy evaluation
+    assert math.isfinite(float(row["greedy/team_return"])), row
+    baselines = (raw.get("evaluation") or {}).get("baselines", ["random", "myopic", "oracle_myopic", "long_term"])
+    assert {key.split("/")[1] for key in row if key.startswith("baseline/")} == set(baselines)
 
 
 CHECKS = {"train": check_train, "sweep": check_sweep, "compare": check_compare}

@@ -60,6 +60,8 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
                 "env_steps": frame["num_env_steps_sampled_lifetime"].tolist(),
                 "team_return": frame["env_runners/team_return"].tolist(),
             }
+            if "greedy/team_return" in frame:  # NaN on iterations without a greedy evaluation
+                entry["curve"]["greedy_team_return"] = frame["greedy/team_return"].tolist()
         if result.checkpoint is not None and not result.error:
             checkpoints[f"{label} seed {seed}"] = latest_checkpoint(result.checkpoint.path)
         runs.append(entry)
@@ -169,31 +171,35 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(11, 4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for label in dict.fromkeys(r["variant"] for r in data["runs"]):
-        curves = [r["curve"] for r in data["runs"] if r["variant"] == label and r.get("curve")]
-        if not curves:
-            continue
-        length = min(len(cv["team_return"]) for cv in curves)
-        steps = np.array(curves[0]["env_steps"][:length])
-        returns = np.array([cv["team_return"][:length] for cv in curves], dtype=float)  # (runs, points)
-        # iterations before a run's first finished episode report NaN: plot where every run has a value
-        finite = np.isfinite(returns).all(axis=0)
-        steps, returns, length = steps[finite], returns[:, finite], int(finite.sum())
-        if not length:
-            continue
-        point = np.array([stats.iqm(returns[:, [i]]) for i in range(length)], dtype=float)
-        band = [stats.stratified_bootstrap_ci({label: returns[:, [i]]}, stats.iqm, rng, reps=min(reps, 500))[label]
-                for i in range(length)]
-        ax.plot(steps, point, label=label)
-        ax.fill_between(steps, [b.low for b in band], [b.high for b in band], alpha=0.25)
-    for (name, values), style in zip(data["baselines"].items(), ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4):
-        ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0, label=f"{name} (eval mean)")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("team return (IQM, 95% CI)")
-    ax.legend(fontsize=7)
+    panels = fig.subplots(1, 2, sharey=True)
+    for ax, key, title in zip(panels, ("team_return", "greedy_team_return"),
+                              ("training episodes (exploring policy)", "greedy policy on held-out seeds")):
+        for colour, label in enumerate(dict.fromkeys(r["variant"] for r in data["runs"])):
+            curves = [r["curve"] for r in data["runs"] if r["variant"] == label and r.get("curve", {}).get(key)]
+            if not curves:
+                continue
+            length = min(len(cv[key]) for cv in curves)
+            steps = np.array(curves[0]["env_steps"][:length])
+            returns = np.array([cv[key][:length] for cv in curves], dtype=float)  # (runs, points)
+            # NaN before a run's first finished episode, or between greedy evaluations: plot where every run has a value
+            finite = np.isfinite(returns).all(axis=0)
+            steps, returns, length = steps[finite], returns[:, finite], int(finite.sum())
+            if not length:
+                continue
+            point = np.array([stats.iqm(returns[:, [i]]) for i in range(length)], dtype=float)
+            band = [stats.stratified_bootstrap_ci({label: returns[:, [i]]}, stats.iqm, rng, reps=min(reps, 500))[label]
+                    for i in range(length)]
+            ax.plot(steps, point, color=f"C{colour}", marker="o" if key != "team_return" else None, markersize=3,
+                    label=label)
+            ax.fill_between(steps, [b.low for b in band], [b.high for b in band], color=f"C{colour}", alpha=0.25)
+        for (name, values), style in zip(data["baselines"].items(), ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4):
+            ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0, label=f"{name} (final evaluation)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("env steps")
+    panels[0].set_ylabel("team return (IQM over runs, 95% CI)")
+    panels[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path / "learning_curves.png")
 

@@ -12,9 +12,11 @@ their last checkpoint.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.train import run_dir
@@ -91,24 +93,67 @@ def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = Fals
     )
     results = run_trials(exp, search_space(exp), address=address, resume=resume, tune_config=tune_config,
                          callbacks=[progress_callback(exp, trial_label(exp))], verbose=0, log=log)
-    write_summary(exp, results, run_dir(exp) / "sweep.csv")
+    write_summary(run_dir(exp))
     return results
 
 
-def write_summary(exp: ExperimentConfig, results, target: Path) -> None:
-    """One row per trial: its swept values, status, iterations and last metrics."""
-    keys = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
+SUMMARY_CSV, SUMMARY_MD = "sweep.csv", "sweep.md"
+RANKED_BY = ("greedy/team_return", "env_runners/team_return")  # the greedy curve's last point, else the training episodes'
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def trial_rows(folder: Path) -> list[dict]:
+    """One row per trial folder of a sweep: its swept values (params.json, without the
+    experiment), whether it failed (error.txt), and the last value of each reported metric in
+    its progress.csv (for the greedy curve: its last evaluation). JSON and CSV only."""
     rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        row = {"trial": Path(result.path).name, "error": bool(result.error)}
-        row.update({k: result.config.get(k) for k in keys})
-        row["training_iteration"] = metrics.get("training_iteration")
-        row["node_id"] = metrics.get("node_id")
-        row.update({k: v for k, v in metrics.items() if k.startswith("env_runners/")})
+    for trial in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+        params = json.loads((trial / "params.json").read_text())
+        row = {"trial": trial.name, "error": (trial / "error.txt").is_file()}
+        row.update({k: v for k, v in params.items() if not k.startswith("__")})
+        progress = trial / "progress.csv"
+        if progress.is_file():
+            with progress.open(newline="") as f:
+                for line in csv.DictReader(f):
+                    for key in ("training_iteration", "node_id"):
+                        row[key] = line.get(key, row.get(key))
+                    for key, value in line.items():
+                        if key.startswith(("env_runners/", "greedy/")) and np.isfinite(number := _number(value)):
+                            row[key] = number
         rows.append(row)
-    fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("trial", "error"), k not in keys, k))
-    with target.open("w", newline="") as f:
+    return rows
+
+
+def write_summary(folder: Path) -> str:
+    """``sweep.csv`` (every trial, every column) and ``sweep.md`` (the trials ranked by the greedy
+    evaluation's team return on held-out seeds, else the training episodes'), rebuilt from the
+    trial folders; returns the Markdown."""
+    rows = trial_rows(folder)
+    if not rows:
+        raise ConfigError(f"{folder}: no trial folders (with params.json) of a sweep")
+    swept = [k for k in rows[0] if k not in ("trial", "error", "training_iteration", "node_id")
+             and not k.startswith(("env_runners/", "greedy/"))]
+    fields = list(dict.fromkeys(["trial", "error", *swept, "training_iteration", "node_id",
+                                 *sorted(k for row in rows for k in row if "/" in k)]))
+    with (folder / SUMMARY_CSV).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    rank = next((k for k in RANKED_BY if any(k in row for row in rows)), RANKED_BY[-1])
+    ranked = sorted(rows, key=lambda row: -row.get(rank, float("-inf")))
+    columns = [*swept, "training_iteration", *RANKED_BY]
+    lines = [f"{folder.name}: {len(rows)} trials, ranked by {rank} (the last value each trial reported)", "",
+             "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for row in ranked:
+        cells = [("failed" if row["error"] and k == "training_iteration" else
+                  f"{row[k]:.2f}" if isinstance(row.get(k), float) else str(row.get(k, "-"))) for k in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    (folder / SUMMARY_MD).write_text(text + "\n")
+    return text

@@ -35,6 +35,8 @@ SEEN = [
     "max_restarts > 0. If the arguments are spilled to disk, they will be lost.",
     "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. This will try to checkpoint the "
     "experiment state one last time.",
+    "DeprecationWarning: `ray.rllib.algorithms.appo.torch.appo_torch_rl_module.APPOTorchRLModule` has been "
+    "deprecated. Use `ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module.DefaultAPPOTorchRLModule` instead.",
     "Trials did not complete: [trial_b144b_00000]",
     "Experiment has been interrupted, but the most recent state was saved. Resume experiment with: "
     "Tuner.restore(path=...)",

@@ -62,6 +62,9 @@ HARMLESS: dict[str, str] = {
         "Ray core's note on restartable actors (RLlib's env runners may restart after a crash, by design)",
     "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.":
         "Tune's note when marl-rec ends a run that the user stopped; marl-rec prints its own",
+    "`ray.rllib.algorithms.appo.torch.appo_torch_rl_module.APPOTorchRLModule` has been deprecated.":
+        "RLlib 2.60's APPOConfig.get_default_rl_module_spec imports its own deprecated module path (appo.py); "
+        "marl-rec's modules do not use it",
     "Trials did not complete:":
         "Tune's note on a stopped run's trials, which stay resumable; marl-rec says how to resume",
     "Experiment has been interrupted, but the most recent state was saved.":

@@ -332,13 +332,13 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
         ax.errorbar(greedy_steps, greedy, yerr=se, color="C0", marker="o", markersize=3, linewidth=1.6, capsize=2,
                     label="greedy policy on held-out seeds (mean ± s.e.)")
     lines = curve_baselines(trial) if len(greedy) else {}
-    where = "greedy's seeds" if lines else "held-out"
+    where = "on the greedy policy's seeds" if lines else "held-out"
     if not lines:
         lines = {p: float(np.mean(m["team_return"])) for p, m in (table or {}).items() if p != learned}
     styles = ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4
     for (policy, mean), style, colour in zip(lines.items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
         suffix = ", privileged" if policy in PRIVILEGED else ""
-        ax.axhline(mean, color=colour, linestyle=style, linewidth=1.0, label=f"{policy} ({where} mean {mean:.1f}{suffix})")
+        ax.axhline(mean, color=colour, linestyle=style, linewidth=1.0, label=f"{policy} ({where}: {mean:.1f}{suffix})")
     if table and learned in table and len(steps):
         values = np.asarray(table[learned]["team_return"], dtype=float)
         se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0

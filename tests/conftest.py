@@ -18,6 +18,18 @@ DESIGNED_ADVISORIES = (
 PLATFORM_ADVISORIES = ("Action mask has more than 1 dimension",)
 
 
+@pytest.fixture(autouse=True)
+def plugins_loaded_per_test():
+    """The plug-ins a test imports in this process (marl_rec.plugins' list, which every Ray the
+    process starts checks in its workers) are forgotten after it: a later test's Ray, whose
+    workers cannot import them, would refuse to start."""
+    from marl_rec import plugins
+
+    before = plugins.loaded_plugins()
+    yield
+    plugins._loaded[:] = before
+
+
 def train_in_local_ray(exp, iterations: int = 2) -> list[dict]:
     """The results of ``iterations`` training iterations of experiment ``exp``, sampling in the
     driver, in a local Ray of 2 CPUs started and shut down here."""

@@ -136,8 +136,8 @@ def local_ray():
         from marl_rec.rllib.train import init_ray
 
         load_plugins(["marl_rec_ads"])
-        init_ray(num_cpus=2)
         try:
+            init_ray(num_cpus=2)
             yield
         finally:
             ray.shutdown()

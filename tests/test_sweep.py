@@ -81,7 +81,9 @@ def test_sweep_prints_a_line_per_iteration_and_refuses_to_overwrite_or_to_resume
     assert run.returncode == 0, run.stderr[-3000:]
     # Ray's, RLlib's and Tune's notes went to the run's third-party log; no trial tables, no warnings
     assert run.stderr == "", run.stderr[-3000:]
-    lines = run.stdout.splitlines()
+    table = (tmp_path / "results" / "tiny_sweep" / "sweep.md").read_text()
+    assert "| 0.001 | 0 | 1 |" in table and "| 0.0005 | 0 | 1 |" in table  # swept values as given
+    lines = [line for line in run.stdout.replace(table, "").splitlines() if line]  # the ranked trials, as in sweep.md
     assert all(line.startswith("[tiny_sweep] ") for line in lines), run.stdout[-3000:]
     assert "[tiny_sweep] algorithm.training.lr=0.0005 seed=0  iter    1  env steps" in run.stdout  # trial, iteration
     assert lines[-1].startswith(f"[tiny_sweep] third-party log: {tmp_path / 'results' / 'tiny_sweep'}")

@@ -152,7 +152,8 @@ def write_summary(folder: Path) -> str:
              "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in ranked:
         cells = [("failed" if row["error"] and k == "training_iteration" else
-                  f"{row[k]:.2f}" if isinstance(row.get(k), float) else str(row.get(k, "-"))) for k in columns]
+                  f"{row[k]:.2f}" if k in RANKED_BY and k in row else
+                  f"{row[k]:g}" if isinstance(row.get(k), float) else str(row.get(k, "-"))) for k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     (folder / SUMMARY_MD).write_text(text + "\n")

@@ -123,8 +123,10 @@ def cmd_sweep(args) -> int:
         best = None
     if best is not None:
         swept = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
-        print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): {best.metrics.get(exp.tune.metric)} "
-              f"with {{{', '.join(f'{k}: {best.config.get(k)}' for k in swept)}}}")
+        value = best.metrics.get(exp.tune.metric)
+        print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): "
+              f"{f'{value:.2f}' if isinstance(value, float) else value} with "
+              f"{{{', '.join(f'{k}: {best.config.get(k):g}' if isinstance(best.config.get(k), float) else f'{k}: {best.config.get(k)}' for k in swept)}}}")
     print(log_line(exp.name, log))
     return 1 if errors else 0
 
@@ -185,7 +187,8 @@ def cmd_evaluate(args) -> int:
         print(log_line(exp.name, log))
         return 0
     args.seed = 0 if args.seed is None else args.seed
-    overrides = parse_sets(args.set)
+    # env keys as an experiment file spells them (env.max_cycles) or bare (max_cycles)
+    overrides = {key.removeprefix("env."): value for key, value in parse_sets(args.set).items()}
     from marl_rec.envs.presets import make_config
     from marl_rec.experiment import set_flags
 

@@ -98,7 +98,7 @@ def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = Fals
 
 
 SUMMARY_CSV, SUMMARY_MD = "sweep.csv", "sweep.md"
-RANKED_BY = ("greedy/team_return", "env_runners/team_return")  # the greedy curve's last point, else the training episodes'
+SHOWN = ("env_runners/team_return", "greedy/team_return")  # the training episodes' and the greedy policy's
 
 
 def _number(text) -> float:
@@ -130,10 +130,27 @@ def trial_rows(folder: Path) -> list[dict]:
     return rows
 
 
+def ranking(folder: Path) -> tuple[str, str]:
+    """(metric, mode) the sweep ranks by: its experiment's ``tune.metric`` and ``tune.mode``
+    (from the run folder's experiment.yaml, read as plain data), else the defaults."""
+    import yaml
+
+    from marl_rec.experiment import TuneSection
+
+    tune = {}
+    path = folder / "experiment.yaml"
+    if path.is_file():
+        saved = yaml.safe_load(path.read_text())
+        tune = (saved.get("tune") if isinstance(saved, dict) else None) or {}
+    metric, mode = tune.get("metric", TuneSection.metric), tune.get("mode", TuneSection.mode)
+    return (metric if isinstance(metric, str) else TuneSection.metric), ("min" if mode == "min" else "max")
+
+
 def write_summary(folder: Path) -> str:
-    """``sweep.csv`` (every trial, every column) and ``sweep.md`` (the trials ranked by the greedy
-    evaluation's team return on held-out seeds, else the training episodes'), rebuilt from the
-    trial folders; returns the Markdown."""
+    """``sweep.csv`` (every trial, every column) and ``sweep.md`` (the trials ranked by the
+    sweep's ``tune.metric``, the last value each trial reported, with the training episodes' and
+    the greedy policy's team return beside it), rebuilt from the trial folders; returns the
+    Markdown."""
     rows = trial_rows(folder)
     if not rows:
         raise ConfigError(f"{folder}: no trial folders (with params.json) of a sweep")
@@ -145,14 +162,16 @@ def write_summary(folder: Path) -> str:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    rank = next((k for k in RANKED_BY if any(k in row for row in rows)), RANKED_BY[-1])
-    ranked = sorted(rows, key=lambda row: -row.get(rank, float("-inf")))
-    columns = [*swept, "training_iteration", *RANKED_BY]
-    lines = [f"{folder.name}: {len(rows)} trials, ranked by {rank} (the last value each trial reported)", "",
+    rank, mode = ranking(folder)
+    sign = 1.0 if mode == "max" else -1.0
+    ranked = sorted(rows, key=lambda row: -sign * _number(row.get(rank)) if np.isfinite(_number(row.get(rank)))
+                    else float("inf"))
+    columns = list(dict.fromkeys([*swept, "training_iteration", rank, *SHOWN]))
+    lines = [f"{folder.name}: {len(rows)} trials, ranked by {rank} ({mode}; the last value each trial reported)", "",
              "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in ranked:
         cells = [("failed" if row["error"] and k == "training_iteration" else
-                  f"{row[k]:.2f}" if k in RANKED_BY and k in row else
+                  f"{row[k]:.2f}" if "/" in k and k in row else
                   f"{row[k]:g}" if isinstance(row.get(k), float) else str(row.get(k, "-"))) for k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)

@@ -11,7 +11,7 @@ three ways, all of which end in ``load_plugins``:
   every command.
 
 The driver imports them before validating a config, so every name is resolved before Ray
-starts. Every Ray worker the run starts (env runners, learners, evaluation runners, Tune
+starts. Every Ray worker the run starts (env runners, learners, Tune
 trials, on any node) imports them too: ``ray_runtime_env`` gives ``ray.init`` a
 ``worker_process_setup_hook`` that calls ``setup_worker``, which reads the module list from
 the ``MARL_REC_PLUGINS`` environment variable set in the same runtime_env. Before any trial

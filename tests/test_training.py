@@ -1,5 +1,5 @@
 """Short real RLlib training runs through the experiment layer (2 iterations each), checkpoint
-restore, and evaluation EnvRunners on episodes where agents leave mid-episode."""
+restore, and the greedy evaluation on episodes where agents leave mid-episode."""
 
 import os
 

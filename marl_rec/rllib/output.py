@@ -281,26 +281,29 @@ def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str)
 # -- the learning curve -----------------------------------------------------------------------
 
 
-def read_curve(trial: Path, column: str = RETURN_COLUMN) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps, ``column``) per iteration from a trial's progress.csv, on the iterations where
-    the column is a number: the training episodes' team return by default (left out before an
-    episode has ended), or the greedy evaluation's (``greedy/team_return``, on the iterations it
-    ran)."""
-    steps, values = [], []
+def read_progress(trial: Path) -> list[dict[str, str]]:
+    """The rows of a trial's progress.csv (Tune's per-iteration results)."""
     with (trial / PROGRESS_FILE).open() as f:
-        for row in csv.DictReader(f):
-            value = float(row.get(column) or "nan")
-            if np.isfinite(value):
-                steps.append(float(row[STEPS_COLUMN]))
-                values.append(value)
+        return list(csv.DictReader(f))
+
+
+def read_curve(rows: list[dict[str, str]], column: str = RETURN_COLUMN) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, ``column``) per iteration from a trial's progress rows (:func:`read_progress`),
+    on the iterations where the column is a number: the training episodes' team return by default
+    (left out before an episode has ended), or the greedy evaluation's (``greedy/team_return``,
+    on the iterations it ran)."""
+    steps, values = [], []
+    for row in rows:
+        value = float(row.get(column) or "nan")
+        if np.isfinite(value):
+            steps.append(float(row[STEPS_COLUMN]))
+            values.append(value)
     return np.array(steps), np.array(values)
 
 
-def curve_baselines(trial: Path) -> dict[str, float]:
+def curve_baselines(rows: list[dict[str, str]]) -> dict[str, float]:
     """baseline -> its mean team return on the greedy evaluation's seeds (the trial's
     ``baseline/<name>/team_return`` columns, from its last row)."""
-    with (trial / PROGRESS_FILE).open() as f:
-        rows = list(csv.DictReader(f))
     if not rows:
         return {}
     return {key.split("/")[1]: float(value) for key, value in rows[-1].items()
@@ -320,9 +323,10 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    steps, returns = read_curve(trial)
-    greedy_steps, greedy = read_curve(trial, GREEDY_COLUMN)
-    _, greedy_se = read_curve(trial, GREEDY_COLUMN + "_se")
+    rows = read_progress(trial)
+    steps, returns = read_curve(rows)
+    greedy_steps, greedy = read_curve(rows, GREEDY_COLUMN)
+    _, greedy_se = read_curve(rows, GREEDY_COLUMN + "_se")
     fig = Figure(figsize=(9, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -331,7 +335,7 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
         se = greedy_se if len(greedy_se) == len(greedy) else np.zeros_like(greedy)
         ax.errorbar(greedy_steps, greedy, yerr=se, color="C0", marker="o", markersize=3, linewidth=1.6, capsize=2,
                     label="greedy policy on held-out seeds (mean ± s.e.)")
-    lines = curve_baselines(trial) if len(greedy) else {}
+    lines = curve_baselines(rows) if len(greedy) else {}
     where = "on the greedy policy's seeds" if lines else "held-out"
     if not lines:
         lines = {p: float(np.mean(m["team_return"])) for p, m in (table or {}).items() if p != learned}

@@ -50,12 +50,14 @@ REPORTED = (*METRICS, "episode_return_mean")  # per-iteration means under env_ru
 
 
 def save_checkpoint(folder: Path, algo, exp: ExperimentConfig, iteration: int, time_total_s: float,
-                    modules: dict | None = None) -> None:
+                    modules: dict | None = None, weights: dict | None = None) -> None:
     """RLlib's checkpoint, each module's inference weights as safetensors, our state, then the
     signed manifest (last: it marks the checkpoint complete). ``modules``: the trial's
-    :func:`build_modules` (built here if not given)."""
+    :func:`build_modules` (built here if not given); ``weights``: the learner's
+    (:func:`learner_weights`, read here if not given)."""
     algo.save_to_path(str(folder / ALGORITHM_DIR))
-    save_weights(folder / WEIGHTS_DIR, learner_weights(algo), modules or build_modules(exp))
+    save_weights(folder / WEIGHTS_DIR, learner_weights(algo) if weights is None else weights,
+                 build_modules(exp) if modules is None else modules)
     state = {"iteration": iteration, "time_total_s": time_total_s, "experiment": exp.to_dict()}
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     sign_checkpoint(folder)
@@ -472,12 +474,15 @@ def trial(config: dict) -> None:
             raise NonFiniteError(f"{exp.source}: training diverged at iteration {iteration}: {problem}; this state is "
                                  "not checkpointed. Lower algorithm.training.lr or set grad_clip "
                                  "(faults.check_finite: false trains on regardless)")
-        if every and (iteration == 1 or iteration % every == 0 or done or stopping):  # not counted as training time
-            set_weights(modules, learner_weights(algo))
+        evaluate_now = every and (iteration == 1 or iteration % every == 0 or done or stopping)
+        # one read of the learner's weights serves the greedy point and the checkpoint's export
+        weights = learner_weights(algo) if evaluate_now or checkpoint_now else None
+        if evaluate_now:  # not counted as training time
+            set_weights(modules, weights)
             metrics.update(greedy_curve_point(modules, exp))
         if checkpoint_now:
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder), algo, exp, iteration, seconds, modules)
+                save_checkpoint(Path(folder), algo, exp, iteration, seconds, modules, weights)
                 tune.report(metrics, checkpoint=Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
@@ -550,7 +555,7 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     return any(k.startswith("stop.") for k in differ)
 
 
-TUNE_STATE = "tuner.pkl"  # what tune.Tuner.can_restore looks for in a run folder
+TUNER_FILE = "tuner.pkl"  # what tune.Tuner.can_restore looks for in a run folder
 
 
 def check_run_folder(exp: ExperimentConfig, resume: bool) -> bool:
@@ -560,11 +565,11 @@ def check_run_folder(exp: ExperimentConfig, resume: bool) -> bool:
     (:func:`check_resumed_experiment`, whose answer it returns)."""
     path = run_dir(exp)
     if not resume:
-        if (path / TUNE_STATE).is_file():
+        if (path / TUNER_FILE).is_file():
             raise ConfigError(f"{path} already holds a run: pass --resume to continue it, or start a new run under "
                               "another name (--set name=...)")
         return False
-    if not (path / TUNE_STATE).is_file():
+    if not (path / TUNER_FILE).is_file():
         raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there); leave --resume out to start "
                           "the run")
     return check_resumed_experiment(exp, path)

@@ -62,6 +62,10 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
                        ("role_params", config.role_params), ("behaviour_params", config.behaviour_params)):
         for name in names:
             ROLES.resolve(name, f"{source}: {key!r}")
+    for name, behaviour in config.behaviours.items():
+        if not isinstance(behaviour, str):
+            raise ConfigError(f"{source}: 'behaviours.{name}' must be a behaviour's name (a string), got {behaviour!r}; "
+                              f"registered: {', '.join(BEHAVIOURS.names())}")
     if isinstance(config.reward_mix, dict):
         for name in config.reward_mix:
             if name != "default":
@@ -115,6 +119,16 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
     return RolePlan(roles, external, behaviours, role_params, behaviour_params)
 
 
+def check_has_agents(config: EcosystemConfig, source: str = "<config>") -> None:
+    """A ConfigError naming ``roles`` when it is empty. ``roles: []`` is a legal env (every role
+    simulated: ``RoundRunner.play_round``, baselines), but one with no agent to act or learn, so
+    a front-end that needs agents (RLlib, a training run) refuses it here."""
+    if not config.roles:
+        raise ConfigError(f"{source}: 'roles' is []: every role is simulated, so there is no agent to act or train; "
+                          f"list at least one external role (registered: {', '.join(ROLES.names())}), or run the "
+                          "simulation alone with ecosystem_v0.env(roles=[]) or RoundRunner.play_round()")
+
+
 def check_names(config: EcosystemConfig, source: str = "<config>") -> EcosystemConfig:
     """Resolve every name ``config`` holds and validate every ``params`` mapping (see the module
     docstring); returns ``config``, or raises a ``ConfigError`` naming ``source`` and the key."""
@@ -125,17 +139,48 @@ def check_names(config: EcosystemConfig, source: str = "<config>") -> EcosystemC
     return config
 
 
-# Bytes per user measured on creator_economy's defaults: about 3 KB in the core (state, round,
-# scratch) and 8 KB with the system agents external (the per-agent observation dicts).
-BYTES_PER_USER = {"simulated": 3_000, "external": 8_000}
+# Bytes per user beyond the arrays ``memory_parts`` counts (the per-agent observation dicts and
+# their array views), measured on creator_economy's defaults: with the system agents simulated,
+# and with them external.
+BYTES_PER_USER = {"simulated": 2_000, "external": 5_000}
+
+
+def memory_parts(config: EcosystemConfig) -> dict[str, int]:
+    """Rough bytes one env of ``config`` holds, by what drives them: keys (as a user writes
+    them) -> bytes. Arrays are counted at their full size, whether or not numpy touched their
+    pages yet; the back catalogue's drawing counts its temporaries."""
+    c = config
+    u, m, k, d, h, t = c.num_users, c.num_candidates, c.slate_size, c.embedding_dim, c.history_length, c.num_topics
+    external = set(c.roles)
+    per_user = BYTES_PER_USER["external" if external else "simulated"]
+    per_user += 8 * d + h * (4 * d + 12) + 4 * t + 64  # state: interest and its estimate, history, fatigue
+    per_user += 40 * m + 8 * k  # the round's candidates, the sampler's buffers and draws, the slate
+    # observations (float32), twice: the caller holds the last ones while the next are made
+    if external & {"system", "platform"}:
+        per_user += 8 * ((d + 4) + h * (d + 2) + m * (c.item_feature_dim + 1))
+        if c.state_in_observations:  # the global state, once per system agent
+            per_user += 8 * c.state_dim * (u if "system" in external else 1)
+    if "user" in external:
+        per_user += 8 * (d + 1 + t + k * (d + 2) + k + 1)
+    if c.num_creators:
+        initial = c.num_creators * c.creator.initial_items
+    else:  # a creatorless back catalogue: initial_items per topic
+        initial = t * c.creator.initial_items
+    drawn = min(initial, c.catalogue_size)
+    return {
+        "num_users": u * per_user,
+        "catalogue_size x embedding_dim": c.catalogue_size * (4 * d + 80),
+        # the back catalogue: 40 bytes per planned item, then float64 draws and copies of the kept ones
+        "creator.initial_items": 40 * initial + 24 * drawn * (d + 2),
+        "sampler.popular_pool": 24 * c.sampler.popular_pool,
+        "num_topics x embedding_dim": 12 * t * d + 8 * t,
+        "num_creators": c.num_creators * (256 + 8 * t),
+    }
 
 
 def memory_estimate(config: EcosystemConfig) -> int:
-    """Rough bytes one env of ``config`` holds: its users, catalogue and creators."""
-    per_user = BYTES_PER_USER["external" if config.roles else "simulated"]
-    per_user += 8 * config.num_candidates * max(config.embedding_dim, 8) // 4  # candidate features beyond the defaults
-    per_item = 4 * config.embedding_dim + 64
-    return config.num_users * per_user + config.catalogue_size * per_item + config.num_creators * 256
+    """Rough bytes one env of ``config`` holds (the sum of ``memory_parts``)."""
+    return sum(memory_parts(config).values())
 
 
 def available_memory() -> int | None:
@@ -152,11 +197,16 @@ def available_memory() -> int | None:
 
 def check_memory(config: EcosystemConfig, copies: int = 1, source: str = "<config>") -> None:
     """``copies`` envs of ``config`` fit in the memory available now; else a ConfigError before
-    anything is allocated (a platform of 10⁸ users would otherwise allocate for minutes)."""
+    anything is allocated (a platform of 10⁸ users would otherwise allocate for minutes), naming
+    the keys that take the most."""
     available = available_memory()
-    need = memory_estimate(config) * copies
+    parts = memory_parts(config)
+    need = sum(parts.values()) * copies
     if available is not None and need > available:
+        largest = [key for key in sorted(parts, key=parts.get, reverse=True)[:2] if parts[key] * copies * 10 >= need]
+        detail = ", ".join(f"{key} {parts[key] * copies / 2**30:.1f} GiB" for key in largest)
         raise ConfigError(
-            f"{source}: {copies} env(s) of num_users: {config.num_users}, catalogue_size: {config.catalogue_size} need "
-            f"about {need / 2**30:.1f} GiB, but {available / 2**30:.1f} GiB of memory is available; use fewer users "
-            "per env (and more envs or env runners) or a machine with more memory")
+            f"{source}: {copies} env(s) of num_users: {config.num_users}, catalogue_size: {config.catalogue_size}, "
+            f"embedding_dim: {config.embedding_dim} need about {need / 2**30:.1f} GiB (most for {detail}), but "
+            f"{available / 2**30:.1f} GiB of memory is available; make {largest[0]} smaller, use fewer users per env "
+            "(and more envs or env runners) or a machine with more memory")

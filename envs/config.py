@@ -11,12 +11,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+import numpy as np
 
 from marl_rec.envs.features import item_feature_dim, user_feature_dim
 
 PHASES = ("recommend", "respond", "create")
+# Generous upper bounds. Sizes past MAX_SIZE (embedding_dim, history_length) are no model a
+# researcher runs and would take minutes to allocate; the larger the rest of an env, the sooner
+# ``checks.check_memory`` refuses it. Reward weights past MAX_WEIGHT overflow float32 returns.
+MAX_SIZE = 100_000
+MAX_WEIGHT = 1e6
+MIN_HALF_LIFE = 0.01
+MAX_INT = 2**63 - 1  # numpy's int64: a larger integer sizes no array
 BUILTIN_ROLES = ("system", "user", "creator")
 
 
@@ -96,7 +106,7 @@ Section = _Section
 def reject_non_finite(value, source: str, key: str) -> None:
     """NaN and infinity are refused anywhere in a configuration (nested mappings and lists
     included, e.g. ``algorithm.training.lr: .nan``): the error names the key."""
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
         raise ConfigError(f"{source}: {key!r} is {value!r}; NaN and infinity are not allowed in a configuration")
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -104,6 +114,18 @@ def reject_non_finite(value, source: str, key: str) -> None:
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             reject_non_finite(v, source, f"{key}[{i}]")
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is a finite float (an integer too large for a float is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _integral(value: numbers.Real) -> bool:
+    return isinstance(value, numbers.Integral) or (_finite(value) and float(value).is_integer())
 
 
 def _check_value(value, default, meta, source: str, key: str):
@@ -114,18 +136,21 @@ def _check_value(value, default, meta, source: str, key: str):
             raise ConfigError(f"{source}: {key!r} maps role names to values, got {value!r}")
         plain = {k: v for k, v in meta.items() if k != "per_role"}
         return {role: _check_value(v, default, plain, source, f"{key}.{role}") for role, v in value.items()}
+    # numpy scalars are numbers too (np.int64(4), np.float32(0.5)); booleans are not
+    boolean = isinstance(value, (bool, np.bool_))
     if isinstance(default, bool):
-        if not isinstance(value, bool):
+        if not boolean:
             raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
-        return value
+        return bool(value)
     if isinstance(default, int) and not isinstance(default, bool):
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or float(value) != int(value)):
-            raise ConfigError(f"{source}: {key!r} must be an integer ({allowed}), got {value!r}")
+        if boolean or not isinstance(value, numbers.Real) or not _integral(value):
+            raise ConfigError(f"{source}: {key!r} must be an integer ({allowed}), got {value!r:.40}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{source}: {key!r} is {value!r:.40}; allowed values: {allowed}, at most 2**63 - 1")
         value = int(value)
     elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{source}: {key!r} must be a finite number ({allowed}), got {value!r}")
+        if boolean or not isinstance(value, numbers.Real) or not _finite(value):
+            raise ConfigError(f"{source}: {key!r} must be a finite number ({allowed}), got {value!r:.40}")
         value = float(value)
     elif isinstance(default, str):
         if not isinstance(value, str):
@@ -161,13 +186,20 @@ class ItemConfig(_Section):
 
     generator: str = spec("topics", "item generator (registry ITEM_GENERATORS): 'topics' or 'recsim_utility'")
     generator_params: dict = spec({}, "parameters of the item generator (its Params schema)")
-    topic_spread: float = spec(0.35, "std of an item embedding around its topic centre, before normalising", low=0.0)
-    quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0)
-    length_mean: float = spec(4.0, "mean item length in minutes", low=0.0, low_open=True)
-    length_std: float = spec(1.0, "std of item length in minutes", low=0.0)
+    topic_spread: float = spec(0.35, "std of an item embedding around its topic centre, before normalising", low=0.0,
+                               high=100.0)
+    quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0, high=100.0)
+    # lengths are observed as length / length_mean in float32: these bounds keep that finite
+    length_mean: float = spec(4.0, "mean item length in minutes (0.06 seconds to a week)", low=1e-3, high=1e4)
+    length_std: float = spec(1.0, "std of item length in minutes", low=0.0, high=1e4)
     freshness_half_life: float = spec(
-        25.0, "rounds after which an item's engagement is halved; 0 turns ageing off", low=0.0
+        25.0, "rounds after which an item's engagement is halved (0.01 or more); 0 turns ageing off", low=0.0
     )
+
+    def __post_init__(self):
+        if 0.0 < self.freshness_half_life < MIN_HALF_LIFE:  # items' age is observed in half-lives (float32)
+            raise ConfigError(f"'freshness_half_life' is {self.freshness_half_life!r}; allowed values: 0 (no "
+                              f"ageing) or a number >= {MIN_HALF_LIFE} rounds")
 
 
 @dataclass(frozen=True)
@@ -179,7 +211,7 @@ class SamplerConfig(_Section):
     fresh_fraction: float = spec(0.4, "share of candidates drawn from the newest items", low=0.0, high=1.0)
     popular_fraction: float = spec(0.2, "share of candidates drawn from the currently popular items", low=0.0, high=1.0)
     fresh_window: int = spec(64, "how many of the newest items count as fresh", low=1)
-    popular_pool: int = spec(64, "size of the tracked popular set", low=1)
+    popular_pool: int = spec(64, "size of the tracked popular set", low=1, high=10**7)
     popularity_decay: float = spec(0.9, "per-round decay of the click counts that rank popularity", low=0.0, high=1.0)
 
 
@@ -191,7 +223,7 @@ class UserConfig(_Section):
     choice_model: str = spec("mnl", "choice model (registry CHOICE_MODELS): 'mnl' or 'proportional'")
     dynamics_params: dict = spec({}, "parameters of the user dynamics (its Params schema)")
     choice_params: dict = spec({}, "parameters of the choice model (its Params schema)")
-    time_budget: float = spec(120.0, "session time budget in minutes at the start of an episode", low=0.0, low_open=True)
+    time_budget: float = spec(120.0, "session time budget in minutes at the start of an episode", low=1e-3)
     affinity_scale: float = spec(4.0, "MNL logit per unit of affinity (interest · embedding)", low=0.0)
     no_click_logit: float = spec(1.0, "MNL logit of the no-click option", low=-20.0, high=20.0)
     position_bias: float = spec(0.3, "MNL logit lost per slate position (0 = no position bias)", low=0.0)
@@ -203,11 +235,11 @@ class UserConfig(_Section):
     engagement_quality: float = spec(0.5, "watch-fraction logit per unit of quality", low=0.0)
     engagement_bias: float = spec(0.0, "watch-fraction logit offset", low=-10.0, high=10.0)
     quality_refill: float = spec(
-        0.8, "budget refilled per minute watched per unit of quality (RecSim: low quality drains)", low=0.0
+        0.8, "budget refilled per minute watched per unit of quality (RecSim: low quality drains)", low=0.0, high=100.0
     )
-    step_cost: float = spec(1.0, "budget (minutes) spent on a slate with no click", low=0.0)
+    step_cost: float = spec(1.0, "budget (minutes) spent on a slate with no click", low=0.0, high=1e4)
     interest_drift: float = spec(0.05, "step of the interest toward a consumed item's embedding", low=0.0, high=1.0)
-    fatigue_rate: float = spec(0.25, "fatigue (logit) added to a topic when consumed", low=0.0)
+    fatigue_rate: float = spec(0.25, "fatigue (logit) added to a topic when consumed", low=0.0, high=100.0)
     fatigue_decay: float = spec(0.8, "per-round decay of every topic's fatigue", low=0.0, high=1.0)
     interest_estimate_rate: float = spec(
         0.2, "weight of a consumed item's embedding in the observable interest estimate (the rest: the old estimate)",
@@ -218,9 +250,16 @@ class UserConfig(_Section):
     )
     # RecSim interest_evolution constants (used by 'recsim_iev' and 'proportional').
     min_normalizer: float = spec(-1.0, "proportional choice: offset subtracted from scores (RecSim)", high=0.0)
-    no_click_mass: float = spec(1.0, "proportional choice: score of the no-click option (RecSim)")
+    no_click_mass: float = spec(1.0, "proportional choice: score of the no-click option (RecSim)", low=0.0)
     interest_update_x_intercept: float = spec(1.0, "recsim_iev: x intercept of the interest step size line", low=0.0, low_open=True)
     interest_update_y_intercept: float = spec(0.3, "recsim_iev: y intercept of the interest step size line", low=0.0)
+
+    def __post_init__(self):
+        # RecSim's no-click score is no_click_mass - min_normalizer: at 0 a slate of items all
+        # scored 0 would have no probabilities at all (0 / 0)
+        if self.no_click_mass - self.min_normalizer <= 0.0:
+            raise ConfigError(f"'no_click_mass' ({self.no_click_mass}) - 'min_normalizer' ({self.min_normalizer}), the "
+                              "proportional choice's no-click score, must be > 0")
 
 
 @dataclass(frozen=True)
@@ -230,16 +269,17 @@ class CreatorConfig(_Section):
     dynamics: str = spec("ecosystem", "creator dynamics (registry CREATOR_DYNAMICS)")
     dynamics_params: dict = spec({}, "parameters of the creator dynamics (its Params schema)")
     initial_items: int = spec(12, "items each creator has in the catalogue at the start", low=0)
-    skill_mean: float = spec(0.0, "mean creator skill (the mean quality of its items)")
-    skill_std: float = spec(0.5, "spread of creator skill", low=0.0)
+    # quality is a logit and is observed (float32): +-100 is far past where the sigmoids saturate
+    skill_mean: float = spec(0.0, "mean creator skill (the mean quality of its items)", low=-100.0, high=100.0)
+    skill_std: float = spec(0.5, "spread of creator skill", low=0.0, high=100.0)
     effort_levels: int = spec(3, "number of effort levels a creator can publish with", low=1)
-    effort_quality: float = spec(0.3, "quality gained per effort level", low=0.0)
-    effort_cost: float = spec(0.1, "individual reward lost per effort level spent", low=0.0)
+    effort_quality: float = spec(0.3, "quality gained per effort level", low=0.0, high=100.0)
+    effort_cost: float = spec(0.1, "individual reward lost per effort level spent", low=0.0, high=MAX_WEIGHT)
     base_publish_rate: float = spec(0.8, "publishing probability of a creator at full viability", low=0.0, high=1.0)
-    viability_initial: float = spec(1.0, "viability at the start", low=0.0)
+    viability_initial: float = spec(1.0, "viability at the start", low=0.0, high=100.0)
     viability_memory: float = spec(0.85, "weight of last round's viability in the update", low=0.0, high=1.0)
-    exposure_weight: float = spec(0.5, "weight of the exposure share in the viability target", low=0.0)
-    engagement_weight: float = spec(0.5, "weight of the engagement share in the viability target", low=0.0)
+    exposure_weight: float = spec(0.5, "weight of the exposure share in the viability target", low=0.0, high=100.0)
+    engagement_weight: float = spec(0.5, "weight of the engagement share in the viability target", low=0.0, high=100.0)
     leave_threshold: float = spec(0.35, "a creator below this viability for longer than the grace period leaves", low=0.0)
     grace_period: int = spec(8, "rounds a creator may stay under the threshold before leaving", low=0)
     demand_drift: float = spec(0.2, "chance that a publication follows demand rather than the home topic", low=0.0, high=1.0)
@@ -251,15 +291,16 @@ class RewardConfig(_Section):
 
     name: str = spec("ecosystem", "reward function (registry REWARDS): 'ecosystem' or 'watch_time'")
     params: dict = spec({}, "parameters of the reward function (its Params schema)")
-    engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0)
+    engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0, high=MAX_WEIGHT)
     user_denominator: str = spec(
         "reset", "what the mean watch time per user (the ecosystem reward's user term, the platform role's individual "
         "reward) divides by: 'reset', the users at reset, a departed user counting 0 (driving users away cannot raise "
         "it); 'active', the users active at the round's start (the earlier definition, kept for comparison: losing "
         "low-engagement users raises it)", choices=("reset", "active"),
     )
-    creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0)
-    diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0)
+    creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0, high=MAX_WEIGHT)
+    diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0,
+                                   high=MAX_WEIGHT)
 
 
 @dataclass(frozen=True)
@@ -269,11 +310,11 @@ class EcosystemConfig(_Section):
     num_users: int = spec(16, "users (and per-user system agents) per environment", low=1)
     num_creators: int = spec(8, "content creators at the start (0: items come from the generator alone)", low=0)
     num_topics: int = spec(8, "latent topics T", low=1)
-    embedding_dim: int = spec(8, "item/interest embedding dimension d", low=1)
+    embedding_dim: int = spec(8, "item/interest embedding dimension d", low=1, high=MAX_SIZE)
     catalogue_size: int = spec(1024, "capacity of the item ring buffer (newest items push out the oldest)", low=1)
     num_candidates: int = spec(20, "candidates M drawn per user per round", low=1)
     slate_size: int = spec(3, "slate size K", low=1)
-    history_length: int = spec(8, "consumed items H the system agent sees", low=1)
+    history_length: int = spec(8, "consumed items H the system agent sees", low=1, high=MAX_SIZE)
     max_cycles: int = spec(100, "rounds before truncation", low=1)
     roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated; [] simulates all")
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
@@ -304,8 +345,14 @@ class EcosystemConfig(_Section):
             )
         if self.sampler.fresh_fraction + self.sampler.popular_fraction > 1.0:
             raise ConfigError("sampler.fresh_fraction + sampler.popular_fraction must be <= 1")
-        if len(set(self.roles)) != len(self.roles):
-            raise ConfigError(f"'roles' must be a list of distinct role names, got {self.roles!r}")
+        if not all(isinstance(role, str) for role in self.roles) or len(set(self.roles)) != len(self.roles):
+            raise ConfigError(f"'roles' must be a list of distinct role names (strings), got {self.roles!r}")
+        if self.catalogue_size < self.slate_size:
+            raise ConfigError(f"catalogue_size ({self.catalogue_size}) must be >= slate_size ({self.slate_size}): "
+                              "a slate is slate_size distinct items of the catalogue")
+        if self.num_creators > self.catalogue_size:
+            raise ConfigError(f"num_creators ({self.num_creators}) must be <= catalogue_size ({self.catalogue_size}): "
+                              "the catalogue holds every item the creators publish in one round")
 
     def reward_mix_for(self, role: str) -> float:
         """alpha for ``role``: ``reward_mix`` itself, or its entry for the role, else its default."""

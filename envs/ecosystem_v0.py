@@ -59,19 +59,54 @@ parameters from their ``params`` keys (``reward.params``, ``behaviour_params.<ro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from pettingzoo import AECEnv, ParallelEnv
+from pettingzoo.utils import wrappers
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig
 from marl_rec.envs.presets import make_config
-from marl_rec.envs.rounds import RoundRunner
+from marl_rec.envs.rounds import AgentNotActingError, RoundRunner
 
-PART_KEYS = ("sampler", "item_generator", "choice_model", "user_dynamics", "creator_dynamics", "reward_fn")
+# keyword -> (the methods an instance must have (marl_rec.envs.parts.base), the key that names a registered one)
+PARTS = {
+    "sampler": (("sample",), "sampler.name"),
+    "item_generator": (("topic_centres", "sample"), "item.generator"),
+    "choice_model": (("probabilities",), "user.choice_model"),
+    "user_dynamics": (("initial_users", "respond"), "user.dynamics"),
+    "creator_dynamics": (("initial_creators", "seed_catalogue", "resolve"), "creator.dynamics"),
+    "reward_fn": (("__call__",), "reward.name"),
+}
+PART_KEYS = tuple(PARTS)
 METADATA = {"name": "ecosystem_v0", "render_modes": ["human", "ansi", "rgb_array"], "render_fps": 4}
 
 
-def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | None = None, **kwargs) -> RoundRunner:
-    parts = {k: kwargs.pop(k) for k in PART_KEYS if k in kwargs and not isinstance(kwargs[k], dict)}
+def check_part(key: str, part) -> None:
+    """A ConfigError unless ``part``, given as keyword ``key``, is an instance with the methods
+    its contract calls (a name, a class or a number there is a mistake made before any step)."""
+    methods, name_key = PARTS[key]
+    missing = [m for m in methods if not callable(getattr(part, m, None))]
+    if isinstance(part, type) or missing:
+        hint = f"an instance, e.g. {part.__name__}(config)" if isinstance(part, type) else f"it has no {missing[0]}()"
+        raise ConfigError(f"<arguments>: {key!r} takes a part instance with {', '.join(m + '()' for m in methods)} "
+                          f"(marl_rec.envs.parts.base), got {part!r:.100} ({hint}); to pick a registered one by name, "
+                          f"set {name_key!r}" + (" (or pass sampler={...} for the sampler section)" if key == "sampler" else ""))
+
+
+def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | Mapping | None = None,
+                 **kwargs) -> RoundRunner:
+    parts = {k: kwargs.pop(k) for k in PART_KEYS if k in kwargs and not isinstance(kwargs[k], Mapping)}
+    for key, part in parts.items():
+        if part is not None:  # None: the part the configuration names
+            check_part(key, part)
+    if config is not None and not isinstance(config, EcosystemConfig):
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"<arguments>: 'config' must be an EcosystemConfig or a mapping of its keys, "
+                              f"got {config!r:.100}")
+        if kwargs:
+            raise ConfigError("pass either config={...} or keyword overrides, not both")
+        config, kwargs = None, dict(config)
     if config is None:
         config = make_config(scenario, kwargs)
     elif kwargs:
@@ -125,7 +160,13 @@ class raw_env(AECEnv):
 
     def step(self, action):
         agent = self.agent_selection
+        if not self.agents:
+            raise AgentNotActingError(f"{agent} cannot act: the episode has ended (every agent terminated or was "
+                                      "truncated): call reset() before step()")
         if self.terminations[agent] or self.truncations[agent]:
+            if action is not None:
+                raise AgentNotActingError(f"{agent} has terminated or been truncated: its only valid action is None "
+                                          f"(PettingZoo's dead step), got {action!r:.100}")
             return self._was_dead_step(action)
         self._pending[agent] = self.runner.check_action(agent, action)
         self._cumulative_rewards[agent] = 0.0
@@ -220,11 +261,19 @@ class EcosystemParallelEnv(ParallelEnv):
         pass
 
 
+class OrderEnforcing(wrappers.OrderEnforcingWrapper):
+    """PettingZoo's order checks, except that a step after the episode ended is an error naming
+    the agent (``AgentNotActingError``), as in the parallel form, not a warning and a no-op."""
+
+    def step(self, action) -> None:
+        if self._has_reset and not self.agents:
+            self.env.step(action)  # raises
+        super().step(action)
+
+
 def env(scenario: str = "creator_economy", render_mode: str | None = None, **kwargs) -> AECEnv:
     """The AEC environment (canonical form). See the module docstring for the arguments."""
-    from pettingzoo.utils import wrappers
-
-    return wrappers.OrderEnforcingWrapper(raw_env(scenario, render_mode=render_mode, **kwargs))
+    return OrderEnforcing(raw_env(scenario, render_mode=render_mode, **kwargs))
 
 
 def parallel_env(scenario: str = "creator_economy", render_mode: str | None = None, **kwargs) -> ParallelEnv:

@@ -35,9 +35,12 @@ def cache_dir() -> Path:
 
 
 def _writable(path: Path) -> bool:
+    """Whether ``path`` is (or is made as) a private folder of this user that can be written:
+    numba's index files there are pickles, loaded as code (marl_rec.files.private_dir)."""
+    from marl_rec.files import private_dir
+
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: numba's cache files are pickled code
-        path.chmod(0o700)  # a folder made by an earlier version may be wider
+        private_dir(path)
         with tempfile.NamedTemporaryFile(dir=path):
             return True
     except OSError:
@@ -47,21 +50,28 @@ def _writable(path: Path) -> bool:
 def _configure_cache() -> bool:
     """Point numba's cache at ``cache_dir()`` before the kernels below are decorated (numba
     reads the setting when a cached function is created); Ray's workers inherit it. A folder
-    that cannot be written falls back to one under the temporary folder; when none can be
-    written, the kernels compile in memory, every process on its own (with a warning)."""
+    that is not this user's own private folder, or cannot be written, is not used: the cache
+    falls back to a private folder under the temporary folder (``marl_rec.files.private_temp_dir``:
+    checked as this user's, or made by ``mkdtemp``), and when none can be made, the kernels
+    compile in memory, every process on its own (with a warning)."""
+    from marl_rec.files import private_temp_dir
+
     path = cache_dir()
     if not _writable(path):
-        fallback = Path(tempfile.gettempdir()) / f"marl-rec-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        if not _writable(fallback):
-            warnings.warn(f"marl-rec: neither {path} nor {fallback} can be written; the simulator's kernels will "
-                          "compile in every process (set MARL_REC_CACHE_DIR to a writable folder)", stacklevel=2)
+        try:
+            fallback = private_temp_dir("numba")
+        except OSError:
+            fallback = None
+        if fallback is None or not _writable(fallback):
+            warnings.warn(f"marl-rec: {path} is not a private folder of yours that can be written, and no private "
+                          "temporary folder could be made; the simulator's kernels will compile in every process "
+                          "(set MARL_REC_CACHE_DIR to a folder of your own)", stacklevel=2)
             return False
         path = fallback
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(path))
+    os.environ["NUMBA_CACHE_DIR"] = str(path)
     from numba.core import config
 
-    if not config.CACHE_DIR:
-        config.CACHE_DIR = str(path)
+    config.CACHE_DIR = str(path)
     return True
 
 

@@ -81,12 +81,14 @@ def make_config(
     every ``params`` mapping (``checks.check_names``), so a bad name fails here, not mid-run."""
     from marl_rec.envs.checks import check_names  # checks imports the parts, which import config
 
-    if scenario not in SCENARIOS:
+    if not isinstance(scenario, str) or scenario not in SCENARIOS:
         import difflib
 
         close = difflib.get_close_matches(str(scenario), list(SCENARIOS), n=1)
         raise ConfigError(f"{source}: unknown scenario {scenario!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                           + f"; allowed values: {', '.join(SCENARIOS)}")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"{source}: the overrides must be a mapping of EcosystemConfig keys, got {overrides!r:.100}")
     overrides = dict(overrides or {})
     raw = merge_overrides(SCENARIOS[scenario], overrides)
     if scenario in FROM_FILES:

@@ -10,13 +10,20 @@ the package, without any registration.
 A registry can hold an entry lazily (``register_lazy("name", "package.module:Class")``): the
 class is imported the first time the name is looked up, so a registry can list parts whose
 module pulls in heavy dependencies (torch) without importing them.
+
+Whatever an import string resolves to (and a lazy entry) must be a class of the registry's
+contract (``contract``: the part's base class) before anything constructs it. While names come
+from a saved file that the user has not signed (a colleague's checkpoint), :func:`only_imports_from`
+narrows import strings to marl-rec's own modules and the plug-ins allowed on the command: a file
+cannot make marl-rec import or call anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from marl_rec.envs.config import ConfigError
 
@@ -33,6 +40,28 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+_allowed_packages: frozenset[str] | None = None  # None: import strings from the user's own files import freely
+
+
+@contextlib.contextmanager
+def only_imports_from(plugins: Iterable[str]) -> Iterator[None]:
+    """While names come from a file the user has not signed: an import string resolves only if
+    its module is marl-rec's own or in the package of one of ``plugins`` (those the user allowed
+    on the command: ``--plugin`` and installed entry points)."""
+    global _allowed_packages
+    previous = _allowed_packages
+    _allowed_packages = frozenset({"marl_rec"} | {p.split(".")[0] for p in plugins})
+    try:
+        yield
+    finally:
+        _allowed_packages = previous
+
+
+def import_allowed(target: str) -> bool:
+    """Whether the import string ``target`` may be imported now (see :func:`only_imports_from`)."""
+    return _allowed_packages is None or target.partition(":")[0].split(".")[0] in _allowed_packages
+
+
 def import_object(target: str):
     """The object an import string ``"package.module:attribute"`` names (ImportError/AttributeError if not)."""
     module_name, _, attribute = target.partition(":")
@@ -45,8 +74,9 @@ def import_object(target: str):
 class Registry(Generic[T]):
     """A named collection of pluggable parts of one kind."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, contract: str | None = None):
         self.kind = kind
+        self.contract = contract  # "package.module:Base": what every class this registry hands out must subclass
         self._entries: dict[str, type[T] | str] = {}
         self._origins: dict[str, str] = {}  # name -> the module that registered it (what `marl-rec list` shows)
 
@@ -88,6 +118,12 @@ class Registry(Generic[T]):
     def get(self, name: str) -> type[T]:
         entry = self._entries.get(name)
         if entry is None and isinstance(name, str) and ":" in name:
+            if not import_allowed(name):
+                raise UnknownNameError(
+                    f"{self.kind} {name!r}: an import string from a file you have not signed is imported only from "
+                    f"marl-rec and the plug-ins allowed on this command ({', '.join(sorted(_allowed_packages - {'marl_rec'})) or 'none'}); "
+                    f"if you trust {name.partition(':')[0].split('.')[0]!r}, pass --plugin {name.partition(':')[0]}, "
+                    "or check the folder and sign it with marl-rec trust DIR")
             entry = name  # an import string needs no registration
         if entry is None:
             raise UnknownNameError(self.unknown_message(name))
@@ -96,11 +132,20 @@ class Registry(Generic[T]):
                 cls = import_object(entry)
             except (ImportError, AttributeError) as err:
                 raise UnknownNameError(f"{self.kind} {name!r}: cannot import {entry!r} ({type(err).__name__}: {err})") from None
+            self._check_contract(name, cls)
             if name in self._entries:
                 self._entries[name] = cls
                 cls.registered_name = name
             return cls
         return entry
+
+    def _check_contract(self, name: str, obj) -> None:
+        """An UnknownNameError unless ``obj`` is a class of this registry's contract."""
+        base = import_object(self.contract) if self.contract else None
+        if not isinstance(obj, type) or (base is not None and not issubclass(obj, base)):
+            what = f"a {type(obj).__name__}" if not isinstance(obj, type) else f"class {_path(obj)}"
+            raise UnknownNameError(f"{self.kind} {name!r} names {what}, not a {self.kind} class"
+                                   + (f" (a subclass of {self.contract})" if base is not None else ""))
 
     def unknown_message(self, name) -> str:
         """Why ``name`` is not found: the registered names, the closest one and the plug-in hint."""
@@ -147,11 +192,12 @@ def _same_entry(existing, new) -> bool:
     return False
 
 
-CANDIDATE_SAMPLERS: Registry = Registry("candidate sampler")
-ITEM_GENERATORS: Registry = Registry("item generator")
-CHOICE_MODELS: Registry = Registry("choice model")
-USER_DYNAMICS: Registry = Registry("user dynamics")
-CREATOR_DYNAMICS: Registry = Registry("creator dynamics")
-REWARDS: Registry = Registry("reward function")
-BEHAVIOURS: Registry = Registry("behaviour model")
-ROLES: Registry = Registry("role")
+_BASE = "marl_rec.envs.parts.base"
+CANDIDATE_SAMPLERS: Registry = Registry("candidate sampler", f"{_BASE}:CandidateSampler")
+ITEM_GENERATORS: Registry = Registry("item generator", f"{_BASE}:ItemGenerator")
+CHOICE_MODELS: Registry = Registry("choice model", f"{_BASE}:ChoiceModel")
+USER_DYNAMICS: Registry = Registry("user dynamics", f"{_BASE}:UserDynamics")
+CREATOR_DYNAMICS: Registry = Registry("creator dynamics", f"{_BASE}:CreatorDynamics")
+REWARDS: Registry = Registry("reward function", f"{_BASE}:Reward")
+BEHAVIOURS: Registry = Registry("behaviour model", f"{_BASE}:Behaviour")
+ROLES: Registry = Registry("role", "marl_rec.envs.roles:Role")

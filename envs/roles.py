@@ -28,6 +28,15 @@ _ALL = np.zeros(0, bool)  # kernels.valid_slates: every row checked
 BOUND = np.float32(1e6)
 
 
+def _numeric(array: np.ndarray) -> np.ndarray:
+    """An object array's values as a plain array (``np.array([0, 1], dtype=object)`` is a slate
+    of ints); anything numpy cannot make plain stays an object array, which is refused."""
+    try:
+        return np.asarray(array.tolist())
+    except (ValueError, TypeError):
+        return array
+
+
 class InvalidActionError(ValueError):
     """An agent's action is outside its action space (the message names both)."""
 
@@ -159,6 +168,8 @@ class Role:
             array = np.asarray(action)
         except Exception:  # noqa: BLE001 - anything unconvertible is simply invalid
             array = None
+        if array is not None and array.dtype.kind == "O":  # Python ints in an object array: their values
+            array = _numeric(array)
         if array is not None and array.dtype.kind not in "iuf":  # None, strings, booleans, objects: not actions
             raise InvalidActionError(
                 f"invalid action for {agent}: {action!r} is not a number (dtype {array.dtype}); expected {space}"
@@ -455,7 +466,8 @@ class CreatorRole(Role):
         cr, c = sim.state.creators, self.config
         n_users = max(c.num_users, 1)
         mean_exposure = max(cr.exposure[cr.active].mean(), 1e-8) if cr.active.any() else 1.0
-        home = np.eye(c.num_topics, dtype=np.float32)[cr.home_topic[idx]]
+        home = np.zeros((len(idx), c.num_topics), np.float32)  # one-hot home topics (not eye(T): T² floats)
+        home[np.arange(len(idx)), cr.home_topic[idx]] = 1.0
         stats = np.stack(
             [
                 cr.viability[idx],

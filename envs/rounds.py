@@ -11,16 +11,17 @@ A round reads: recommend -> respond -> create (plus any plug-in role's phase) ->
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from marl_rec.envs import kernels
 from marl_rec.envs.checks import check_memory, plan_roles
-from marl_rec.envs.config import PHASES, EcosystemConfig
+from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig
 from marl_rec.envs.core import Simulator
 from marl_rec.envs.parts.base import instantiate
-from marl_rec.envs.roles import Role
+from marl_rec.envs.roles import InvalidActionError, Role
 
 
 class AgentNotActingError(RuntimeError):
@@ -106,6 +107,7 @@ class RoundRunner:
         else:
             rng = np.random.default_rng()
         self.sim.reset(rng)
+        self._check_slates_exist()
         for role in self.roles.values():
             role.reset(self.sim, self.sim.rng)
         self.role_returns = {name: np.zeros(role.num_agents()) for name, role in self.roles.items()}
@@ -115,6 +117,22 @@ class RoundRunner:
         self.done = bool(self.external) and not self.live
         self._pending_outcome = Outcome()
         self._advance(self._pending_outcome)
+
+    def _check_slates_exist(self) -> None:
+        """A ConfigError unless every user starts with slate_size real candidates: with fewer, no
+        slate is legal (the starting catalogue is too small). One count per reset."""
+        c, rnd = self.config, self.sim.state.round
+        short = np.flatnonzero(np.count_nonzero(rnd.candidate_mask, axis=1) < c.slate_size)
+        if len(short):
+            catalogue = self.sim.state.catalogue
+            publishers = (f"num_creators ({c.num_creators}) x creator.initial_items ({c.creator.initial_items})"
+                          if c.num_creators else f"num_topics ({c.num_topics}) x creator.initial_items "
+                          f"({c.creator.initial_items}), with num_creators 0")
+            raise ConfigError(
+                f"no legal slate at reset: user {short[0]} has {np.count_nonzero(rnd.candidate_mask[short[0]])} "
+                f"candidate(s) but slate_size is {c.slate_size}; the starting catalogue holds {catalogue.count} "
+                f"item(s) (catalogue_size {c.catalogue_size}; the back catalogue is {publishers} items); "
+                "publish more at the start (creator.initial_items, num_creators) or lower slate_size")
 
     def acting_agents(self) -> list[str]:
         """Live external agents of the current phase, in agent order."""
@@ -161,9 +179,13 @@ class RoundRunner:
     def step(self, actions: dict) -> Outcome:
         """Apply the current phase's external actions (validated), then run on to the next
         phase that has acting agents. Rewards appear for every round that ended on the way."""
+        if type(actions) is not dict and not isinstance(actions, Mapping):
+            raise InvalidActionError(f"step() takes a dict {{agent: action}} of the acting agents "
+                                     f"{self.acting_agents()}, got a {type(actions).__name__}: {actions!r:.200}")
         if self.done:
-            raise AgentNotActingError("the episode has ended (every agent terminated or was truncated): "
-                                      "call reset() before step()")
+            agents = ", ".join(map(str, actions))
+            raise AgentNotActingError((f"{agents} cannot act: " if agents else "step(): ") + "the episode has ended "
+                                      "(every agent terminated or was truncated): call reset() before step()")
         acting = self.acting_agents()
         if actions.keys() != set(acting):  # the usual case, exactly the acting agents, needs no more checks
             missing = [a for a in acting if a not in actions]

@@ -219,7 +219,9 @@ def bench_train(experiments=TRAIN_EXPERIMENTS, iterations: int = 10, overrides: 
     from marl_rec.rllib.builder import build_algorithm_config
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        from marl_rec.files import private_temp_dir
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(private_temp_dir("ray")))
     rows = [
         "| experiment | form | recommendations/s end to end | sampling /s | learning /s | learner share of time | "
         "sampling time: env / forward / RLlib |",

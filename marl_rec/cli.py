@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from marl_rec.envs.config import ConfigError
+from marl_rec.files import UnsafePathError
 from marl_rec.experiment import RunStopped, resolve_baseline, system_behaviours
 from marl_rec.envs.presets import SCENARIOS
 
@@ -53,7 +55,15 @@ def cmd_train(args) -> int:
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
     if not args.address:
         exp.check_local_resources()
-    check_run_folder(exp, args.resume)  # before anything is written there
+    exp.check_results_dir()  # the run folder can be made and written
+    check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
+    with run_lock(exp, "train"):
+        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        return train_locked(exp, args)
+
+
+def train_locked(exp, args) -> int:
+    """``cmd_train`` once it holds the run folder's lock."""
     from pathlib import Path
 
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
@@ -77,6 +87,14 @@ def cmd_train(args) -> int:
     plot_learning_curve(Path(result.path), folder / CURVE_FILE, f"{exp.name}: {label}, seed {exp.seed}", table, label)
     print("\n".join(closing_summary(exp.name, folder, table, label, log)))
     return 0
+
+
+def run_lock(exp, command: str):
+    """The run folder's lock (marl_rec.rllib.trainable.run_lock), held for the whole command."""
+    from marl_rec.rllib.train import run_dir
+    from marl_rec.rllib.trainable import run_lock as lock
+
+    return lock(run_dir(exp), command)
 
 
 def check_run_folder(exp, resume: bool) -> None:
@@ -104,15 +122,18 @@ def cmd_sweep(args) -> int:
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
     if not args.address:
         exp.check_local_resources()
+    exp.check_results_dir()
     if not (exp.tune.search_space or exp.tune.seeds):
         raise ConfigError(f"{exp.source}: nothing to sweep: the file has no 'tune:' section with a search_space or "
                           "seeds (see experiments/sweep_ppo.yaml); to train it once, use marl-rec train")
-    check_run_folder(exp, args.resume)
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import run_dir
 
-    with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
-        results = sweep(exp, address=args.address, resume=args.resume, log=log)
+    check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
+    with run_lock(exp, "sweep"):
+        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
+            results = sweep(exp, address=args.address, resume=args.resume, log=log)
     errors = [r for r in results if r.error]
     print((run_dir(exp) / "sweep.md").read_text())
     print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}, sweep.md")
@@ -137,12 +158,15 @@ def cmd_compare(args) -> int:
     exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
     if not args.address:
         exp.check_local_resources()
-    check_run_folder(exp, args.resume)
+    exp.check_results_dir()
     from marl_rec.rllib.compare import compare
     from marl_rec.rllib.train import run_dir
 
-    with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
-        path = compare(exp, address=args.address, resume=args.resume, log=log)
+    check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
+    with run_lock(exp, "compare"):
+        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
+            path = compare(exp, address=args.address, resume=args.resume, log=log)
     print((path / "comparison.md").read_text())
     print(f"[{exp.name}] results: {path}/comparison.csv, comparison.md, learning_curves.png, performance_profile.png")
     print(log_line(exp.name, log))
@@ -152,8 +176,8 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from marl_rec.rllib.compare import RUNS_FILE, report
-    from marl_rec.rllib.output import train_report
+    from marl_rec.rllib.compare import RUNS_FILE, read_evaluation, report
+    from marl_rec.rllib.output import EVALUATION_FILE, train_report
     from marl_rec.rllib.sweep import SUMMARY_CSV, SUMMARY_MD, write_summary
 
     if (Path(args.directory) / RUNS_FILE).is_file():  # a comparison's folder
@@ -163,10 +187,18 @@ def cmd_report(args) -> int:
         print(write_summary(Path(args.directory)))
         print(f"summary: {Path(args.directory) / SUMMARY_CSV}, {Path(args.directory) / SUMMARY_MD}")
         return 0
+    if (Path(args.directory) / EVALUATION_FILE).is_file():  # a train folder: its JSON checked before it is used
+        read_evaluation(Path(args.directory) / EVALUATION_FILE)
     text, png = train_report(args.directory)  # a train folder
     print(text)
     print(f"learning curve: {png}")
     return 0
+
+
+def cmd_trust(args) -> int:
+    from marl_rec.rllib.trust import trust
+
+    return trust(args.directory, yes=args.yes)
 
 
 def cmd_evaluate(args) -> int:
@@ -176,13 +208,21 @@ def cmd_evaluate(args) -> int:
         from marl_rec.rllib.evaluation import evaluate_runs, run_label
         from marl_rec.rllib.trainable import find_experiment, latest_checkpoint
 
+        from marl_rec.envs.registry import only_imports_from
+        from marl_rec.plugins import loaded_plugins
+        from marl_rec.rllib.safety import checkpoint_trusted
+
         checkpoint = latest_checkpoint(args.checkpoint)
-        exp = find_experiment(checkpoint)
-        seed = exp.evaluation.seed if args.seed is None else args.seed
-        print(f"{exp.name} checkpoint {checkpoint}: {args.episodes} episodes on seeds {seed}..{seed + args.episodes - 1}"
-              " (mean ± standard error)")
-        with third_party_log(log_folder(checkpoint)) as log:  # RLlib's notes on building the modules
-            table = evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)
+        trusted = checkpoint_trusted(checkpoint)  # every file as its manifest lists it, before any is read
+        # a checkpoint you have not signed imports only marl-rec and the plug-ins this command allows
+        with contextlib.nullcontext() if trusted else only_imports_from(loaded_plugins()):
+            exp = find_experiment(checkpoint)
+            seed = exp.evaluation.seed if args.seed is None else args.seed
+            print(f"{exp.name} checkpoint {checkpoint}"
+                  f"{'' if trusted else ' (not signed by you: it imports nothing it names)'}: {args.episodes} "
+                  f"episodes on seeds {seed}..{seed + args.episodes - 1} (mean ± standard error)")
+            with third_party_log(log_folder(checkpoint, trusted)) as log:  # RLlib's notes on building the modules
+                table = evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)
         print(summarise(table))
         print(log_line(exp.name, log))
         return 0
@@ -210,17 +250,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def log_folder(checkpoint):
+def log_folder(checkpoint, trusted: bool = True):
     """Where ``evaluate --checkpoint`` keeps its third-party log: the checkpoint's run folder
-    (results/<name>/<trial>/checkpoint_N: two levels up) if it can be written, else the
-    temporary folder (a checkpoint copied read-only)."""
-    import tempfile
-    from pathlib import Path
-
+    (results/<name>/<trial>/checkpoint_N: two levels up) when it is the user's own (signed) and
+    can be written, else a private temporary folder (a checkpoint from elsewhere is read, never
+    written to)."""
+    from marl_rec.files import private_temp_dir
     from marl_rec.rllib.trainable import EXPERIMENT_FILE
 
     run = checkpoint.parent.parent if (checkpoint.parent.parent / EXPERIMENT_FILE).is_file() else checkpoint.parent
-    return run if os.access(run, os.W_OK) else Path(tempfile.gettempdir())
+    return run if trusted and os.access(run, os.W_OK) else private_temp_dir("logs")
 
 
 def check_dashboard() -> None:
@@ -400,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("directory", help="results/<name>")
     rp.set_defaults(func=cmd_report)
 
+    tru = sub.add_parser("trust", parents=[plugin], help="show what a results folder from elsewhere holds (experiment, plug-ins, files "
+                                       "and digests) and sign it with your key (docs/security.md)")
+    tru.add_argument("directory", help="a checkpoint, a trial folder or a run folder")
+    tru.add_argument("--yes", action="store_true", help="sign without asking")
+    tru.set_defaults(func=cmd_trust)
+
     ls = sub.add_parser("list", parents=[plugin], help="what can be named: shipped experiments, scenarios, "
                                                      "recommender policies, registered parts")
     ls.add_argument("what", nargs="?", default="all", choices=["all", *LISTS])
@@ -482,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"marl-rec: configuration error: {err}", file=sys.stderr)
+        return 2
+    except UnsafePathError as err:
+        print(f"marl-rec: refused: {err.strerror}", file=sys.stderr)
         return 2
     except RunStopped as stopped:
         print(f"marl-rec: {stopped}", file=sys.stderr)

@@ -20,7 +20,9 @@ the registries, after the plug-ins the file names are imported.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +41,7 @@ class RunStopped(Exception):
 # The algorithm registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in
 # adds one with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it
 # as ``algorithm.name: "package.module:MyAlgoConfig"``.
-ALGORITHMS: Registry = Registry("algorithm")
+ALGORITHMS: Registry = Registry("algorithm", "ray.rllib.algorithms.algorithm_config:AlgorithmConfig")
 for _name, _target in {
     "PPO": "ray.rllib.algorithms.ppo:PPOConfig",
     "APPO": "ray.rllib.algorithms.appo:APPOConfig",
@@ -82,6 +84,10 @@ TRAINING_RANGES = {
 }
 YAML_MAX_BYTES = 1 << 20  # an experiment file is a few KB; a larger one is not an experiment
 YAML_MAX_ALIASES = 100  # anchors/aliases are fine, an alias bomb ("billion laughs") is not
+YAML_MAX_NODES = 100_000  # values once aliases are expanded: 90 aliases can still mean 10^9 (10 per level, 9 deep)
+YAML_MAX_DEPTH = 64  # nesting levels; an experiment is a few levels deep
+FLOAT_BYTES = 4  # a float32 parameter or activation (the memory estimate, ExperimentConfig.module_memory)
+GIB = 2**30
 
 
 def check_training_value(key: str, value, where: str) -> None:
@@ -184,6 +190,9 @@ class FaultsSection(_Section):
                                     "or a module's weights are NaN or infinite (never checkpointing that state)")
 
 
+# Numbers Tune adds to every result a trial reports (ray.tune.result: TRAINING_ITERATION, TIME_TOTAL_S, ...)
+TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore",
+                "iterations_since_restore", "timestamp")
 SEARCH_SPACES = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
 
@@ -238,12 +247,21 @@ class ExperimentConfig(_Section):
     source: str = spec("<config>", "the file this came from (for messages)")
 
     @classmethod
-    def from_saved(cls, raw: Mapping[str, Any], source: str) -> "ExperimentConfig":
-        """An experiment saved with a run (checkpoint, Tune trial config): its plug-ins are
-        imported first, so the names it holds resolve in this process too."""
+    def from_saved(cls, raw: Mapping[str, Any], source: str, trusted: bool = True) -> "ExperimentConfig":
+        """An experiment saved with a run (checkpoint, Tune trial config).
+
+        ``trusted`` (the run's own trials; a folder signed with the user's key): its plug-ins are
+        imported first, so the names it holds resolve in this process too. Otherwise (a folder
+        from elsewhere) nothing it names is imported: every plug-in it lists and every import
+        string it holds must be one the user allowed on the command (:func:`check_saved_names`)."""
         from marl_rec.plugins import load_plugins
 
-        load_plugins(raw.get("plugins", []), where=f"{source}: 'plugins'")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: the saved experiment is not a mapping of keys")
+        if trusted:
+            load_plugins(raw.get("plugins", []), where=f"{source}: 'plugins'")
+        else:
+            check_saved_names(raw, source)
         return cls.from_dict(raw, source=source)
 
     def env_config(self):
@@ -262,6 +280,9 @@ class ExperimentConfig(_Section):
             if raw is None:
                 raise ConfigError(f"{self.source}: role {role!r} needs an entry under 'modules' "
                                   f"(e.g. modules: {{{role}: {{type: fixed}}}} to act by its behaviour model)")
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{self.source}: 'modules.{role}' must be a mapping {{type: ..., model_config: "
+                                  f"{{...}}}}, got {raw!r}; module types: {', '.join(MODULES.names())}")
             out[role] = ModuleSection.from_dict(raw, self.source, prefix=f"modules.{role}.")
         return out
 
@@ -310,6 +331,44 @@ class ExperimentConfig(_Section):
                 raise ConfigError(f"{self.source}: resources.num_gpus_per_learner: {r.num_gpus_per_learner} needs "
                                   f"{need_gpus:g} GPUs, but this machine has {gpus}; set it to 0 to learn on the CPU")
 
+    def check_results_dir(self) -> None:
+        """Before Ray starts: the run folder ``<results_dir>/<name>`` can be made and written (a
+        folder under /proc, a path through a file or an unwritable parent would otherwise fail
+        after Ray started, or in a trial). It probes with a temporary file and removes the
+        folders it made, so nothing is left behind."""
+        import contextlib
+        import os
+        import tempfile
+
+        folder = Path(self.results_dir).resolve() / self.name  # marl_rec.rllib.train.run_dir
+        where = f"{self.source}: 'results_dir' ({self.results_dir})"
+        existing = folder
+        while not os.path.exists(existing) and existing != existing.parent:  # False, not an error, if unsearchable
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{where}: the run folder {folder} cannot be made: {existing} is a file, not a folder")
+        made: list[Path] = []  # only the folders made here are removed again
+        try:
+            for path in reversed([folder, *folder.parents][: len(folder.relative_to(existing).parts)]):
+                try:
+                    path.mkdir()
+                    made.append(path)
+                except FileExistsError:
+                    if not path.is_dir():
+                        raise ConfigError(f"{where}: the run folder {folder} cannot be made: {path} is a file, "
+                                          "not a folder") from None
+                except OSError as err:
+                    raise ConfigError(f"{where}: the run folder {folder} cannot be made: {err.strerror or err}") from None
+            try:
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as err:
+                raise ConfigError(f"{where}: the run folder {folder} cannot be written: {err.strerror or err}") from None
+        finally:
+            for path in reversed(made):
+                with contextlib.suppress(OSError):  # another process may have started writing there
+                    path.rmdir()
+
     def check_training(self) -> None:
         """Every ``algorithm.training`` key is a keyword of the algorithm's ``training()``."""
         training = self.algorithm.training
@@ -343,6 +402,44 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
         for name in self.evaluation.baselines:
             resolve_baseline(name, f"{self.source}: 'evaluation.baselines'")
+        name = self.name
+        if not name.strip() or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
+            raise ConfigError(f"{self.source}: 'name' is {name!r}; a run name is a plain folder name (no '/', '\\', "
+                              f"'..' or absolute path): results go to <results_dir>/<name>; use results_dir to "
+                              "put them elsewhere")
+
+    def check_stop(self) -> None:
+        """At least one stop criterion is set: with every one 0 a run trains until it is killed."""
+        keys = [f.name for f in dataclasses.fields(self.stop)]
+        if not any(getattr(self.stop, key) for key in keys):
+            raise ConfigError(f"{self.source}: every stop criterion is 0 (no limit): the run would never end; set at "
+                              f"least one of {', '.join(f'stop.{key}' for key in keys)} above 0")
+
+    def reported_metrics(self) -> list[str]:
+        """Every number a trial of this experiment reports per iteration (what ``tune.metric``
+        can rank by): marl_rec.rllib.trainable.flat_result's keys, the env-fault counts
+        (callbacks.iteration_faults), the greedy curve and baseline lines when
+        ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
+        from marl_rec.evaluate import METRICS
+        from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME
+        from marl_rec.rllib.trainable import REPORTED
+
+        names = [f"env_runners/{k}" for k in (*REPORTED, ENV_FAULTS, ENV_FAULTS_LIFETIME, "num_env_steps_sampled")]
+        names += ["num_env_steps_sampled_lifetime", *TUNE_METRICS]
+        if self.evaluation.interval:
+            names += [f"greedy/{m}" for m in (*METRICS, "team_return_se")]
+            names += [f"baseline/{b}/team_return" for b in self.evaluation.baselines]
+        return names
+
+    def check_metric(self) -> None:
+        """``tune.metric`` is a number every trial reports (else Tune ranks nothing, or fails late)."""
+        metric = self.tune.metric
+        allowed = self.reported_metrics()
+        if metric not in allowed:
+            close = difflib.get_close_matches(metric, allowed, n=1)
+            raise ConfigError(f"{self.source}: 'tune.metric' is {metric!r}, which no trial reports"
+                              + (f"; did you mean {close[0]!r}?" if close else "")
+                              + f"; allowed values: {', '.join(allowed)}")
 
     def trained_roles(self) -> list[str]:
         sections = self.module_sections()
@@ -364,19 +461,95 @@ class ExperimentConfig(_Section):
         self.trained_roles()
         self.check_modules()
         self.check_training()
+        self.check_stop()
+        self.check_metric()
         self.check_memory()
         self.check_search_space()
         return self
 
     def check_memory(self) -> None:
-        """The envs one trial holds at once (every env runner's sub-envs; the driver's when it
-        samples itself) fit in this machine's available memory."""
-        from marl_rec.envs.checks import check_memory
+        """The envs and the modules one trial holds at once fit in this machine's available
+        memory: the envs of every env runner (the driver's when it samples itself), and each
+        module's copies (:meth:`module_memory`). A ConfigError with the estimate and the
+        available figure otherwise, before anything is allocated."""
+        from marl_rec.envs.checks import available_memory, check_memory, memory_estimate
 
         r = self.resources
         copies = r.num_envs_per_env_runner * max(r.num_env_runners, 1)
-        check_memory(self.env_config(), copies, f"{self.source}: env")
+        config = self.env_config()
+        check_memory(config, copies, f"{self.source}: env")
+        modules = self.module_memory()
+        available = available_memory()
+        envs = memory_estimate(config) * copies
+        total = envs + sum(need for need, _ in modules.values())
+        if available is None or not modules or total <= available:
+            return
+        parts = "; ".join(f"modules.{role}: {need / GIB:.1f} GiB ({detail})" for role, (need, detail) in modules.items())
+        largest = max(modules, key=lambda role: modules[role][0])
+        raise ConfigError(
+            f"{self.source}: one trial needs about {total / GIB:.1f} GiB: {parts}; the envs {envs / GIB:.1f} GiB; but "
+            f"{available / GIB:.1f} GiB of memory is available; make the modules smaller (modules.{largest}.model_config), "
+            "lower algorithm.training.minibatch_size, or use a machine with more memory")
 
+    def module_memory(self) -> dict[str, tuple[int, str]]:
+        """role -> (bytes, how they add up) for each module whose class declares ``module_size``
+        (marl_rec.policies.common.ModuleSize; the built-in torch modules do; None or no such
+        classmethod: not counted), in float32:
+
+        - each learner (``max(num_learners, 1)``; none in host memory with GPU learners): the
+          weights (4 B per parameter) and, for a trained role, its gradients (4 B) and Adam's two
+          moments (8 B), plus the activations of a minibatch (4 B x ``minibatch_size``, or the
+          train batch without minibatches, x the module's activations per sample);
+        - an inference copy (4 B per parameter) in every env runner, in the driver's local env
+          runner and in the trial's greedy evaluation (``num_env_runners + 2``).
+
+        A lower bound (target networks, autograd's scratch and the framework are left out):
+        enough to refuse a model that cannot fit, never one that does."""
+        from marl_rec.envs.checks import plan_roles
+
+        config = self.env_config()
+        role_params = plan_roles(config, self.source).role_params
+        r = self.resources
+        learners = 0 if r.num_gpus_per_learner else max(r.num_learners, 1)
+        copies = r.num_env_runners + 2
+        rows = self.minibatch_rows()
+        trained = set(self.trained_roles())
+        out = {}
+        for role, section in self.module_sections().items():
+            cls = self.module_class(role, section)
+            if not hasattr(cls, "module_size"):
+                continue  # a module that does not declare its size (the fixed module has no tensors)
+            options = cls.model_config_schema.from_dict(section.model_config, self.source,
+                                                        prefix=f"modules.{role}.model_config.")
+            player = ROLES.get(role)(config, role_params.get(role))
+            size = cls.module_size(options, player.observation_space, player.action_space)
+            if size is None:
+                continue
+            weights = FLOAT_BYTES * size.parameters
+            learning = role in trained
+            state = 3 * weights if learning else 0  # gradients, and Adam's first and second moments
+            activations = FLOAT_BYTES * rows * size.activations if learning else 0
+            need = learners * (weights + state + activations) + copies * weights
+            detail = (f"{section.type}, {size.parameters:,} parameters: {learners} learner(s) x "
+                      f"({(weights + state) / GIB:.1f} GiB of weights" + (", gradients and Adam state" if learning else "")
+                      + (f" + {activations / GIB:.1f} GiB of activations for {rows} samples" if learning else "")
+                      + f") + {copies} inference copies x {weights / GIB:.1f} GiB")
+            out[role] = (need, detail)
+        return out
+
+    def minibatch_rows(self) -> int:
+        """Samples per module in one learner update: ``minibatch_size``, or the train batch per
+        learner when the algorithm takes it whole; from ``algorithm.training`` over the
+        algorithm's defaults."""
+        training = self.algorithm.training
+        cls = ALGORITHMS.resolve(self.algorithm.name, f"{self.source}: 'algorithm.name'")
+        defaults = cls()
+
+        def value(key: str):
+            return training.get(key, getattr(defaults, key, None))
+
+        rows = value("minibatch_size") or value("train_batch_size_per_learner") or value("train_batch_size") or 1
+        return int(rows) if isinstance(rows, (int, float)) and not isinstance(rows, bool) else 1
 
     def check_search_space(self) -> None:
         """Every search-space entry is a known kind with sane bounds, and its key is an
@@ -398,7 +571,7 @@ class ExperimentConfig(_Section):
             else:
                 samples = values
             for value in samples:
-                self.with_overrides({key: value}, where)
+                self.with_overrides({key: value}, where, memory=True)
         if self.tune.scheduler:
             kind = self.tune.scheduler.get("type", "fifo")
             if kind not in SCHEDULERS:
@@ -411,10 +584,13 @@ class ExperimentConfig(_Section):
         for label, overrides in self.compare.variants.items():
             if not isinstance(overrides, Mapping):
                 raise ConfigError(f"{self.source}: 'compare.variants.{label}' must be a mapping of dotted keys")
-            self.with_overrides(overrides, f"{self.source}: 'compare.variants.{label}'")
+            self.with_overrides(overrides, f"{self.source}: 'compare.variants.{label}'", memory=True)
 
-    def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None) -> "ExperimentConfig":
-        """This experiment with dotted-key ``overrides`` applied and validated."""
+    def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None,
+                       memory: bool = False) -> "ExperimentConfig":
+        """This experiment with dotted-key ``overrides`` applied and validated; with ``memory``
+        (the driver's checks of each sweep point and variant) its memory estimate too, which a
+        trial on a worker does not repeat (other trials there hold memory by then)."""
         raw = merge_overrides(self.to_dict(), dict(overrides))
         try:
             exp = ExperimentConfig.from_dict(raw, source=self.source)
@@ -423,14 +599,64 @@ class ExperimentConfig(_Section):
             exp.trained_roles()
             exp.check_modules()
             exp.check_training()
+            exp.check_stop()
+            if memory:
+                exp.check_memory()
         except ConfigError as err:
             detail = str(err).removeprefix(f"{self.source}: ")
             raise ConfigError(f"{where}: {detail}" if where else str(err)) from None
         return exp
 
 
+IMPORT_STRING = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # "package.module:Class", as Registry.get takes it
+FREE_TEXT = ("description", "name", "source", "results_dir")  # keys whose values are never looked up as names
+
+
+def named_code(raw: Mapping[str, Any]) -> tuple[list, list[str]]:
+    """What a saved experiment would make marl-rec import: the plug-ins it lists and every import
+    string (``package.module:Class``) among its keys and values, at any depth."""
+    listed = raw.get("plugins", [])
+    strings: list[str] = []
+    stack: list[tuple[Any, bool]] = [(raw, False)]
+    while stack:
+        node, free = stack.pop()
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                stack += [(key, False), (value, key in FREE_TEXT and node is raw)]
+        elif isinstance(node, (list, tuple)):
+            stack += [(value, free) for value in node]
+        elif isinstance(node, str) and not free and IMPORT_STRING.fullmatch(node):
+            strings.append(node)
+    return listed if isinstance(listed, list) else [listed], list(dict.fromkeys(reversed(strings)))
+
+
+def check_saved_names(raw: Mapping[str, Any], source: str) -> None:
+    """A ConfigError unless every plug-in a saved experiment lists, and every import string it
+    holds (:func:`named_code`), comes from a plug-in the user allowed on this command
+    (``--plugin``, installed entry points) or from marl-rec itself. Lists them all, and how to
+    allow them."""
+    from marl_rec.envs.registry import import_allowed, only_imports_from
+    from marl_rec.plugins import loaded_plugins
+
+    allowed = loaded_plugins()
+    listed, strings = named_code(raw)
+    if not all(isinstance(m, str) for m in listed):
+        raise ConfigError(f"{source}: 'plugins' must be a list of module names, got {raw.get('plugins')!r}")
+    refused = [m for m in listed if m not in allowed]
+    with only_imports_from(allowed):
+        refused += [name for name in strings if not import_allowed(name)]
+    if refused:
+        names = ", ".join(dict.fromkeys(refused))
+        modules = " ".join(dict.fromkeys(f"--plugin {m.partition(':')[0]}" for m in refused))
+        raise ConfigError(f"{source}: names code that is not allowed on this command: {names}. A saved file from a "
+                          "folder you have not signed imports nothing by itself: if you trust these plug-ins, allow "
+                          f"them ({modules}), or check the folder and sign it with `marl-rec trust DIR`")
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses more than YAML_MAX_ALIASES aliases."""
+    """``yaml.SafeLoader`` that refuses more than YAML_MAX_ALIASES aliases, nesting deeper than
+    YAML_MAX_DEPTH (the composer recurses per level: 5,000 levels would be a RecursionError) and a
+    key given twice in one mapping (PyYAML keeps the last one silently)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -438,15 +664,101 @@ class _BoundedLoader(yaml.SafeLoader):
             if self.aliases > YAML_MAX_ALIASES:
                 raise yaml.YAMLError(f"more than {YAML_MAX_ALIASES} aliases (*name): refused, as a file that expands "
                                      "without bound would be")
-        return super().compose_node(parent, index)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {YAML_MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a merge (<<: *base) may be overridden by the mapping's own keys
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (lines {seen[key]} and {line}); "
+                        "the second would silently replace the first", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def expanded_size(value, limit: int = YAML_MAX_NODES, depth_limit: int = YAML_MAX_DEPTH) -> int:
+    """How many values ``value`` holds once every shared reference (a YAML alias) is written out:
+    what copying, merging or printing it costs. Counted per object once (memo by id), so a tree
+    that shares its parts (ten aliases per level, nine levels: 10^9 values) is counted in
+    microseconds; a ValueError naming the dotted key past ``limit`` values, ``depth_limit``
+    levels or at a cycle."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node, where: str, depth: int) -> int:
+        if not isinstance(node, (list, dict)):
+            return 1
+        at = f" at '{where}'" if where else ""
+        if depth > depth_limit:
+            raise ValueError(f"nested more than {depth_limit} levels deep{at} once its aliases are expanded")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ValueError(f"'{where}' is an alias inside its own anchor (a value that contains itself)")
+        open_.add(key)
+        mapping = isinstance(node, dict)
+        total = 1
+        for name, child in (node.items() if mapping else enumerate(node)):
+            path = (f"{where}.{name}" if where else str(name)) if mapping else f"{where}[{name}]"
+            total += mapping + size(child, path, depth + 1)  # a mapping's key is a value too
+            if total > limit:
+                raise ValueError(f"more than {limit} values{at} once its aliases are expanded")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(value, "", 0)
 
 
 def load_yaml(text: str, source: str):
-    """Safe YAML (no code, no python/ tags) with a bound on aliases; errors name ``source``."""
+    """Safe YAML (no code, no python/ tags) with bounds on aliases, nesting, duplicated keys and
+    the size the aliases expand to; errors name ``source``."""
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    try:
+        expanded_size(value)
+    except ValueError as err:
+        raise ConfigError(f"{source}: refused: {err} (a file that expands without bound)") from None
+    return value
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a ConfigError naming it if it cannot be read or is not text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a {what} (not UTF-8 text: byte {err.start} is {err.object[err.start]:#04x})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+
+
+def load_json(path: Path, what: str = "JSON file"):
+    """A JSON file someone else wrote (a results folder's runs.json, params.json, evaluation.json):
+    parsed, or a ConfigError naming the file and what is wrong."""
+    import json
+
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not a valid {what}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a valid {what}: nested too deep") from None
 
 
 def shipped_experiments() -> dict[str, Path]:
@@ -484,7 +796,10 @@ def load_experiment(
     path = experiment_path(path)
     if path.stat().st_size > YAML_MAX_BYTES:
         raise ConfigError(f"{path}: {path.stat().st_size} bytes; an experiment file may hold at most {YAML_MAX_BYTES}")
-    raw = load_yaml(path.read_text(), str(path)) or {}
+    raw = load_yaml(read_text(path, "YAML experiment file"), str(path))
+    if raw is None or raw == {}:  # would train every default silently
+        raise ConfigError(f"{path}: empty experiment file (no keys, or comments only); give at least the keys that "
+                          "differ from the defaults, e.g. 'scenario: creator_economy' and 'stop: {training_iteration: 20}'")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw)

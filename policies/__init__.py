@@ -25,7 +25,7 @@ _EXPORTS = {
     "slate_distribution_cls": ("slate_distribution", "slate_distribution_cls"),
 }
 
-MODULES: Registry = Registry("RLModule")
+MODULES: Registry = Registry("RLModule", "ray.rllib.core.rl_module.rl_module:RLModule")
 MODULES.register_lazy("transformer", "marl_rec.policies.transformer:SlateTransformerModule")
 MODULES.register_lazy("mlp", "marl_rec.policies.mlp:SlateMLPModule")
 MODULES.register_lazy("transformer_q", "marl_rec.policies.transformer:SlateTransformerQModule")

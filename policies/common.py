@@ -55,6 +55,33 @@ def options(model_config) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModuleSize:
+    """What one copy of an RLModule holds, counted from its model_config and spaces without
+    building it (``module_size`` classmethods; the memory check before Ray starts,
+    marl_rec.experiment.ExperimentConfig.check_memory). Numbers, 4 bytes each in float32."""
+
+    parameters: int  # weights and biases
+    activations: int  # values one sample's forward pass keeps for the backward pass
+
+    def __add__(self, other: "ModuleSize") -> "ModuleSize":
+        return ModuleSize(self.parameters + other.parameters, self.activations + other.activations)
+
+
+def linear_size(in_dim: int, out_dim: int) -> ModuleSize:
+    """``nn.Linear(in_dim, out_dim)``: weights, bias and its output."""
+    return ModuleSize(in_dim * out_dim + out_dim, out_dim)
+
+
+def mlp_size(in_dim: int, hidden_dims: Iterable[int], out_dim: int | None = None) -> ModuleSize:
+    """What :func:`mlp` builds: each hidden layer keeps its linear output and its ReLU's."""
+    size = ModuleSize(0, 0)
+    for width in hidden_dims:
+        size += linear_size(in_dim, width) + ModuleSize(0, width)
+        in_dim = width
+    return size if out_dim is None else size + linear_size(in_dim, out_dim)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig(_Section):
     """Base of an RLModule's ``model_config_schema``: declare each key with ``spec(default, doc,
     low=..., high=..., choices=...)``; ``__post_init__`` may check keys against each other."""

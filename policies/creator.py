@@ -17,7 +17,8 @@ from ray.rllib.utils.annotations import override
 from torch import nn
 
 from marl_rec.envs.config import spec
-from marl_rec.policies.common import EncoderHeadsTargets, ModelConfig, dict_boxes, mlp, module_options
+from marl_rec.policies.common import (EncoderHeadsTargets, ModelConfig, ModuleSize, dict_boxes, linear_size, mlp,
+                                      mlp_size, module_options)
 from marl_rec.policies.mlp import check_widths
 
 CREATOR_OBSERVATION = "Dict(own: Box(6+T), topic_demand: Box(T)) of the creator role"
@@ -67,6 +68,15 @@ class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Tar
             {"policy": nn.Linear(hidden_dims[-1], sum(self.logit_sizes)), "value": nn.Linear(hidden_dims[-1], 1)}
         )
         self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=self.logit_sizes)
+
+    @classmethod
+    def module_size(cls, options: CreatorModelConfig, observation_space: spaces.Space,
+                    action_space: spaces.Space) -> ModuleSize:
+        """Parameters and per-sample activations of what ``setup`` builds (see ``ModuleSize``)."""
+        in_dim = sum(observation_space[key].shape[0] for key in ("own", "topic_demand"))
+        width, logits = options.hidden_dims[-1], int(sum(action_space.nvec))
+        return (ModuleSize(0, in_dim) + mlp_size(in_dim, options.hidden_dims) + linear_size(width, logits)
+                + linear_size(width, 1))
 
     def _encode(self, obs: dict[str, torch.Tensor], target: bool = False) -> torch.Tensor:
         encoder = self._target_encoder if target else self.encoder

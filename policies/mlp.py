@@ -9,7 +9,7 @@ from ray.rllib.utils.annotations import override
 from torch import nn
 
 from marl_rec.envs.config import ConfigError, spec
-from marl_rec.policies.common import mlp
+from marl_rec.policies.common import ModuleSize, mlp, mlp_size
 from marl_rec.policies.slate_module import QLearningHead, SlateDims, SlateModelConfig, SlateScorerModule
 
 
@@ -71,6 +71,14 @@ class SlateMLPModule(SlateScorerModule):
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
         hidden_dims = list(self.options.hidden_dims)
         return SlateMLPEncoder(dims, hidden_dims), hidden_dims[-1]
+
+    @classmethod
+    @override(SlateScorerModule)
+    def encoder_size(cls, options: MLPModelConfig, dims: SlateDims) -> tuple[ModuleSize, int]:
+        """``SlateMLPEncoder``: one MLP, run on each of the M candidates' inputs."""
+        in_dim = dims.candidate_features + dims.user_features + dims.history_features
+        scorer = mlp_size(in_dim, options.hidden_dims)
+        return ModuleSize(scorer.parameters, dims.num_candidates * (in_dim + scorer.activations)), options.hidden_dims[-1]
 
 
 class SlateMLPQModule(QLearningHead, SlateMLPModule):

@@ -33,7 +33,8 @@ from torch import nn
 from marl_rec.policies.baselines import myopic_from_affinity
 from marl_rec.envs.config import spec
 from marl_rec.envs.features import user_feature_dim
-from marl_rec.policies.common import EncoderHeadsTargets, ModelConfig, autocast, dict_boxes, mask_logits, mlp, module_options, options
+from marl_rec.policies.common import (EncoderHeadsTargets, ModelConfig, ModuleSize, autocast, dict_boxes, linear_size,
+                                      mask_logits, mlp, mlp_size, module_options, options)
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
 
 SYSTEM_OBSERVATION = (
@@ -129,6 +130,31 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
         raise NotImplementedError
+
+    @classmethod
+    def encoder_size(cls, options: SlateModelConfig, dims: SlateDims) -> tuple[ModuleSize, int] | None:
+        """What ``build_encoder`` builds, counted without building it, per user sequence, and its
+        width; None (the default, e.g. a plug-in's encoder) where it is not known."""
+        return None
+
+    @classmethod
+    def module_size(cls, options: SlateModelConfig, observation_space: spaces.Space,
+                    action_space: spaces.Space) -> ModuleSize | None:
+        """Parameters and per-sample activations of the module ``setup`` builds (see ``ModuleSize``);
+        a platform sample is U user sequences. None where ``encoder_size`` is not known."""
+        dims = SlateDims.from_spaces(observation_space, action_space, cls.__name__)
+        known = cls.encoder_size(options, dims)
+        if known is None:
+            return None
+        encoder, width = known
+        heads = linear_size(width, 1) + linear_size(width, 1)  # policy, value
+        if isinstance(action_space, spaces.Discrete):
+            heads += linear_size(width, 1)  # per-candidate Q-values
+        per_user = encoder.activations + 2 * dims.num_candidates  # and the policy logits, then masked
+        size = ModuleSize(encoder.parameters + heads.parameters, per_user * max(dims.num_users, 1))
+        if options.critic == "state" and isinstance(observation_space, spaces.Dict) and "state" in observation_space.spaces:
+            size += mlp_size(observation_space["state"].shape[-1], [options.critic_hidden] * 2, 1)
+        return size
 
     @override(RLModule)
     def setup(self):

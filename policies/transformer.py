@@ -11,7 +11,7 @@ from ray.rllib.utils.annotations import override
 from torch import nn
 
 from marl_rec.envs.config import ConfigError, spec
-from marl_rec.policies.common import mask_logits
+from marl_rec.policies.common import ModuleSize, linear_size, mask_logits
 from marl_rec.policies.slate_module import QLearningHead, SlateDims, SlateModelConfig, SlateScorerModule
 
 USER, HISTORY, CANDIDATE = 0, 1, 2  # token types
@@ -133,6 +133,22 @@ class SlateTransformerModule(SlateScorerModule):
             dims, d_model=o.d_model, num_layers=o.num_layers, num_heads=o.num_heads, ff_dim=o.ff_dim, dropout=o.dropout
         )
         return encoder, o.d_model
+
+    @classmethod
+    @override(SlateScorerModule)
+    def encoder_size(cls, options: TransformerModelConfig, dims: SlateDims) -> tuple[ModuleSize, int]:
+        """``SlateTransformerEncoder``'s parameters, and the values a sequence of T = 1 + H + M
+        tokens keeps per layer: T · (10 d_model + 2 ff_dim) (norms, q/k/v, attention output,
+        residuals, feed-forward in, ReLU and out) and 2 · heads · T² (attention scores, softmax)."""
+        d, ff, layers, heads = options.d_model, options.ff_dim, options.num_layers, options.num_heads
+        tokens = 1 + dims.history_length + dims.num_candidates
+        projections = (linear_size(dims.user_features, d) + linear_size(dims.history_features, d)
+                       + linear_size(dims.candidate_features, d))
+        embeddings = (3 + dims.history_length) * d  # token type and history position
+        layer = 2 * 2 * d + 3 * d * d + 3 * d + d * d + d + d * ff + ff + ff * d + d  # 2 norms, qkv, out, ff in/out
+        parameters = projections.parameters + embeddings + layers * layer + 2 * d  # final norm
+        activations = 3 * tokens * d + layers * (tokens * (10 * d + 2 * ff) + 2 * heads * tokens * tokens)
+        return ModuleSize(parameters, activations), d
 
 
 class SlateTransformerQModule(QLearningHead, SlateTransformerModule):

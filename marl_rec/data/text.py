@@ -111,8 +111,13 @@ def encode_items(texts: list[str], cache_dir, model_dir=None, encoder: TextEncod
     Returns the (n, hidden) array and a summary (model, key, cached, encoded, seconds, items/s)."""
     encoder = encoder or TextEncoder(model_dir)
     key = model_key(encoder.model_dir)
+    from marl_rec.files import private_dir
+
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(cache_dir)  # this user's own, not a link, closed to others: what it holds is trusted as cached
+    except OSError as err:
+        raise ConfigError(f"--cache {cache_dir}: {err.strerror or err}") from None
     cache_file = cache_dir / f"text-{key}.npz"
     cached: dict[str, np.ndarray] = {}
     if cache_file.is_file():

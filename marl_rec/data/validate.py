@@ -27,6 +27,7 @@ from marl_rec.data.evaluation import (interaction_weights, interests_before, ks_
 from marl_rec.data.logs import load_log
 from marl_rec.envs.config import ConfigError, merge_overrides
 from marl_rec.envs.parts.calibrated import load_calibration
+from marl_rec.files import save_figure, write_file
 
 KS_TARGET = 0.15
 LOGGING_POLICIES = ("random", "popularity")  # the first is the logging-like policy the KS targets use
@@ -174,7 +175,7 @@ def plots(dist: dict, out: Path) -> list[str]:
         ax.set_ylabel("CDF")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "distributions.png", dpi=110)
+    save_figure(fig, out / "distributions.png", dpi=110)
     plt.close(fig)
     files.append("distributions.png")
     if len(dist["genre_names"]):
@@ -186,7 +187,7 @@ def plots(dist: dict, out: Path) -> list[str]:
         ax.set_ylabel("share of genre labels")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "genres.png", dpi=110)
+        save_figure(fig, out / "genres.png", dpi=110)
         plt.close(fig)
         files.append("genres.png")
     return files
@@ -235,8 +236,8 @@ def validate(directory, max_events: int | None = None, seed: int = 0, say=print,
         "overrides": overrides or {},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (directory / "report.md").write_text(report_text(params, ranking, runs, files, figures))
-    (directory / "validation.json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_file(directory / "report.md", report_text(params, ranking, runs, files, figures))
+    write_file(directory / "validation.json", json.dumps(figures, indent=2) + "\n")
     say(f"wrote {directory / 'report.md'} ({', '.join(files)}) in {figures['seconds']} s")
     return figures
 

@@ -12,6 +12,7 @@ comparison.md, learning_curves.png and performance_profile.png.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import numpy as np
 
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
-from marl_rec.experiment import ExperimentConfig
+from marl_rec.evaluate import METRICS
+from marl_rec.experiment import ExperimentConfig, load_json
+from marl_rec.files import save_figure, write_file
 from marl_rec.rllib.train import fix_hash_seed, progress_callback, run_dir
 from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
 
@@ -75,7 +78,7 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     baselines = {name: table[name]["team_return"].tolist() for name in exp.evaluation.baselines}
     baseline_metrics = {name: episode_means(table[name]) for name in exp.evaluation.baselines}
     path = run_dir(exp)
-    (path / RUNS_FILE).write_text(json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
+    write_file(path / RUNS_FILE, json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
                                               "baseline_metrics": baseline_metrics}, indent=1))
     report(path)
     return path
@@ -87,8 +90,9 @@ def report(path: str | Path) -> str:
     source = path / RUNS_FILE
     if not source.is_file():
         raise ConfigError(f"{path}: no {RUNS_FILE} (written by marl-rec compare)")
-    data = json.loads(source.read_text())
-    exp = ExperimentConfig.from_saved(data["experiment"], source=str(source))
+    data = read_runs(source)
+    # read as data: the tables need the comparison's settings, never its plug-ins or names
+    exp = ExperimentConfig.from_dict(data["experiment"], source=str(source))
     c = exp.compare
     rng = np.random.default_rng(exp.seed)
 
@@ -107,15 +111,16 @@ def report(path: str | Path) -> str:
         for name, y in baselines.items():
             improvement[(label, name)] = stats.probability_of_improvement(x, y, rng, reps=c.reps)
 
-    with (path / "comparison.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["algorithm", "runs", "metric", "point", "ci_low", "ci_high"])
-        for row in rows:
-            for metric in ("mean", "median", "iqm", "optimality_gap"):
-                interval = getattr(row, metric)
-                writer.writerow([row.algorithm, len(everything[row.algorithm]), metric, *interval])
-        for (label, name), interval in improvement.items():
-            writer.writerow([label, len(scores[label]), f"P({label} > {name})", *interval])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["algorithm", "runs", "metric", "point", "ci_low", "ci_high"])
+    for row in rows:
+        for metric in ("mean", "median", "iqm", "optimality_gap"):
+            interval = getattr(row, metric)
+            writer.writerow([row.algorithm, len(everything[row.algorithm]), metric, *interval])
+    for (label, name), interval in improvement.items():
+        writer.writerow([label, len(scores[label]), f"P({label} > {name})", *interval])
+    write_file(path / "comparison.csv", table.getvalue())
 
     lines = [
         f"# {exp.name}: team return, {c.episodes} held-out episodes per run (seeds {exp.evaluation.seed}..)",
@@ -134,9 +139,82 @@ def report(path: str | Path) -> str:
     if failed:
         lines += ["", f"Failed runs (left out): {', '.join(failed)}"]
     text = "\n".join(lines) + "\n"
-    (path / "comparison.md").write_text(text)
+    write_file(path / "comparison.md", text)
     plot(path, data, everything, rng, c.reps)
     return text
+
+
+def _numbers(value) -> bool:
+    return isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+def _number_map(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value.values())
+
+
+def _runs_problems(data):
+    """What is wrong with a loaded runs.json, first problem first (for ``read_runs``)."""
+    if not isinstance(data, dict):
+        yield f"holds a {type(data).__name__}, not a mapping"
+        return
+    for key, kind in (("experiment", dict), ("runs", list), ("baselines", dict)):
+        if not isinstance(data.get(key), kind):
+            yield f"'{key}' must be a {'list' if kind is list else 'mapping'}"
+            return
+    for i, run in enumerate(data["runs"]):
+        if not (isinstance(run, dict) and isinstance(run.get("variant"), str) and "seed" in run):
+            yield f"'runs[{i}]' must be a mapping with 'variant' and 'seed'"
+            return
+        if run.get("evaluation") is not None and not _numbers(run["evaluation"]):
+            yield f"'runs[{i}].evaluation' must be a list of numbers"
+        if run.get("metrics") is not None and not _number_map(run["metrics"]):
+            yield f"'runs[{i}].metrics' must be a mapping of numbers"
+        curve = run.get("curve")
+        if curve is not None and not (isinstance(curve, dict) and "env_steps" in curve
+                                      and all(_numbers(v) for v in curve.values())):
+            yield f"'runs[{i}].curve' must be a mapping of lists of numbers, 'env_steps' among them"
+    for name, values in data["baselines"].items():
+        if not (_numbers(values) and values):
+            yield f"'baselines.{name}' must be a non-empty list of numbers"
+    baseline_metrics = data.get("baseline_metrics", {})  # older comparisons have none
+    if not (isinstance(baseline_metrics, dict) and all(_number_map(m) for m in baseline_metrics.values())):
+        yield "'baseline_metrics' must map each baseline to a mapping of numbers"
+        return
+    # the metrics table has a column per metric of the first run: every row needs the same ones
+    tables = [(f"runs[{i}].metrics", r["metrics"]) for i, r in enumerate(data["runs"]) if r.get("metrics")]
+    tables += [(f"baseline_metrics.{name}", m) for name, m in baseline_metrics.items()]
+    for key, metrics in tables:
+        if set(metrics) != set(tables[0][1]):
+            yield f"'{key}' names the metrics {sorted(metrics)}, not {sorted(tables[0][1])}"
+
+
+def read_runs(source: Path) -> dict:
+    """runs.json as ``compare`` writes it, checked key by key (it is someone else's input once
+    saved): a ConfigError naming the file and the key that is missing or of the wrong kind."""
+    data = load_json(source, f"{RUNS_FILE} (written by marl-rec compare)")
+    problem = next(_runs_problems(data), None)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}; not a {RUNS_FILE} written by marl-rec compare")
+    return data
+
+
+def read_evaluation(source: Path) -> dict:
+    """A train folder's evaluation.json (marl_rec.rllib.output.save_evaluation), checked like
+    runs.json before ``marl-rec report`` rebuilds its table from it."""
+    data = load_json(source, "evaluation.json (written by marl-rec train)")
+    kinds = {"experiment": str, "episodes": int, "seed": int, "learned": str, "checkpoint": str, "results": dict}
+    problem = next((f"'{key}' must be a {kind.__name__}" for key, kind in kinds.items()
+                    if not isinstance(data.get(key) if isinstance(data, dict) else None, kind)), None)
+    if problem is None:
+        problem = next((f"'results.{policy}' must map each metric ({', '.join(METRICS)}) to a non-empty list of "
+                        "numbers" for policy, metrics in data["results"].items()
+                        if not (isinstance(metrics, dict) and set(METRICS) <= set(metrics)
+                                and all(_numbers(v) and v for v in metrics.values()))), None)
+    if problem is None and data["learned"] not in data["results"]:
+        problem = f"'learned' names {data['learned']!r}, which has no entry under 'results'"
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}; not an evaluation.json written by marl-rec train")
+    return data
 
 
 def episode_means(metrics: dict[str, np.ndarray]) -> dict[str, float]:
@@ -201,7 +279,7 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
     panels[0].set_ylabel("team return (IQM over runs, 95% CI)")
     panels[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path / "learning_curves.png")
+    save_figure(fig, path / "learning_curves.png")
 
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -216,4 +294,4 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
     ax.set_ylabel("fraction of runs with score > τ")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path / "performance_profile.png")
+    save_figure(fig, path / "performance_profile.png")

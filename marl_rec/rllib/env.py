@@ -15,13 +15,16 @@ and the training run go on (see docs/faults.md).
 from __future__ import annotations
 
 import logging
+import numbers
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
+from marl_rec.envs.checks import check_has_agents
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.ecosystem_v0 import build_runner
 from marl_rec.envs.roles import InvalidActionError
@@ -52,12 +55,23 @@ class EcosystemRLlibEnv(MultiAgentEnv):
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(f"<env_config>: the RLlib env's config must be a mapping, got {config!r:.100}")
         config = dict(config or {})
         scenario = config.pop("scenario", "creator_economy")
-        self.single_item_slates = bool(config.pop("single_item_slates", False))
-        self.max_consecutive_faults = int(config.pop("max_consecutive_faults", 0))
+        self.single_item_slates = config.pop("single_item_slates", False)
+        self.max_consecutive_faults = config.pop("max_consecutive_faults", 0)
+        if not isinstance(self.single_item_slates, (bool, np.bool_)):
+            raise ConfigError(f"<env_config>: 'single_item_slates' must be true or false, got {self.single_item_slates!r}")
+        if (isinstance(self.max_consecutive_faults, (bool, np.bool_))
+                or not isinstance(self.max_consecutive_faults, numbers.Integral) or self.max_consecutive_faults < 0):
+            raise ConfigError("<env_config>: 'max_consecutive_faults' must be an integer >= 0, "
+                              f"got {self.max_consecutive_faults!r}")
+        self.single_item_slates = bool(self.single_item_slates)
+        self.max_consecutive_faults = int(self.max_consecutive_faults)
         self._build = lambda: build_runner(scenario, **config)
         self.runner = self._build()
+        check_has_agents(self.runner.config, "<env_config>")
         self.faults = 0
         self._faults_in_a_row = 0
         self._reseed: int | None = None  # a rebuilt simulator's first seed, drawn from the one it replaced
@@ -89,7 +103,7 @@ class EcosystemRLlibEnv(MultiAgentEnv):
                 self.runner.reset(seed)
                 observations = self.runner.observe(self.runner.acting_agents())
                 break
-            except (InvalidActionError, AgentNotActingError):
+            except (InvalidActionError, AgentNotActingError, ConfigError):  # the caller's errors, not faults
                 raise
             except Exception as err:  # noqa: BLE001 - any simulator exception is an env fault
                 infos.setdefault(FAULT_INFO, []).append(self._absorb(err))
@@ -99,14 +113,14 @@ class EcosystemRLlibEnv(MultiAgentEnv):
         return observations, {agent: dict(infos) for agent in observations}
 
     def step(self, action_dict):
-        if self.single_item_slates:
-            action_dict = {a: (np.reshape(x, (1,)) if a.startswith("system_") else x) for a, x in action_dict.items()}
+        if self.single_item_slates and isinstance(action_dict, Mapping):
+            action_dict = {a: (self._as_slate(a, x) if a.startswith("system_") else x) for a, x in action_dict.items()}
         try:
             outcome = self.runner.step(action_dict)
             ended = outcome.terminated + outcome.truncated
             # agents that ended get a last observation (RLlib requires one on truncation)
             observations = self.runner.observe(self.runner.acting_agents() + ended)
-        except (InvalidActionError, AgentNotActingError):
+        except (InvalidActionError, AgentNotActingError, ConfigError):  # the caller's errors, not faults
             raise
         except Exception as err:  # noqa: BLE001 - any simulator exception is an env fault
             return self._end_by_fault(err)
@@ -119,6 +133,19 @@ class EcosystemRLlibEnv(MultiAgentEnv):
         if self.runner.done:
             self._faults_in_a_row = 0
         return observations, dict(outcome.rewards), terminateds, truncateds, outcome.infos
+
+    def _as_slate(self, agent: str, action):
+        """A ``Discrete(M)`` action (a candidate index: a scalar or a 1-item array) as the
+        ``Slate(M, 1)`` the simulator takes; anything else names the agent and the space.
+        The index itself is checked with the slate (range, mask)."""
+        try:
+            array = np.asarray(action)
+        except Exception:  # noqa: BLE001 - unconvertible: the simulator's check refuses it with its reason
+            return action
+        if array.shape not in ((), (1,)):
+            raise InvalidActionError(f"invalid action for {agent}: {action!r:.100} has shape {array.shape}, expected "
+                                     f"one candidate index in {self.action_spaces.get(agent)} (single_item_slates)")
+        return array.reshape(1)
 
     # -- env faults -------------------------------------------------------------------------
 

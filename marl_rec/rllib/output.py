@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import numpy as np
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import summarise
+from marl_rec.files import open_append, save_figure, write_file
 
 LOG_FILE = "third_party.log"
 CURVE_FILE = "learning_curve.png"
@@ -131,7 +133,7 @@ class ThirdPartyLog:
     def write(self, line: str) -> None:
         self.dropped += 1
         if self._file is None or self._file.closed:  # a worker's line that arrived after exit
-            with self.path.open("a") as late:
+            with open_append(self.path) as late:
                 late.write(line.rstrip("\n") + "\n")
             return
         self._file.write(line.rstrip("\n") + "\n")
@@ -139,7 +141,7 @@ class ThirdPartyLog:
 
     def __enter__(self) -> "ThirdPartyLog":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a")
+        self._file = open_append(self.path)
         self._file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: known-harmless third-party messages "
                          "(marl_rec.rllib.output.HARMLESS), kept out of the terminal\n")
         self._filter = _HarmlessFilter(self.write)
@@ -256,7 +258,7 @@ def save_evaluation(folder: Path, name: str, table: Mapping[str, Mapping[str, np
         "experiment": name, "episodes": episodes, "seed": seed, "learned": learned, "checkpoint": str(checkpoint),
         "results": {policy: {m: np.asarray(v).tolist() for m, v in metrics.items()} for policy, metrics in table.items()},
     }
-    (folder / EVALUATION_FILE).write_text(json.dumps(data, indent=1))
+    write_file(folder / EVALUATION_FILE, json.dumps(data, indent=1))
     return _write_table(folder, data)
 
 
@@ -266,7 +268,7 @@ def _write_table(folder: Path, data: dict) -> str:
     if privileged:
         text += (f"\n\nPrivileged references: {', '.join(privileged)} read the simulator's true state (interest, "
                  "quality, creator viability), which no recommender observes.")
-    (folder / EVALUATION_TABLE).write_text(text + "\n")
+    write_file(folder / EVALUATION_TABLE, text + "\n")
     return text
 
 
@@ -283,8 +285,13 @@ def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str)
 
 def read_progress(trial: Path) -> list[dict[str, str]]:
     """The rows of a trial's progress.csv (Tune's per-iteration results)."""
-    with (trial / PROGRESS_FILE).open() as f:
-        return list(csv.DictReader(f))
+    from marl_rec.experiment import read_text
+
+    path = trial / PROGRESS_FILE
+    try:
+        return list(csv.DictReader(io.StringIO(read_text(path, "progress.csv (Tune's results)"))))
+    except csv.Error as err:
+        raise ConfigError(f"{path}: not a CSV table of Tune's results ({err})") from None
 
 
 def read_curve(rows: list[dict[str, str]], column: str = RETURN_COLUMN) -> tuple[np.ndarray, np.ndarray]:
@@ -294,9 +301,13 @@ def read_curve(rows: list[dict[str, str]], column: str = RETURN_COLUMN) -> tuple
     on the iterations it ran)."""
     steps, values = [], []
     for row in rows:
-        value = float(row.get(column) or "nan")
-        if np.isfinite(value):
-            steps.append(float(row[STEPS_COLUMN]))
+        try:
+            value = float(row.get(column) or "nan")
+            step = float(row.get(STEPS_COLUMN) or "nan")
+        except (TypeError, ValueError):  # a cell that is not a number: a damaged row, left out of the curve
+            continue
+        if np.isfinite(value) and np.isfinite(step):
+            steps.append(step)
             values.append(value)
     return np.array(steps), np.array(values)
 
@@ -353,7 +364,7 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the lines stay visible
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     return out
 
 
@@ -376,9 +387,9 @@ def train_report(folder: str | Path) -> tuple[str, Path]:
         raise ConfigError(f"{folder}: no {EVALUATION_FILE} (written by marl-rec train after its final evaluation) "
                           f"and no runs.json (written by marl-rec compare)")
     data = json.loads(source.read_text())
-    trial = Path(data["checkpoint"]).parent
-    if not (trial / PROGRESS_FILE).is_file():  # the folder was moved: the newest trial in it
-        trial = newest_trial(folder)
+    trial = Path(str(data["checkpoint"])).parent
+    if folder.resolve() not in trial.resolve().parents or not (trial / PROGRESS_FILE).is_file():
+        trial = newest_trial(folder)  # moved, or naming a place outside the folder: the newest trial in it
     text = _write_table(folder, data)
     table = {p: {m: np.asarray(v) for m, v in metrics.items()} for p, metrics in data["results"].items()}
     png = plot_learning_curve(trial, folder / CURVE_FILE, f"{data['experiment']}: {data['learned']}", table,

@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 
 from marl_rec.envs.config import ConfigError
+from marl_rec.files import write_file
 
 KEY_ENV = "MARL_REC_CHECKPOINT_KEY"  # the key file's path, instead of the default
 MANIFEST = "marl_rec.manifest.json"  # {"kind", "files": {relative path: sha256}, "hmac"}
@@ -57,26 +58,48 @@ def key_path() -> Path:
     return config / "marl-rec" / "checkpoint.key"
 
 
-def signing_key() -> bytes:
-    """The HMAC key, created (32 random bytes, mode 0600) on first use."""
+def signing_key(create: bool = True) -> bytes | None:
+    """The HMAC key, created (32 random bytes, mode 0600) on first use; None when it does not
+    exist and ``create`` is false. A key that others can read, or whose folder others can write
+    (they could swap it), is refused."""
     path = key_path()
     if not path.exists():
+        if not create:
+            return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:  # another process made it first
             pass
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: the checkpoint signing key is open to other users (mode {oct(mode & 0o777)}); "
-                          f"run `chmod 600 {path}`")
+    check_key_file(path)
     text = path.read_text().strip()
     if len(text) < 32:
         raise ConfigError(f"{path}: not a marl-rec checkpoint key (expected 64 hex digits); delete it to make a new one")
     return text.encode()
+
+
+def check_key_file(path: Path) -> None:
+    """The key is a regular file (not a link) of this user, closed to others, in a folder that
+    only its owner (this user or root) can write; else a ConfigError saying how to fix it."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: the checkpoint signing key must be a regular file, not a link or anything else")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: the checkpoint signing key is open to other users (mode "
+                          f"{oct(info.st_mode & 0o777)}); run `chmod 600 {path}`")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = path.parent.resolve()
+    parent = os.stat(folder)
+    if info.st_uid != uid or parent.st_uid not in (uid, 0):
+        raise ConfigError(f"{path}: the checkpoint signing key or its folder belongs to another user; keep your key "
+                          f"in a folder of your own (or point {KEY_ENV} at one)")
+    if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: the checkpoint signing key's folder {folder} can be written by other users (mode "
+                          f"{oct(parent.st_mode & 0o777)}), who could swap the key; run `chmod 700 {folder}` or keep "
+                          f"the key elsewhere ({KEY_ENV})")
 
 
 # -- manifests ----------------------------------------------------------------------------------
@@ -98,9 +121,7 @@ def _mac(kind: str, files: dict[str, str], key: bytes) -> str:
 def write_manifest(folder: Path, kind: str, files: dict[str, str]) -> None:
     """``folder/MANIFEST`` for ``files`` (relative path -> sha256), written atomically."""
     manifest = {"kind": kind, "files": dict(sorted(files.items())), "hmac": _mac(kind, files, signing_key())}
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, folder / MANIFEST)
+    write_file(folder / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def read_manifest(folder: Path, kind: str, signed: bool = True) -> dict[str, str]:
@@ -123,6 +144,20 @@ def read_manifest(folder: Path, kind: str, signed: bool = True) -> dict[str, str
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ConfigError(f"{path}: lists {name!r}, outside its folder")
     return files
+
+
+def is_signed(folder: Path, kind: str) -> bool:
+    """Whether ``folder``'s manifest carries this user's signature (False without a key yet)."""
+    path = folder / MANIFEST
+    key = signing_key(create=False)
+    if key is None or not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text())
+        files, mac = dict(manifest["files"]), str(manifest["hmac"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return manifest.get("kind") == kind and hmac.compare_digest(mac, _mac(kind, files, key))
 
 
 def check_files(folder: Path, listed: dict[str, str], present: list[str], what: str) -> None:
@@ -153,6 +188,15 @@ def sign_checkpoint(folder: str | Path) -> None:
     """Sign every file of a checkpoint just written (call it last: the manifest marks it complete)."""
     folder = Path(folder)
     write_manifest(folder, "checkpoint", {name: sha256(folder / name) for name in checkpoint_files(folder)})
+
+
+def checkpoint_trusted(folder: str | Path) -> bool:
+    """Verify a checkpoint's files against its manifest (digests: any change since it was
+    written is refused) and say whether the user signed it: their own run's, or one they
+    checked and signed with ``marl-rec trust``. What a checkpoint that is not signed names is
+    never imported (``ExperimentConfig.from_saved``)."""
+    verify_checkpoint(folder, signed=False)
+    return is_signed(Path(folder), "checkpoint")
 
 
 def verify_checkpoint(folder: str | Path, signed: bool = True) -> None:

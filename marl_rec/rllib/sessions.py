@@ -17,6 +17,7 @@ import signal
 from pathlib import Path
 
 from marl_rec import cache_root
+from marl_rec.files import check_private, private_dir, write_file
 
 RECORDS = cache_root() / "ray-sessions"
 
@@ -52,6 +53,10 @@ def clean_up_orphans() -> list[int]:
     """End the processes of recorded sessions whose driver has died; returns the pids signalled."""
     if not Path("/proc").is_dir() or not RECORDS.is_dir():
         return []
+    try:
+        check_private(RECORDS)  # a record names processes to end: only our own folder's are acted on
+    except OSError:
+        return []
     ended = []
     for record in RECORDS.glob("*.json"):
         try:
@@ -60,7 +65,7 @@ def clean_up_orphans() -> list[int]:
         except (OSError, ValueError, KeyError, TypeError):
             record.unlink(missing_ok=True)  # unreadable: nothing to act on
             continue
-        if _alive(pid) or not session.startswith("/"):
+        if _alive(pid) or not session.startswith("/") or not Path(session).name.startswith("session_"):
             continue
         for orphan in _processes_naming(session):
             try:
@@ -75,7 +80,6 @@ def clean_up_orphans() -> list[int]:
 def record_session(session_dir: str) -> None:
     """Remember that this process started the local Ray session ``session_dir``."""
     try:
-        RECORDS.mkdir(parents=True, exist_ok=True)
-        (RECORDS / f"{os.getpid()}.json").write_text(json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir}))
+        write_file(private_dir(RECORDS) / f"{os.getpid()}.json", json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir}))
     except OSError:
         pass  # a read-only home: no record, no clean-up later; the run itself is unaffected

@@ -12,13 +12,15 @@ their last checkpoint.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from marl_rec.envs.config import ConfigError
-from marl_rec.experiment import ExperimentConfig
+from marl_rec.experiment import ExperimentConfig, load_json
+from marl_rec.files import write_file
 from marl_rec.rllib.train import run_dir
 from marl_rec.rllib.trainable import run_trials
 
@@ -114,18 +116,24 @@ def trial_rows(folder: Path) -> list[dict]:
     its progress.csv (for the greedy curve: its last evaluation). JSON and CSV only."""
     rows = []
     for trial in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "params.json").is_file()):
-        params = json.loads((trial / "params.json").read_text())
+        params = load_json(trial / "params.json", "params.json (a Tune trial's parameters)")
+        if not isinstance(params, dict):
+            raise ConfigError(f"{trial / 'params.json'}: holds a {type(params).__name__}, not a mapping of parameters")
         row = {"trial": trial.name, "error": (trial / "error.txt").is_file()}
         row.update({k: v for k, v in params.items() if not k.startswith("__")})
         progress = trial / "progress.csv"
         if progress.is_file():
-            with progress.open(newline="") as f:
-                for line in csv.DictReader(f):
-                    for key in ("training_iteration", "node_id"):
-                        row[key] = line.get(key, row.get(key))
-                    for key, value in line.items():
-                        if key.startswith(("env_runners/", "greedy/")) and np.isfinite(number := _number(value)):
-                            row[key] = number
+            try:
+                with progress.open(newline="", encoding="utf-8") as f:
+                    for line in csv.DictReader(f):
+                        for key in ("training_iteration", "node_id"):
+                            row[key] = line.get(key, row.get(key))
+                        for key, value in line.items():  # a row longer than the header has a None key
+                            if (isinstance(key, str) and key.startswith(("env_runners/", "greedy/"))
+                                    and np.isfinite(number := _number(value))):
+                                row[key] = number
+            except (UnicodeDecodeError, csv.Error) as err:
+                raise ConfigError(f"{progress}: not a Tune progress.csv: {err}") from None
         rows.append(row)
     return rows
 
@@ -133,15 +141,14 @@ def trial_rows(folder: Path) -> list[dict]:
 def ranking(folder: Path) -> tuple[str, str]:
     """(metric, mode) the sweep ranks by: its experiment's ``tune.metric`` and ``tune.mode``
     (from the run folder's experiment.yaml, read as plain data), else the defaults."""
-    import yaml
-
-    from marl_rec.experiment import TuneSection
+    from marl_rec.experiment import TuneSection, load_yaml, read_text
 
     tune = {}
     path = folder / "experiment.yaml"
     if path.is_file():
-        saved = yaml.safe_load(path.read_text())
-        tune = (saved.get("tune") if isinstance(saved, dict) else None) or {}
+        saved = load_yaml(read_text(path, "YAML experiment file"), str(path))
+        tune = saved.get("tune") if isinstance(saved, dict) else None
+        tune = tune if isinstance(tune, dict) else {}
     metric, mode = tune.get("metric", TuneSection.metric), tune.get("mode", TuneSection.mode)
     return (metric if isinstance(metric, str) else TuneSection.metric), ("min" if mode == "min" else "max")
 
@@ -158,10 +165,11 @@ def write_summary(folder: Path) -> str:
              and not k.startswith(("env_runners/", "greedy/"))]
     fields = list(dict.fromkeys(["trial", "error", *swept, "training_iteration", "node_id",
                                  *sorted(k for row in rows for k in row if "/" in k)]))
-    with (folder / SUMMARY_CSV).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(folder / SUMMARY_CSV, table.getvalue())
     rank, mode = ranking(folder)
     sign = 1.0 if mode == "max" else -1.0
     ranked = sorted(rows, key=lambda row: -sign * _number(row.get(rank)) if np.isfinite(_number(row.get(rank)))
@@ -175,5 +183,5 @@ def write_summary(folder: Path) -> str:
                   f"{row[k]:g}" if isinstance(row.get(k), float) else str(row.get(k, "-"))) for k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
-    (folder / SUMMARY_MD).write_text(text + "\n")
+    write_file(folder / SUMMARY_MD, text + "\n")
     return text

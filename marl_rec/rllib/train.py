@@ -39,8 +39,12 @@ def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = Fa
 
         clean_up_orphans()  # what a killed driver's local Ray left running
         # address="local": always a new local instance, even if `ray start` left a cluster to join
+        from marl_rec.files import private_temp_dir
+
+        # Ray's session folders (sockets, logs, spilled objects) in a folder of this user's own,
+        # not the shared /tmp/ray whose sessions Ray makes open to every user
         ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env)
+                 runtime_env=runtime_env, _temp_dir=str(private_temp_dir("ray")))
         record_session(ray._private.worker._global_node.get_session_dir_path())
     check_workers()
 

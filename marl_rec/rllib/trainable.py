@@ -23,6 +23,7 @@ so a checkpoint folder alone is enough to evaluate it (:func:`find_experiment`,
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -36,7 +37,9 @@ import yaml
 from marl_rec.envs.config import ConfigError
 from marl_rec.evaluate import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
-from marl_rec.rllib.safety import MANIFEST, run_files, sign_checkpoint, sign_run, verify_checkpoint, verify_run
+from marl_rec.files import write_file
+from marl_rec.rllib.safety import (MANIFEST, checkpoint_trusted, run_files, sign_checkpoint, sign_run,
+                                   verify_checkpoint, verify_run)
 from marl_rec.rllib.train import init_ray, run_dir
 
 ALGORITHM_DIR = "algorithm"  # RLlib's own checkpoint, inside ours
@@ -126,7 +129,12 @@ def checkpoint_state(checkpoint: str | Path) -> dict:
     path = Path(checkpoint) / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"{checkpoint}: not a marl-rec checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+        assert isinstance(state, dict) and isinstance(state.get("experiment"), dict)
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        raise ConfigError(f"{path}: not a marl-rec checkpoint state (JSON with an 'experiment' mapping)") from None
+    return state
 
 
 def latest_checkpoint(path: str | Path) -> Path:
@@ -145,21 +153,25 @@ def latest_checkpoint(path: str | Path) -> Path:
 
 
 def find_experiment(checkpoint: str | Path) -> ExperimentConfig:
-    """The experiment the checkpoint's trial ran (its overrides, variant and seed applied)."""
-    return ExperimentConfig.from_saved(checkpoint_state(checkpoint)["experiment"],
-                                      source=str(Path(checkpoint) / STATE_FILE))
+    """The experiment the checkpoint's trial ran (its overrides, variant and seed applied). The
+    folder's files are checked against its manifest before its JSON is read; a checkpoint the
+    user has not signed (:func:`marl_rec.rllib.safety.checkpoint_trusted`) imports nothing it
+    names (``ExperimentConfig.from_saved``)."""
+    folder = Path(checkpoint)
+    if not (folder / STATE_FILE).is_file():
+        raise ConfigError(f"{checkpoint}: not a marl-rec checkpoint (no {STATE_FILE})")
+    trusted = checkpoint_trusted(folder)
+    return ExperimentConfig.from_saved(checkpoint_state(folder)["experiment"], source=str(folder / STATE_FILE),
+                                       trusted=trusted)
 
 
 def load_modules(checkpoint: str | Path) -> dict:
     """role -> RLModule rebuilt from a checkpoint without unpickling anything: the experiment
-    from its JSON, each module as inference builds it (:func:`build_modules`), its weights from
-    ``weights/<role>.safetensors``, loaded strictly. The folder's files must match its manifest
-    (digests only: a checkpoint signed on another machine evaluates too). No Ray cluster needed."""
-    from safetensors.torch import load_file
-
+    from its JSON (:func:`find_experiment`: files checked against the manifest first; digests
+    only, so a checkpoint signed on another machine evaluates too), each module as inference
+    builds it (:func:`build_modules`), its weights from ``weights/<role>.safetensors``, loaded
+    strictly. No Ray cluster needed."""
     folder = Path(checkpoint)
-    checkpoint_state(folder)  # a clear error for a folder that is not ours
-    verify_checkpoint(folder, signed=False)  # before its JSON names plug-ins to import
     modules = build_modules(find_experiment(folder))
     for role, module in modules.items():
         weights = folder / WEIGHTS_DIR / f"{role}.safetensors"
@@ -168,12 +180,27 @@ def load_modules(checkpoint: str | Path) -> dict:
         if not weights.is_file():
             raise ConfigError(f"{weights}: missing: the checkpoint has no weights-only export of module {role!r} "
                               "(written by an older marl-rec?); marl-rec does not unpickle RLlib's files to evaluate")
+        tensors = read_weights(weights, role)
         try:
-            module.load_state_dict(load_file(str(weights)), strict=True)
-        except RuntimeError as err:
+            module.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:  # a tensor missing, extra, or of another shape
             raise ConfigError(f"{weights}: does not fit module {role!r} as the checkpoint's experiment builds it: "
                               f"{' '.join(str(err).split())[:400]}") from None
     return modules
+
+
+def read_weights(path: Path, role: str) -> dict:
+    """The tensors of a safetensors file; a ConfigError naming the file and what is wrong with it
+    (not safetensors, a header that lies about shapes or offsets, a truncated file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError, OverflowError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ConfigError(f"{path}: not a readable weights file for module {role!r} ({reason}); the checkpoint is "
+                          "damaged or was altered") from None
 
 
 def complete_checkpoints(trial_dir: Path) -> list[tuple[int, Path]]:
@@ -212,7 +239,7 @@ def trim_results(trial_dir: Path, iteration: int) -> None:
     if results.is_file():
         kept = [line for line in results.read_text().splitlines(keepends=True)
                 if line.strip() and json.loads(line).get("training_iteration", 0) <= iteration]
-        results.write_text("".join(kept))
+        write_file(results, "".join(kept))
     progress = trial_dir / "progress.csv"
     if progress.is_file():
         with progress.open(newline="") as f:
@@ -220,8 +247,9 @@ def trim_results(trial_dir: Path, iteration: int) -> None:
         if rows and "training_iteration" in rows[0]:
             column = rows[0].index("training_iteration")
             kept = [rows[0]] + [row for row in rows[1:] if row and float(row[column]) <= iteration]
-            with progress.open("w", newline="") as f:
-                csv.writer(f).writerows(kept)
+            table = io.StringIO(newline="")
+            csv.writer(table).writerows(kept)
+            write_file(progress, table.getvalue())
 
 
 def prepare_resume(path: Path) -> None:
@@ -337,7 +365,10 @@ def run_stop(run_folder: Path) -> dict | None:
     path = run_folder / EXPERIMENT_FILE
     if not path.is_file():
         return None
-    stop = (yaml.safe_load(path.read_text()) or {}).get("stop")
+    from marl_rec.experiment import load_yaml, read_text
+
+    saved = load_yaml(read_text(path, "YAML experiment file"), str(path))
+    stop = saved.get("stop") if isinstance(saved, dict) else None
     return stop if isinstance(stop, dict) else None
 
 
@@ -394,7 +425,7 @@ def stop_on_signals(stop_file: Path, name: str):
     def request_stop(signum, frame):
         if stop_file.exists():
             raise KeyboardInterrupt
-        stop_file.write_text(str(signum))
+        write_file(stop_file, str(signum))
         print(f"[{name}] stopping: each trial writes a checkpoint at the end of its current iteration "
               "(signal again to stop at once, losing that iteration)", flush=True)
 
@@ -543,7 +574,10 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     saved_file = path / EXPERIMENT_FILE
     if not saved_file.is_file():
         return False
-    saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
+    from marl_rec.experiment import load_yaml, read_text
+
+    saved = load_yaml(read_text(saved_file, "YAML experiment file"), str(saved_file))
+    saved = _flatten(saved if isinstance(saved, dict) else {})
     given = _flatten(exp.to_dict())
     differ = sorted(k for k in set(saved) | set(given) if saved.get(k, "(unset)") != given.get(k, "(unset)"))
     changed = [k for k in differ if not k.startswith(("evaluation.", "stop.", "source", "results_dir"))]
@@ -556,6 +590,42 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
 
 
 TUNER_FILE = "tuner.pkl"  # what tune.Tuner.can_restore looks for in a run folder
+LOCK_FILE = "marl_rec.lock"  # held (flock) by the one command running in a run folder; holds its pid
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, command: str):
+    """Hold ``path``'s lock while a train, sweep or compare runs there: a second run into the same
+    folder is refused, naming the process that holds it. The lock is an advisory ``flock`` on
+    ``marl_rec.lock``, which the system releases when its process ends however it ends; a lock
+    file left by a killed run is therefore taken over (and said so)."""
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise ConfigError(f"{path / LOCK_FILE}: cannot be opened as the run folder's lock ({err.strerror}; a link "
+                          "there is never followed)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"{path} is in use by another marl-rec run (pid and command: {holder}): two runs in one "
+                              "folder would mix their trials and tables. Wait for it to end, stop it, or start this "
+                              "one under another name (--set name=...)") from None
+        stale = os.read(fd, 200).decode(errors="replace").strip()
+        if stale:
+            print(f"[{path.name}] took over the lock of a run that ended without releasing it ({stale})", flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} marl-rec {command}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an empty lock file: released cleanly
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def check_run_folder(exp: ExperimentConfig, resume: bool) -> bool:
@@ -572,6 +642,7 @@ def check_run_folder(exp: ExperimentConfig, resume: bool) -> bool:
     if not (path / TUNER_FILE).is_file():
         raise ConfigError(f"{path}: nothing to resume (no Tune experiment state there); leave --resume out to start "
                           "the run")
+    verify_run(path)  # a folder not signed with your key is refused before Ray starts or anything is written there
     return check_resumed_experiment(exp, path)
 
 
@@ -616,7 +687,7 @@ def run_trials(
         from ray.tune import ResumeConfig
 
         prepare_resume(path)  # refused before Tune unpickles anything there
-        (path / EXPERIMENT_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))  # the stop trials read
+        write_file(path / EXPERIMENT_FILE, yaml.safe_dump(exp.to_dict(), sort_keys=False))  # the stop trials read
         # a new stop continues finished trials too, each from its newest checkpoint (Tune's
         # experimental _resume_config is its one way to say so); callbacks and the rest of the
         # RunConfig come back from the saved Tuner state
@@ -627,7 +698,7 @@ def run_trials(
     else:
         unsigned = old_unsigned_files(path)  # a new run next to old trials never signs their files
         path.mkdir(parents=True, exist_ok=True)
-        (path / EXPERIMENT_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+        write_file(path / EXPERIMENT_FILE, yaml.safe_dump(exp.to_dict(), sort_keys=False))
         tuner = tune.Tuner(
             trainable,
             param_space={"__experiment__": exp.to_dict(), **param_space},

@@ -64,8 +64,8 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
             ROLES.resolve(name, f"{source}: {key!r}")
     for name, behaviour in config.behaviours.items():
         if not isinstance(behaviour, str):
-            raise ConfigError(f"{source}: 'behaviours.{name}' must be a behaviour's name (a string), got {behaviour!r}; "
-                              f"registered: {', '.join(BEHAVIOURS.names())}")
+            raise ConfigError(f"{source}: 'behaviours.{name}' must be a behaviour's name (a string), "
+                              f"got {behaviour!r}; registered: {', '.join(BEHAVIOURS.names())}")
     if isinstance(config.reward_mix, dict):
         for name in config.reward_mix:
             if name != "default":
@@ -152,12 +152,15 @@ def memory_parts(config: EcosystemConfig) -> dict[str, int]:
     c = config
     u, m, k, d, h, t = c.num_users, c.num_candidates, c.slate_size, c.embedding_dim, c.history_length, c.num_topics
     external = set(c.roles)
-    per_user = BYTES_PER_USER["external" if external else "simulated"]
-    per_user += 8 * d + h * (4 * d + 12) + 4 * t + 64  # state: interest and its estimate, history, fatigue
-    per_user += 40 * m + 8 * k  # the round's candidates, the sampler's buffers and draws, the slate
-    # observations (float32), twice: the caller holds the last ones while the next are made
-    if external & {"system", "platform"}:
-        per_user += 8 * ((d + 4) + h * (d + 2) + m * (c.item_feature_dim + 1))
+    system_observed = bool(external & {"system", "platform"})
+    # per user, by what drives it; observations (float32) twice: the caller holds the last ones
+    # while the next are made
+    per_user = BYTES_PER_USER["external" if external else "simulated"] + 8 * d + 4 * t + 64 + 8 * k
+    per_history_item = 4 * d + 12 + (8 * (d + 2) if system_observed else 0)  # state: embedding, uid, watch
+    # the round's and the sampler's arrays, the candidates' features
+    per_candidate = 40 + (8 * (c.item_feature_dim + 1) if system_observed else 0)
+    if system_observed:
+        per_user += 8 * (d + 4)
         if c.state_in_observations:  # the global state, once per system agent
             per_user += 8 * c.state_dim * (u if "system" in external else 1)
     if "user" in external:
@@ -169,6 +172,8 @@ def memory_parts(config: EcosystemConfig) -> dict[str, int]:
     drawn = min(initial, c.catalogue_size)
     return {
         "num_users": u * per_user,
+        "num_users x history_length": u * h * per_history_item,
+        "num_users x num_candidates": u * m * per_candidate,
         "catalogue_size x embedding_dim": c.catalogue_size * (4 * d + 80),
         # the back catalogue: 40 bytes per planned item, then float64 draws and copies of the kept ones
         "creator.initial_items": 40 * initial + 24 * drawn * (d + 2),

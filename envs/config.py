@@ -188,7 +188,8 @@ class ItemConfig(_Section):
     generator_params: dict = spec({}, "parameters of the item generator (its Params schema)")
     topic_spread: float = spec(0.35, "std of an item embedding around its topic centre, before normalising", low=0.0,
                                high=100.0)
-    quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0, high=100.0)
+    quality_std: float = spec(0.3, "std of an item's quality around its creator's skill and effort", low=0.0,
+                              high=100.0)
     # lengths are observed as length / length_mean in float32: these bounds keep that finite
     length_mean: float = spec(4.0, "mean item length in minutes (0.06 seconds to a week)", low=1e-3, high=1e4)
     length_std: float = spec(1.0, "std of item length in minutes", low=0.0, high=1e4)
@@ -298,7 +299,8 @@ class RewardConfig(_Section):
         "it); 'active', the users active at the round's start (the earlier definition, kept for comparison: losing "
         "low-engagement users raises it)", choices=("reset", "active"),
     )
-    creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0, high=MAX_WEIGHT)
+    creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0,
+                                 high=MAX_WEIGHT)
     diversity_weight: float = spec(0.0, "team weight of mean intra-list diversity of the slates", low=0.0,
                                    high=MAX_WEIGHT)
 

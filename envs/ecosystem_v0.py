@@ -43,12 +43,22 @@ leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``ma
 ## Arguments
 ``scenario`` ("creator_economy", "recsim_interest_evolution", or "calibrated" with ``calibration=DIR``, a folder written by ``marl-rec calibrate``), ``render_mode``
 ("human": prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
-or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``.
+or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``,
+or all of them as ``config=`` (an ``EcosystemConfig``, or a mapping of its keys). Numbers may be
+numpy scalars. ``roles=[]`` is legal: every role simulated, run with ``RoundRunner.play_round``.
 Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,
-``user_dynamics``, ``creator_dynamics``, ``reward_fn``. Parts, behaviours and roles take
+``user_dynamics``, ``creator_dynamics``, ``reward_fn`` (anything else there, a name included, is
+a ConfigError; a name goes in the config key, e.g. ``user.choice_model``). Parts, behaviours and roles take
 parameters from their ``params`` keys (``reward.params``, ``behaviour_params.<role>``,
 ``role_params.<role>``, ...), checked against their ``Params`` schema
 (``marl_rec.envs.parts.base``).
+
+## Errors
+A bad argument is a ``ConfigError`` naming the key and the allowed values, at construction (an
+env too large for the memory available included, ``checks.check_memory``), or at ``reset`` when
+the starting catalogue cannot fill one slate. A bad action is an ``InvalidActionError`` naming
+the agent and its space; an action for an agent that cannot act (not its phase, terminated, or
+after the episode ended, AEC and parallel alike) is an ``AgentNotActingError`` naming the agent.
 
 ## Version history
 * v0: initial release. Since then, one change of the default reward, under the same name: the
@@ -89,9 +99,10 @@ def check_part(key: str, part) -> None:
     missing = [m for m in methods if not callable(getattr(part, m, None))]
     if isinstance(part, type) or missing:
         hint = f"an instance, e.g. {part.__name__}(config)" if isinstance(part, type) else f"it has no {missing[0]}()"
+        section = " (or pass sampler={...} for the sampler section)" if key == "sampler" else ""
         raise ConfigError(f"<arguments>: {key!r} takes a part instance with {', '.join(m + '()' for m in methods)} "
                           f"(marl_rec.envs.parts.base), got {part!r:.100} ({hint}); to pick a registered one by name, "
-                          f"set {name_key!r}" + (" (or pass sampler={...} for the sampler section)" if key == "sampler" else ""))
+                          f"set {name_key!r}{section}")
 
 
 def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | Mapping | None = None,

@@ -270,7 +270,11 @@ class ExperimentConfig(_Section):
 
     def module_sections(self) -> dict[str, ModuleSection]:
         """role -> ModuleSection for every external role, defaults filled in."""
-        roles = self.env_config().roles
+        from marl_rec.envs.checks import check_has_agents
+
+        config = self.env_config()
+        check_has_agents(config, f"{self.source}: env")  # a run needs an agent to train
+        roles = config.roles
         unknown = sorted(set(self.modules) - set(roles))
         if unknown:
             raise ConfigError(f"{self.source}: 'modules.{unknown[0]}' is not an external role; roles: {roles}")

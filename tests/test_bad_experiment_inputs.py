@@ -314,3 +314,11 @@ def test_a_writable_results_dir_is_accepted_and_left_as_it_was(tmp_path):
     (tmp_path / "new" / "results" / "run").mkdir(parents=True)
     exp.check_results_dir()
     assert list((tmp_path / "new" / "results" / "run").iterdir()) == []
+
+
+def test_an_experiment_without_external_roles_is_refused_naming_roles(tmp_path):
+    path = tmp_path / "none.yaml"
+    path.write_text("env: {roles: []}\n")
+    with pytest.raises(ConfigError, match=r"'roles' is \[\]: every role is simulated") as err:
+        load_experiment(path)
+    assert "modules.system" not in str(err.value)

@@ -81,7 +81,10 @@ ENV_CASES += [(key, "no_such_part") for key in NAMED]
 ENV_CASES += [("roles", ["nobody"]), ("roles", ["system", "system"]), ("roles", ["platform", "system"]),
               ("behaviours", {"user": "popularity"}), ("behaviours", {"system": "nobody"}),
               ("role_params", {"system": {"x": 1}}), ("slate_size", 50), ("sampler.params", {"x": 1}),
-              ("reward_mix", {"nobody": 0.5}), ("reward_mix", {"default": 2.0}), ("num_users", 10**9)]
+              ("reward_mix", {"nobody": 0.5}), ("reward_mix", {"default": 2.0}), ("num_users", 10**9),
+              ("roles", [["system"]]), ("behaviours", {"system": ["random"]}), ("catalogue_size", 2),
+              ("num_creators", 2000), ("choice_model", "mnl"), ("reward_fn", 42), ("sampler", "x"),
+              ("user.no_click_mass", -1.0), ("creator.skill_mean", 1e300), ("item.length_mean", 1e-300)]
 
 EXPERIMENT_CASES = [(k, v) for k, v in schema_cases(ExperimentConfig)
                     if k not in ("source", "env", "plugins", "modules", "train_roles")]
@@ -151,7 +154,8 @@ def test_set_flags(tmp_path, key, value):
 
 LEGAL_ENV = [{}, {"roles": ["system", "user", "creator"]}, {"roles": ["platform"]}, {"slate_size": 1},
              {"reward_mix": {"default": 0.5, "creator": 0.0}, "roles": ["system", "creator"]},
-             {"user.time_budget": 60}, {"behaviours": {"system": "myopic"}, "roles": []}]
+             {"user.time_budget": 60}, {"behaviours": {"system": "myopic"}, "roles": []},
+             {"num_users": np.int64(4)}, {"user.time_budget": np.float32(60.0)}]
 
 
 @pytest.mark.parametrize("overrides", LEGAL_ENV)

@@ -187,3 +187,18 @@ def test_shipped_experiment_runs_end_to_end(path, tmp_path, request):
         CHECKS[command](folder, raw)
         assert main(["evaluate", "--checkpoint", str(folder), "--episodes", "2"]) == 0, f"marl-rec evaluate {folder}"
         assert main(["report", str(folder)]) == 0, f"marl-rec report {folder} (after {command})"
+
+
+@pytest.mark.slow
+def test_the_clis_ray_keeps_its_sessions_in_a_private_folder():
+    """Ray makes its session folders open to every user (0777); the CLI's Ray puts them under
+    $TMPDIR/marl-rec-<uid>, which only this user can enter, not the shared /tmp/ray."""
+    import tempfile
+
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    private = Path(tempfile.gettempdir()) / f"marl-rec-{os.getuid()}"
+    assert session.parent == private / "ray"
+    info = private.lstat()
+    assert info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o700

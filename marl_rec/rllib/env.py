@@ -49,8 +49,11 @@ class EcosystemRLlibEnv(MultiAgentEnv):
     ``max_consecutive_faults`` (default 0: every exception propagates) is how many env faults in
     a row (no episode completed between them) the env absorbs; one more raises the exception,
     as a part that fails every time is a bug to stop on, not to sample around. Invalid actions
-    (``InvalidActionError``, ``AgentNotActingError``) are the caller's errors and always raise.
+    (``InvalidActionError``, ``AgentNotActingError``) and configurations (``ConfigError``, e.g. a
+    starting catalogue too small for a slate) are the caller's errors and always raise.
     ``faults`` counts the faults this env absorbed.
+
+    ``roles: []`` (every role simulated) is refused: an RLlib env needs an agent.
     """
 
     def __init__(self, config: dict[str, Any] | None = None):
@@ -62,7 +65,8 @@ class EcosystemRLlibEnv(MultiAgentEnv):
         self.single_item_slates = config.pop("single_item_slates", False)
         self.max_consecutive_faults = config.pop("max_consecutive_faults", 0)
         if not isinstance(self.single_item_slates, (bool, np.bool_)):
-            raise ConfigError(f"<env_config>: 'single_item_slates' must be true or false, got {self.single_item_slates!r}")
+            raise ConfigError("<env_config>: 'single_item_slates' must be true or false, "
+                              f"got {self.single_item_slates!r}")
         if (isinstance(self.max_consecutive_faults, (bool, np.bool_))
                 or not isinstance(self.max_consecutive_faults, numbers.Integral) or self.max_consecutive_faults < 0):
             raise ConfigError("<env_config>: 'max_consecutive_faults' must be an integer >= 0, "

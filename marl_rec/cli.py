@@ -219,7 +219,8 @@ def cmd_evaluate(args) -> int:
             exp = find_experiment(checkpoint)
             seed = exp.evaluation.seed if args.seed is None else args.seed
             print(f"{exp.name} checkpoint {checkpoint}"
-                  f"{'' if trusted else ' (not signed by you: it imports nothing it names)'}: {args.episodes} "
+                  f"{'' if trusted else ' (not signed by you: it imports only marl-rec and the plug-ins you allow)'}: "
+                  f"{args.episodes} "
                   f"episodes on seeds {seed}..{seed + args.episodes - 1} (mean ± standard error)")
             with third_party_log(log_folder(checkpoint, trusted)) as log:  # RLlib's notes on building the modules
                 table = evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)
@@ -533,7 +534,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunStopped as stopped:
         print(f"marl-rec: {stopped}", file=sys.stderr)
+        import ray
+
+        # Ray ends here, in order, while further signals are only noted (trainable.stop_on_signals),
+        # rather than in Ray's exit hook, where a Ctrl-C would print a traceback
+        ray.shutdown()
         return 130  # the shell's code for a run ended by SIGINT
+    except KeyboardInterrupt:  # Ctrl-C outside a run's stop handling (Ray starting, the final evaluation)
+        print("marl-rec: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -258,6 +258,8 @@ class ExperimentConfig(_Section):
 
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: the saved experiment is not a mapping of keys")
+        if not trusted:  # its messages name the file it came from, not a file it claims to come from
+            raw = {**raw, "source": source}
         if trusted:
             load_plugins(raw.get("plugins", []), where=f"{source}: 'plugins'")
         else:

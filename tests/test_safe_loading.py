@@ -127,11 +127,11 @@ def test_a_forged_manifest_is_refused(key, tmp_path):
     manifest = json.loads((tmp_path / safety.MANIFEST).read_text())
     manifest["files"]["tuner.pkl"] = safety.sha256(tmp_path / "tuner.pkl")  # digests right, no key
     (tmp_path / safety.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="signature does not match: the manifest was forged"):
+    with pytest.raises(ConfigError, match="signature does not match: .* was not signed with your key .*marl-rec trust"):
         safety.verify_run(tmp_path)
     other = tmp_path / "other.key"  # the right digests signed with another machine's key
     key.rename(other)
-    with pytest.raises(ConfigError, match="signed with another key"):
+    with pytest.raises(ConfigError, match=r"was not signed by you \(you have no key yet"):
         safety.verify_run(tmp_path)
 
 

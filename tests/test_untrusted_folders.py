@@ -356,6 +356,11 @@ def test_a_colleagues_run_resumes_once_you_have_trusted_it(tmp_path, key, monkey
     out = capsys.readouterr().out
     assert "run state that --resume unpickles (runs code as you): 1 files" in out and "tuner.pkl" in out
     check_run_folder(exp, resume=True)
+    # wherever it now lies: a copy under another name resumes there (name and place may differ)
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "mine" / "renamed")
+    check_run_folder(exp.with_overrides({"name": "renamed", "results_dir": str(tmp_path / "mine")}), resume=True)
 
 
 # -- 6. one run per folder ----------------------------------------------------------------------------

@@ -74,6 +74,10 @@ HARMLESS: dict[str, str] = {
     "If your trainable is slow to initialize, consider setting reuse_actors=True":
         "Tune's note on a trial whose setup takes seconds: building the algorithm and its envs does; each trial "
         "of marl-rec builds its own algorithm, so reusing actors would not save it",
+    "Restoring the run from the latest experiment state file":
+        "Tune's note on --resume; marl-rec checked and named the run folder before it",
+    "Restored on ":
+        "a resumed trial's note naming the node and checkpoint it continues from; the progress lines follow",
     "Experiment state snapshotting has been triggered multiple times":
         "Tune's note when trials checkpoint every few seconds (checkpoint_every: 1 on a small run); each snapshot "
         "is a small JSON file, and the checkpoints themselves are kept as configured",

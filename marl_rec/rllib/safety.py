@@ -137,9 +137,14 @@ def read_manifest(folder: Path, kind: str, signed: bool = True) -> dict[str, str
         assert manifest["kind"] == kind and all(isinstance(v, str) for v in files.values())
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ConfigError(f"{path}: not a marl-rec {kind} manifest") from None
-    if signed and not hmac.compare_digest(mac, _mac(kind, files, signing_key())):
-        raise ConfigError(f"{path}: the signature does not match: the manifest was forged or edited, or signed "
-                          f"with another key than {key_path()}; nothing in {folder} is loaded")
+    if signed:
+        key = signing_key(create=False)
+        if key is None or not hmac.compare_digest(mac, _mac(kind, files, key)):
+            mine = f"with your key {key_path()}" if key is not None else f"by you (you have no key yet at {key_path()})"
+            raise ConfigError(f"{path}: the signature does not match: {folder} was not signed {mine}; the manifest "
+                              "was forged or edited, or the folder comes from someone else. Nothing in it is loaded; "
+                              "if it is a colleague's folder, check what it holds and sign it with "
+                              f"`marl-rec trust {folder}`")
     for name in files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ConfigError(f"{path}: lists {name!r}, outside its folder")

@@ -231,31 +231,65 @@ def resume_point(trial_dir: Path, handed: Path | None = None) -> Path | None:
 
 
 def trim_results(trial_dir: Path, iteration: int) -> None:
-    """Drop the rows of a trial's result.json and progress.csv past ``iteration``, the one it
-    continues from: the trial reports them again, and a file holds one row per iteration."""
+    """Before a trial continues from ``iteration``: its result.json and progress.csv keep their
+    rows up to it, one per iteration, and the rows past it (iterations the trial trains and
+    reports again) move to ``result.replaced.json`` and ``progress.replaced.csv`` beside them:
+    no row that was written is ever deleted. Each resume adds its rows there, each row once; a
+    row that does not parse (a write cut short by a kill) goes there too. Every file is
+    replaced atomically, the set-aside rows first: a kill in between leaves a row in both
+    files, never in neither."""
     import csv
+
+    def past(read) -> bool:
+        try:
+            return float(read()) > iteration
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return True  # damaged: kept aside, out of the one-row-per-iteration file
+
+    def csv_text(rows) -> str:
+        table = io.StringIO(newline="")
+        csv.writer(table).writerows(rows)
+        return table.getvalue()
+
+    def read_csv(path: Path) -> list[list[str]]:
+        with path.open(newline="") as f:
+            return [row for row in csv.reader(f) if row]
 
     results = trial_dir / "result.json"
     if results.is_file():
-        kept = [line for line in results.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("training_iteration", 0) <= iteration]
-        write_file(results, "".join(kept))
+        lines = [line for line in results.read_text().splitlines() if line.strip()]
+        moved = [past(lambda: json.loads(line).get("training_iteration", 0)) for line in lines]
+        if any(moved):
+            aside = trial_dir / "result.replaced.json"
+            old = [line for line in aside.read_text().splitlines() if line.strip()] if aside.is_file() else []
+            known = set(old)
+            new = [line for line, move in zip(lines, moved) if move and line not in known]
+            write_file(aside, "".join(f"{line}\n" for line in old + new))
+            write_file(results, "".join(f"{line}\n" for line, move in zip(lines, moved) if not move))
     progress = trial_dir / "progress.csv"
-    if progress.is_file():
-        with progress.open(newline="") as f:
-            rows = list(csv.reader(f))
-        if rows and "training_iteration" in rows[0]:
-            column = rows[0].index("training_iteration")
-            kept = [rows[0]] + [row for row in rows[1:] if row and float(row[column]) <= iteration]
-            table = io.StringIO(newline="")
-            csv.writer(table).writerows(kept)
-            write_file(progress, table.getvalue())
+    rows = read_csv(progress) if progress.is_file() else []
+    if not rows or "training_iteration" not in rows[0]:
+        return
+    header, column = rows[0], rows[0].index("training_iteration")
+    moved = [past(lambda: row[column]) for row in rows[1:]]
+    if any(moved):
+        aside = trial_dir / "progress.replaced.csv"
+        old = read_csv(aside) if aside.is_file() else []
+        columns = old[0] if old else header
+        if columns != header:  # a marl-rec version with other columns wrote it: both kept, in a union
+            columns = columns + [name for name in header if name not in columns]
+            old = [columns] + [[dict(zip(old[0], row)).get(name, "") for name in columns] for row in old[1:]]
+        new = [[dict(zip(header, row)).get(name, "") for name in columns]
+               for row, move in zip(rows[1:], moved) if move]
+        known = {tuple(row) for row in old[1:]}
+        write_file(aside, csv_text([columns, *old[1:], *(row for row in new if tuple(row) not in known)]))
+        write_file(progress, csv_text([header, *(row for row, move in zip(rows[1:], moved) if not move)]))
 
 
 def prepare_resume(path: Path) -> None:
     """Before Tune restores run folder ``path``: refuse it unless every pickle-bearing file is as
     signed (:func:`marl_rec.rllib.safety.verify_run`), then trim each trial's results to the
-    checkpoint it will continue from."""
+    checkpoint it will continue from, keeping the rows it will report again aside (:func:`trim_results`)."""
     verify_run(path)
     for trial_dir in sorted(p for p in path.iterdir() if p.is_dir() and (p / "params.json").is_file()):
         restored = resume_point(trial_dir)
@@ -382,6 +416,7 @@ def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, second
 
 
 STOP_FILE = "stop.requested"  # in the run folder: every trial checkpoints at the end of its iteration and stops
+STOP_NOW = "now"  # STOP_FILE's text after a second signal: the driver ends the run without waiting for the trials
 
 
 def wait_to_be_stopped() -> None:
@@ -397,17 +432,34 @@ def _stop_callback(stop_file: Path):
 
     class InterruptWhenCheckpointed(tune.Callback):
         """Once a stop is requested, interrupts Tune (its SIGUSR1 path: the experiment state is
-        saved and unfinished trials stay resumable) as soon as every running trial has reported
-        its stop checkpoint; a trial with no result yet has nothing to keep."""
+        saved, every row the trials reported is copied into the run folder, and unfinished
+        trials stay resumable) as soon as every running trial has reported its stop checkpoint,
+        or at once after a second signal (the stop file then says ``STOP_NOW``).
+
+        A trial that has reported nothing since it (re)started has nothing to keep and is not
+        waited for: one that finds the stop file before its first iteration never reports.
+        Which trials reported is counted here, not read from ``Trial.last_result``, which is
+        never empty (Tune fills in the trial id and default metrics)."""
 
         def __init__(self):
             self.stop_file, self.sent = str(stop_file), False
+            self.stopping: dict[str, bool] = {}  # trial id -> whether its last result since it started was its stop
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.stopping.pop(trial.trial_id, None)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.stopping[trial.trial_id] = bool(result.get("stopping"))
 
         def on_step_begin(self, iteration, trials, **info):
             if self.sent or not os.path.exists(self.stop_file):
                 return
-            running = [t for t in trials if t.status == Trial.RUNNING and t.last_result]
-            if all(t.last_result.get("stopping") for t in running):
+            try:
+                now = Path(self.stop_file).read_text().strip() == STOP_NOW
+            except OSError:
+                now = False
+            waiting = [t for t in trials if t.status == Trial.RUNNING and self.stopping.get(t.trial_id) is False]
+            if now or not waiting:
                 self.sent = True
                 signal.raise_signal(signal.SIGUSR1)
 
@@ -416,18 +468,47 @@ def _stop_callback(stop_file: Path):
 
 @contextlib.contextmanager
 def stop_on_signals(stop_file: Path, name: str):
-    """While the run lasts, the first SIGINT or SIGTERM asks every trial to checkpoint at the end
-    of its current iteration (a file in the run folder, which trials on any node of a shared file
-    system see); the driver then interrupts Tune (``_stop_callback``). A second signal stops at
-    once. Tune's own SIGINT handler is off meanwhile (it would stop trials mid-iteration)."""
+    """While the run lasts, SIGINT (Ctrl-C) and SIGTERM stop it in two steps, never in the
+    middle of a file write:
+
+    1. the first asks every trial to checkpoint at the end of its current iteration (a file in
+       the run folder, which trials on any node of a shared file system see); the driver then
+       interrupts Tune (``_stop_callback``);
+    2. a second one interrupts Tune at once (the stop file says ``STOP_NOW``): iterations in
+       progress are lost, but Tune still saves its state and copies every row the trials
+       reported into the run folder before the trials are ended (a few seconds).
+
+    Later signals are only noted, here and once the run has stopped, until the process exits
+    (the CLI then ends Ray in order and exits 130): an exception raised at an arbitrary point,
+    as a KeyboardInterrupt is, could cut short Tune's copy of the results into the run folder
+    and leave a truncated progress.csv. Tune's own SIGINT handler is off meanwhile (it would
+    stop trials mid-iteration)."""
     import signal
 
+    received = []
+
+    def say(text: str) -> None:
+        try:
+            print(f"[{name}] {text}", flush=True)
+        except RuntimeError:  # the signal came while stdout was being written: print would re-enter it
+            os.write(2, f"[{name}] {text}\n".encode())
+
     def request_stop(signum, frame):
-        if stop_file.exists():
-            raise KeyboardInterrupt
-        write_file(stop_file, str(signum))
-        print(f"[{name}] stopping: each trial writes a checkpoint at the end of its current iteration "
-              "(signal again to stop at once, losing that iteration)", flush=True)
+        received.append(signum)
+        if len(received) == 1:
+            write_file(stop_file, str(signum))
+            say("stopping: each trial writes a checkpoint at the end of its current iteration (signal again to "
+                "stop without waiting for them, losing the iterations in progress)")
+        elif len(received) == 2:
+            write_file(stop_file, STOP_NOW)
+            say("stopping now: the iterations in progress are lost; Tune saves the run's state and results, "
+                "then ends the trials (a few seconds)")
+        else:
+            already_stopping(signum, frame)
+
+    def already_stopping(signum, frame):
+        say(f"already stopping, saving the run's state and results (kill -9 {os.getpid()} ends at once, and may "
+            "lose the results Tune is copying into the run folder)")
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
@@ -438,7 +519,7 @@ def stop_on_signals(stop_file: Path, name: str):
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, already_stopping if received else handler)
         if tune_handler is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
@@ -484,6 +565,7 @@ def trial(config: dict) -> None:
     stop_file = trial_dir.parent / STOP_FILE
     done = stop_reached(exp, iteration, 0, seconds)
     if not done and stop_file.exists():  # a stop was asked before this trial started: nothing new to keep
+        algo.stop()
         wait_to_be_stopped()
     while not done:
         from marl_rec.rllib.callbacks import NonFiniteError, iteration_faults, non_finite_state  # docs/faults.md
@@ -518,6 +600,9 @@ def trial(config: dict) -> None:
         else:
             tune.report(metrics)
         if stopping:
+            # the env runner and learner actors end now, in order; left to the end of this actor, each
+            # would get SIGTERM from Ray wherever it is, its threads still running
+            algo.stop()
             wait_to_be_stopped()
     algo.stop()
 
@@ -580,7 +665,8 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     saved = _flatten(saved if isinstance(saved, dict) else {})
     given = _flatten(exp.to_dict())
     differ = sorted(k for k in set(saved) | set(given) if saved.get(k, "(unset)") != given.get(k, "(unset)"))
-    changed = [k for k in differ if not k.startswith(("evaluation.", "stop.", "source", "results_dir"))]
+    # name and results_dir place the folder: a run folder copied or renamed resumes where it now is
+    changed = [k for k in differ if not k.startswith(("evaluation.", "stop.", "source", "results_dir", "name"))]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {given.get(k, '(unset)')!r}" for k in changed[:5])
         raise ConfigError(f"{path}: --resume continues the run as it was started, but these keys differ from it: {shown}"
@@ -722,7 +808,10 @@ def run_trials(
         results = tuner.fit()
     sign_run(path, exclude=unsigned)  # Tune's last save has been copied in (fit waits for it)
     if stop_file.exists():
+        at_once = stop_file.read_text().strip() == STOP_NOW
         stop_file.unlink()
-        raise RunStopped(f"[{exp.name}] stopped on request, with a checkpoint of each running trial's last iteration "
-                         f"in {path}; continue with --resume")
+        kept = (f" at once: each running trial will continue from its newest checkpoint in {path} (the rows of the "
+                "iterations it trains again are kept aside, docs/resume.md)" if at_once else
+                f", with a checkpoint of each running trial's last iteration in {path}")
+        raise RunStopped(f"[{exp.name}] stopped on request{kept}; continue with --resume")
     return results

@@ -77,7 +77,8 @@ def _checkpoint(folder: Path) -> dict[str, str]:
         changed = sorted(n for n in set(files) | set(listed) if files.get(n) != listed.get(n))
         if changed:
             raise ConfigError(f"{folder / changed[0]}: differs from the checkpoint's own manifest "
-                              f"({len(changed)} files do): it was altered after it was written; not trusted")
+                              f"({len(changed)} {'file does' if len(changed) == 1 else 'files do'}): it was altered "
+                              "after it was written; not trusted")
     return files
 
 
@@ -85,7 +86,7 @@ def inspect(directory: str | Path) -> Look:
     """What ``directory`` (a checkpoint, a trial folder, or a run folder of train, sweep or
     compare) holds: its checkpoints with their files' digests and saved experiments, and a run
     folder's pickle-bearing state. Reads JSON and bytes only."""
-    folder = Path(directory).absolute()
+    folder = Path(os.path.abspath(directory))  # normalised (no ..), links not followed: they are refused below
     if not folder.is_dir():
         raise ConfigError(f"{directory}: no such folder")
     _no_links(folder)

@@ -172,3 +172,36 @@ def test_resume_with_a_larger_stop_extends_a_finished_run(tmp_path, env):
                              text=True, timeout=300)
     assert refused.returncode == 2 and "seed: 0 -> 3" in refused.stderr, refused.stderr[-2000:]
     assert "only evaluation.* and stop.* may change" in refused.stderr and "Ray" not in refused.stdout
+
+
+def test_trim_results_keeps_the_rows_it_takes_out_aside(tmp_path):
+    """The rows past the checkpoint a trial continues from (it reports them again) leave result.json
+    and progress.csv for result.replaced.json and progress.replaced.csv: each row once, a damaged
+    row too, none deleted."""
+    from marl_rec.rllib.trainable import trim_results
+
+    def write(iterations, damaged=""):
+        (tmp_path / "result.json").write_text("".join(json.dumps({"training_iteration": i, "loss": i / 10}) + "\n"
+                                                      for i in iterations) + damaged)
+        (tmp_path / "progress.csv").write_text("loss,training_iteration\n" +
+                                               "".join(f"{i / 10},{i}\n" for i in iterations) + damaged)
+
+    write([1, 2, 3], damaged='{"training_iter')  # the last row cut short by a kill
+    trim_results(tmp_path, 1)
+    rows, progress = iterations(tmp_path)
+    assert rows == progress == [1]
+    replaced = (tmp_path / "result.replaced.json").read_text().splitlines()
+    assert [json.loads(line)["training_iteration"] for line in replaced[:2]] == [2, 3]
+    assert replaced[2] == '{"training_iter'
+    aside = list(csv.DictReader((tmp_path / "progress.replaced.csv").open()))
+    assert [(r["loss"], r["training_iteration"]) for r in aside] == [("0.2", "2"), ("0.3", "3"), ('{"training_iter', "")]
+
+    # a resume cut short before it rewrote result.json, then another one: no row twice, none lost
+    write([1, 2, 3])
+    trim_results(tmp_path, 1)
+    trim_results(tmp_path, 0)
+    assert iterations(tmp_path) == ([], [])
+    replaced = [line for line in (tmp_path / "result.replaced.json").read_text().splitlines()]
+    assert len(replaced) == len(set(replaced)) == 4  # rows 2, 3, the damaged one, then row 1
+    aside = list(csv.DictReader((tmp_path / "progress.replaced.csv").open()))
+    assert [r["training_iteration"] for r in aside] == ["2", "3", "", "1"]

@@ -535,6 +535,7 @@ def trial(config: dict) -> None:
     from ray import tune
     from ray.train._internal.session import get_session
     from ray.tune import Checkpoint
+    from ray.tune.result import SHOULD_CHECKPOINT
 
     from marl_rec.rllib.builder import build_algorithm_config
 
@@ -573,13 +574,16 @@ def trial(config: dict) -> None:
         start = time.time()
         result = algo.train()
         faults = iteration_faults(result, f"[{exp.name}] iteration {iteration + 1}")  # env faults, steps sampled
-        metrics = {**flat_result(result), "node_id": node, **faults, **no_point, **lines}
+        # every key in every row, Tune's should_checkpoint too (it sets it only on rows with a checkpoint): after
+        # a resume, Tune's CSV logger writes a trial's rows in the order of the keys of its first new row, under
+        # the header of the file's first row
+        metrics = {**flat_result(result), "node_id": node, **faults, **no_point, **lines, "stopping": False,
+                   SHOULD_CHECKPOINT: False}
         iteration, seconds = iteration + 1, seconds + time.time() - start
         done = stop_reached(exp, iteration, metrics["num_env_steps_sampled_lifetime"], seconds)
         stopping = not done and stop_file.exists()  # the user asked the run to stop: checkpoint this iteration
         checkpoint_now = iteration % exp.checkpoint_every == 0 or done or stopping
-        if stopping:
-            metrics["stopping"] = True
+        metrics["stopping"] = stopping
         # a state with NaN or infinity is reported, never checkpointed: the newest checkpoint stays the last finite one
         problem = exp.faults.check_finite and non_finite_state(result, algo if checkpoint_now else None)
         if problem:

@@ -44,6 +44,8 @@ SEEN = [
     "reuse_actors=True to reduce actor creation overheads.",
     "Experiment state snapshotting has been triggered multiple times in the last 5.0 seconds and may become a "
     "bottleneck. A snapshot is forced if `CheckpointConfig(num_to_keep)` is set, ...",
+    "Restoring the run from the latest experiment state file: experiment_state-2026-12-07_18-06-59.json",
+    "Restored on 127.0.0.1 from checkpoint: Checkpoint(filesystem=local, path=/tmp/x/trial_0/checkpoint_000000)",
 ]
 KEPT = [
     "The obs returned by the `step()` method is not within the observation space with exception: boom",

@@ -76,7 +76,7 @@ HARMLESS: dict[str, str] = {
         "of marl-rec builds its own algorithm, so reusing actors would not save it",
     "Restoring the run from the latest experiment state file":
         "Tune's note on --resume; marl-rec checked and named the run folder before it",
-    "Restored on ":
+    "from checkpoint: Checkpoint(filesystem=local":
         "a resumed trial's note naming the node and checkpoint it continues from; the progress lines follow",
     "Experiment state snapshotting has been triggered multiple times":
         "Tune's note when trials checkpoint every few seconds (checkpoint_every: 1 on a small run); each snapshot "

@@ -207,3 +207,22 @@ def test_train_writes_the_learning_curve_and_a_quiet_summary(tmp_path, capsys):
     (folder / CURVE_FILE).unlink()
     assert main(["report", str(folder)]) == 0
     assert "| myopic |" in capsys.readouterr().out and (folder / CURVE_FILE).is_file()
+
+
+def test_a_workers_sigterm_exit_traceback_is_shutdown_noise_and_nothing_else_is():
+    from marl_rec.rllib.output import harmless_lines
+
+    block = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f4c4c7865c0>",
+             "Traceback (most recent call last):",
+             '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
+             "    def _remove(item, selfref=ref(self)):",
+             "",
+             '  File ".../ray/_private/worker.py", line 1063, in sigterm_handler',
+             "    raise_sys_exit_with_custom_error_message(",
+             '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_error_message',
+             "SystemExit: 1"]
+    other = ["Exception ignored in: <function f at 0x1>", "Traceback (most recent call last):",
+             '  File "mine.py", line 3, in f', "SystemExit: 1"]
+    assert harmless_lines(["before"] + block + ["after"]) == [False] + [True] * len(block) + [False]
+    assert harmless_lines(other) == [False] * len(other)  # an exit that did not come through Ray's handler is kept
+    assert harmless_lines(block[:-1]) == [False] * (len(block) - 1)  # a block cut short is kept

@@ -93,6 +93,29 @@ def is_harmless(message: str) -> bool:
     return any(fragment in message for fragment in HARMLESS)
 
 
+# A worker that Ray ends with SIGTERM once its trial has finished raises SystemExit from Ray's
+# own handler (ray/_private/worker.py sigterm_handler); when the signal lands in a weakref
+# callback, Python prints the exit as "Exception ignored in: ..." with that traceback. The
+# trial's results and checkpoints are written by then: the block is shutdown noise.
+SHUTDOWN_BLOCK = ("Exception ignored in:", "in sigterm_handler", "SystemExit")
+
+
+def harmless_lines(lines: list[str]) -> list[bool]:
+    """For a batch of a worker's output lines: which are harmless, each by :func:`is_harmless`,
+    plus every line of a :data:`SHUTDOWN_BLOCK` traceback (from its "Exception ignored in:" line
+    to its SystemExit line, when it passes through Ray's sigterm_handler)."""
+    harmless = [is_harmless(line) for line in lines]
+    start, first, handler, last = None, *SHUTDOWN_BLOCK
+    for i, line in enumerate(lines):
+        if first in line:
+            start = i
+        elif start is not None and last in line:
+            if any(handler in lines[k] for k in range(start, i)):
+                harmless[start:i + 1] = [True] * (i + 1 - start)
+            start = None
+    return harmless
+
+
 # -- third-party output -----------------------------------------------------------------------
 
 
@@ -181,9 +204,10 @@ class ThirdPartyLog:
     def _wrap(self, handler):
         def filtered(data: dict) -> None:
             lines = data.get("lines", [])
-            kept = [line for line in lines if not is_harmless(line)]
-            for line in lines:
-                if is_harmless(line):
+            harmless = harmless_lines(lines)
+            kept = [line for line, dropped in zip(lines, harmless) if not dropped]
+            for line, dropped in zip(lines, harmless):
+                if dropped:
                     self.write(f"(pid={data.get('pid')}) {line}")
             if kept:
                 handler({**data, "lines": kept})

@@ -75,6 +75,17 @@ def strict():
         yield
 
 
+@pytest.fixture
+def key(tmp_path, monkeypatch):
+    """The checkpoint signing key of "this user", in a private folder of the test's own
+    (``MARL_REC_CHECKPOINT_KEY``); made on first use."""
+    from marl_rec.rllib import safety
+
+    path = tmp_path / "config" / "checkpoint.key"
+    monkeypatch.setenv(safety.KEY_ENV, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def synthetic_calibration(tmp_path_factory) -> str:
     """A calibrated scenario fitted from a small synthetic log in the generic columns (the

@@ -32,13 +32,6 @@ def plant(path, marker):
 
 
 @pytest.fixture
-def key(tmp_path, monkeypatch):
-    path = tmp_path / "config" / "checkpoint.key"
-    monkeypatch.setenv(safety.KEY_ENV, str(path))
-    return path
-
-
-@pytest.fixture
 def no_unpickling(monkeypatch):
     """Every unpickling entry point raises, except numba's loader of the simulator's compiled
     kernels (machine code marl-rec compiled itself into its private cache folder, as Python

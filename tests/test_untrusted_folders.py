@@ -29,14 +29,6 @@ TINY = {"name": "foreign", "env": {"num_users": 3, "num_creators": 2, "max_cycle
 
 
 @pytest.fixture
-def key(tmp_path, monkeypatch):
-    """This user's key, in a private folder of the test's own."""
-    path = tmp_path / "config" / "checkpoint.key"
-    monkeypatch.setenv(safety.KEY_ENV, str(path))
-    return path
-
-
-@pytest.fixture
 def attacker(tmp_path, monkeypatch):
     """A module the attacker hopes marl-rec will import or call: importing ``evil_plugin``, or
     constructing ``evil_parts.Evil``, creates the marker file."""

@@ -126,8 +126,8 @@ def evaluate_runs(
         raise ConfigError(f"{exp.source}: a trained run and a baseline share the name {clashes[0]!r}")
     table = {}
     for label, checkpoint in checkpoints.items():
-        table[label] = evaluate_modules(load_modules(checkpoint), find_experiment(checkpoint), episodes, seed,
-                                        progress, label)
+        saved = find_experiment(checkpoint)  # the files checked once, then the experiment and weights read
+        table[label] = evaluate_modules(load_modules(checkpoint, saved), saved, episodes, seed, progress, label)
     for name in exp.evaluation.baselines:
         table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env, progress=progress)
     return table

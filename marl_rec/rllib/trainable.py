@@ -165,14 +165,15 @@ def find_experiment(checkpoint: str | Path) -> ExperimentConfig:
                                        trusted=trusted)
 
 
-def load_modules(checkpoint: str | Path) -> dict:
+def load_modules(checkpoint: str | Path, exp: ExperimentConfig | None = None) -> dict:
     """role -> RLModule rebuilt from a checkpoint without unpickling anything: the experiment
     from its JSON (:func:`find_experiment`: files checked against the manifest first; digests
     only, so a checkpoint signed on another machine evaluates too), each module as inference
     builds it (:func:`build_modules`), its weights from ``weights/<role>.safetensors``, loaded
-    strictly. No Ray cluster needed."""
+    strictly. ``exp``: the checkpoint's experiment when the caller has read it already
+    (:func:`find_experiment`, which checked the files). No Ray cluster needed."""
     folder = Path(checkpoint)
-    modules = build_modules(find_experiment(folder))
+    modules = build_modules(find_experiment(folder) if exp is None else exp)
     for role, module in modules.items():
         weights = folder / WEIGHTS_DIR / f"{role}.safetensors"
         if not has_weights(module):

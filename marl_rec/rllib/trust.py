@@ -22,8 +22,7 @@ from pathlib import Path
 from marl_rec.envs.config import ConfigError
 from marl_rec.rllib.safety import (MANIFEST, checkpoint_files, key_path, read_manifest, run_files, sha256, signing_key,
                                    write_manifest)
-
-STATE_FILE = "marl_rec.json"  # marl_rec.rllib.trainable.STATE_FILE (not imported: trainable pulls in the trial code)
+from marl_rec.rllib.trainable import STATE_FILE, TUNER_FILE
 
 
 @dataclass
@@ -100,10 +99,10 @@ def inspect(directory: str | Path) -> Look:
         except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
             raise ConfigError(f"{checkpoint / STATE_FILE}: not a marl-rec checkpoint state") from None
         look.experiments[checkpoint] = raw
-    if (folder / "tuner.pkl").is_file():  # a run folder: what --resume hands to Tune
+    if (folder / TUNER_FILE).is_file():  # a run folder: what --resume hands to Tune
         look.run = {name: sha256(folder / name) for name in run_files(folder)}
     if not look.checkpoints and look.run is None:
-        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, no tuner.pkl)")
+        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, no {TUNER_FILE})")
     return look
 
 

@@ -818,24 +818,6 @@ def history_view(idx, history_embedding, history_watch, history_uid, length_mean
 
 
 @jit
-def valid_slates(idx, batch, candidate_mask, checked):
-    """Whether every row of ``batch`` (users ``idx``) is a legal slate: K distinct candidate
-    indices in range, each masked in. ``checked``: which rows count (empty: all)."""
-    m = candidate_mask.shape[1]
-    for r in range(len(batch)):
-        if len(checked) and not checked[r]:
-            continue
-        for j in range(batch.shape[1]):
-            a = batch[r, j]
-            if a < 0 or a >= m or not candidate_mask[idx[r], a]:
-                return False
-            for i in range(j):
-                if batch[r, i] == a:
-                    return False
-    return True
-
-
-@jit
 def utility_items(topic_draws, z, cluster_means, quality_std, length_mean, topic, embedding, quality, length):
     """RecSim's utility-model documents: a cluster per item (uniform from ``topic_draws``, or
     the given one when ``topic_draws`` is empty), one-hot features, quality ~ N(cluster mean,

@@ -18,10 +18,11 @@ from marl_rec.envs.config import EcosystemConfig, _Section
 from marl_rec.envs.parts.base import NoParams
 from marl_rec.envs.parts.rewards import watch_time_per_user
 from marl_rec.envs.registry import ROLES
+from marl_rec.envs.slates import slate_problem, valid_slates
 from marl_rec.envs.spaces import PlatformSlates, Slate
 
 
-_ALL = np.zeros(0, bool)  # kernels.valid_slates: every row checked
+_ALL = np.zeros(0, bool)  # valid_slates: every row checked
 
 # Finite bounds on feature boxes (PettingZoo's api_test flags infinite ones); every feature is
 # a normalised quantity far inside them.
@@ -263,22 +264,15 @@ class SystemRole(Role):
         return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
 
     def batch_valid(self, sim, idx, batch):
-        return kernels.valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
-                                    sim.state.round.candidate_mask, _ALL)
+        return valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
+                            sim.state.round.candidate_mask, _ALL)
 
     def check_action(self, sim, index, action, agent):
         array = super().check_action(sim, index, action, agent)
-        if len(np.unique(array)) != len(array):
+        problem = slate_problem(array[None], np.array([index]), sim.state.round.candidate_mask)
+        if problem is not None:
             raise InvalidActionError(
-                f"invalid action for {agent}: slate {array.tolist()} repeats a candidate; "
-                f"a slate is {self.config.slate_size} distinct indices in {self.action_space}"
-            )
-        mask = sim.state.round.candidate_mask[index]
-        if not mask[array].all():
-            raise InvalidActionError(
-                f"invalid action for {agent}: slate {array.tolist()} includes masked-out candidates "
-                f"{array[~mask[array]].tolist()} (see observation['action_mask'])"
-            )
+                f"invalid action for {agent}: {problem.for_agent(self.config.slate_size, self.action_space)}")
         return array
 
 
@@ -345,27 +339,16 @@ class PlatformRole(SystemRole):
 
     def batch_valid(self, sim, idx, batch):
         active = sim.state.users.active
-        return all(kernels.valid_slates(self._users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask,
-                                        active) for slates in batch)
-
-    def _problem(self, sim, slates: np.ndarray) -> str | None:
-        active = sim.state.users.active
-        if not ((slates >= 0) & (slates < self.config.num_candidates)).all():
-            return "an index outside the candidates"
-        ordered = np.sort(slates[active], axis=1)
-        repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
-        if len(repeated):
-            return f"a slate that repeats a candidate (user {np.flatnonzero(active)[repeated[0]]})"
-        allowed = sim.state.round.candidate_mask[np.flatnonzero(active)[:, None], slates[active]]
-        if not allowed.all():
-            return f"masked-out candidates (user {np.flatnonzero(active)[np.flatnonzero(~allowed.all(axis=1))[0]]})"
-        return None
+        return all(valid_slates(self._users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask,
+                                active) for slates in batch)
 
     def check_action(self, sim, index, action, agent):
         array = Role.check_action(self, sim, index, action, agent)
-        problem = self._problem(sim, array)
-        if problem:
-            raise InvalidActionError(f"invalid action for {agent}: {problem}; expected {self.action_space}")
+        active = sim.state.users.active  # rows of users who left are ignored
+        problem = slate_problem(array[active], self._users[active], sim.state.round.candidate_mask)
+        if problem is not None:
+            raise InvalidActionError(f"invalid action for {agent}: {problem.for_platform()}; "
+                                     f"expected {self.action_space}")
         return array
 
 

@@ -1,4 +1,7 @@
-"""The slate action space: K distinct indices out of M candidates."""
+"""The slate action spaces: K distinct indices out of M candidates, for one user or for every user.
+
+Distinctness is ``marl_rec.envs.slates``' rule; the candidate mask is the roles' to check (a space
+knows no round)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from marl_rec.envs.parts.slates import random_slates
+from marl_rec.envs.slates import repeated_rows
 
 
 class Slate(spaces.MultiDiscrete):
@@ -39,8 +43,7 @@ class Slate(spaces.MultiDiscrete):
     def contains(self, x: Any) -> bool:
         if not super().contains(x):
             return False
-        x = np.asarray(x)
-        return len(np.unique(x)) == len(x)
+        return not repeated_rows(np.asarray(x)[None]).any()
 
     def __repr__(self) -> str:
         return f"Slate(num_candidates={self.num_candidates}, slate_size={self.slate_size})"
@@ -74,8 +77,7 @@ class PlatformSlates(spaces.MultiDiscrete):
     def contains(self, x: Any) -> bool:
         if not super().contains(x):
             return False
-        ordered = np.sort(np.asarray(x), axis=1)
-        return not (ordered[:, 1:] == ordered[:, :-1]).any()
+        return not repeated_rows(np.asarray(x)).any()
 
     def __repr__(self) -> str:
         return (f"PlatformSlates(num_users={self.num_users}, num_candidates={self.num_candidates}, "

@@ -35,6 +35,7 @@ from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.parts.samplers import MixedSampler
 from marl_rec.envs.parts.users import EcosystemUserDynamics, empty_users
 from marl_rec.envs.registry import CANDIDATE_SAMPLERS, ITEM_GENERATORS, USER_DYNAMICS
+from marl_rec.envs.slates import later_copies, repeated_rows
 
 SIMULATOR_FILE = "simulator.npz"
 # The arrays of simulator.npz, named once (marl_rec.data.calibrate writes them): name -> (ndim, meaning)
@@ -262,21 +263,12 @@ class CalibratedGrowthSampler(MixedSampler):
                 return candidates, mask
             u, m = np.nonzero(bad)
             candidates[u, m] = cat.newest(rng.integers(0, cat.count, size=len(u)))
-            ordered = np.sort(candidates, axis=1)  # a redraw may repeat another candidate of its row
-            if (ordered[:, 1:] == ordered[:, :-1]).any():
-                for r in np.nonzero((ordered[:, 1:] == ordered[:, :-1]).any(1))[0]:
-                    _, first = np.unique(candidates[r], return_index=True)
-                    repeated = np.ones(candidates.shape[1], bool)
-                    repeated[first] = False
-                    candidates[r, repeated] = cat.newest(rng.integers(0, cat.count, size=int(repeated.sum())))
+            for r in np.flatnonzero(repeated_rows(candidates)):  # a redraw may repeat another candidate of its row
+                copies = later_copies(candidates[r])
+                candidates[r, copies] = cat.newest(rng.integers(0, cat.count, size=int(copies.sum())))
         bad = self._consumed[rows, np.maximum(cat.uid[candidates], 0)] & mask
-        ordered = np.sort(candidates, axis=1)
-        duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(1)
-        for r in np.nonzero(duplicate_rows)[0]:  # rare: mask out the later copies
-            _, first = np.unique(candidates[r], return_index=True)
-            keep = np.zeros(candidates.shape[1], bool)
-            keep[first] = True
-            bad[r] |= ~keep
+        for r in np.flatnonzero(repeated_rows(candidates)):  # rare: mask out the later copies
+            bad[r] |= later_copies(candidates[r])
         k = self.config.slate_size
         allowed = (mask & ~bad).sum(1) >= k
         mask[allowed] &= ~bad[allowed]

@@ -13,35 +13,10 @@ from dataclasses import dataclass
 
 from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
 from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, EcosystemConfig
+from marl_rec.envs.part_kinds import PART_KINDS
 from marl_rec.envs.parts.base import validate_params
 from marl_rec.envs import roles as _roles  # noqa: F401  (registers the built-in roles)
-from marl_rec.envs.registry import (
-    BEHAVIOURS,
-    CANDIDATE_SAMPLERS,
-    CHOICE_MODELS,
-    CREATOR_DYNAMICS,
-    ITEM_GENERATORS,
-    REWARDS,
-    ROLES,
-    USER_DYNAMICS,
-)
-
-# (registry, key of the name, key of its params)
-PART_KEYS = (
-    (CANDIDATE_SAMPLERS, "sampler.name", "sampler.params"),
-    (ITEM_GENERATORS, "item.generator", "item.generator_params"),
-    (CHOICE_MODELS, "user.choice_model", "user.choice_params"),
-    (USER_DYNAMICS, "user.dynamics", "user.dynamics_params"),
-    (CREATOR_DYNAMICS, "creator.dynamics", "creator.dynamics_params"),
-    (REWARDS, "reward.name", "reward.params"),
-)
-
-
-def _get(config: EcosystemConfig, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+from marl_rec.envs.registry import BEHAVIOURS, ROLES
 
 
 @dataclass
@@ -132,9 +107,8 @@ def check_has_agents(config: EcosystemConfig, source: str = "<config>") -> None:
 def check_names(config: EcosystemConfig, source: str = "<config>") -> EcosystemConfig:
     """Resolve every name ``config`` holds and validate every ``params`` mapping (see the module
     docstring); returns ``config``, or raises a ``ConfigError`` naming ``source`` and the key."""
-    for registry, name_key, params_key in PART_KEYS:
-        cls = registry.resolve(_get(config, name_key), f"{source}: {name_key!r}")
-        validate_params(cls, _get(config, params_key), source, params_key)
+    for kind in PART_KINDS:
+        kind.check(config, source)
     plan_roles(config, source)
     return config
 

@@ -10,15 +10,8 @@ import numpy as np
 
 from marl_rec.envs import kernels, parts  # noqa: F401  (parts: registers the built-in parts)
 from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.parts.base import build_part
-from marl_rec.envs.registry import (
-    CANDIDATE_SAMPLERS,
-    CHOICE_MODELS,
-    CREATOR_DYNAMICS,
-    ITEM_GENERATORS,
-    REWARDS,
-    USER_DYNAMICS,
-)
+from marl_rec.envs.metrics import MEASURES
+from marl_rec.envs.part_kinds import PART_ARGUMENTS, PART_KINDS
 from marl_rec.envs.state import Catalogue, EcosystemState, Round
 
 
@@ -27,30 +20,18 @@ class Simulator:
 
     Args:
         config: the validated ``EcosystemConfig``.
-        sampler, item_generator, choice_model, user_dynamics, creator_dynamics, reward_fn:
-            part instances to use instead of the registered ones the config names.
+        parts: part instances to use instead of the registered ones the config names, by the
+            keywords of ``part_kinds.PART_KINDS``: sampler, item_generator, choice_model,
+            user_dynamics, creator_dynamics, reward_fn (each also the attribute that holds it).
     """
 
-    def __init__(
-        self,
-        config: EcosystemConfig,
-        *,
-        sampler=None,
-        item_generator=None,
-        choice_model=None,
-        user_dynamics=None,
-        creator_dynamics=None,
-        reward_fn=None,
-    ):
+    def __init__(self, config: EcosystemConfig, **parts):
+        unknown = sorted(set(parts) - set(PART_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"Simulator got unexpected part {unknown[0]!r}; its parts: {', '.join(PART_ARGUMENTS)}")
         self.config = config
-        self.sampler = sampler or _part(CANDIDATE_SAMPLERS, config, "sampler.name", "sampler.params")
-        self.item_generator = item_generator or _part(ITEM_GENERATORS, config, "item.generator", "item.generator_params")
-        self.choice_model = choice_model or _part(CHOICE_MODELS, config, "user.choice_model", "user.choice_params")
-        self.user_dynamics = user_dynamics or _part(USER_DYNAMICS, config, "user.dynamics", "user.dynamics_params")
-        self.creator_dynamics = creator_dynamics or _part(
-            CREATOR_DYNAMICS, config, "creator.dynamics", "creator.dynamics_params"
-        )
-        self.reward_fn = reward_fn or _part(REWARDS, config, "reward.name", "reward.params")
+        for kind in PART_KINDS:
+            setattr(self, kind.argument, parts.get(kind.argument) or kind.build(config))
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
         self.roles: dict = {}  # name -> Role instance, set by the RoundRunner that drives this simulator
@@ -258,34 +239,9 @@ class Simulator:
         ).astype(np.float32)
 
     def metrics(self) -> dict[str, float]:
-        """The recommender metrics of the episode so far (see README's metrics table)."""
-        s, c = self.state, self.config
-        users, creators = s.users, s.creators
-        slates = max(int(users.slates_seen.sum()), 1)
-        exposure = np.sort(creators.exposure_total)
-        n = len(exposure)
-        if n and exposure.sum() > 0:
-            gini = float((2 * np.arange(1, n + 1) - n - 1) @ exposure / (n * exposure.sum()))
-        else:
-            gini = 0.0
-        return {
-            "team_return": float(self.team_return),
-            "watch_time": float(users.watch_total.sum() / c.num_users),
-            "clicks": float(users.clicks.sum() / c.num_users),
-            "ctr": float(users.clicks.sum() / slates),
-            "session_length": float(users.session_length.mean()),
-            "user_retention": float(users.active.mean()),
-            "creator_retention": float(creators.active.mean()) if n else 1.0,
-            "coverage": float(np.count_nonzero(self._shown) / max(s.catalogue.next_uid, 1)),
-            "exposure_gini": gini,
-            "diversity": float(self.diversity_sum / max(self.diversity_count, 1)),
-        }
+        """The recommender metrics of the episode so far (``metrics.MEASURES``; README's metrics table)."""
+        return {name: measure(self) for name, measure in MEASURES.items()}
 
-
-def _part(registry, config: EcosystemConfig, name_key: str, params_key: str):
-    """The part the config names at ``name_key`` (e.g. "user.choice_model"), built with its
-    params at ``params_key`` (validated against its ``Params`` schema)."""
-    section, _, field = name_key.partition(".")
-    values = getattr(config, section)
-    cls = registry.resolve(getattr(values, field), f"<config>: {name_key!r}")
-    return build_part(cls, config, getattr(values, params_key.partition(".")[2]), "<config>", params_key)
+    def items_shown(self) -> int:
+        """How many of the episode's items some slate has shown so far."""
+        return int(np.count_nonzero(self._shown))

@@ -76,26 +76,18 @@ from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import wrappers
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig
+from marl_rec.envs.part_kinds import PART_ARGUMENTS, part_kind
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import AgentNotActingError, RoundRunner
 
-# keyword -> (the methods an instance must have (marl_rec.envs.parts.base), the key that names a registered one)
-PARTS = {
-    "sampler": (("sample",), "sampler.name"),
-    "item_generator": (("topic_centres", "sample"), "item.generator"),
-    "choice_model": (("probabilities",), "user.choice_model"),
-    "user_dynamics": (("initial_users", "respond"), "user.dynamics"),
-    "creator_dynamics": (("initial_creators", "seed_catalogue", "resolve"), "creator.dynamics"),
-    "reward_fn": (("__call__",), "reward.name"),
-}
-PART_KEYS = tuple(PARTS)
 METADATA = {"name": "ecosystem_v0", "render_modes": ["human", "ansi", "rgb_array"], "render_fps": 4}
 
 
 def check_part(key: str, part) -> None:
     """A ConfigError unless ``part``, given as keyword ``key``, is an instance with the methods
     its contract calls (a name, a class or a number there is a mistake made before any step)."""
-    methods, name_key = PARTS[key]
+    kind = part_kind(key)
+    methods, name_key = kind.methods, kind.name_key
     missing = [m for m in methods if not callable(getattr(part, m, None))]
     if isinstance(part, type) or missing:
         hint = f"an instance, e.g. {part.__name__}(config)" if isinstance(part, type) else f"it has no {missing[0]}()"
@@ -107,7 +99,7 @@ def check_part(key: str, part) -> None:
 
 def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | Mapping | None = None,
                  **kwargs) -> RoundRunner:
-    parts = {k: kwargs.pop(k) for k in PART_KEYS if k in kwargs and not isinstance(kwargs[k], Mapping)}
+    parts = {k: kwargs.pop(k) for k in PART_ARGUMENTS if k in kwargs and not isinstance(kwargs[k], Mapping)}
     for key, part in parts.items():
         if part is not None:  # None: the part the configuration names
             check_part(key, part)

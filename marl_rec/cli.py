@@ -277,6 +277,7 @@ def list_parts() -> list[str]:
     """One line per registry; a name a plug-in registered says which module did. The algorithm
     recipes (MAPPO: PPO with settings) follow the algorithms."""
     from marl_rec.envs import registry
+    from marl_rec.envs.part_kinds import PART_KINDS
     from marl_rec.experiment import ALGORITHM_RECIPES, ALGORITHMS
     from marl_rec.policies import MODULES
 
@@ -284,9 +285,7 @@ def list_parts() -> list[str]:
         origin = r.origin(name) or ""
         return name if origin.split(".")[0] in ("marl_rec", "ray") else f"{name} (plug-in {origin})"
 
-    registries = [getattr(registry, name) for name in (
-        "ROLES", "BEHAVIOURS", "CANDIDATE_SAMPLERS", "ITEM_GENERATORS", "CHOICE_MODELS", "USER_DYNAMICS",
-        "CREATOR_DYNAMICS", "REWARDS")] + [MODULES, ALGORITHMS]
+    registries = [registry.ROLES, registry.BEHAVIOURS, *(kind.registry for kind in PART_KINDS), MODULES, ALGORITHMS]
     lines = [f"{r.kind}: {', '.join(shown(r, name) for name in r.names())}" for r in registries]
     return lines + [f"algorithm {name}: {recipe}" for name, recipe in ALGORITHM_RECIPES.items()]
 

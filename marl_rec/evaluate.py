@@ -7,16 +7,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, merge_overrides
+from marl_rec.envs.metrics import METRICS
 from marl_rec.envs.registry import ROLES
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
-
-# The recommender metrics, named once: the env's end-of-episode metrics (Simulator.metrics), the
-# callbacks' per-iteration means, the trainable's reported columns and every evaluation table.
-METRICS = (
-    "team_return", "watch_time", "clicks", "ctr", "session_length",
-    "user_retention", "creator_retention", "coverage", "exposure_gini", "diversity",
-)
 
 
 def baseline_config(policy: str, scenario: str = "creator_economy", overrides: Mapping[str, Any] | None = None):

@@ -426,7 +426,7 @@ class ExperimentConfig(_Section):
         can rank by): marl_rec.rllib.trainable.flat_result's keys, the env-fault counts
         (callbacks.iteration_faults), the greedy curve and baseline lines when
         ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
-        from marl_rec.evaluate import METRICS
+        from marl_rec.envs.metrics import METRICS
         from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME
         from marl_rec.rllib.trainable import REPORTED
 

@@ -128,7 +128,7 @@ def fake_train_folder(folder: Path) -> dict:
     rows = ["num_env_steps_sampled_lifetime,env_runners/team_return"]
     rows += [f"{400 * i},{'nan' if i == 1 else 150 + i}" for i in range(1, 6)]
     (trial / PROGRESS_FILE).write_text("\n".join(rows) + "\n")
-    from marl_rec.evaluate import METRICS
+    from marl_rec.envs.metrics import METRICS
 
     rng = np.random.default_rng(0)
     table = {policy: {m: rng.normal(mean, 5, 4) for m in METRICS}

@@ -172,7 +172,7 @@ def train_folder(folder: Path) -> None:
     trial.mkdir(parents=True)
     (trial / "progress.csv").write_text("training_iteration,num_env_steps_sampled_lifetime,env_runners/team_return\n"
                                         "1,100,1.0\n2,200,2.0\n")
-    from marl_rec.evaluate import METRICS
+    from marl_rec.envs.metrics import METRICS
 
     results = {policy: {metric: [base, base + 1.0] for metric in METRICS} for policy, base in (("PPO", 2.0), ("random", 1.0))}
     (folder / "evaluation.json").write_text(json.dumps({"experiment": "x", "episodes": 2, "seed": 0, "learned": "PPO",

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-from marl_rec.evaluate import METRICS
+from marl_rec.envs.metrics import METRICS
 from marl_rec.rllib.env import FAULT_INFO
 
 ENV_FAULTS = "env_faults"  # faults absorbed this iteration, under result["env_runners"]

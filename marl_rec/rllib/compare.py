@@ -20,7 +20,7 @@ import numpy as np
 
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import METRICS
+from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, load_json
 from marl_rec.files import save_figure, write_file
 from marl_rec.rllib.train import fix_hash_seed, progress_callback, run_dir

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import METRICS, evaluate_behaviour
+from marl_rec.envs.metrics import METRICS
+from marl_rec.evaluate import evaluate_behaviour
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.builder import env_config, role_of
 from marl_rec.rllib.env import EcosystemRLlibEnv

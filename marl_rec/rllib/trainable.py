@@ -35,7 +35,7 @@ from typing import Any, Iterable
 import yaml
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import METRICS
+from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
 from marl_rec.rllib.safety import (MANIFEST, checkpoint_trusted, run_files, sign_checkpoint, sign_run,
@@ -540,7 +540,7 @@ def trial(config: dict) -> None:
 
     from marl_rec.rllib.builder import build_algorithm_config
 
-    from marl_rec.evaluate import METRICS as CURVE_METRICS
+    from marl_rec.envs.metrics import METRICS as CURVE_METRICS
     from marl_rec.rllib.evaluation import baseline_curve_lines, greedy_curve_point
 
     exp = trial_experiment(config, stop=run_stop(Path(get_session().storage.trial_fs_path).parent))

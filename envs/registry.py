@@ -79,6 +79,7 @@ class Registry(Generic[T]):
         self.contract = contract  # "package.module:Base": what every class this registry hands out must subclass
         self._entries: dict[str, type[T] | str] = {}
         self._origins: dict[str, str] = {}  # name -> the module that registered it (what `marl-rec list` shows)
+        self._renamed: dict[str, str] = {}  # old name -> the name it was renamed to (see `renamed`)
 
     def register(self, name: str, *, overwrite: bool = False) -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
@@ -110,6 +111,26 @@ class Registry(Generic[T]):
             f"({existing if isinstance(existing, str) else _path(existing)}, from {self._origins.get(name, '?')}); "
             "pass overwrite=True to replace it"
         )
+
+    def renamed(self, old: str, new: str) -> None:
+        """Record that the entry now called ``new`` was called ``old``. Asking for ``old`` stays an
+        error, one that names ``new`` (an old file is told what to write, and never silently gets
+        a part whose meaning may have changed with its name); ``old`` is not listed in ``names()``.
+        A name that is registered now cannot be recorded as renamed."""
+        if old in self._entries:
+            raise ValueError(f"{self.kind} {old!r} is registered ({self._origins.get(old, '?')}); "
+                             f"it cannot also be recorded as renamed to {new!r}")
+        if old == new:
+            raise ValueError(f"{self.kind} {old!r} cannot be renamed to itself")
+        self._renamed[old] = new
+
+    def new_name(self, name: str) -> str | None:
+        """The current name of a renamed ``name`` (following renames of renames), None if it was not renamed."""
+        seen, current = {name}, self._renamed.get(name)
+        while current in self._renamed and current not in self._entries and current not in seen:
+            seen.add(current)
+            current = self._renamed[current]
+        return current
 
     def origin(self, name: str) -> str | None:
         """The module that registered ``name`` (a plug-in's, or marl-rec's own)."""
@@ -148,8 +169,13 @@ class Registry(Generic[T]):
                                    + (f" (a subclass of {self.contract})" if base is not None else ""))
 
     def unknown_message(self, name) -> str:
-        """Why ``name`` is not found: the registered names, the closest one and the plug-in hint."""
+        """Why ``name`` is not found: the name it was renamed to (see ``renamed``), or the registered
+        names, the closest one and the plug-in hint."""
         names = self.names()
+        new = self.new_name(name) if isinstance(name, str) else None
+        if new is not None:
+            return (f"{self.kind} {name!r} was renamed to {new!r}; did you mean {new!r}? "
+                    f"(registered: {', '.join(names) or '(none)'})")
         close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
         return (f"unknown {self.kind} {name!r}; registered: {', '.join(names) or '(none)'}"
                 + (f"; did you mean {close[0]!r}?" if close else "")

@@ -33,6 +33,22 @@ class RolePlan:
 def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
     """Resolve ``roles``, ``behaviours``, ``role_params``, ``behaviour_params`` and the role
     names of a per-role ``reward_mix``; check each behaviour against its role."""
+    _check_role_names(config, source)
+    roles = _env_roles(config, source)
+    role_params = {name: validate_params(cls, config.role_params.get(name), source, f"role_params.{name}")
+                   for name, cls in roles.items()}
+    external = [name for name in roles if name in config.roles]
+    behaviours, behaviour_params = {}, {}
+    for name, role in roles.items():
+        simulated = name not in external
+        played = _behaviour(config, source, name, role, simulated)
+        if played is not None and simulated:
+            behaviours[name], behaviour_params[name] = played
+    return RolePlan(roles, external, behaviours, role_params, behaviour_params)
+
+
+def _check_role_names(config: EcosystemConfig, source: str) -> None:
+    """Every role name the configuration holds is registered, and every behaviour is a name."""
     for key, names in (("roles", config.roles), ("behaviours", config.behaviours),
                        ("role_params", config.role_params), ("behaviour_params", config.behaviour_params)):
         for name in names:
@@ -47,10 +63,16 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
                 ROLES.resolve(name, f"{source}: 'reward_mix' (a mapping of role names and 'default')")
     if "creator" in config.roles and config.num_creators == 0:
         raise ConfigError(f"{source}: 'roles' includes 'creator' but num_creators is 0")
+
+
+def _env_roles(config: EcosystemConfig, source: str) -> dict[str, type]:
+    """The env's roles (name -> Role class), the built-in ones first, less those a named role
+    replaces; a ConfigError where a key gives something to a role that is not in the env."""
     named = list(config.roles) + list(config.behaviours)
     replaced = {ROLES.get(name).replaces for name in named} - {None}
     if replaced & set(config.roles):
-        raise ConfigError(f"{source}: 'roles' lists both {sorted(replaced & set(config.roles))} and a role that replaces it")
+        raise ConfigError(f"{source}: 'roles' lists both {sorted(replaced & set(config.roles))} and a role that "
+                          "replaces it")
     for key, mapping in (("behaviours", config.behaviours), ("role_params", config.role_params),
                          ("behaviour_params", config.behaviour_params)):
         for name in sorted(replaced & set(mapping)):
@@ -66,32 +88,30 @@ def plan_roles(config: EcosystemConfig, source: str = "<config>") -> RolePlan:
         if name != "default" and name not in roles:
             raise ConfigError(f"{source}: 'reward_mix' names role {name!r}, which is not in this env; "
                               f"its roles: {', '.join(roles)} (or 'default')")
-    role_params = {name: validate_params(cls, config.role_params.get(name), source, f"role_params.{name}")
-                   for name, cls in roles.items()}
-    external = [name for name in roles if name in config.roles]
-    behaviours, behaviour_params = {}, {}
-    for name, role in roles.items():
-        simulated = name not in external
-        behaviour = config.behaviours.get(name, role.default_behaviour)
-        if behaviour is None:
-            if simulated:
-                raise ConfigError(f"{source}: role {name!r} is simulated but has no behaviour; set behaviours.{name}")
-            continue
-        if not simulated and name not in config.behaviours and name not in config.behaviour_params:
-            continue  # an external role's default behaviour is not used
-        where = f"behaviours.{name}"
-        cls = BEHAVIOURS.resolve(behaviour, f"{source}: {where!r}")
-        acts_for = getattr(cls, "role", "")
-        allowed = {name, role.behaviour_role or name}
-        if not acts_for:
-            raise ConfigError(f"{source}: {where}: {behaviour!r} ({cls.__qualname__}) declares no role; "
-                              "set its class attribute role = '<role it acts for>'")
-        if acts_for not in allowed:
-            raise ConfigError(f"{source}: {where}: {behaviour!r} acts for role {acts_for!r}, not {name!r}")
-        params = validate_params(cls, config.behaviour_params.get(name), source, f"behaviour_params.{name}")
+    return roles
+
+
+def _behaviour(config: EcosystemConfig, source: str, name: str, role: type, simulated: bool):
+    """(behaviour class, validated params) for role ``name``; None where no behaviour is used (an
+    external role whose behaviour the configuration does not name). A simulated role must have
+    one, and the behaviour must act for the role (or for the role's ``behaviour_role``)."""
+    behaviour = config.behaviours.get(name, role.default_behaviour)
+    if behaviour is None:
         if simulated:
-            behaviours[name], behaviour_params[name] = cls, params
-    return RolePlan(roles, external, behaviours, role_params, behaviour_params)
+            raise ConfigError(f"{source}: role {name!r} is simulated but has no behaviour; set behaviours.{name}")
+        return None
+    if not simulated and name not in config.behaviours and name not in config.behaviour_params:
+        return None  # an external role's default behaviour is not used
+    where = f"behaviours.{name}"
+    cls = BEHAVIOURS.resolve(behaviour, f"{source}: {where!r}")
+    acts_for = getattr(cls, "role", "")
+    allowed = {name, role.behaviour_role or name}
+    if not acts_for:
+        raise ConfigError(f"{source}: {where}: {behaviour!r} ({cls.__qualname__}) declares no role; "
+                          "set its class attribute role = '<role it acts for>'")
+    if acts_for not in allowed:
+        raise ConfigError(f"{source}: {where}: {behaviour!r} acts for role {acts_for!r}, not {name!r}")
+    return cls, validate_params(cls, config.behaviour_params.get(name), source, f"behaviour_params.{name}")
 
 
 def check_has_agents(config: EcosystemConfig, source: str = "<config>") -> None:

@@ -252,7 +252,8 @@ class UserConfig(_Section):
     # RecSim interest_evolution constants (used by 'recsim_iev' and 'proportional').
     min_normalizer: float = spec(-1.0, "proportional choice: offset subtracted from scores (RecSim)", high=0.0)
     no_click_mass: float = spec(1.0, "proportional choice: score of the no-click option (RecSim)", low=0.0)
-    interest_update_x_intercept: float = spec(1.0, "recsim_iev: x intercept of the interest step size line", low=0.0, low_open=True)
+    interest_update_x_intercept: float = spec(1.0, "recsim_iev: x intercept of the interest step size line", low=0.0,
+                                              low_open=True)
     interest_update_y_intercept: float = spec(0.3, "recsim_iev: y intercept of the interest step size line", low=0.0)
 
     def __post_init__(self):
@@ -281,9 +282,11 @@ class CreatorConfig(_Section):
     viability_memory: float = spec(0.85, "weight of last round's viability in the update", low=0.0, high=1.0)
     exposure_weight: float = spec(0.5, "weight of the exposure share in the viability target", low=0.0, high=100.0)
     engagement_weight: float = spec(0.5, "weight of the engagement share in the viability target", low=0.0, high=100.0)
-    leave_threshold: float = spec(0.35, "a creator below this viability for longer than the grace period leaves", low=0.0)
+    leave_threshold: float = spec(0.35, "a creator below this viability for longer than the grace period leaves",
+                                  low=0.0)
     grace_period: int = spec(8, "rounds a creator may stay under the threshold before leaving", low=0)
-    demand_drift: float = spec(0.2, "chance that a publication follows demand rather than the home topic", low=0.0, high=1.0)
+    demand_drift: float = spec(0.2, "chance that a publication follows demand rather than the home topic", low=0.0,
+                               high=1.0)
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,8 @@ class EcosystemConfig(_Section):
     max_cycles: int = spec(100, "rounds before truncation", low=1)
     roles: list = spec(["system"], "external roles (PettingZoo agents); the others are simulated; [] simulates all")
     behaviours: dict = spec({}, "behaviour model per simulated role, e.g. {system: popularity}")
-    behaviour_params: dict = spec({}, "parameters per role's behaviour (its Params schema), e.g. {system: {prior_impressions: 5}}")
+    behaviour_params: dict = spec(
+        {}, "parameters per role's behaviour (its Params schema), e.g. {system: {prior_impressions: 5}}")
     role_params: dict = spec({}, "parameters per role (its Params schema), e.g. {advertiser: {budget: 3}}")
     reward_mix: float = spec(
         1.0, "alpha: each reward is alpha * team + (1 - alpha) * individual; a number for every role, or per role "

@@ -20,18 +20,18 @@ class Simulator:
 
     Args:
         config: the validated ``EcosystemConfig``.
-        parts: part instances to use instead of the registered ones the config names, by the
+        instances: part instances to use instead of the registered ones the config names, by the
             keywords of ``part_kinds.PART_KINDS``: sampler, item_generator, choice_model,
             user_dynamics, creator_dynamics, reward_fn (each also the attribute that holds it).
     """
 
-    def __init__(self, config: EcosystemConfig, **parts):
-        unknown = sorted(set(parts) - set(PART_ARGUMENTS))
+    def __init__(self, config: EcosystemConfig, **instances):
+        unknown = sorted(set(instances) - set(PART_ARGUMENTS))
         if unknown:
             raise TypeError(f"Simulator got unexpected part {unknown[0]!r}; its parts: {', '.join(PART_ARGUMENTS)}")
         self.config = config
         for kind in PART_KINDS:
-            setattr(self, kind.argument, parts.get(kind.argument) or kind.build(config))
+            setattr(self, kind.argument, instances.get(kind.argument) or kind.build(config))
         self.state: EcosystemState | None = None
         self.rng: np.random.Generator | None = None
         self.roles: dict = {}  # name -> Role instance, set by the RoundRunner that drives this simulator

@@ -11,11 +11,15 @@ Roles listed in ``roles`` are agents; the others are simulated by their behaviou
 
 ## Agents, observations and actions
 
-| agent | phase | observation | action |
+| agent | phase | observation (Dict) | action |
 |---|---|---|---|
-| ``system_<u>`` | recommend | Dict: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+7), action_mask (M) | Slate(M, K): distinct, masked-in |
-| ``user_<u>`` | respond | Dict: interest (d), budget (1), fatigue (T), slate (K, d+2), behaviour_probs (K+1) | Discrete(K+1); K = no click |
-| ``creator_<c>`` | create | Dict: own (6+T) statistics and home topic, topic_demand (T) | MultiDiscrete([T+1, E]); T = nothing |
+| ``system_<u>`` | recommend | user, history, history_mask, candidates, action_mask | Slate(M, K): distinct, masked-in |
+| ``user_<u>`` | respond | interest, budget, fatigue, slate, behaviour_probs | Discrete(K+1); K = no click |
+| ``creator_<c>`` | create | own (statistics and home topic), topic_demand | MultiDiscrete([T+1, E]); T = nothing |
+
+Shapes: system: user (d+4), history (H, d+1), history_mask (H), candidates (M, d+7),
+action_mask (M); user: interest (d), budget (1), fatigue (T), slate (K, d+2), behaviour_probs
+(K+1); creator: own (6+T), topic_demand (T).
 
 Every key's shape and columns: ``marl_rec.envs.features.OBSERVATIONS`` (README's table is
 ``features.observation_table()``); column indices by name: ``features.item_column("ctr", d)``.
@@ -41,17 +45,19 @@ catalogue are drawn from the seed passed to ``reset``; one ``np.random.Generator
 leaves (``creator_<c>``), or every user has left (everyone). ``truncated``: ``max_cycles`` rounds.
 
 ## Arguments
-``scenario`` ("creator_economy", "recsim_interest_evolution", or "calibrated" with ``calibration=DIR``, a folder written by ``marl-rec calibrate``), ``render_mode``
-("human": prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any ``EcosystemConfig`` key as a keyword (nested sections as dicts
-or dotted keys), e.g. ``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``,
-or all of them as ``config=`` (an ``EcosystemConfig``, or a mapping of its keys). Numbers may be
-numpy scalars. ``roles=[]`` is legal: every role simulated, run with ``RoundRunner.play_round``.
-Parts may be passed as instances: ``sampler``, ``item_generator``, ``choice_model``,
-``user_dynamics``, ``creator_dynamics``, ``reward_fn`` (anything else there, a name included, is
-a ConfigError; a name goes in the config key, e.g. ``user.choice_model``). Parts, behaviours and roles take
-parameters from their ``params`` keys (``reward.params``, ``behaviour_params.<role>``,
-``role_params.<role>``, ...), checked against their ``Params`` schema
-(``marl_rec.envs.parts.base``).
+``scenario`` ("creator_economy", "recsim_interest_evolution", or "calibrated" with
+``calibration=DIR``, a folder written by ``marl-rec calibrate``), ``render_mode`` ("human":
+prints the round summary after every round; "ansi": returns it; "rgb_array": a picture) and any
+``EcosystemConfig`` key as a keyword (nested sections as dicts or dotted keys), e.g.
+``env(roles=["system", "creator"], num_users=64, **{"user.time_budget": 60})``, or all of them
+as ``config=`` (an ``EcosystemConfig``, or a mapping of its keys). Numbers may be numpy scalars.
+``roles=[]`` is legal: every role simulated, run with ``RoundRunner.play_round``. Parts may be
+passed as instances: ``sampler``, ``item_generator``, ``choice_model``, ``user_dynamics``,
+``creator_dynamics``, ``reward_fn`` (the keywords of ``part_kinds.PART_KINDS``; anything else
+there, a name included, is a ConfigError; a name goes in the config key, e.g.
+``user.choice_model``). Parts, behaviours and roles take parameters from their ``params`` keys
+(``reward.params``, ``behaviour_params.<role>``, ``role_params.<role>``, ...), checked against
+their ``Params`` schema (``marl_rec.envs.parts.base``).
 
 ## Errors
 A bad argument is a ``ConfigError`` naming the key and the allowed values, at construction (an

@@ -8,7 +8,8 @@ shows. A new metric is one entry here (and a row of README's metrics table).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +27,12 @@ def exposure_gini(exposure_total: np.ndarray) -> float:
     return 0.0
 
 
-def _creator_retention(sim: "Simulator") -> float:
+def _creator_retention(sim: Simulator) -> float:
     creators = sim.state.creators
     return float(creators.active.mean()) if len(creators.exposure_total) else 1.0
 
 
-MEASURES: dict[str, Callable[["Simulator"], float]] = {
+MEASURES: dict[str, Callable[[Simulator], float]] = {
     # the episode's team return so far
     "team_return": lambda sim: float(sim.team_return),
     # minutes watched per user (at reset)

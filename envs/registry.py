@@ -140,9 +140,10 @@ class Registry(Generic[T]):
         entry = self._entries.get(name)
         if entry is None and isinstance(name, str) and ":" in name:
             if not import_allowed(name):
+                allowed = ", ".join(sorted(_allowed_packages - {"marl_rec"})) or "none"
                 raise UnknownNameError(
                     f"{self.kind} {name!r}: an import string from a file you have not signed is imported only from "
-                    f"marl-rec and the plug-ins allowed on this command ({', '.join(sorted(_allowed_packages - {'marl_rec'})) or 'none'}); "
+                    f"marl-rec and the plug-ins allowed on this command ({allowed}); "
                     f"if you trust {name.partition(':')[0].split('.')[0]!r}, pass --plugin {name.partition(':')[0]}, "
                     "or check the folder and sign it with marl-rec trust DIR")
             entry = name  # an import string needs no registration
@@ -152,7 +153,8 @@ class Registry(Generic[T]):
             try:
                 cls = import_object(entry)
             except (ImportError, AttributeError) as err:
-                raise UnknownNameError(f"{self.kind} {name!r}: cannot import {entry!r} ({type(err).__name__}: {err})") from None
+                raise UnknownNameError(
+                    f"{self.kind} {name!r}: cannot import {entry!r} ({type(err).__name__}: {err})") from None
             self._check_contract(name, cls)
             if name in self._entries:
                 self._entries[name] = cls

@@ -197,7 +197,8 @@ class SystemRole(Role):
     Observation (Dict): user (d+4) observed user features; history (H, d+1) consumed items'
     embeddings and watch times; history_mask (H,); candidates (M, F) item features;
     action_mask (M,) 1 for real candidates; with state_in_observations, state: the global
-    state() for a centralised critic (the actor must not use it). Action: Slate(M, K), i.e. MultiDiscrete([M] * K) with distinct, masked-in entries.
+    state() for a centralised critic (the actor must not use it). Action: Slate(M, K), i.e.
+    MultiDiscrete([M] * K) with distinct, masked-in entries.
     """
 
     name = "system"
@@ -245,7 +246,8 @@ class SystemRole(Role):
             "history": history,
             "history_mask": history_mask,
             "candidates": sim.item_features(rnd.candidates if every_user else rnd.candidates.take(idx, axis=0)),
-            "action_mask": (rnd.candidate_mask if every_user else rnd.candidate_mask.take(idx, axis=0)).astype(np.float32),
+            "action_mask": (rnd.candidate_mask if every_user
+                            else rnd.candidate_mask.take(idx, axis=0)).astype(np.float32),
         }
         if c.state_in_observations:  # the same global state for every agent (centralised critic)
             obs["state"] = np.repeat(sim.global_state()[None], len(idx), axis=0)
@@ -392,7 +394,8 @@ class UserRole(Role):
         users, cat, c = sim.state.users, sim.state.catalogue, self.config
         slots = sim.slate_slots()[idx]
         slate = np.concatenate(
-            [cat.embedding.take(slots, axis=0), cat.quality[slots][..., None], (cat.length[slots] / c.item.length_mean)[..., None]],
+            [cat.embedding.take(slots, axis=0), cat.quality[slots][..., None],
+             (cat.length[slots] / c.item.length_mean)[..., None]],
             axis=-1,
         )
         return {
@@ -419,7 +422,8 @@ class CreatorRole(Role):
 
     Observation (Dict): own (6 + T) viability, exposure share, clicks per user, engagement per
     user, rounds under the threshold (scaled by the grace period), skill, home topic one-hot;
-    topic_demand (T) the platform's recent share of clicks per topic. Action: MultiDiscrete([T + 1, effort_levels]); topic T = nothing.
+    topic_demand (T) the platform's recent share of clicks per topic. Action:
+    MultiDiscrete([T + 1, effort_levels]); topic T = nothing.
     """
 
     name = "creator"

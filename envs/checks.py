@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
-from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, EcosystemConfig
+from marl_rec.envs.config import BUILTIN_ROLES, ConfigError, EcosystemConfig, validate_params
 from marl_rec.envs.part_kinds import PART_KINDS
-from marl_rec.envs.parts.base import validate_params
 from marl_rec.envs import roles as _roles  # noqa: F401  (registers the built-in roles)
 from marl_rec.envs.registry import BEHAVIOURS, ROLES
 
@@ -199,11 +198,11 @@ def check_memory(config: EcosystemConfig, copies: int = 1, source: str = "<confi
     anything is allocated (a platform of 10⁸ users would otherwise allocate for minutes), naming
     the keys that take the most."""
     available = available_memory()
-    parts = memory_parts(config)
-    need = sum(parts.values()) * copies
+    by_key = memory_parts(config)
+    need = sum(by_key.values()) * copies
     if available is not None and need > available:
-        largest = [key for key in sorted(parts, key=parts.get, reverse=True)[:2] if parts[key] * copies * 10 >= need]
-        detail = ", ".join(f"{key} {parts[key] * copies / 2**30:.1f} GiB" for key in largest)
+        largest = [key for key in sorted(by_key, key=by_key.get, reverse=True)[:2] if by_key[key] * copies * 10 >= need]
+        detail = ", ".join(f"{key} {by_key[key] * copies / 2**30:.1f} GiB" for key in largest)
         raise ConfigError(
             f"{source}: {copies} env(s) of num_users: {config.num_users}, catalogue_size: {config.catalogue_size}, "
             f"embedding_dim: {config.embedding_dim} need about {need / 2**30:.1f} GiB (most for {detail}), but "

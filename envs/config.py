@@ -103,6 +103,58 @@ class _Section:
 Section = _Section
 
 
+# ---------------------------------------------------------------------------- parameter schemas
+# Everything a configuration names by a registered name (a part, a behaviour, a role) takes its own
+# parameters from a free mapping (``reward.params``, ``behaviour_params.<role>``,
+# ``role_params.<role>``), checked against the class's ``Params`` schema by ``validate_params``,
+# the one check for built-in and plug-in classes alike, and built by ``instantiate``.
+@dataclass(frozen=True)
+class NoParams(_Section):
+    """The empty schema: a part that takes no parameters."""
+
+
+class Parametrised:
+    """Base of the classes a configuration names and parametrises (parts, behaviours, roles).
+
+    Attributes:
+        Params: the parameter schema, a frozen dataclass subclass of ``Section`` whose fields are
+            ``spec(default, doc, low=..., high=..., choices=...)``; empty by default, so any key
+            given to a class that declares none is an error naming the key.
+        config: the whole ``EcosystemConfig`` (read-only).
+        params: the validated ``Params`` instance.
+    """
+
+    Params: type[_Section] = NoParams
+
+    def __init__(self, config: EcosystemConfig, params: _Section | None = None):
+        self.config = config
+        self.params = params if params is not None else self.Params()
+
+
+def validate_params(cls, values: Mapping[str, Any] | None, source: str, key: str) -> _Section | None:
+    """``cls.Params`` built from ``values`` (errors name ``source`` and ``key.<field>``); None for
+    a class without a ``Params`` schema (a plain plug-in class), which must then be given no params."""
+    schema = getattr(cls, "Params", None)
+    if schema is None or not (isinstance(schema, type) and issubclass(schema, _Section)):
+        if values:
+            raise ConfigError(f"{source}: {key!r} is given {sorted(values)}, but {cls.__qualname__} declares no "
+                              "Params schema")
+        return None
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {key!r} must be a mapping of parameters, got {values!r}")
+    return schema.from_dict(values, source, prefix=key + ".")
+
+
+def instantiate(cls, config: EcosystemConfig, params: _Section | None):
+    """A part, behaviour or role: with its validated params, or plain for a class without a schema."""
+    return cls(config) if params is None else cls(config, params)
+
+
+def build_part(cls, config: EcosystemConfig, values: Mapping[str, Any] | None, source: str, key: str):
+    """An instance of part class ``cls`` with its params validated (see ``validate_params``)."""
+    return instantiate(cls, config, validate_params(cls, values, source, key))
+
+
 def reject_non_finite(value, source: str, key: str) -> None:
     """NaN and infinity are refused anywhere in a configuration (nested mappings and lists
     included, e.g. ``algorithm.training.lr: .nan``): the error names the key."""

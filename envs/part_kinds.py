@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.parts.base import build_part, validate_params
+from marl_rec.envs.config import EcosystemConfig, build_part, validate_params
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
     CHOICE_MODELS,

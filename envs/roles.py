@@ -14,8 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from marl_rec.envs import kernels
-from marl_rec.envs.config import EcosystemConfig, _Section
-from marl_rec.envs.parts.base import NoParams
+from marl_rec.envs.config import Parametrised
 from marl_rec.envs.parts.rewards import watch_time_per_user
 from marl_rec.envs.registry import ROLES
 from marl_rec.envs.slates import slate_problem, valid_slates
@@ -42,7 +41,7 @@ class InvalidActionError(ValueError):
     """An agent's action is outside its action space (the message names both)."""
 
 
-class Role:
+class Role(Parametrised):
     """Base class. Subclasses set the class attributes and implement the views.
 
     Attributes:
@@ -78,14 +77,9 @@ class Role:
     default_behaviour: str | None = None
     replaces: str | None = None  # a built-in role this one stands in for
     behaviour_role: str | None = None  # None: the role's own name
-    Params: type[_Section] = NoParams
     agent_doc: str = ""
     action_doc: str = ""
     reward_doc: str = ""
-
-    def __init__(self, config: EcosystemConfig, params: _Section | None = None):
-        self.config = config
-        self.params = params if params is not None else self.Params()
 
     def reset(self, sim, rng: np.random.Generator) -> None:
         """Start of an episode (see the class docstring). Default: nothing."""

@@ -20,7 +20,7 @@ from marl_rec.envs import kernels
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig
 from marl_rec.envs.core import Simulator
-from marl_rec.envs.parts.base import instantiate
+from marl_rec.envs.config import instantiate
 from marl_rec.envs.roles import InvalidActionError, Role
 
 

@@ -24,7 +24,8 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.annotations import override
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig, spec
-from marl_rec.envs.parts.base import Behaviour, instantiate, validate_params
+from marl_rec.envs.config import instantiate, validate_params
+from marl_rec.envs.parts.base import Behaviour
 from marl_rec.envs.presets import SCENARIOS, make_config
 from marl_rec.envs.registry import BEHAVIOURS, ROLES
 from marl_rec.policies.common import ModelConfig, module_options

@@ -22,60 +22,29 @@ given (the env's one generator).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section
+from marl_rec.envs.config import Parametrised
 
 if TYPE_CHECKING:
     from marl_rec.envs.core import Simulator
     from marl_rec.envs.state import Creators, Users
 
 
-@dataclass(frozen=True)
-class NoParams(_Section):
-    """The empty schema: a part that takes no parameters."""
-
-
-class Part:
+class Part(Parametrised):
     """Base of every part: ``config`` (the whole configuration) and ``params`` (its own section).
 
     Attributes:
         Params: the part's parameter schema, a frozen dataclass subclass of ``_Section`` whose
             fields are ``spec(default, doc, low=..., high=..., choices=...)``.
         params: the validated ``Params`` instance.
+
+    The schema's validation and the construction (``validate_params``, ``instantiate``,
+    ``build_part``, shared with behaviours and roles) live with the schemas in
+    ``marl_rec.envs.config``.
     """
-
-    Params: type[_Section] = NoParams
-
-    def __init__(self, config: EcosystemConfig, params: _Section | None = None):
-        self.config = config
-        self.params = params if params is not None else self.Params()
-
-
-def validate_params(cls, values: Mapping[str, Any] | None, source: str, key: str) -> _Section | None:
-    """``cls.Params`` built from ``values`` (errors name ``source`` and ``key.<field>``); None for
-    a class that is not a ``Part`` (a plain plug-in), which must then be given no params."""
-    schema = getattr(cls, "Params", None)
-    if schema is None or not (isinstance(schema, type) and issubclass(schema, _Section)):
-        if values:
-            raise ConfigError(f"{source}: {key!r} is given {sorted(values)}, but {cls.__qualname__} declares no Params schema")
-        return None
-    if values is not None and not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: {key!r} must be a mapping of parameters, got {values!r}")
-    return schema.from_dict(values, source, prefix=key + ".")
-
-
-def instantiate(cls, config: EcosystemConfig, params: _Section | None):
-    """A part, behaviour or role: with its validated params, or plain for a class without a schema."""
-    return cls(config) if params is None else cls(config, params)
-
-
-def build_part(cls, config: EcosystemConfig, values: Mapping[str, Any] | None, source: str, key: str):
-    """An instance of part class ``cls`` with its params validated (see ``validate_params``)."""
-    return instantiate(cls, config, validate_params(cls, values, source, key))
 
 
 class CandidateSampler(Part):

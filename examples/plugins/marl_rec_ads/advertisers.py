@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from marl_rec.envs import BEHAVIOURS, ROLES, Role
-from marl_rec.envs.config import EcosystemConfig, Section, spec
+from marl_rec.envs.config import EcosystemConfig, Section, spec, validate_params
 from marl_rec.envs.parts.base import Behaviour
 
 # Budgets are compared to prices with this slack (money units): spends are sums of products of
@@ -36,7 +36,7 @@ class AdvertiserLedger:
 
 def advertiser_params(config: EcosystemConfig) -> "AdvertiserRole.Params":
     """The advertiser role's validated Params from ``config.role_params`` (for its behaviours)."""
-    return AdvertiserRole.Params.from_dict(config.role_params.get("advertiser"), "env", prefix="role_params.advertiser.")
+    return validate_params(AdvertiserRole, config.role_params.get("advertiser"), "env", "role_params.advertiser")
 
 
 def sponsored_topics(config: EcosystemConfig, params: "AdvertiserRole.Params") -> np.ndarray:

@@ -227,6 +227,7 @@ def cmd_evaluate(args) -> int:
         print(summarise(table))
         print(log_line(exp.name, log))
         return 0
+    SCENARIOS.resolve(args.scenario, "--scenario")  # a plug-in's scenario is registered by now
     args.seed = 0 if args.seed is None else args.seed
     # env keys as an experiment file spells them (env.max_cycles) or bare (max_cycles)
     overrides = {key.removeprefix("env."): value for key, value in parse_sets(args.set).items()}
@@ -410,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")
-    ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
+    # checked against the registry in cmd_evaluate, after the plug-ins (which may add scenarios) are imported
+    ev.add_argument("--scenario", default="creator_economy",
+                    help="scenario preset (registry SCENARIOS: creator_economy, recsim_interest_evolution, "
+                         "calibrated, or a plug-in's)")
     ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per policy (>= 1)")
     ev.add_argument("--seed", type=SEED, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
     ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its baselines")

@@ -29,33 +29,16 @@ from typing import Any, Mapping
 
 import yaml
 
+from marl_rec.algorithms import ALGORITHM_RECIPES, ALGORITHMS, algorithm_traits
 from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
 from marl_rec.envs.presets import SCENARIOS, make_config
-from marl_rec.envs.registry import BEHAVIOURS, ROLES, Registry
+from marl_rec.envs.registry import BEHAVIOURS, ROLES
 from marl_rec.policies import MODULES
+
 
 class RunStopped(Exception):
     """A run the user asked to stop (Ctrl-C, SIGTERM) after its trials checkpointed."""
 
-
-# The algorithm registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in
-# adds one with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it
-# as ``algorithm.name: "package.module:MyAlgoConfig"``.
-ALGORITHMS: Registry = Registry("algorithm", "ray.rllib.algorithms.algorithm_config:AlgorithmConfig")
-for _name, _target in {
-    "PPO": "ray.rllib.algorithms.ppo:PPOConfig",
-    "APPO": "ray.rllib.algorithms.appo:APPOConfig",
-    "IMPALA": "ray.rllib.algorithms.impala:IMPALAConfig",
-    "DQN": "ray.rllib.algorithms.dqn:DQNConfig",
-}.items():
-    ALGORITHMS.register_lazy(_name, _target)
-
-# Names of algorithms in the literature that are a registered algorithm with settings, not an
-# algorithm of their own: ``marl-rec list`` shows them and ``algorithm.name`` says how to get them.
-ALGORITHM_RECIPES = {
-    "MAPPO": "PPO with a centralised critic (Yu et al. 2022): algorithm.name: PPO, env.state_in_observations: true, "
-             "modules.<role>.model_config.critic: state (experiments/long_term.yaml's MAPPO variant)",
-}
 
 # Hyper-parameter names of other RL libraries (Stable-Baselines3, CleanRL) -> RLlib's, for
 # "did you mean": edit distance alone suggests learning_starts for learning_rate.
@@ -230,7 +213,7 @@ class ExperimentConfig(_Section):
     description: str = spec("", "what the run is for and the result it should reach")
     plugins: list = spec([], "modules to import before anything else, in the driver and every Ray worker "
                              "(they register parts, roles, behaviours, modules, algorithms)")
-    scenario: str = spec("creator_economy", "scenario preset", choices=tuple(SCENARIOS))
+    scenario: str = spec("creator_economy", "scenario preset (registry SCENARIOS)", choices=SCENARIOS)
     env: dict = spec({}, "EcosystemConfig overrides (see marl_rec.envs.config)")
     algorithm: AlgorithmSection = spec(AlgorithmSection(), "algorithm and its hyper-parameters")
     modules: dict = spec({}, "role -> {type, model_config}; roles left out get the default module")
@@ -293,15 +276,22 @@ class ExperimentConfig(_Section):
         return out
 
     def module_class(self, role: str, section: ModuleSection) -> type:
-        """The RLModule class a role's section names (under DQN, its Q-learning variant)."""
+        """The RLModule class a role's section names (under an algorithm with the ``q_module``
+        trait, such as DQN, its Q-learning variant)."""
         cls = MODULES.resolve(section.type, f"{self.source}: 'modules.{role}.type'")
-        if self.algorithm.name == "DQN" and section.type != "fixed" and not getattr(cls, "q_learning", False):
+        if section.type != "fixed" and not getattr(cls, "q_learning", False) and self.algorithm_traits().q_module:
             variant = getattr(cls, "q_variant", None)
             if variant is None:
-                raise ConfigError(f"{self.source}: 'modules.{role}.type' is {section.type!r}, which has no DQN variant; "
-                                  "DQN needs a module with Q-values (e.g. transformer or mlp)")
+                name = self.algorithm.name
+                raise ConfigError(f"{self.source}: 'modules.{role}.type' is {section.type!r}, which has no Q-learning "
+                                  f"variant; {name} learns Q-values (trait q_module), so it needs a module with "
+                                  "Q-values (e.g. transformer or mlp)")
             cls = MODULES.get(variant)
         return cls
+
+    def algorithm_traits(self):
+        """What the algorithm declares it needs (``marl_rec.algorithms.AlgorithmTraits``)."""
+        return algorithm_traits(self.algorithm.name, f"{self.source}: 'algorithm.name'")
 
     def check_modules(self) -> None:
         """Every module type resolves and its model_config fits the class's schema."""
@@ -380,9 +370,11 @@ class ExperimentConfig(_Section):
         training = self.algorithm.training
         for key, value in training.items():
             check_training_value(str(key), value, self.source)
-        if self.algorithm.name == "DQN" and self.env_config().slate_size != 1:
-            raise ConfigError(f"{self.source}: DQN in RLlib 2.60 takes Discrete actions only, so it needs single-item "
-                              f"slates: set env.slate_size: 1 (it is {self.env_config().slate_size})")
+        slate_size = self.env_config().slate_size
+        if slate_size != 1 and self.algorithm_traits().discrete_actions_only:
+            raise ConfigError(f"{self.source}: {self.algorithm.name} takes Discrete actions only (trait "
+                              "discrete_actions_only), so it needs single-item slates: set env.slate_size: 1 "
+                              f"(it is {slate_size})")
         if not training:
             return
         cls = ALGORITHMS.resolve(self.algorithm.name, f"{self.source}: 'algorithm.name'")

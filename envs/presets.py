@@ -14,8 +14,9 @@ on the command line work once the plug-in is loaded (``plugins:``, ``--plugin``,
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig, merge_overrides
 

@@ -20,9 +20,10 @@ the modules as named, RLlib's own buffer and fragment defaults.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from marl_rec.envs.registry import Registry
 

@@ -50,7 +50,8 @@ def plugin_algorithms():
 
 
 def experiment(algorithm: str, env=None, training=None) -> ExperimentConfig:
-    raw = {"name": "traits", "source": "<test>", "env": env or TINY_ENV, "algorithm": {"name": algorithm, "training": training or {}},
+    raw = {"name": "traits", "source": "<test>", "env": env or TINY_ENV,
+           "algorithm": {"name": algorithm, "training": training or {}},
            "modules": {"system": {"type": "mlp", "model_config": {"hidden_dims": [16]}}}}
     return ExperimentConfig.from_dict(raw, source="<test>").validate()
 

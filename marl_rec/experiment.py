@@ -24,9 +24,9 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import yaml
 
@@ -378,8 +378,7 @@ class ExperimentConfig(_Section):
         training = self.algorithm.training
         for key, value in training.items():
             check_training_value(str(key), value, self.source)
-        slate_size = self.env_config().slate_size
-        if slate_size != 1 and self.algorithm_traits().discrete_actions_only:
+        if self.algorithm_traits().discrete_actions_only and (slate_size := self.env_config().slate_size) != 1:
             raise ConfigError(f"{self.source}: {self.algorithm.name} takes Discrete actions only (trait "
                               "discrete_actions_only), so it needs single-item slates: set env.slate_size: 1 "
                               f"(it is {slate_size})")

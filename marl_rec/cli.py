@@ -204,6 +204,7 @@ def cmd_trust(args) -> int:
 def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
+    SCENARIOS.resolve(args.scenario, "--scenario")  # after the plug-ins, which may register scenarios
     if args.checkpoint:
         from marl_rec.rllib.evaluation import evaluate_runs, run_label
         from marl_rec.rllib.trainable import find_experiment, latest_checkpoint
@@ -227,7 +228,6 @@ def cmd_evaluate(args) -> int:
         print(summarise(table))
         print(log_line(exp.name, log))
         return 0
-    SCENARIOS.resolve(args.scenario, "--scenario")  # a plug-in's scenario is registered by now
     args.seed = 0 if args.seed is None else args.seed
     # env keys as an experiment file spells them (env.max_cycles) or bare (max_cycles)
     overrides = {key.removeprefix("env."): value for key, value in parse_sets(args.set).items()}

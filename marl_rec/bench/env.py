@@ -163,7 +163,6 @@ ENV_FIGURES = (
 )
 
 
-
 # ---------------------------------------------------------------------- measuring every figure
 def run_env_benchmarks(seconds: float = 5.0, against: str | Path | None = None, recsim: str | Path | None = None,
                        repeats: int = 3, recsim_script: str | Path | None = None,

@@ -204,6 +204,7 @@ def cmd_trust(args) -> int:
 def cmd_evaluate(args) -> int:
     from marl_rec.evaluate import evaluate_behaviour, summarise
 
+    SCENARIOS.resolve(args.scenario, "--scenario")  # after the plug-ins, which may register scenarios
     if args.checkpoint:
         from marl_rec.rllib.evaluation import evaluate_runs, run_label
         from marl_rec.rllib.trainable import find_experiment, latest_checkpoint
@@ -409,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")
-    ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
+    # checked against the registry in cmd_evaluate, after the plug-ins (which may add scenarios) are imported
+    ev.add_argument("--scenario", default="creator_economy",
+                    help="scenario preset (registry SCENARIOS: creator_economy, recsim_interest_evolution, "
+                         "calibrated, or a plug-in's)")
     ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per policy (>= 1)")
     ev.add_argument("--seed", type=SEED, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
     ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its baselines")

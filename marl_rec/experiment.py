@@ -24,38 +24,22 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from marl_rec.algorithms import ALGORITHM_RECIPES, ALGORITHMS, algorithm_traits
 from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
 from marl_rec.envs.presets import SCENARIOS, make_config
-from marl_rec.envs.registry import BEHAVIOURS, ROLES, Registry
+from marl_rec.envs.registry import BEHAVIOURS, ROLES
 from marl_rec.policies import MODULES
+
 
 class RunStopped(Exception):
     """A run the user asked to stop (Ctrl-C, SIGTERM) after its trials checkpointed."""
 
-
-# The algorithm registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in
-# adds one with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it
-# as ``algorithm.name: "package.module:MyAlgoConfig"``.
-ALGORITHMS: Registry = Registry("algorithm", "ray.rllib.algorithms.algorithm_config:AlgorithmConfig")
-for _name, _target in {
-    "PPO": "ray.rllib.algorithms.ppo:PPOConfig",
-    "APPO": "ray.rllib.algorithms.appo:APPOConfig",
-    "IMPALA": "ray.rllib.algorithms.impala:IMPALAConfig",
-    "DQN": "ray.rllib.algorithms.dqn:DQNConfig",
-}.items():
-    ALGORITHMS.register_lazy(_name, _target)
-
-# Names of algorithms in the literature that are a registered algorithm with settings, not an
-# algorithm of their own: ``marl-rec list`` shows them and ``algorithm.name`` says how to get them.
-ALGORITHM_RECIPES = {
-    "MAPPO": "PPO with a centralised critic (Yu et al. 2022): algorithm.name: PPO, env.state_in_observations: true, "
-             "modules.<role>.model_config.critic: state (experiments/long_term.yaml's MAPPO variant)",
-}
 
 # Hyper-parameter names of other RL libraries (Stable-Baselines3, CleanRL) -> RLlib's, for
 # "did you mean": edit distance alone suggests learning_starts for learning_rate.
@@ -140,7 +124,8 @@ DEFAULT_MODULES = {
 @dataclass(frozen=True)
 class AlgorithmSection(_Section):
     name: str = spec("PPO", "RLlib algorithm (registry ALGORITHMS: PPO, APPO, IMPALA, DQN, or 'package.module:Config')")
-    training: dict = spec({}, "keywords for AlgorithmConfig.training(...), e.g. lr, gamma, train_batch_size_per_learner")
+    training: dict = spec({}, "keywords for AlgorithmConfig.training(...), e.g. lr, gamma, "
+                              "train_batch_size_per_learner")
 
 
 @dataclass(frozen=True)
@@ -201,7 +186,8 @@ SCHEDULERS = ("fifo", "asha", "pbt")
 class TuneSection(_Section):
     """A Ray Tune sweep over experiment keys (``marl-rec sweep``)."""
 
-    search_space: dict = spec({}, "dotted experiment key -> {grid|choice: [...]}, {uniform|loguniform|randint: [low, high]}")
+    search_space: dict = spec({}, "dotted experiment key -> {grid|choice: [...]}, "
+                                  "{uniform|loguniform|randint: [low, high]}")
     seeds: list = spec([], "experiment seeds, a grid dimension of the sweep ([] = the experiment's seed)")
     num_samples: int = spec(1, "samples of the non-grid dimensions (per grid point)", low=1)
     metric: str = spec("env_runners/team_return", "the result key schedulers and the summary rank by")
@@ -216,7 +202,8 @@ class TuneSection(_Section):
 class CompareSection(_Section):
     """Algorithms x seeds against the baselines (``marl-rec compare``)."""
 
-    variants: dict = spec({}, "label -> dotted overrides of this experiment, e.g. {PPO: {}, APPO: {algorithm.name: APPO}}")
+    variants: dict = spec({}, "label -> dotted overrides of this experiment, "
+                              "e.g. {PPO: {}, APPO: {algorithm.name: APPO}}")
     seeds: list = spec([0, 1, 2, 3, 4], "training seeds, the same for every variant")
     episodes: int = spec(20, "held-out evaluation episodes per run (seeds from evaluation.seed)", low=1)
     gamma: float = spec(0.0, "optimality-gap target (0: the best baseline's mean team return)", low=0.0)
@@ -230,7 +217,7 @@ class ExperimentConfig(_Section):
     description: str = spec("", "what the run is for and the result it should reach")
     plugins: list = spec([], "modules to import before anything else, in the driver and every Ray worker "
                              "(they register parts, roles, behaviours, modules, algorithms)")
-    scenario: str = spec("creator_economy", "scenario preset", choices=tuple(SCENARIOS))
+    scenario: str = spec("creator_economy", "scenario preset (registry SCENARIOS)", choices=SCENARIOS)
     env: dict = spec({}, "EcosystemConfig overrides (see marl_rec.envs.config)")
     algorithm: AlgorithmSection = spec(AlgorithmSection(), "algorithm and its hyper-parameters")
     modules: dict = spec({}, "role -> {type, model_config}; roles left out get the default module")
@@ -247,7 +234,7 @@ class ExperimentConfig(_Section):
     source: str = spec("<config>", "the file this came from (for messages)")
 
     @classmethod
-    def from_saved(cls, raw: Mapping[str, Any], source: str, trusted: bool = True) -> "ExperimentConfig":
+    def from_saved(cls, raw: Mapping[str, Any], source: str, trusted: bool = True) -> ExperimentConfig:
         """An experiment saved with a run (checkpoint, Tune trial config).
 
         ``trusted`` (the run's own trials; a folder signed with the user's key): its plug-ins are
@@ -282,7 +269,8 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"{self.source}: 'modules.{unknown[0]}' is not an external role; roles: {roles}")
         out = {}
         for role in roles:
-            raw = self.modules.get(role) or DEFAULT_MODULES.get(role) or getattr(ROLES.get(role), "default_module", None)
+            raw = (self.modules.get(role) or DEFAULT_MODULES.get(role)
+                   or getattr(ROLES.get(role), "default_module", None))
             if raw is None:
                 raise ConfigError(f"{self.source}: role {role!r} needs an entry under 'modules' "
                                   f"(e.g. modules: {{{role}: {{type: fixed}}}} to act by its behaviour model)")
@@ -293,15 +281,22 @@ class ExperimentConfig(_Section):
         return out
 
     def module_class(self, role: str, section: ModuleSection) -> type:
-        """The RLModule class a role's section names (under DQN, its Q-learning variant)."""
+        """The RLModule class a role's section names (under an algorithm with the ``q_module``
+        trait, such as DQN, its Q-learning variant)."""
         cls = MODULES.resolve(section.type, f"{self.source}: 'modules.{role}.type'")
-        if self.algorithm.name == "DQN" and section.type != "fixed" and not getattr(cls, "q_learning", False):
+        if section.type != "fixed" and not getattr(cls, "q_learning", False) and self.algorithm_traits().q_module:
             variant = getattr(cls, "q_variant", None)
             if variant is None:
-                raise ConfigError(f"{self.source}: 'modules.{role}.type' is {section.type!r}, which has no DQN variant; "
-                                  "DQN needs a module with Q-values (e.g. transformer or mlp)")
+                name = self.algorithm.name
+                raise ConfigError(f"{self.source}: 'modules.{role}.type' is {section.type!r}, which has no Q-learning "
+                                  f"variant; {name} learns Q-values (trait q_module), so it needs a module with "
+                                  "Q-values (e.g. transformer or mlp)")
             cls = MODULES.get(variant)
         return cls
+
+    def algorithm_traits(self):
+        """What the algorithm declares it needs (``marl_rec.algorithms.AlgorithmTraits``)."""
+        return algorithm_traits(self.algorithm.name, f"{self.source}: 'algorithm.name'")
 
     def check_modules(self) -> None:
         """Every module type resolves and its model_config fits the class's schema."""
@@ -312,7 +307,8 @@ class ExperimentConfig(_Section):
                 raise ConfigError(f"{self.source}: 'modules.{role}.type': {cls.__qualname__} declares no "
                                   "model_config_schema (a marl_rec.policies.common.ModelConfig section)")
             options = schema.from_dict(section.model_config, self.source, prefix=f"modules.{role}.model_config.")
-            if hasattr(cls, "check_config"):  # a module's own checks against the env (e.g. the fixed module's behaviour)
+            # a module's own checks against the env (e.g. the fixed module's behaviour)
+            if hasattr(cls, "check_config"):
                 cls.check_config(options, self.env_config(), role, f"{self.source}: 'modules.{role}'")
 
     def check_local_resources(self) -> None:
@@ -364,12 +360,14 @@ class ExperimentConfig(_Section):
                         raise ConfigError(f"{where}: the run folder {folder} cannot be made: {path} is a file, "
                                           "not a folder") from None
                 except OSError as err:
-                    raise ConfigError(f"{where}: the run folder {folder} cannot be made: {err.strerror or err}") from None
+                    raise ConfigError(f"{where}: the run folder {folder} cannot be made: "
+                                      f"{err.strerror or err}") from None
             try:
                 with tempfile.TemporaryFile(dir=folder):
                     pass
             except OSError as err:
-                raise ConfigError(f"{where}: the run folder {folder} cannot be written: {err.strerror or err}") from None
+                raise ConfigError(f"{where}: the run folder {folder} cannot be written: "
+                                  f"{err.strerror or err}") from None
         finally:
             for path in reversed(made):
                 with contextlib.suppress(OSError):  # another process may have started writing there
@@ -380,9 +378,10 @@ class ExperimentConfig(_Section):
         training = self.algorithm.training
         for key, value in training.items():
             check_training_value(str(key), value, self.source)
-        if self.algorithm.name == "DQN" and self.env_config().slate_size != 1:
-            raise ConfigError(f"{self.source}: DQN in RLlib 2.60 takes Discrete actions only, so it needs single-item "
-                              f"slates: set env.slate_size: 1 (it is {self.env_config().slate_size})")
+        if self.algorithm_traits().discrete_actions_only and (slate_size := self.env_config().slate_size) != 1:
+            raise ConfigError(f"{self.source}: {self.algorithm.name} takes Discrete actions only (trait "
+                              "discrete_actions_only), so it needs single-item slates: set env.slate_size: 1 "
+                              f"(it is {slate_size})")
         if not training:
             return
         cls = ALGORITHMS.resolve(self.algorithm.name, f"{self.source}: 'algorithm.name'")
@@ -453,14 +452,15 @@ class ExperimentConfig(_Section):
         roles = list(self.train_roles) or learning
         for role in roles:
             if role not in sections:
-                raise ConfigError(f"{self.source}: 'train_roles' names {role!r}, not an external role; roles: {list(sections)}")
+                raise ConfigError(f"{self.source}: 'train_roles' names {role!r}, not an external role; "
+                                  f"roles: {list(sections)}")
             if sections[role].type == "fixed":
                 raise ConfigError(f"{self.source}: 'train_roles' names {role!r}, whose module is fixed (non-learning)")
         if not roles:
             raise ConfigError(f"{self.source}: nothing to train: every external role has a fixed module")
         return roles
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check everything that can be checked without Ray (env config, modules, roles, sweep)."""
         self.check_names()
         self.env_config()
@@ -490,11 +490,13 @@ class ExperimentConfig(_Section):
         total = envs + sum(need for need, _ in modules.values())
         if available is None or not modules or total <= available:
             return
-        parts = "; ".join(f"modules.{role}: {need / GIB:.1f} GiB ({detail})" for role, (need, detail) in modules.items())
+        parts = "; ".join(f"modules.{role}: {need / GIB:.1f} GiB ({detail})"
+                          for role, (need, detail) in modules.items())
         largest = max(modules, key=lambda role: modules[role][0])
         raise ConfigError(
             f"{self.source}: one trial needs about {total / GIB:.1f} GiB: {parts}; the envs {envs / GIB:.1f} GiB; but "
-            f"{available / GIB:.1f} GiB of memory is available; make the modules smaller (modules.{largest}.model_config), "
+            f"{available / GIB:.1f} GiB of memory is available; make the modules smaller "
+            f"(modules.{largest}.model_config), "
             "lower algorithm.training.minibatch_size, or use a machine with more memory")
 
     def module_memory(self) -> dict[str, tuple[int, str]]:
@@ -537,7 +539,8 @@ class ExperimentConfig(_Section):
             activations = FLOAT_BYTES * rows * size.activations if learning else 0
             need = learners * (weights + state + activations) + copies * weights
             detail = (f"{section.type}, {size.parameters:,} parameters: {learners} learner(s) x "
-                      f"({(weights + state) / GIB:.1f} GiB of weights" + (", gradients and Adam state" if learning else "")
+                      f"({(weights + state) / GIB:.1f} GiB of weights"
+                      + (", gradients and Adam state" if learning else "")
                       + (f" + {activations / GIB:.1f} GiB of activations for {rows} samples" if learning else "")
                       + f") + {copies} inference copies x {weights / GIB:.1f} GiB")
             out[role] = (need, detail)
@@ -564,7 +567,8 @@ class ExperimentConfig(_Section):
             where = f"{self.source}: 'tune.search_space.{key}'"
             if not (isinstance(entry, Mapping) and len(entry) == 1 and next(iter(entry)) in SEARCH_SPACES):
                 raise ConfigError(f"{where} must be one of {{grid: [...]}}, {{choice: [...]}}, "
-                                  f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}, {{randint: [low, high]}}; got {entry!r}")
+                                  f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}, "
+                                  f"{{randint: [low, high]}}; got {entry!r}")
             kind, values = next(iter(entry.items()))
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: {kind} needs a non-empty list, got {values!r}")
@@ -581,7 +585,8 @@ class ExperimentConfig(_Section):
         if self.tune.scheduler:
             kind = self.tune.scheduler.get("type", "fifo")
             if kind not in SCHEDULERS:
-                raise ConfigError(f"{self.source}: 'tune.scheduler.type' is {kind!r}; allowed values: {', '.join(SCHEDULERS)}")
+                raise ConfigError(f"{self.source}: 'tune.scheduler.type' is {kind!r}; "
+                                  f"allowed values: {', '.join(SCHEDULERS)}")
         for section, seeds in (("tune", self.tune.seeds), ("compare", self.compare.seeds)):
             if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
                 raise ConfigError(f"{self.source}: '{section}.seeds' must be a list of integers >= 0, got {seeds!r}")
@@ -593,7 +598,7 @@ class ExperimentConfig(_Section):
             self.with_overrides(overrides, f"{self.source}: 'compare.variants.{label}'", memory=True)
 
     def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None,
-                       memory: bool = False) -> "ExperimentConfig":
+                       memory: bool = False) -> ExperimentConfig:
         """This experiment with dotted-key ``overrides`` applied and validated; with ``memory``
         (the driver's checks of each sweep point and variant) its memory estimate too, which a
         trial on a worker does not repeat (other trials there hold memory by then)."""
@@ -749,7 +754,8 @@ def read_text(path: Path, what: str = "file") -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a {what} (not UTF-8 text: byte {err.start} is {err.object[err.start]:#04x})") from None
+        raise ConfigError(f"{path}: not a {what} (not UTF-8 text: byte {err.start} is "
+                          f"{err.object[err.start]:#04x})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
 
@@ -805,7 +811,8 @@ def load_experiment(
     raw = load_yaml(read_text(path, "YAML experiment file"), str(path))
     if raw is None or raw == {}:  # would train every default silently
         raise ConfigError(f"{path}: empty experiment file (no keys, or comments only); give at least the keys that "
-                          "differ from the defaults, e.g. 'scenario: creator_economy' and 'stop: {training_iteration: 20}'")
+                          "differ from the defaults, e.g. 'scenario: creator_economy' and "
+                          "'stop: {training_iteration: 20}'")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw)

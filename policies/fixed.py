@@ -48,7 +48,7 @@ class FixedModelConfig(ModelConfig):
     seed: int = spec(0, "seed of the module's own np.random.Generator", low=0)
     role: str = spec("", "the role it plays ('': system, user or creator, recognised from the observation space)")
     scenario: str = spec("creator_economy", "scenario preset of the env the behaviour is built for",
-                         choices=tuple(SCENARIOS))
+                         choices=SCENARIOS)
     env: dict = spec({}, "that env's EcosystemConfig overrides (the behaviour reads its parameters from them)")
 
 

@@ -9,8 +9,9 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
+from marl_rec.algorithms import ALGORITHMS, AlgorithmTraits
 from marl_rec.envs.config import ConfigError
-from marl_rec.experiment import ALGORITHMS, ExperimentConfig
+from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.callbacks import RecommenderMetricsCallback
 from marl_rec.rllib.env import ENV_NAME, EcosystemRLlibEnv
 
@@ -30,8 +31,8 @@ def algorithm_config_class(name: str, where: str = "'algorithm.name'") -> type[A
 
 def env_config(exp: ExperimentConfig) -> dict[str, Any]:
     config = {"scenario": exp.scenario, **exp.env}
-    if exp.algorithm.name == "DQN":
-        config["single_item_slates"] = True
+    if exp.algorithm_traits().discrete_actions_only:
+        config["single_item_slates"] = True  # the system action as Discrete(M) (EcosystemRLlibEnv)
     return config
 
 
@@ -65,6 +66,15 @@ def fault_tolerance(config: AlgorithmConfig, exp: ExperimentConfig) -> Algorithm
     return config.fault_tolerance(restart_failed_env_runners=True, restart_failed_sub_environments=False)
 
 
+def with_traits(config: AlgorithmConfig, traits: AlgorithmTraits) -> AlgorithmConfig:
+    """What the algorithm's declared traits ask of its RLlib config (marl_rec.algorithms)."""
+    if traits.replay_buffer_config is not None:
+        config = config.training(replay_buffer_config=dict(traits.replay_buffer_config))
+    if traits.rollout_fragment_length is not None:
+        config = config.env_runners(rollout_fragment_length=traits.rollout_fragment_length)
+    return config
+
+
 # -----------------------------------------------------------------------------------------------
 
 
@@ -85,10 +95,7 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
         .debugging(seed=exp.seed)
     )
     config = fault_tolerance(config, exp)
-    if exp.algorithm.name == "DQN":
-        # RLlib 2.60: multi-agent DQN needs the multi-agent episode buffer and short fragments.
-        config = config.training(replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000})
-        config = config.env_runners(rollout_fragment_length=50)
+    config = with_traits(config, exp.algorithm_traits())
     training = dict(exp.algorithm.training)  # its keys were checked with the experiment (check_training)
     if training:
         config = config.training(**training)

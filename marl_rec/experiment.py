@@ -8,7 +8,7 @@
     modules: {system: {type: transformer, model_config: {d_model: 64}}}
     train_roles: [system]
     resources: {num_env_runners: 1, num_envs_per_env_runner: 4}
-    evaluation: {episodes: 20, seed: 10000, baselines: [random, myopic]}
+    evaluation: {episodes: 20, seed: 10000, behaviours: [random, myopic]}
     stop: {training_iteration: 20}
     seed: 0
 
@@ -164,10 +164,18 @@ class ResourcesSection(_Section):
 class EvaluationSection(_Section):
     episodes: int = spec(20, "held-out episodes for the final evaluation table", low=1)
     seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0, high=2**32 - 1)
-    baselines: list = spec(["random", "myopic", "oracle_myopic", "long_term"], "non-learning recommenders to compare")
+    behaviours: list = spec(["random", "myopic", "oracle_myopic", "long_term"],
+                            "non-learning recommenders (system behaviours) to compare")
     interval: int = spec(10, "greedy evaluation during training every N iterations, and at the first and last "
                          "(the learning curve's greedy line; 0: off)", low=0)
     duration: int = spec(8, "episodes per greedy evaluation during training: the first of the held-out seeds", low=1)
+
+    @classmethod
+    def from_dict(cls, values, source: str = "<config>", prefix: str = ""):
+        if isinstance(values, Mapping) and "baselines" in values:  # the key's name before issue 24
+            raise ConfigError(f"{source}: {prefix + 'baselines'!r}: 'baselines' was renamed to 'behaviours'; "
+                              f"write '{prefix}behaviours:' instead")
+        return super().from_dict(values, source, prefix)
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,10 @@ class ExperimentConfig(_Section):
 
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: the saved experiment is not a mapping of keys")
+        evaluation = raw.get("evaluation")
+        if isinstance(evaluation, Mapping) and "baselines" in evaluation:  # saved before 'behaviours' was its name
+            renamed = {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}
+            raw = {**raw, "evaluation": renamed}
         if not trusted:  # its messages name the file it came from, not a file it claims to come from
             raw = {**raw, "source": source}
         if trusted:
@@ -406,8 +418,8 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"{self.source}: 'algorithm.name': {name} is {ALGORITHM_RECIPES[name]}")
         if name not in ALGORITHMS and ":" not in name:
             raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
-        for name in self.evaluation.baselines:
-            resolve_baseline(name, f"{self.source}: 'evaluation.baselines'")
+        for name in self.evaluation.behaviours:
+            resolve_baseline(name, f"{self.source}: 'evaluation.behaviours'")
         name = self.name
         if not name.strip() or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
             raise ConfigError(f"{self.source}: 'name' is {name!r}; a run name is a plain folder name (no '/', '\\', "
@@ -426,15 +438,14 @@ class ExperimentConfig(_Section):
         can rank by): marl_rec.rllib.trainable.flat_result's keys, the env-fault counts
         (callbacks.iteration_faults), the greedy curve and baseline lines when
         ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
-        from marl_rec.evaluate import METRICS
-        from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME
-        from marl_rec.rllib.trainable import REPORTED
+        from marl_rec.behaviour_episodes import METRICS
+        from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME, REPORTED
 
         names = [f"env_runners/{k}" for k in (*REPORTED, ENV_FAULTS, ENV_FAULTS_LIFETIME, "num_env_steps_sampled")]
         names += ["num_env_steps_sampled_lifetime", *TUNE_METRICS]
         if self.evaluation.interval:
             names += [f"greedy/{m}" for m in (*METRICS, "team_return_se")]
-            names += [f"baseline/{b}/team_return" for b in self.evaluation.baselines]
+            names += [f"baseline/{b}/team_return" for b in self.evaluation.behaviours]
         return names
 
     def check_metric(self) -> None:

@@ -30,7 +30,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
-from marl_rec.policies.baselines import myopic_from_affinity
+from marl_rec.envs.recommenders import myopic_from_affinity
 from marl_rec.envs.config import spec
 from marl_rec.envs.features import user_feature_dim
 from marl_rec.policies.common import (EncoderHeadsTargets, ModelConfig, ModuleSize, autocast, dict_boxes, linear_size,
@@ -223,7 +223,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     def _myopic_prior(self, obs: dict) -> torch.Tensor:
         """(…, M) the myopic baseline's candidate scores from the observation, as
-        ``marl_rec.policies.baselines.myopic_scores`` computes them."""
+        ``marl_rec.envs.recommenders.myopic_scores`` computes them."""
         d = self.dims.user_features - user_feature_dim(0)  # the embedding's columns come first
         user, items = obs["user"].float(), obs["candidates"].float()
         return myopic_from_affinity((items[..., :d] * user[..., None, :d]).sum(-1), items, d)

@@ -128,7 +128,7 @@ def fake_train_folder(folder: Path) -> dict:
     rows = ["num_env_steps_sampled_lifetime,env_runners/team_return"]
     rows += [f"{400 * i},{'nan' if i == 1 else 150 + i}" for i in range(1, 6)]
     (trial / PROGRESS_FILE).write_text("\n".join(rows) + "\n")
-    from marl_rec.evaluate import METRICS
+    from marl_rec.behaviour_episodes import METRICS
 
     rng = np.random.default_rng(0)
     table = {policy: {m: rng.normal(mean, 5, 4) for m in METRICS}
@@ -180,7 +180,7 @@ env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
 resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {episodes: 2, baselines: [random, myopic]}
+evaluation: {episodes: 2, behaviours: [random, myopic]}
 stop: {training_iteration: 3}
 checkpoint_every: 3
 """

@@ -13,7 +13,7 @@ from marl_rec.envs.kernels import ecosystem_reward_terms
 from marl_rec.envs.parts.users import EcosystemUserDynamics
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.roles import PlatformRole
-from marl_rec.evaluate import METRICS
+from marl_rec.behaviour_episodes import METRICS
 
 
 # ---------------------------------------------------------------------------- the reward's kernel

@@ -110,7 +110,7 @@ def test_bad_tune_sections_name_the_key(tmp_path, tune, message):
 
 def test_trial_results_carry_every_metric_from_the_first_row():
     # progress.csv takes its columns from a trial's first result, which may end no episode
-    from marl_rec.evaluate import METRICS
+    from marl_rec.behaviour_episodes import METRICS
     from marl_rec.rllib.trainable import flat_result
 
     first = flat_result({"env_runners": {"num_env_steps_sampled": 64}, "num_env_steps_sampled_lifetime": 64})
@@ -127,7 +127,7 @@ def test_trials_reserve_the_algorithms_env_runners_and_learners():
     import yaml
 
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import largest_resources, trial_resources
+    from marl_rec.rllib.sessions import largest_resources, trial_resources
 
     raw = {**yaml.safe_load(TINY_RUN), "resources": {"num_env_runners": 2, "num_learners": 1}}
     exp = ExperimentConfig.from_dict(raw, source="<test>").validate()

@@ -25,7 +25,7 @@ from marl_rec.rllib import safety  # noqa: E402
 
 TINY = {"name": "foreign", "env": {"num_users": 3, "num_creators": 2, "max_cycles": 5, "roles": ["system"]},
         "algorithm": {"name": "PPO"}, "modules": {"system": {"type": "mlp", "model_config": {"hidden_dims": [8]}}},
-        "evaluation": {"baselines": ["random"]}}
+        "evaluation": {"behaviours": ["random"]}}
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def make_checkpoint(folder: Path, raw: dict = TINY) -> Path:
     from safetensors.torch import save_file
 
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import STATE_FILE, WEIGHTS_DIR, build_modules, has_weights
+    from marl_rec.rllib.checkpoint import STATE_FILE, WEIGHTS_DIR, build_modules, has_weights
 
     exp = ExperimentConfig.from_dict(raw, source="<test>").validate()
     (folder / WEIGHTS_DIR).mkdir(parents=True)
@@ -172,7 +172,7 @@ def train_folder(folder: Path) -> None:
     trial.mkdir(parents=True)
     (trial / "progress.csv").write_text("training_iteration,num_env_steps_sampled_lifetime,env_runners/team_return\n"
                                         "1,100,1.0\n2,200,2.0\n")
-    from marl_rec.evaluate import METRICS
+    from marl_rec.behaviour_episodes import METRICS
 
     results = {policy: {metric: [base, base + 1.0] for metric in METRICS} for policy, base in (("PPO", 2.0), ("random", 1.0))}
     (folder / "evaluation.json").write_text(json.dumps({"experiment": "x", "episodes": 2, "seed": 0, "learned": "PPO",
@@ -325,7 +325,7 @@ def test_a_colleagues_run_resumes_once_you_have_trusted_it(tmp_path, key, monkey
     """A run folder signed with another key: --resume refuses it (before Ray); `marl-rec trust`
     shows the pickles resuming would unpickle and signs them; then the folder checks."""
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import check_run_folder
+    from marl_rec.rllib.sessions import check_run_folder
 
     exp = ExperimentConfig.from_dict({**TINY, "results_dir": str(tmp_path / "results")}, source="<test>").validate()
     folder = tmp_path / "results" / "foreign"
@@ -361,13 +361,13 @@ def test_a_colleagues_run_resumes_once_you_have_trusted_it(tmp_path, key, monkey
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_pid(tmp_path, capsys):
     import ray
 
-    from marl_rec.rllib.trainable import LOCK_FILE
+    from marl_rec.rllib.sessions import LOCK_FILE
 
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({**TINY, "results_dir": str(tmp_path / "results")}))
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from marl_rec.rllib.trainable import run_lock
+        from marl_rec.rllib.sessions import run_lock
         with run_lock(Path({str(tmp_path / 'results' / 'foreign')!r}), "train"):
             print("held", flush=True)
             time.sleep(60)
@@ -385,7 +385,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_pid(tmp_path, c
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
-    from marl_rec.rllib.trainable import LOCK_FILE, run_lock
+    from marl_rec.rllib.sessions import LOCK_FILE, run_lock
 
     folder = tmp_path / "run"
     folder.mkdir()

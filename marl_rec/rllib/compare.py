@@ -20,19 +20,23 @@ import numpy as np
 
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import METRICS
+from marl_rec.behaviour_episodes import METRICS
 from marl_rec.experiment import ExperimentConfig, load_json
 from marl_rec.files import save_figure, write_file
-from marl_rec.rllib.train import fix_hash_seed, progress_callback, run_dir
-from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
+from marl_rec.rllib.checkpoint import latest_checkpoint
+from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, largest_resources, run_dir
+from marl_rec.rllib.train import progress_callback
+from marl_rec.rllib.trainable import run_trials
 
 RUNS_FILE = "runs.json"
 
 
-def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None) -> Path:
+def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None,
+            folder: RunFolder | None = None) -> Path:
     """Train every variant x seed (a Tune grid, resumable; a progress line per trial iteration),
     evaluate, write the report. ``log``: a :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's
-    and Tune's known-harmless messages."""
+    and Tune's known-harmless messages; ``folder``: the run folder as the caller checked it
+    (checked here if not given)."""
     if not exp.compare.variants:
         raise ConfigError(f"{exp.source}: 'compare.variants' is empty: name the algorithms to compare")
     from ray import tune
@@ -40,17 +44,18 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     from marl_rec.rllib.evaluation import evaluate_runs  # torch: not needed by `marl-rec report`
 
     c = exp.compare
+    resources = largest_resources(exp.with_overrides(o) for o in c.variants.values())  # checks before Ray starts
+    folder = folder or check_run_folder(exp, resume)
     fix_hash_seed()  # before run_trials starts Ray: a seed repeats a run
     results = run_trials(
         exp,
         {"__variant__": tune.grid_search(list(c.variants)), "seed": tune.grid_search(list(c.seeds))},
-        address=address,
-        resume=resume,
-        resources=largest_resources(exp.with_overrides(o) for o in c.variants.values()),
+        folder,
+        RaySession(address, log=log),
+        resources=resources,
         tune_config=tune.TuneConfig(max_concurrent_trials=c.max_concurrent_trials or None),
         callbacks=[progress_callback(exp, lambda trial: f"{trial.config['__variant__']} seed {trial.config['seed']}")],
         verbose=0,
-        log=log,
     )
 
     runs, checkpoints = [], {}

@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import summarise
+from marl_rec.behaviour_episodes import summarise
 from marl_rec.files import open_append, save_figure, write_file
 
 LOG_FILE = "third_party.log"
@@ -139,9 +139,9 @@ class ThirdPartyLog:
 
     Filters every logging handler present when entered or at :meth:`attach` (call it again
     after ``ray.init``, which adds handlers and the worker log stream), ``warnings.showwarning``,
-    and the driver's stream of Ray worker output (``ray._private.ray_logging``'s dispatcher,
-    the one path by which a worker's stdout/stderr reaches the terminal with
-    ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
+    and the driver's stream of Ray worker output (Ray's worker output dispatcher, reached through
+    marl_rec.rllib.ray_private: the one path by which a worker's stdout/stderr reaches the
+    terminal with ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
     prints nothing at ``verbose=0`` (the new one prints a configuration box and a TensorBoard
     hint pointing into /tmp). Everything is restored on exit, except the worker stream while
     Ray is still up (its late lines still go to the log file).
@@ -192,14 +192,15 @@ class ThirdPartyLog:
         self._attach_worker_stream()
 
     def _attach_worker_stream(self) -> None:
-        ray_logging = sys.modules.get("ray._private.ray_logging")
-        dispatcher = getattr(ray_logging, "global_worker_stdstream_dispatcher", None)
-        if dispatcher is None or not hasattr(dispatcher, "handlers"):  # no Ray yet, or another Ray
+        from marl_rec.rllib.ray_private import replace_stream_handlers, worker_stream_dispatcher
+
+        dispatcher = worker_stream_dispatcher()
+        if dispatcher is None:  # no Ray yet, or another Ray
             return
         self._dispatcher = dispatcher
-        with dispatcher._lock:  # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
-            dispatcher.handlers = [(name, handler if handler in self._wrapped else self._wrap(_unwrapped(handler)))
-                                   for name, handler in dispatcher.handlers]
+        # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
+        replace_stream_handlers(dispatcher, lambda handler: handler if handler in self._wrapped
+                                else self._wrap(_unwrapped(handler)))
 
     def _wrap(self, handler):
         def filtered(data: dict) -> None:
@@ -229,9 +230,9 @@ class ThirdPartyLog:
         if self._dispatcher is not None and not (ray is not None and ray.is_initialized()):
             # While Ray is up the worker stream stays filtered: a worker's line can arrive after
             # the run (Tune's note on the last checkpoint does); it goes to the log file.
-            with self._dispatcher._lock:
-                self._dispatcher.handlers = [(name, self._wrapped.get(handler, handler))
-                                             for name, handler in self._dispatcher.handlers]
+            from marl_rec.rllib.ray_private import replace_stream_handlers
+
+            replace_stream_handlers(self._dispatcher, lambda handler: self._wrapped.get(handler, handler))
         warnings.showwarning = self._showwarning
         for name, value in self._environ.items():
             if value is None:

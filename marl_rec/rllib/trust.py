@@ -22,7 +22,8 @@ from pathlib import Path
 from marl_rec.envs.config import ConfigError
 from marl_rec.rllib.safety import (MANIFEST, checkpoint_files, key_path, read_manifest, run_files, sha256, signing_key,
                                    write_manifest)
-from marl_rec.rllib.trainable import STATE_FILE, TUNER_FILE
+from marl_rec.rllib.checkpoint import STATE_FILE
+from marl_rec.rllib.sessions import TUNER_FILE
 
 
 @dataclass

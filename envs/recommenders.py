@@ -1,7 +1,7 @@
 """Non-learning recommenders for the system role, usable without RLlib.
 
 Each is a behaviour model (``act(sim, rng) -> (U, K) slates``) registered in ``BEHAVIOURS``,
-so it can be evaluated with ``marl-rec evaluate --policy NAME``, drive a simulated system
+so it can be evaluated with ``marl-rec evaluate --behaviour NAME``, drive a simulated system
 role (``behaviours: {system: NAME}``) or run inside RLlib as a non-learning module.
 
 - random: uniform slates (in marl_rec.envs.parts.behaviours).

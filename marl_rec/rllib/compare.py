@@ -154,7 +154,8 @@ def _numbers(value) -> bool:
 
 
 def _number_map(value) -> bool:
-    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value.values())
+    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                           for x in value.values())
 
 
 def _runs_problems(data):
@@ -278,7 +279,8 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
                     label=label)
             ax.fill_between(steps, [b.low for b in band], [b.high for b in band], color=f"C{colour}", alpha=0.25)
         for (name, values), style in zip(data["baselines"].items(), ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4):
-            ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0, label=f"{name} (final evaluation)")
+            ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0,
+                       label=f"{name} (final evaluation)")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("env steps")
     panels[0].set_ylabel("team return (IQM over runs, 95% CI)")

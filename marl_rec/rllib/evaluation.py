@@ -120,8 +120,9 @@ def evaluate_runs(
     the env of the experiment stored with it), then every behaviour of
     ``exp.evaluation.behaviours`` on ``exp``'s env, all on the same seeds.
 
-    ``episodes`` and ``seed`` default to ``exp.evaluation``; ``progress`` is told of every episode. The one evaluation behind
-    ``marl-rec train``'s final table, ``marl-rec evaluate --checkpoint`` and ``marl-rec compare``.
+    ``episodes`` and ``seed`` default to ``exp.evaluation``; ``progress`` is told of every
+    episode. The one evaluation behind ``marl-rec train``'s final table, ``marl-rec evaluate
+    --checkpoint`` and ``marl-rec compare``.
     """
     episodes = episodes or exp.evaluation.episodes
     seed = exp.evaluation.seed if seed is None else seed

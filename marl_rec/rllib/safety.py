@@ -77,7 +77,8 @@ def signing_key(create: bool = True) -> bytes | None:
     check_key_file(path)
     text = path.read_text().strip()
     if len(text) < 32:
-        raise ConfigError(f"{path}: not a marl-rec checkpoint key (expected 64 hex digits); delete it to make a new one")
+        raise ConfigError(f"{path}: not a marl-rec checkpoint key (expected 64 hex digits); delete it to make a "
+                          "new one")
     return text.encode()
 
 

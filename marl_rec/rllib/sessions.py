@@ -57,7 +57,8 @@ class RaySession:
             self.log.attach()
 
 
-def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False, ship_plugins: bool = False) -> None:
+def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False,
+             ship_plugins: bool = False) -> None:
     """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``.
 
     Every worker process of the run imports the plug-ins this process loaded (a
@@ -208,7 +209,8 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     changed = [k for k in differ if not k.startswith(("evaluation.", "stop.", "source", "results_dir", "name"))]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {given.get(k, '(unset)')!r}" for k in changed[:5])
-        raise ConfigError(f"{path}: --resume continues the run as it was started, but these keys differ from it: {shown}"
+        raise ConfigError(f"{path}: --resume continues the run as it was started, but these keys differ from it: "
+                          f"{shown}"
                           f"{' ...' if len(changed) > 5 else ''}. Resume with the run's own settings (only "
                           "evaluation.* and stop.* may change), or start a new run under another name (--set name=...)")
     return any(k.startswith("stop.") for k in differ)
@@ -312,6 +314,7 @@ def clean_up_orphans() -> list[int]:
 def record_session(session_dir: str) -> None:
     """Remember that this process started the local Ray session ``session_dir``."""
     try:
-        write_file(private_dir(RECORDS) / f"{os.getpid()}.json", json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir}))
+        record = {"driver_pid": os.getpid(), "session_dir": session_dir}
+        write_file(private_dir(RECORDS) / f"{os.getpid()}.json", json.dumps(record))
     except OSError:
         pass  # a read-only home: no record, no clean-up later; the run itself is unaffected

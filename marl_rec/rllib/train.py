@@ -58,7 +58,8 @@ def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None 
             if greedy == greedy:  # an iteration with a greedy evaluation on held-out seeds
                 metrics += f"  greedy {greedy:7.2f}"
             print(
-                f"[{exp.name}] {f'{label(trial)}  ' if label else ''}iter {it:4d}  env steps {int(steps):9,d}  {metrics}"
+                f"[{exp.name}] {f'{label(trial)}  ' if label else ''}iter {it:4d}  env steps {int(steps):9,d}  "
+                f"{metrics}"
                 f"{f'  env faults {int(faults)}' if faults else ''}  {elapsed:6.0f}s{eta}",
                 flush=True,
             )

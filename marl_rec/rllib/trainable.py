@@ -18,7 +18,6 @@ from typing import Any, Iterable
 
 import yaml
 
-from marl_rec.envs.config import ConfigError
 from marl_rec.behaviour_episodes import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
@@ -249,7 +248,8 @@ def run_trials(exp: ExperimentConfig, param_space: dict[str, Any], folder: RunFo
     Ray is started (or joined) through ``session``."""
     resources = resources or trial_resources(exp)  # every check before Ray starts
     if not session.address:
-        check_resources(exp, resources, local_resources(exp))  # before Ray starts: a request that cannot fit waits forever
+        # before Ray starts: a request that cannot fit waits forever
+        check_resources(exp, resources, local_resources(exp))
     session.start(exp)
     if session.address:
         import ray
@@ -262,7 +262,8 @@ def run_trials(exp: ExperimentConfig, param_space: dict[str, Any], folder: RunFo
         from marl_rec.rllib.ray_private import restore_tuner
 
         prepare_resume(folder.path, folder.trials)  # refused before Tune unpickles anything there (check_run_folder)
-        write_file(folder.path / EXPERIMENT_FILE, yaml.safe_dump(exp.to_dict(), sort_keys=False))  # the stop trials read
+        # the stop the trials read
+        write_file(folder.path / EXPERIMENT_FILE, yaml.safe_dump(exp.to_dict(), sort_keys=False))
         # a new stop continues finished trials too, each from its newest checkpoint; callbacks and
         # the rest of the RunConfig come back from the saved Tuner state
         tuner, unsigned = restore_tuner(folder.path, trainable, resume_finished=folder.stop_changed), frozenset()

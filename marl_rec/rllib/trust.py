@@ -103,7 +103,8 @@ def inspect(directory: str | Path) -> Look:
     if (folder / TUNER_FILE).is_file():  # a run folder: what --resume hands to Tune
         look.run = {name: sha256(folder / name) for name in run_files(folder)}
     if not look.checkpoints and look.run is None:
-        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, no {TUNER_FILE})")
+        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, "
+                          f"no {TUNER_FILE})")
     return look
 
 

@@ -41,7 +41,6 @@ STATE_FILE = "marl_rec.json"  # {"iteration", "time_total_s" (training time so f
 WEIGHTS_DIR = "weights"  # <role>.safetensors per module with parameters: what evaluation loads
 
 
-
 # -- verification: the one entry point ----------------------------------------------------------
 
 
@@ -166,7 +165,6 @@ def set_weights(modules: dict, weights: dict[str, dict]) -> None:
             module.load_state_dict(inference_weights(module, weights.get(role, {}), role), strict=True)
 
 
-
 # -- reading ------------------------------------------------------------------------------------
 
 
@@ -205,6 +203,7 @@ def find_experiment(checkpoint: str | Path | VerifiedCheckpoint) -> ExperimentCo
     return ExperimentConfig.from_saved(checked.state["experiment"], source=str(checked.folder / STATE_FILE),
                                        trusted=checked.signed)
 
+
 def load_modules(checkpoint: str | Path | VerifiedCheckpoint, exp: ExperimentConfig | None = None) -> dict:
     """role -> RLModule rebuilt from a checkpoint without unpickling anything: the experiment
     from its JSON (:func:`find_experiment`), each module as inference builds it
@@ -230,6 +229,7 @@ def load_modules(checkpoint: str | Path | VerifiedCheckpoint, exp: ExperimentCon
                               f"{' '.join(str(err).split())[:400]}") from None
     return modules
 
+
 def read_weights(path: Path, role: str) -> dict:
     """The tensors of a safetensors file; a ConfigError naming the file and what is wrong with it
     (not safetensors, a header that lies about shapes or offsets, a truncated file)."""
@@ -242,7 +242,6 @@ def read_weights(path: Path, role: str) -> dict:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise ConfigError(f"{path}: not a readable weights file for module {role!r} ({reason}); the checkpoint is "
                           "damaged or was altered") from None
-
 
 
 # -- resuming -----------------------------------------------------------------------------------
@@ -263,6 +262,7 @@ def complete_checkpoints(trial_dir: Path) -> list[VerifiedCheckpoint]:
             print(f"[marl-rec] {folder}: not restored: {err}", flush=True)
     return [checked for _, checked in sorted(found, key=lambda entry: entry[0])]
 
+
 def resume_point(trial_dir: Path, handed: Path | None = None) -> VerifiedCheckpoint | None:
     """The checkpoint a trial continues from, verified as signed: the newest complete one in its
     own folder, or the one Tune hands over if that is newer (Tune's choice comes from its
@@ -271,6 +271,7 @@ def resume_point(trial_dir: Path, handed: Path | None = None) -> VerifiedCheckpo
     if handed is not None and handed.parent != trial_dir:
         candidates.append(verify(handed, signed=True))
     return max(candidates, key=lambda c: c.iteration) if candidates else None
+
 
 def trim_results(trial_dir: Path, iteration: int) -> None:
     """Before a trial continues from ``iteration``: its result.json and progress.csv keep their
@@ -336,6 +337,7 @@ def prepare_resume(path: Path, trials: dict[Path, list[VerifiedCheckpoint]]) -> 
     for trial_dir in sorted(p for p in path.iterdir() if p.is_dir() and (p / "params.json").is_file()):
         checkpoints = trials.get(trial_dir, [])
         trim_results(trial_dir, checkpoints[-1].iteration if checkpoints else 0)
+
 
 def old_unsigned_files(path: Path) -> frozenset[str]:
     """The pickle-bearing files of an existing run folder that no valid manifest covers: a new

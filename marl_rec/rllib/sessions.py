@@ -98,7 +98,6 @@ def fix_hash_seed() -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
-
 def trial_resources(exp: ExperimentConfig):
     """What one trial needs: the algorithm's own request (driver, env runners, learners)."""
     from marl_rec.rllib.builder import build_algorithm_config
@@ -107,13 +106,11 @@ def trial_resources(exp: ExperimentConfig):
     return config.algo_class.default_resource_request(config)
 
 
-
 def local_resources(exp: ExperimentConfig) -> dict[str, float]:
     """What a local Ray started by the CLI has: resources.num_cpus (or every CPU) and CUDA devices."""
     import torch
 
     return {"CPU": float(exp.resources.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-
 
 
 def check_resources(exp: ExperimentConfig, request, available: dict[str, float], where: str = "this machine") -> None:
@@ -133,7 +130,6 @@ def check_resources(exp: ExperimentConfig, request, available: dict[str, float],
                           "set resources.num_gpus_per_learner: 0 to learn on the CPU")
 
 
-
 def largest_resources(experiments: Iterable[ExperimentConfig]):
     """The largest request (by CPUs) among ``experiments``: every trial of a run gets it."""
     return max((trial_resources(exp) for exp in experiments), key=lambda r: sum(b.get("CPU", 0) for b in r.bundles))
@@ -144,7 +140,6 @@ def largest_resources(experiments: Iterable[ExperimentConfig]):
 
 def run_dir(exp: ExperimentConfig) -> Path:
     return Path(exp.results_dir).resolve() / exp.name
-
 
 
 @contextlib.contextmanager
@@ -182,12 +177,10 @@ def run_lock(path: Path, command: str):
         os.close(fd)  # releases the flock
 
 
-
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict) and tree:
         return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): tree}
-
 
 
 def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
@@ -214,7 +207,6 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
                           f"{' ...' if len(changed) > 5 else ''}. Resume with the run's own settings (only "
                           "evaluation.* and stop.* may change), or start a new run under another name (--set name=...)")
     return any(k.startswith("stop.") for k in differ)
-
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ STOP_FILE = "stop.requested"  # in the run folder: every trial checkpoints at th
 STOP_NOW = "now"  # STOP_FILE's text after a second signal: the driver ends the run without waiting for the trials
 
 
-
 def run_stop(run_folder: Path) -> dict | None:
     """The stop criteria in the run folder's experiment file. A trial's config is the one Tune
     saved when the run started; ``--resume`` may have changed the stop since, and writes it there."""
@@ -33,7 +32,6 @@ def run_stop(run_folder: Path) -> dict | None:
     return stop if isinstance(stop, dict) else None
 
 
-
 def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, seconds: float) -> bool:
     """Whether any of the experiment's stop criteria holds (0 = no limit), checked by the trial
     itself so that its last iteration is checkpointed."""
@@ -43,13 +41,11 @@ def stop_reached(exp: ExperimentConfig, iteration: int, env_steps: float, second
                 or (stop.time_total_s and seconds >= stop.time_total_s))
 
 
-
 def wait_to_be_stopped() -> None:
     """A trial that has checkpointed for a stop request waits here until the driver ends the run
     (it interrupts Tune, which keeps the trial unfinished, so ``--resume`` continues it)."""
     while True:
         time.sleep(1.0)
-
 
 
 def stop_callback(stop_file: Path):
@@ -90,7 +86,6 @@ def stop_callback(stop_file: Path):
                 signal.raise_signal(signal.SIGUSR1)
 
     return InterruptWhenCheckpointed()
-
 
 
 @contextlib.contextmanager

@@ -67,7 +67,6 @@ def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None 
     return Progress()
 
 
-
 def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False,
           log: ThirdPartyLog | None = None, folder: RunFolder | None = None):
     """Run ``exp`` as a one-trial Tune experiment of the shared trainable under results_dir/name,

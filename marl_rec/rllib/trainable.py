@@ -32,7 +32,6 @@ from marl_rec.rllib.stopping import (STOP_FILE, STOP_NOW, run_stop, stop_callbac
                                      wait_to_be_stopped)
 
 
-
 def _signing_callback(unsigned: frozenset[str] = frozenset()):
     from ray import tune
 
@@ -93,7 +92,6 @@ def _signing_callback(unsigned: frozenset[str] = frozenset()):
     return SignedRun()
 
 
-
 # -- the trainable ----------------------------------------------------------------------------
 
 
@@ -109,7 +107,6 @@ def flat_result(result: dict) -> dict[str, float]:
     return out
 
 
-
 def trial_experiment(config: dict, stop: dict | None = None) -> ExperimentConfig:
     """The experiment a trial runs: the base (with ``stop`` instead of its own, if given), a
     comparison variant's overrides (if any), then the sampled keys."""
@@ -118,7 +115,6 @@ def trial_experiment(config: dict, stop: dict | None = None) -> ExperimentConfig
     overrides = dict(base.compare.variants.get(config.get("__variant__"), {}))
     overrides.update({k: v for k, v in config.items() if not k.startswith("__")})
     return base.with_overrides(overrides)
-
 
 
 def trial(config: dict) -> None:

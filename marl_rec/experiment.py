@@ -112,6 +112,16 @@ def check_training_value(key: str, value, where: str) -> None:
         raise ConfigError(f"{where}: 'algorithm.training.{key}' is {value!r}; allowed values: a number {span}")
 
 
+def renamed_keys(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved experiment (checkpoint, run folder, runs.json) with the keys renamed since it was
+    saved given their new names: evaluation.baselines -> evaluation.behaviours (issue 24). An
+    experiment file a person writes gets a ConfigError naming the new key instead."""
+    evaluation = raw.get("evaluation")
+    if isinstance(evaluation, Mapping) and "baselines" in evaluation and "behaviours" not in evaluation:
+        return {**raw, "evaluation": {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}}
+    return raw
+
+
 def system_behaviours() -> list[str]:
     """The registered behaviours that recommend (role 'system'): the baselines."""
     return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
@@ -266,10 +276,7 @@ class ExperimentConfig(_Section):
 
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: the saved experiment is not a mapping of keys")
-        evaluation = raw.get("evaluation")
-        if isinstance(evaluation, Mapping) and "baselines" in evaluation:  # saved before 'behaviours' was its name
-            renamed = {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}
-            raw = {**raw, "evaluation": renamed}
+        raw = renamed_keys(raw)
         if not trusted:  # its messages name the file it came from, not a file it claims to come from
             raw = {**raw, "source": source}
         if trusted:

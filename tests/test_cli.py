@@ -97,6 +97,12 @@ def test_old_spellings_name_the_new_ones(capsys, tmp_path):
     path.write_text("evaluation: {baselines: [random]}\n")
     with pytest.raises(ConfigError, match=r"'evaluation.baselines': 'baselines' was renamed to 'behaviours'"):
         load_experiment(path)
+    # what a run saved before the rename (checkpoint, Tune's trial config, runs.json) still reads
+    from marl_rec.experiment import ExperimentConfig
+
+    saved = {**load_experiment("quickstart").to_dict(), "evaluation": {"baselines": ["random"], "episodes": 3}}
+    exp = ExperimentConfig.from_saved(saved, source="<saved>")
+    assert exp.evaluation.behaviours == ["random"] and exp.evaluation.episodes == 3
 
 
 @pytest.mark.parametrize("flag, value, message", [

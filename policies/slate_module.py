@@ -114,7 +114,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         mixed_precision (bool, True): bf16 autocast while the parameters are on CUDA.
         prior ("none" | "myopic", "none"), prior_weight (float, 5.0): residual policy learning
             (Silver et al. 2018): the slate logits are prior_weight · the myopic baseline's score
-            of each candidate, computed from the observation alone (``baselines.myopic_scores``),
+            of each candidate, computed from the observation alone (``recommenders.myopic_scores``),
             plus the learned logits, whose head starts at zero. Training starts from a
             (stochastic) myopic recommender instead of a random one.
         critic ("local" | "state", "local"): see the MAPPO note in ``setup``.

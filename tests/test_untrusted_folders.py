@@ -76,6 +76,28 @@ def forge(folder: Path, edit) -> None:
     (folder / safety.MANIFEST).write_text(json.dumps({"kind": "checkpoint", "files": files, "hmac": "0" * 64}))
 
 
+
+def test_a_checkpoint_is_verified_once_then_handed_on(tmp_path, key, monkeypatch):
+    """verify() hashes the files; what it returns is read (experiment, weights) and evaluated
+    without hashing them again; a change after it was written is refused by verify()."""
+    from marl_rec.rllib.checkpoint import find_experiment, load_modules, verify
+    from marl_rec.rllib.evaluation import evaluate_runs
+
+    folder = make_checkpoint(tmp_path / "checkpoint_000001")
+    hashed = []
+    real = safety.sha256
+    monkeypatch.setattr(safety, "sha256", lambda path: hashed.append(path) or real(path))
+    checked = verify(folder)
+    assert checked.signed and checked.iteration == 1 and len(hashed) == len(safety.checkpoint_files(folder))
+    hashed.clear()
+    exp = find_experiment(checked)
+    assert load_modules(checked, exp) and hashed == []
+    table = evaluate_runs({"trained": checked}, exp.with_overrides({"evaluation.behaviours": []}), 1, 0)
+    assert set(table) == {"trained"} and hashed == []
+    (folder / "marl_rec.json").write_text((folder / "marl_rec.json").read_text() + " ")
+    with pytest.raises(ConfigError, match="changed since it was signed"):
+        verify(folder)
+
 @pytest.fixture
 def foreign(tmp_path, key):
     return make_checkpoint(tmp_path / "run" / "trial_0" / "checkpoint_000001")

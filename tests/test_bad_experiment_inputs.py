@@ -220,7 +220,7 @@ def test_the_parameter_estimate_is_exact_for_the_built_in_modules():
 
     from marl_rec.envs.checks import plan_roles
     from marl_rec.envs.registry import ROLES
-    from marl_rec.rllib.trainable import build_modules
+    from marl_rec.rllib.checkpoint import build_modules
 
     experiments = [
         {"env": {"num_users": 3, "num_creators": 2, "roles": ["system", "creator"]}},

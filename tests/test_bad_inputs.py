@@ -98,7 +98,7 @@ EXPERIMENT_CASES += [
     ("modules", {"system": {"type": "mlp", "model_config": {"d_model": 32}}}),
     ("modules", {"system": {"type": "transformer", "model_config": {"d_model": 30, "num_heads": 4}}}),
     ("modules", {"nobody": {"type": "mlp"}}), ("train_roles", ["nobody"]), ("plugins", ["no_such_plugin_module"]),
-    ("plugins", "not a list"), ("evaluation.baselines", ["choice_model"]), ("seed", 2**32),
+    ("plugins", "not a list"), ("evaluation.behaviours", ["choice_model"]), ("seed", 2**32),
     ("resources.num_env_runners", 1000), ("algorithm.name", "DQN"),
     ("tune.search_space", {"algorithm.training.lr": {"grid": []}}),
     ("tune.search_space", {"algorithm.training.lr": {"loguniform": [0.0, 1.0]}}),

@@ -110,7 +110,7 @@ scenario: small_town
 env: {roles: [system]}
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
-evaluation: {episodes: 2, interval: 0, baselines: [random]}
+evaluation: {episodes: 2, interval: 0, behaviours: [random]}
 """
 
 
@@ -146,7 +146,7 @@ def test_a_plugin_scenario_is_named_in_yaml_after_its_plugin_loads(tmp_path, tow
 
 
 def test_evaluate_takes_a_plugin_scenario_and_suggests_the_closest(tmp_path, town_plugin):
-    args = ["evaluate", "--plugin", "town_plugin", "--policy", "random", "--episodes", "1"]
+    args = ["evaluate", "--plugin", "town_plugin", "--behaviour", "random", "--episodes", "1"]
     run = run_cli([*args, "--scenario", "small_town"], town_plugin, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "scenario small_town, 1 episodes" in run.stdout

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_evaluate_prints_the_metrics_table(capsys):
-    assert main(["evaluate", "--policy", "random", "long_term", "--episodes", "2", "--set", "num_users=4",
+    assert main(["evaluate", "--behaviour", "random", "long_term", "--episodes", "2", "--set", "num_users=4",
                  "--set", "max_cycles=10"]) == 0
     out = capsys.readouterr().out
     assert "| policy | team_return | watch_time | clicks | ctr | session_length" in out
@@ -38,7 +38,7 @@ def test_train_then_evaluate_checkpoint_end_to_end(tmp_path):
     sets = ["stop.training_iteration=1", "evaluation.episodes=2", f"results_dir={tmp_path}", "env.num_users=4",
             "env.max_cycles=30", "algorithm.training.train_batch_size_per_learner=64",
             "algorithm.training.minibatch_size=64", "algorithm.training.num_epochs=1",
-            "evaluation.baselines=[random]", "resources.num_cpus=2"]
+            "evaluation.behaviours=[random]", "resources.num_cpus=2"]
     args = [sys.executable, "-m", "marl_rec.cli", "train", "experiments/quickstart.yaml"]
     for s in sets:
         args += ["--set", s]
@@ -76,11 +76,33 @@ def test_train_rejects_a_bad_file_before_starting_ray(tmp_path):
 # -- every name the CLI offers works, every number is range-checked, errors name their flag -------
 
 
-@pytest.mark.parametrize("policy", ["choice_model", "ecosystem"])
-def test_evaluate_refuses_behaviours_of_other_roles(capsys, policy):
-    assert main(["evaluate", "--policy", policy, "--episodes", "1"]) == 2
+@pytest.mark.parametrize("behaviour", ["choice_model", "ecosystem"])
+def test_evaluate_refuses_behaviours_of_other_roles(capsys, behaviour):
+    assert main(["evaluate", "--behaviour", behaviour, "--episodes", "1"]) == 2
     err = capsys.readouterr().err
-    assert f"--policy: {policy!r} is a behaviour of role" in err and "random" in err and "Traceback" not in err
+    assert f"--behaviour: {behaviour!r} is a behaviour of role" in err and "random" in err and "Traceback" not in err
+
+
+def test_old_spellings_name_the_new_ones(capsys, tmp_path):
+    """--policy, 'list policies' and evaluation.baselines were renamed (one word: behaviour)."""
+    from marl_rec.envs.config import ConfigError
+    from marl_rec.experiment import load_experiment
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--policy", "random"])
+    assert exit_.value.code == 2 and "--policy was renamed to --behaviour" in capsys.readouterr().err
+    assert main(["list", "policies"]) == 2
+    assert "'list policies' was renamed to 'list behaviours'" in capsys.readouterr().err
+    path = tmp_path / "exp.yaml"
+    path.write_text("evaluation: {baselines: [random]}\n")
+    with pytest.raises(ConfigError, match=r"'evaluation.baselines': 'baselines' was renamed to 'behaviours'"):
+        load_experiment(path)
+    # what a run saved before the rename (checkpoint, Tune's trial config, runs.json) still reads
+    from marl_rec.experiment import ExperimentConfig
+
+    saved = {**load_experiment("quickstart").to_dict(), "evaluation": {"baselines": ["random"], "episodes": 3}}
+    exp = ExperimentConfig.from_saved(saved, source="<saved>")
+    assert exp.evaluation.behaviours == ["random"] and exp.evaluation.episodes == 3
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -135,7 +157,7 @@ def test_version_and_lists(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"marl-rec {__version__}"
     assert main(["list", "scenarios"]) == 0
     assert capsys.readouterr().out.split() == ["calibrated", "creator_economy", "recsim_interest_evolution"]
-    assert main(["list", "policies"]) == 0
+    assert main(["list", "behaviours"]) == 0
     assert set(capsys.readouterr().out.split()) == {"random", "popularity", "myopic", "oracle_myopic", "long_term"}
     assert main(["list", "experiments"]) == 0
     assert "quickstart: PPO" in capsys.readouterr().out
@@ -144,12 +166,13 @@ def test_version_and_lists(capsys):
     assert re.search(r"choice model: (.*, )?mnl, proportional", out) and "RLModule: creator_mlp, fixed, " in out
 
 
-def test_every_listed_policy_evaluates(capsys):
-    assert main(["list", "policies"]) == 0
-    policies = capsys.readouterr().out.split()
-    assert main(["evaluate", "--policy", *policies, "--episodes", "1", "--set", "num_users=3", "--set", "max_cycles=5"]) == 0
+def test_every_listed_behaviour_evaluates(capsys):
+    assert main(["list", "behaviours"]) == 0
+    behaviours = capsys.readouterr().out.split()
+    assert main(["evaluate", "--behaviour", *behaviours, "--episodes", "1", "--set", "num_users=3",
+                 "--set", "max_cycles=5"]) == 0
     out = capsys.readouterr().out
-    assert all(f"| {p} |" in out for p in policies)
+    assert all(f"| {b} |" in out for b in behaviours)
 
 
 def test_shipped_experiments_resolve_by_bare_name(tmp_path, monkeypatch):
@@ -180,7 +203,7 @@ def test_dashboard_without_its_packages_is_a_clear_error(capsys, monkeypatch, tm
 
 
 RUN_SECTIONS = """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {episodes: 1, baselines: [random]}
+evaluation: {episodes: 1, behaviours: [random]}
 stop: {training_iteration: 1}
 tune: {search_space: {algorithm.training.lr: {grid: [0.001]}}}
 compare: {variants: {PPO: {}}, seeds: [0], episodes: 1}

@@ -15,7 +15,7 @@ from marl_rec.experiment import load_experiment
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = "name: tiny_compare\n" + TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {seed: 500, baselines: [random, long_term]}
+evaluation: {seed: 500, behaviours: [random, long_term]}
 stop: {training_iteration: 2}
 checkpoint_every: 1
 compare:
@@ -71,7 +71,7 @@ def test_compare_writes_tables_and_plots_and_report_rebuilds_them(tmp_path):
 
 
 SHARED = "name: shared\n" + TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {seed: 700, baselines: [random]}
+evaluation: {seed: 700, behaviours: [random]}
 stop: {training_iteration: 2}
 checkpoint_every: 2
 tune: {search_space: {algorithm.training.lr: {grid: [0.0003]}}, max_concurrent_trials: 1}
@@ -90,8 +90,8 @@ def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(
     from marl_rec.rllib.sweep import sweep
     from marl_rec.rllib.train import train
     from marl_rec.rllib.safety import MANIFEST
-    from marl_rec.rllib.trainable import (ALGORITHM_DIR, STATE_FILE, WEIGHTS_DIR, find_experiment, latest_checkpoint,
-                                          load_modules)
+    from marl_rec.rllib.checkpoint import (ALGORITHM_DIR, STATE_FILE, WEIGHTS_DIR, find_experiment, latest_checkpoint,
+                                           load_modules)
 
     (tmp_path / "shared.yaml").write_text(SHARED)
     # lr 0: train and compare keep the seeded initial weights, so their modules are the same by

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from marl_rec.cli import main
-from marl_rec.data.evaluation import ks_distance, rank_of_positive, user_bootstrap
+from marl_rec.data.offline_metrics import ks_distance, rank_of_positive, user_bootstrap
 from marl_rec.data.logs import LogError, load_log
 from marl_rec.data.synthetic import write_synthetic_log
 from marl_rec.data.text import TextEncoder, encode_items, item_text, project

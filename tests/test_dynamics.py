@@ -223,7 +223,7 @@ def test_sample_choice_takes_the_first_index_past_the_draw():
 def test_popularity_ranks_by_shrunk_watch_time_per_impression(sim):
     """Watch per impression, shrunk toward the candidates' mean by 10 pseudo-impressions,
     recovered from the observed item features; consumed items go last."""
-    from marl_rec.policies.baselines import PopularitySlate, popularity_scores
+    from marl_rec.envs.recommenders import PopularitySlate, popularity_scores
 
     cat, length = sim.state.catalogue, sim.config.item.length_mean
     cat.impressions[:4] = [10.0, 0.0, 30.0, 4.0]

@@ -34,7 +34,7 @@ def write(tmp_path, text):
         ("modules: {system: {type: lstm}}", r"'modules.system.type': unknown RLModule 'lstm'; registered: creator_mlp, fixed, .*mlp, .*transformer"),
         ("modules: {system: {type: fixed}}", r"nothing to train"),
         ("train_roles: [user]", r"'train_roles' names 'user', not an external role"),
-        ("evaluation: {baselines: [oracle]}", r"'evaluation.baselines': unknown behaviour model 'oracle'"),
+        ("evaluation: {behaviours: [oracle]}", r"'evaluation.behaviours': unknown behaviour model 'oracle'"),
         ("scenario: nowhere", r"'scenario' is 'nowhere'; allowed values: one of 'creator_economy'"),
         ("- a list", r"exp.yaml: an experiment file must be a mapping"),
         ("seed: [1, 2]", r"'seed' must be an integer"),

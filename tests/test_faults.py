@@ -255,7 +255,7 @@ def test_nan_and_infinity_in_losses_and_weights_are_named():
 def test_the_faults_section_is_checked_and_reaches_rllib_and_tune(tmp_path, monkeypatch):
     from ray import tune
 
-    from marl_rec.rllib import trainable
+    from marl_rec.rllib import sessions, trainable
     from marl_rec.rllib.builder import build_algorithm_config
 
     exp = tiny_experiment(tmp_path, TINY_RUN)
@@ -285,8 +285,8 @@ def test_the_faults_section_is_checked_and_reaches_rllib_and_tune(tmp_path, monk
             return "fitted"
 
     monkeypatch.setattr(tune, "Tuner", Tuner)
-    monkeypatch.setattr(trainable, "init_ray", lambda *args, **kwargs: None)
-    assert trainable.run_trials(exp, {}) == "fitted"
+    monkeypatch.setattr(sessions, "init_ray", lambda *args, **kwargs: None)
+    assert trainable.run_trials(exp, {}, sessions.check_run_folder(exp, False), sessions.RaySession()) == "fitted"
     assert captured["run_config"].failure_config.max_failures == 5
 
 
@@ -304,7 +304,7 @@ env:
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
 resources: {num_env_runners: 0, num_envs_per_env_runner: 1}
-evaluation: {episodes: 1, baselines: [random], interval: 0}  # no greedy curve: its episodes would count calls too
+evaluation: {episodes: 1, behaviours: [random], interval: 0}  # no greedy curve: its episodes would count calls too
 stop: {training_iteration: 4}
 checkpoint_every: 2
 """
@@ -365,7 +365,7 @@ def test_nan_stops_the_run_naming_the_module_and_keeps_the_last_finite_checkpoin
     checkpoints = sorted(results.glob("faulty/trial_*/checkpoint_*"))
     states = [json.loads((c / "marl_rec.json").read_text())["iteration"] for c in checkpoints]
     assert states == [1, 2]  # the second from the retry, which restored the first
-    from marl_rec.rllib.trainable import load_modules
+    from marl_rec.rllib.checkpoint import load_modules
 
     module = load_modules(checkpoints[-1])["system"]  # the plug-in is importable here too (fixture flaky)
     assert all(np.isfinite(p.detach().numpy()).all() for p in module.parameters())

@@ -180,7 +180,7 @@ env: {num_users: 3, num_creators: 2, max_cycles: 10, roles: [system]}
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: mlp, model_config: {hidden_dims: [16]}}}
 resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {episodes: 2, baselines: [random, myopic]}
+evaluation: {episodes: 2, behaviours: [random, myopic]}
 stop: {training_iteration: 3}
 checkpoint_every: 3
 """

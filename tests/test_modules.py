@@ -420,7 +420,7 @@ def test_fixed_modules_drive_the_env_with_legal_actions(system_policy):
 
 
 def test_fixed_myopic_is_the_top_k_of_the_shared_scores_on_numpy_batches(env):
-    from marl_rec.policies.baselines import myopic_scores
+    from marl_rec.envs.recommenders import myopic_scores
 
     module = build(FixedPolicyModule, env, "system", {"policy": "myopic"})
     obs = {k: v.numpy() for k, v in role_batch(env, "system", batch_size=8)[Columns.OBS].items()}
@@ -432,7 +432,7 @@ def test_fixed_myopic_is_the_top_k_of_the_shared_scores_on_numpy_batches(env):
 
 @pytest.mark.parametrize("name", SYSTEM_MODULES)
 def test_myopic_prior_starts_the_policy_at_the_myopic_baseline(env, name):
-    from marl_rec.policies.baselines import myopic_scores
+    from marl_rec.envs.recommenders import myopic_scores
 
     module = build(SYSTEM_MODULES[name], env, "system", {"prior": "myopic", "prior_weight": 5.0})
     batch = role_batch(env, "system", batch_size=8)

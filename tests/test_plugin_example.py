@@ -241,10 +241,10 @@ def test_the_example_experiments_validate():
 def test_the_baselines_meet_external_advertisers_played_by_their_own_behaviour():
     """The baseline evaluation simulates every role: an external plug-in role stays in the env,
     played by its default behaviour, with its role_params."""
-    from marl_rec.evaluate import baseline_config, evaluate_behaviour
+    from marl_rec.behaviour_episodes import behaviour_config, evaluate_behaviour
 
     overrides = {**SMALL, "roles": ["system", "advertiser"], "role_params": {"advertiser": {"num_advertisers": 3}}}
-    config = baseline_config("myopic", "creator_economy", overrides)
+    config = behaviour_config("myopic", "creator_economy", overrides)
     assert config.roles == [] and config.behaviours == {"advertiser": "demand_bidder", "system": "myopic"}
     assert config.role_params == {"advertiser": {"num_advertisers": 3}}
     metrics = evaluate_behaviour("myopic", "creator_economy", 2, 0, overrides)

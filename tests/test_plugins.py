@@ -73,7 +73,7 @@ env:
 algorithm: {name: PPO, training: {train_batch_size_per_learner: 32, minibatch_size: 32, num_epochs: 1}}
 modules: {system: {type: narrow_mlp, model_config: {hidden_dims: [16]}}}
 resources: {num_env_runners: 0, num_envs_per_env_runner: 1}
-evaluation: {episodes: 2, baselines: [random]}
+evaluation: {episodes: 2, behaviours: [random]}
 stop: {training_iteration: 1}
 checkpoint_every: 1
 """
@@ -116,8 +116,8 @@ def test_unknown_names_name_the_key_the_registered_names_and_the_closest(tmp_pat
     with pytest.raises(ConfigError, match=r"'modules.system.type': unknown RLModule 'mpl'; registered: creator_mlp, "
                                           r"fixed, (gru, )?mlp, .*did you mean 'mlp'\?.*plugins:"):
         load_experiment(path)
-    path.write_text(TINY_RUN + "evaluation: {baselines: [myopik]}\n")
-    with pytest.raises(ConfigError, match=r"'evaluation.baselines': unknown behaviour model 'myopik'.*did you mean 'myopic'"):
+    path.write_text(TINY_RUN + "evaluation: {behaviours: [myopik]}\n")
+    with pytest.raises(ConfigError, match=r"'evaluation.behaviours': unknown behaviour model 'myopik'.*did you mean 'myopic'"):
         load_experiment(path)
     path.write_text(TINY_RUN.replace("name: PPO", "name: PPQ"))
     with pytest.raises(ConfigError, match=r"'algorithm.name': unknown algorithm 'PPQ'; registered: APPO, DQN, IMPALA, PPO"):

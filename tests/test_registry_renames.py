@@ -72,6 +72,6 @@ def test_an_old_name_in_an_experiment_file_names_the_new_one(renamed_builtins, t
     with pytest.raises(ConfigError, match=rf"{path}.*behaviour model 'uniform' was renamed to 'random'"):
         load_experiment(path)
     path.write_text("env: {num_users: 3, num_creators: 2, max_cycles: 5}\nmodules: {system: {type: mlp}}\n"
-                    "evaluation: {baselines: [uniform]}\n")
-    with pytest.raises(ConfigError, match=rf"{path}.*'evaluation.baselines'.*'uniform' was renamed to 'random'"):
+                    "evaluation: {behaviours: [uniform]}\n")
+    with pytest.raises(ConfigError, match=rf"{path}.*'evaluation.behaviours'.*'uniform' was renamed to 'random'"):
         load_experiment(path)

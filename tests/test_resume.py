@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 TINY = TINY_RUN + """resources: {num_env_runners: 0, num_envs_per_env_runner: 1, num_cpus: 2}
-evaluation: {episodes: 1, baselines: [random]}
+evaluation: {episodes: 1, behaviours: [random]}
 stop: {training_iteration: 8}
 checkpoint_every: 1
 tune: {search_space: {algorithm.training.lr: {grid: [0.0005]}}, max_concurrent_trials: 1}
@@ -178,7 +178,7 @@ def test_trim_results_keeps_the_rows_it_takes_out_aside(tmp_path):
     """The rows past the checkpoint a trial continues from (it reports them again) leave result.json
     and progress.csv for result.replaced.json and progress.replaced.csv: each row once, a damaged
     row too, none deleted."""
-    from marl_rec.rllib.trainable import trim_results
+    from marl_rec.rllib.checkpoint import trim_results
 
     def write(iterations, damaged=""):
         (tmp_path / "result.json").write_text("".join(json.dumps({"training_iteration": i, "loss": i / 10}) + "\n"

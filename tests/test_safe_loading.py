@@ -142,7 +142,7 @@ def checkpoint(tmp_path_factory):
     from marl_rec.rllib.builder import build_algorithm_config, env_config
     from marl_rec.rllib.env import EcosystemRLlibEnv
     from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions
-    from marl_rec.rllib.trainable import ALGORITHM_DIR, save_checkpoint
+    from marl_rec.rllib.checkpoint import ALGORITHM_DIR, save_checkpoint
 
     root = tmp_path_factory.mktemp("ckpt")
     old_key = os.environ.get(safety.KEY_ENV)
@@ -176,7 +176,7 @@ def checkpoint(tmp_path_factory):
 def test_evaluation_unpickles_nothing_and_matches_rllibs_restore(checkpoint, no_unpickling, capsys):
     from marl_rec.cli import main
     from marl_rec.rllib.evaluation import evaluate_modules, evaluate_runs, greedy_actions
-    from marl_rec.rllib.trainable import WEIGHTS_DIR, load_modules
+    from marl_rec.rllib.checkpoint import WEIGHTS_DIR, load_modules
 
     folder, exp, expected = checkpoint
     assert (folder / WEIGHTS_DIR / "system.safetensors").is_file()
@@ -185,7 +185,7 @@ def test_evaluation_unpickles_nothing_and_matches_rllibs_restore(checkpoint, no_
     metrics = evaluate_modules(modules, exp, episodes=2, seed=100)
     for name, values in expected["metrics"].items():
         np.testing.assert_array_equal(metrics[name], values, err_msg=name)
-    table = evaluate_runs({"trained": folder}, exp.with_overrides({"evaluation.baselines": []}), 2, 100)
+    table = evaluate_runs({"trained": folder}, exp.with_overrides({"evaluation.behaviours": []}), 2, 100)
     np.testing.assert_array_equal(table["trained"]["team_return"], expected["metrics"]["team_return"])
     assert main(["evaluate", "--checkpoint", str(folder.parent.parent), "--episodes", "2", "--seed", "100"]) == 0
     assert "| PPO (system: mlp) |" in capsys.readouterr().out
@@ -198,7 +198,7 @@ def test_evaluate_refuses_a_checkpoint_with_a_planted_pickle(checkpoint, no_unpi
     import shutil
 
     from marl_rec.cli import main
-    from marl_rec.rllib.trainable import resume_point
+    from marl_rec.rllib.checkpoint import resume_point
 
     folder, _, _ = checkpoint
     copy = tmp_path / "run" / "trial_0" / folder.name

@@ -5,7 +5,7 @@ import numpy as np
 from marl_rec.bench import recsim_users
 from marl_rec.envs import ecosystem_v0
 from marl_rec.envs.parts.slates import random_slates
-from marl_rec.evaluate import evaluate_behaviour
+from marl_rec.behaviour_episodes import evaluate_behaviour
 
 
 def test_recsim_interest_evolution_matches_recsim_with_random_slates():

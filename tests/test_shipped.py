@@ -133,7 +133,7 @@ def local_ray():
         import ray
 
         from marl_rec.plugins import load_plugins
-        from marl_rec.rllib.train import init_ray
+        from marl_rec.rllib.sessions import init_ray
 
         load_plugins(["marl_rec_ads"])
         try:
@@ -148,8 +148,8 @@ def check_compare(folder: Path, raw: dict) -> None:
         assert (folder / name).is_file(), name
     rows = list(csv.DictReader((folder / "comparison.csv").open()))
     iqm = {row["algorithm"]: row for row in rows if row["metric"] == "iqm"}
-    baselines = (raw.get("evaluation") or {}).get("baselines", ["random", "myopic", "oracle_myopic", "long_term"])
-    assert set(iqm) == {*raw["compare"]["variants"], *baselines}
+    behaviours = (raw.get("evaluation") or {}).get("behaviours", ["random", "myopic", "oracle_myopic", "long_term"])
+    assert set(iqm) == {*raw["compare"]["variants"], *behaviours}
     for label, row in iqm.items():
         low, point, high = (float(row[key]) for key in ("ci_low", "point", "ci_high"))
         assert math.isfinite(point) and low <= point <= high, (label, row)
@@ -168,8 +168,8 @@ def check_train(folder: Path, raw: dict) -> None:
     (progress,) = folder.glob("*/progress.csv")
     (row,) = csv.DictReader(progress.open())  # one iteration: the first and the last greedy evaluation
     assert math.isfinite(float(row["greedy/team_return"])), row
-    baselines = (raw.get("evaluation") or {}).get("baselines", ["random", "myopic", "oracle_myopic", "long_term"])
-    assert {key.split("/")[1] for key in row if key.startswith("baseline/")} == set(baselines)
+    behaviours = (raw.get("evaluation") or {}).get("behaviours", ["random", "myopic", "oracle_myopic", "long_term"])
+    assert {key.split("/")[1] for key in row if key.startswith("baseline/")} == set(behaviours)
 
 
 CHECKS = {"train": check_train, "sweep": check_sweep, "compare": check_compare}

@@ -19,7 +19,7 @@ def test_a_signal_checkpoints_the_current_iteration_and_resume_continues(tmp_pat
     experiment = tmp_path / "stop.yaml"
     # checkpoints only at the end (iteration 30) unless a stop writes one
     experiment.write_text("name: stop\n" + TINY_RUN + "stop: {training_iteration: 30}\ncheckpoint_every: 30\n"
-                          "evaluation: {episodes: 1, baselines: [random]}\n")
+                          "evaluation: {episodes: 1, behaviours: [random]}\n")
     args = [sys.executable, "-m", "marl_rec.cli", "train", str(experiment), "--set", f"results_dir={tmp_path}"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     lines = []
@@ -53,7 +53,7 @@ def start(tmp_path):
 
     def run(yaml_tail: str) -> tuple[list[str], subprocess.Popen]:
         experiment = tmp_path / "stop.yaml"
-        experiment.write_text("name: stop\n" + TINY_RUN + "evaluation: {episodes: 1, baselines: [random]}\n" + yaml_tail)
+        experiment.write_text("name: stop\n" + TINY_RUN + "evaluation: {episodes: 1, behaviours: [random]}\n" + yaml_tail)
         args = [sys.executable, "-m", "marl_rec.cli", "train", str(experiment), "--set", f"results_dir={tmp_path}"]
         started.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                         start_new_session=True))

@@ -127,7 +127,7 @@ def test_trials_reserve_the_algorithms_env_runners_and_learners():
     import yaml
 
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import largest_resources, trial_resources
+    from marl_rec.rllib.sessions import largest_resources, trial_resources
 
     raw = {**yaml.safe_load(TINY_RUN), "resources": {"num_env_runners": 2, "num_learners": 1}}
     exp = ExperimentConfig.from_dict(raw, source="<test>").validate()

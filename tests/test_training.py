@@ -13,8 +13,8 @@ from marl_rec.experiment import ExperimentConfig  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
 from marl_rec.rllib.env import EcosystemRLlibEnv  # noqa: E402
 from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions, greedy_curve_point  # noqa: E402
-from marl_rec.rllib.trainable import (build_modules, find_experiment, latest_checkpoint, learner_weights,  # noqa: E402
-                                      load_modules, save_checkpoint, set_weights)
+from marl_rec.rllib.checkpoint import (build_modules, find_experiment, latest_checkpoint, learner_weights,  # noqa: E402
+                                       load_modules, save_checkpoint, set_weights)
 
 pytestmark = pytest.mark.slow
 

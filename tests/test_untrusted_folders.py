@@ -25,7 +25,7 @@ from marl_rec.rllib import safety  # noqa: E402
 
 TINY = {"name": "foreign", "env": {"num_users": 3, "num_creators": 2, "max_cycles": 5, "roles": ["system"]},
         "algorithm": {"name": "PPO"}, "modules": {"system": {"type": "mlp", "model_config": {"hidden_dims": [8]}}},
-        "evaluation": {"baselines": ["random"]}}
+        "evaluation": {"behaviours": ["random"]}}
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def make_checkpoint(folder: Path, raw: dict = TINY) -> Path:
     from safetensors.torch import save_file
 
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import STATE_FILE, WEIGHTS_DIR, build_modules, has_weights
+    from marl_rec.rllib.checkpoint import STATE_FILE, WEIGHTS_DIR, build_modules, has_weights
 
     exp = ExperimentConfig.from_dict(raw, source="<test>").validate()
     (folder / WEIGHTS_DIR).mkdir(parents=True)
@@ -75,6 +75,28 @@ def forge(folder: Path, edit) -> None:
     files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in safety.checkpoint_files(folder)}
     (folder / safety.MANIFEST).write_text(json.dumps({"kind": "checkpoint", "files": files, "hmac": "0" * 64}))
 
+
+
+def test_a_checkpoint_is_verified_once_then_handed_on(tmp_path, key, monkeypatch):
+    """verify() hashes the files; what it returns is read (experiment, weights) and evaluated
+    without hashing them again; a change after it was written is refused by verify()."""
+    from marl_rec.rllib.checkpoint import find_experiment, load_modules, verify
+    from marl_rec.rllib.evaluation import evaluate_runs
+
+    folder = make_checkpoint(tmp_path / "checkpoint_000001")
+    hashed = []
+    real = safety.sha256
+    monkeypatch.setattr(safety, "sha256", lambda path: hashed.append(path) or real(path))
+    checked = verify(folder)
+    assert checked.signed and checked.iteration == 1 and len(hashed) == len(safety.checkpoint_files(folder))
+    hashed.clear()
+    exp = find_experiment(checked)
+    assert load_modules(checked, exp) and hashed == []
+    table = evaluate_runs({"trained": checked}, exp.with_overrides({"evaluation.behaviours": []}), 1, 0)
+    assert set(table) == {"trained"} and hashed == []
+    (folder / "marl_rec.json").write_text((folder / "marl_rec.json").read_text() + " ")
+    with pytest.raises(ConfigError, match="changed since it was signed"):
+        verify(folder)
 
 @pytest.fixture
 def foreign(tmp_path, key):
@@ -325,7 +347,7 @@ def test_a_colleagues_run_resumes_once_you_have_trusted_it(tmp_path, key, monkey
     """A run folder signed with another key: --resume refuses it (before Ray); `marl-rec trust`
     shows the pickles resuming would unpickle and signs them; then the folder checks."""
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.trainable import check_run_folder
+    from marl_rec.rllib.sessions import check_run_folder
 
     exp = ExperimentConfig.from_dict({**TINY, "results_dir": str(tmp_path / "results")}, source="<test>").validate()
     folder = tmp_path / "results" / "foreign"
@@ -361,13 +383,13 @@ def test_a_colleagues_run_resumes_once_you_have_trusted_it(tmp_path, key, monkey
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_pid(tmp_path, capsys):
     import ray
 
-    from marl_rec.rllib.trainable import LOCK_FILE
+    from marl_rec.rllib.sessions import LOCK_FILE
 
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({**TINY, "results_dir": str(tmp_path / "results")}))
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from marl_rec.rllib.trainable import run_lock
+        from marl_rec.rllib.sessions import run_lock
         with run_lock(Path({str(tmp_path / 'results' / 'foreign')!r}), "train"):
             print("held", flush=True)
             time.sleep(60)
@@ -385,7 +407,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_pid(tmp_path, c
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
-    from marl_rec.rllib.trainable import LOCK_FILE, run_lock
+    from marl_rec.rllib.sessions import LOCK_FILE, run_lock
 
     folder = tmp_path / "run"
     folder.mkdir()

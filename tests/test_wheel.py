@@ -59,7 +59,7 @@ def test_a_wheel_install_trains_and_evaluates_a_relative_checkpoint(wheel_site, 
     assert imported.returncode == 0, imported.stderr[-3000:]
     assert "quickstart" in imported.stdout.split()
     train = run(["-m", "marl_rec.cli", "train", "quickstart", "--set", "stop.training_iteration=1",
-                 "--set", "evaluation.episodes=2", "--set", "evaluation.baselines=[random]"], site, tmp_path)
+                 "--set", "evaluation.episodes=2", "--set", "evaluation.behaviours=[random]"], site, tmp_path)
     assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     assert "final evaluation" in train.stdout and (tmp_path / "results" / "quickstart").is_dir()
     evaluate = run(["-m", "marl_rec.cli", "evaluate", "--checkpoint", "results/quickstart", "--episodes", "2"],

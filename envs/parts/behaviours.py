@@ -5,8 +5,8 @@ actions in the role's action-space format (the contract: ``marl_rec.envs.parts.b
 Roles that are external get their actions from PettingZoo / RLlib instead; roles that are
 internal get them from the behaviour named in ``config.behaviours`` (or the role's default).
 
-The recommender baselines live in ``marl_rec.policies.baselines``; they are registered here by
-import string, so envs never imports policies until a configuration names one.
+The non-learning recommenders live in ``marl_rec.envs.recommenders`` (numpy); they are
+registered here by import string, loaded when a configuration names one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from marl_rec.envs.registry import BEHAVIOURS
 
 for _name, _cls in (("popularity", "PopularitySlate"), ("myopic", "MyopicSlate"),
                     ("oracle_myopic", "OracleMyopicSlate"), ("long_term", "LongTermSlate")):
-    BEHAVIOURS.register_lazy(_name, f"marl_rec.policies.baselines:{_cls}")
+    BEHAVIOURS.register_lazy(_name, f"marl_rec.envs.recommenders:{_cls}")
 
 
 @BEHAVIOURS.register("random")

@@ -55,8 +55,9 @@ def bench_train(experiments=TRAIN_EXPERIMENTS, iterations: int = 10, overrides: 
 
     if not ray.is_initialized():
         from marl_rec.files import private_temp_dir
+        from marl_rec.rllib.ray_private import init_local_ray
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(private_temp_dir("ray")))
+        init_local_ray(2, False, None, private_temp_dir("ray"))
     rows = [
         "| experiment | form | recommendations/s end to end | sampling /s | learning /s | learner share of time | "
         "sampling time: env / forward / RLlib |",

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from marl_rec import cache_root
-from marl_rec.data.evaluation import (interaction_weights, interests_before, rank_of_positive, ranking_metrics,
-                                      sample_negatives)
+from marl_rec.data.offline_metrics import (interaction_weights, interests_before, rank_of_positive,
+                                           ranking_metrics, sample_negatives)
 from marl_rec.data.logs import InteractionLog
 from marl_rec.data.text import project
 from marl_rec.envs.config import ConfigError

@@ -14,6 +14,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from marl_rec.envs.metrics import METRICS
 from marl_rec.rllib.env import FAULT_INFO
 
+REPORTED = (*METRICS, "episode_return_mean")  # per-iteration means under env_runners/ (the last is RLlib's)
 ENV_FAULTS = "env_faults"  # faults absorbed this iteration, under result["env_runners"]
 ENV_FAULTS_LIFETIME = "env_faults_lifetime"
 

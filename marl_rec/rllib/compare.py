@@ -1,10 +1,10 @@
-"""``marl-rec compare``: algorithms x seeds against the non-learning baselines, with reliable
+"""``marl-rec compare``: algorithms x seeds against the non-learning behaviours, with reliable
 statistics (Agarwal et al. 2021; the protocol of Gorsane et al. 2022).
 
 Every variant trains on the same seeds, each run a trial of the trainable train and sweep share
 (marl_rec.rllib.trainable); each run's last checkpoint is evaluated on the same held-out
-episodes as every baseline (marl_rec.rllib.evaluation.evaluate_runs). A run's score is its mean
-team return over those episodes; a baseline's runs are its evaluation episodes.
+episodes as every behaviour (marl_rec.rllib.evaluation.evaluate_runs). A run's score is its mean
+team return over those episodes; a behaviour's runs are its evaluation episodes.
 ``results/<name>/`` gets runs.json (everything ``marl-rec report`` needs), comparison.csv,
 comparison.md, learning_curves.png and performance_profile.png.
 """
@@ -21,18 +21,23 @@ import numpy as np
 from marl_rec import stats
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.metrics import METRICS
+from marl_rec.experiment import ExperimentConfig, load_json, renamed_keys
 from marl_rec.experiment import ExperimentConfig, load_json
 from marl_rec.files import save_figure, write_file
-from marl_rec.rllib.train import fix_hash_seed, progress_callback, run_dir
-from marl_rec.rllib.trainable import largest_resources, latest_checkpoint, run_trials
+from marl_rec.rllib.checkpoint import latest_checkpoint
+from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, largest_resources, run_dir
+from marl_rec.rllib.train import progress_callback
+from marl_rec.rllib.trainable import run_trials
 
 RUNS_FILE = "runs.json"
 
 
-def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None) -> Path:
+def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None,
+            folder: RunFolder | None = None) -> Path:
     """Train every variant x seed (a Tune grid, resumable; a progress line per trial iteration),
     evaluate, write the report. ``log``: a :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's
-    and Tune's known-harmless messages."""
+    and Tune's known-harmless messages; ``folder``: the run folder as the caller checked it
+    (checked here if not given)."""
     if not exp.compare.variants:
         raise ConfigError(f"{exp.source}: 'compare.variants' is empty: name the algorithms to compare")
     from ray import tune
@@ -40,17 +45,18 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     from marl_rec.rllib.evaluation import evaluate_runs  # torch: not needed by `marl-rec report`
 
     c = exp.compare
+    resources = largest_resources(exp.with_overrides(o) for o in c.variants.values())  # checks before Ray starts
+    folder = folder or check_run_folder(exp, resume)
     fix_hash_seed()  # before run_trials starts Ray: a seed repeats a run
     results = run_trials(
         exp,
         {"__variant__": tune.grid_search(list(c.variants)), "seed": tune.grid_search(list(c.seeds))},
-        address=address,
-        resume=resume,
-        resources=largest_resources(exp.with_overrides(o) for o in c.variants.values()),
+        folder,
+        RaySession(address, log=log),
+        resources=resources,
         tune_config=tune.TuneConfig(max_concurrent_trials=c.max_concurrent_trials or None),
         callbacks=[progress_callback(exp, lambda trial: f"{trial.config['__variant__']} seed {trial.config['seed']}")],
         verbose=0,
-        log=log,
     )
 
     runs, checkpoints = [], {}
@@ -68,18 +74,19 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
         if result.checkpoint is not None and not result.error:
             checkpoints[f"{label} seed {seed}"] = latest_checkpoint(result.checkpoint.path)
         runs.append(entry)
-    # every run's final policy and every baseline on the same held-out episodes
+    # every run's final policy and every behaviour on the same held-out episodes
     table = evaluate_runs(checkpoints, exp, c.episodes, exp.evaluation.seed)
     for entry in runs:
         metrics = table.get(f"{entry['variant']} seed {entry['seed']}")
         if metrics is not None:
             entry["evaluation"] = metrics["team_return"].tolist()
             entry["metrics"] = episode_means(metrics)
-    baselines = {name: table[name]["team_return"].tolist() for name in exp.evaluation.baselines}
-    baseline_metrics = {name: episode_means(table[name]) for name in exp.evaluation.baselines}
+    behaviours = {name: table[name]["team_return"].tolist() for name in exp.evaluation.behaviours}
+    behaviour_metrics = {name: episode_means(table[name]) for name in exp.evaluation.behaviours}
     path = run_dir(exp)
-    write_file(path / RUNS_FILE, json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": baselines,
-                                              "baseline_metrics": baseline_metrics}, indent=1))
+    # runs.json keeps the keys it has always had ("baselines", "baseline_metrics"): `marl-rec report` reads old ones
+    write_file(path / RUNS_FILE, json.dumps({"experiment": exp.to_dict(), "runs": runs, "baselines": behaviours,
+                                              "baseline_metrics": behaviour_metrics}, indent=1))
     report(path)
     return path
 
@@ -92,7 +99,7 @@ def report(path: str | Path) -> str:
         raise ConfigError(f"{path}: no {RUNS_FILE} (written by marl-rec compare)")
     data = read_runs(source)
     # read as data: the tables need the comparison's settings, never its plug-ins or names
-    exp = ExperimentConfig.from_dict(data["experiment"], source=str(source))
+    exp = ExperimentConfig.from_dict(renamed_keys(data["experiment"]), source=str(source))
     c = exp.compare
     rng = np.random.default_rng(exp.seed)
 
@@ -101,14 +108,14 @@ def report(path: str | Path) -> str:
         finals = [np.mean(r["evaluation"]) for r in data["runs"] if r["variant"] == label and r.get("evaluation")]
         if finals:
             scores[label] = np.array(finals)[:, None]  # (runs, 1 task)
-    baselines = {name: np.array(v)[:, None] for name, v in data["baselines"].items()}
-    everything = {**scores, **baselines}
-    gamma = c.gamma if c.gamma or not baselines else max(float(v.mean()) for v in baselines.values())
+    behaviours = {name: np.array(v)[:, None] for name, v in data["baselines"].items()}
+    everything = {**scores, **behaviours}
+    gamma = c.gamma if c.gamma or not behaviours else max(float(v.mean()) for v in behaviours.values())
     rows = stats.summary_table(everything, rng, gamma=gamma, reps=c.reps)
 
     improvement = {}
     for label, x in scores.items():
-        for name, y in baselines.items():
+        for name, y in behaviours.items():
             improvement[(label, name)] = stats.probability_of_improvement(x, y, rng, reps=c.reps)
 
     table = io.StringIO(newline="")
@@ -149,7 +156,8 @@ def _numbers(value) -> bool:
 
 
 def _number_map(value) -> bool:
-    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value.values())
+    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                           for x in value.values())
 
 
 def _runs_problems(data):
@@ -224,7 +232,7 @@ def episode_means(metrics: dict[str, np.ndarray]) -> dict[str, float]:
 
 def metrics_table(data: dict, variants) -> list[str]:
     """Markdown lines: every recommender metric, mean ± standard deviation over a variant's runs
-    (each run: its mean over the held-out episodes), and the baselines' means on those episodes."""
+    (each run: its mean over the held-out episodes), and the behaviours' means on those episodes."""
     runs = [r for r in data["runs"] if r.get("metrics")]
     if not runs:
         return []
@@ -273,7 +281,8 @@ def plot(path: Path, data: dict, scores: dict[str, np.ndarray], rng, reps: int) 
                     label=label)
             ax.fill_between(steps, [b.low for b in band], [b.high for b in band], color=f"C{colour}", alpha=0.25)
         for (name, values), style in zip(data["baselines"].items(), ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4):
-            ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0, label=f"{name} (final evaluation)")
+            ax.axhline(np.mean(values), color="grey", linestyle=style, linewidth=1.0,
+                       label=f"{name} (final evaluation)")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("env steps")
     panels[0].set_ylabel("team return (IQM over runs, 95% CI)")

@@ -1,6 +1,8 @@
-"""Evaluate trained RLModules on held-out seeds, next to the non-learning baselines: one loop
+"""Evaluate trained RLModules on held-out seeds, next to the non-learning behaviours: one loop
 (:func:`evaluate_modules`) and one entry point (:func:`evaluate_runs`) for train, evaluate and
-compare."""
+compare. Checkpoints are read through marl_rec.rllib.checkpoint (verified once, then handed on);
+episodes run in the RLlib env adapter (marl_rec.rllib.env, over the core simulator), the
+behaviours' in the numpy loop of marl_rec.behaviour_episodes."""
 
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import torch
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.metrics import METRICS
-from marl_rec.evaluate import evaluate_behaviour
+from marl_rec.behaviour_episodes import evaluate_behaviour
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.builder import env_config, role_of
 from marl_rec.rllib.env import EcosystemRLlibEnv
-from marl_rec.rllib.trainable import find_experiment, load_modules
+from marl_rec.rllib.checkpoint import VerifiedCheckpoint, find_experiment, load_modules, verify
 
 
 def _to_tensors(observations: list):
@@ -40,7 +42,7 @@ def greedy_actions(module, observations: list) -> np.ndarray:
     return np.asarray(actions.cpu().numpy() if isinstance(actions, torch.Tensor) else actions)
 
 
-Progress = Callable[[str, int, int], None]  # (policy, episodes done, episodes), after each episode
+Progress = Callable[[str, int, int], None]  # (run label or behaviour, episodes done, episodes), after each episode
 BATCH_EPISODES = 16  # episodes stepped side by side: one forward pass per role and round for all of them
 
 
@@ -92,13 +94,14 @@ def greedy_curve_point(modules: dict, exp: ExperimentConfig) -> dict[str, float]
     return point
 
 
-def baseline_curve_lines(exp: ExperimentConfig) -> dict[str, float]:
-    """The baselines' mean team return on the same seeds as :func:`greedy_curve_point`, as
-    ``baseline/<name>/team_return``: reference lines next to the greedy curve."""
+def behaviour_curve_lines(exp: ExperimentConfig) -> dict[str, float]:
+    """The behaviours' mean team return on the same seeds as :func:`greedy_curve_point`, as
+    ``baseline/<name>/team_return`` (the column name runs have always had): reference lines next to
+    the greedy curve."""
     ev = exp.evaluation
     return {f"baseline/{name}/team_return": float(np.mean(
                 evaluate_behaviour(name, exp.scenario, ev.duration, ev.seed, overrides=exp.env)["team_return"]))
-            for name in ev.baselines}
+            for name in ev.behaviours}
 
 
 def run_label(exp: ExperimentConfig) -> str:
@@ -107,28 +110,31 @@ def run_label(exp: ExperimentConfig) -> str:
 
 
 def evaluate_runs(
-    checkpoints: Mapping[str, str | Path],
+    checkpoints: Mapping[str, str | Path | VerifiedCheckpoint],
     exp: ExperimentConfig,
     episodes: int | None = None,
     seed: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """policy -> metric -> values over episodes ``seed, seed + 1, ...``: each checkpoint's
-    modules (label -> checkpoint folder, acting in the env of the experiment stored with it),
-    then every baseline of ``exp.evaluation.baselines`` on ``exp``'s env, all on the same seeds.
+    """run label or behaviour -> metric -> values over episodes ``seed, seed + 1, ...``: each
+    checkpoint's modules (label -> checkpoint folder, or a checkpoint verified already, acting in
+    the env of the experiment stored with it), then every behaviour of
+    ``exp.evaluation.behaviours`` on ``exp``'s env, all on the same seeds.
 
-    ``episodes`` and ``seed`` default to ``exp.evaluation``; ``progress`` is told of every episode. The one evaluation behind
-    ``marl-rec train``'s final table, ``marl-rec evaluate --checkpoint`` and ``marl-rec compare``.
+    ``episodes`` and ``seed`` default to ``exp.evaluation``; ``progress`` is told of every
+    episode. The one evaluation behind ``marl-rec train``'s final table, ``marl-rec evaluate
+    --checkpoint`` and ``marl-rec compare``.
     """
     episodes = episodes or exp.evaluation.episodes
     seed = exp.evaluation.seed if seed is None else seed
-    clashes = sorted(set(checkpoints) & set(exp.evaluation.baselines))
+    clashes = sorted(set(checkpoints) & set(exp.evaluation.behaviours))
     if clashes:
-        raise ConfigError(f"{exp.source}: a trained run and a baseline share the name {clashes[0]!r}")
+        raise ConfigError(f"{exp.source}: a trained run and a behaviour share the name {clashes[0]!r}")
     table = {}
     for label, checkpoint in checkpoints.items():
-        saved = find_experiment(checkpoint)  # the files checked once, then the experiment and weights read
-        table[label] = evaluate_modules(load_modules(checkpoint, saved), saved, episodes, seed, progress, label)
-    for name in exp.evaluation.baselines:
+        checked = verify(checkpoint)  # the files checked once (or already), then the experiment and weights read
+        saved = find_experiment(checked)
+        table[label] = evaluate_modules(load_modules(checked, saved), saved, episodes, seed, progress, label)
+    for name in exp.evaluation.behaviours:
         table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env, progress=progress)
     return table

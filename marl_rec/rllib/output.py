@@ -6,7 +6,7 @@
   the driver's log stream, which is filtered). Everything else still reaches the terminal.
 - :class:`EvaluationProgress`: a progress bar over the final evaluation's episodes.
 - :func:`plot_learning_curve`: team return over env steps of the training episodes and of the
-  greedy policy on held-out seeds during training, with the baselines as reference lines
+  greedy policy on held-out seeds during training, with the behaviours as reference lines
   (``learning_curve.png``).
 - :func:`save_evaluation` / :func:`train_report`: the final evaluation as ``evaluation.json``
   and ``evaluation.md``; ``marl-rec report`` on a train folder rebuilds the table and the plot.
@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from marl_rec.envs.config import ConfigError
-from marl_rec.evaluate import summarise
+from marl_rec.behaviour_episodes import summarise
 from marl_rec.files import open_append, save_figure, write_file
 
 LOG_FILE = "third_party.log"
@@ -83,7 +83,7 @@ HARMLESS: dict[str, str] = {
         "is a small JSON file, and the checkpoints themselves are kept as configured",
 }
 
-# Baselines that read the simulator's true state (interest, quality, creator viability), which a
+# Behaviours that read the simulator's true state (interest, quality, creator viability), which a
 # recommender never observes: reference points, not competitors.
 PRIVILEGED = frozenset({"oracle_myopic", "long_term"})
 
@@ -139,9 +139,9 @@ class ThirdPartyLog:
 
     Filters every logging handler present when entered or at :meth:`attach` (call it again
     after ``ray.init``, which adds handlers and the worker log stream), ``warnings.showwarning``,
-    and the driver's stream of Ray worker output (``ray._private.ray_logging``'s dispatcher,
-    the one path by which a worker's stdout/stderr reaches the terminal with
-    ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
+    and the driver's stream of Ray worker output (Ray's worker output dispatcher, reached through
+    marl_rec.rllib.ray_private: the one path by which a worker's stdout/stderr reaches the
+    terminal with ``log_to_driver``). Tune's own console report is switched to its legacy reporter, which
     prints nothing at ``verbose=0`` (the new one prints a configuration box and a TensorBoard
     hint pointing into /tmp). Everything is restored on exit, except the worker stream while
     Ray is still up (its late lines still go to the log file).
@@ -192,14 +192,15 @@ class ThirdPartyLog:
         self._attach_worker_stream()
 
     def _attach_worker_stream(self) -> None:
-        ray_logging = sys.modules.get("ray._private.ray_logging")
-        dispatcher = getattr(ray_logging, "global_worker_stdstream_dispatcher", None)
-        if dispatcher is None or not hasattr(dispatcher, "handlers"):  # no Ray yet, or another Ray
+        from marl_rec.rllib.ray_private import replace_stream_handlers, worker_stream_dispatcher
+
+        dispatcher = worker_stream_dispatcher()
+        if dispatcher is None:  # no Ray yet, or another Ray
             return
         self._dispatcher = dispatcher
-        with dispatcher._lock:  # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
-            dispatcher.handlers = [(name, handler if handler in self._wrapped else self._wrap(_unwrapped(handler)))
-                                   for name, handler in dispatcher.handlers]
+        # each handler (Ray's "ray_print_logs" once Ray is up) wrapped once
+        replace_stream_handlers(dispatcher, lambda handler: handler if handler in self._wrapped
+                                else self._wrap(_unwrapped(handler)))
 
     def _wrap(self, handler):
         def filtered(data: dict) -> None:
@@ -229,9 +230,9 @@ class ThirdPartyLog:
         if self._dispatcher is not None and not (ray is not None and ray.is_initialized()):
             # While Ray is up the worker stream stays filtered: a worker's line can arrive after
             # the run (Tune's note on the last checkpoint does); it goes to the log file.
-            with self._dispatcher._lock:
-                self._dispatcher.handlers = [(name, self._wrapped.get(handler, handler))
-                                             for name, handler in self._dispatcher.handlers]
+            from marl_rec.rllib.ray_private import replace_stream_handlers
+
+            replace_stream_handlers(self._dispatcher, lambda handler: self._wrapped.get(handler, handler))
         warnings.showwarning = self._showwarning
         for name, value in self._environ.items():
             if value is None:
@@ -250,8 +251,8 @@ def _unwrapped(handler):
 
 
 class EvaluationProgress:
-    """``progress(policy, done, total)`` after each evaluation episode: a bar redrawn in place on
-    a terminal, one line per finished policy otherwise (logs, pipes)."""
+    """``progress(name, done, total)`` after each evaluation episode (``name``: a trained run or a
+    behaviour): a bar redrawn in place on a terminal, one line per finished name otherwise (logs, pipes)."""
 
     def __init__(self, stream=None, width: int = 30):
         self.stream = stream or sys.stderr
@@ -259,11 +260,12 @@ class EvaluationProgress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start: dict[str, float] = {}
 
-    def __call__(self, policy: str, done: int, total: int) -> None:
-        start = self.start.setdefault(policy, time.time())
+    def __call__(self, name: str, done: int, total: int) -> None:
+        start = self.start.setdefault(name, time.time())
         seconds = time.time() - start
         filled = self.width * done // max(total, 1)
-        bar = f"  evaluating {policy:<32.32s} [{'#' * filled}{'.' * (self.width - filled)}] {done:3d}/{total} {seconds:5.1f}s"
+        bar = (f"  evaluating {name:<32.32s} [{'#' * filled}{'.' * (self.width - filled)}] {done:3d}/{total} "
+               f"{seconds:5.1f}s")
         if self.tty:
             self.stream.write("\r" + bar + ("\n" if done == total else ""))
         elif done == total:
@@ -284,7 +286,7 @@ def save_evaluation(folder: Path, name: str, table: Mapping[str, Mapping[str, np
     """Write evaluation.json (every episode's metrics) and evaluation.md; returns the Markdown."""
     data = {
         "experiment": name, "episodes": episodes, "seed": seed, "learned": learned, "checkpoint": str(checkpoint),
-        "results": {policy: {m: np.asarray(v).tolist() for m, v in metrics.items()} for policy, metrics in table.items()},
+        "results": {row: {m: np.asarray(v).tolist() for m, v in metrics.items()} for row, metrics in table.items()},
     }
     write_file(folder / EVALUATION_FILE, json.dumps(data, indent=1))
     return _write_table(folder, data)
@@ -301,8 +303,8 @@ def _write_table(folder: Path, data: dict) -> str:
 
 
 def comparison_line(table: Mapping[str, Mapping[str, np.ndarray]], learned: str) -> str:
-    """One line: the learned policy's mean team return and its ratio to each baseline's."""
-    mean = {policy: float(np.mean(metrics["team_return"])) for policy, metrics in table.items()}
+    """One line: the learned policy's mean team return and its ratio to each behaviour's."""
+    mean = {name: float(np.mean(metrics["team_return"])) for name, metrics in table.items()}
     others = [f"{mean[learned] / mean[p]:.2f} × {p} ({mean[p]:.1f}{', privileged' if p in PRIVILEGED else ''})"
               for p in table if p != learned and mean[p]]
     return f"learned policy's held-out team return {mean[learned]:.1f}: " + ", ".join(others)
@@ -340,8 +342,8 @@ def read_curve(rows: list[dict[str, str]], column: str = RETURN_COLUMN) -> tuple
     return np.array(steps), np.array(values)
 
 
-def curve_baselines(rows: list[dict[str, str]]) -> dict[str, float]:
-    """baseline -> its mean team return on the greedy evaluation's seeds (the trial's
+def curve_behaviours(rows: list[dict[str, str]]) -> dict[str, float]:
+    """behaviour -> its mean team return on the greedy evaluation's seeds (the trial's
     ``baseline/<name>/team_return`` columns, from its last row)."""
     if not rows:
         return {}
@@ -349,8 +351,8 @@ def curve_baselines(rows: list[dict[str, str]]) -> dict[str, float]:
             if key.startswith("baseline/") and key.endswith(f"/{TEAM_RETURN}") and value not in ("", None)}
 
 
-def plot_learning_curve(trial: Path, out: Path, title: str,
-                        table: Mapping[str, Mapping[str, np.ndarray]] | None = None, learned: str | None = None) -> Path:
+def plot_learning_curve(trial: Path, out: Path, title: str, table: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                        learned: str | None = None) -> Path:
     """Write ``out``: over env steps sampled, the training episodes' team return (the exploring
     policy), the greedy policy's on held-out seeds during training (``evaluation.interval``),
     each baseline's mean on those same seeds as a horizontal line (on the final evaluation's
@@ -374,14 +376,15 @@ def plot_learning_curve(trial: Path, out: Path, title: str,
         se = greedy_se if len(greedy_se) == len(greedy) else np.zeros_like(greedy)
         ax.errorbar(greedy_steps, greedy, yerr=se, color="C0", marker="o", markersize=3, linewidth=1.6, capsize=2,
                     label="greedy policy on held-out seeds (mean ± s.e.)")
-    lines = curve_baselines(rows) if len(greedy) else {}
+    lines = curve_behaviours(rows) if len(greedy) else {}
     where = "on the greedy policy's seeds" if lines else "held-out"
     if not lines:
         lines = {p: float(np.mean(m["team_return"])) for p, m in (table or {}).items() if p != learned}
     styles = ["--", ":", "-.", (0, (1, 4)), (0, (5, 8))] * 4
-    for (policy, mean), style, colour in zip(lines.items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
-        suffix = ", privileged" if policy in PRIVILEGED else ""
-        ax.axhline(mean, color=colour, linestyle=style, linewidth=1.0, label=f"{policy} ({where}: {mean:.1f}{suffix})")
+    for (behaviour, mean), style, colour in zip(lines.items(), styles, [f"C{i}" for i in range(1, 10)] * 2):
+        suffix = ", privileged" if behaviour in PRIVILEGED else ""
+        ax.axhline(mean, color=colour, linestyle=style, linewidth=1.0,
+                   label=f"{behaviour} ({where}: {mean:.1f}{suffix})")
     if table and learned in table and len(steps):
         values = np.asarray(table[learned]["team_return"], dtype=float)
         se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
@@ -442,5 +445,6 @@ def closing_summary(name: str, folder: Path, table: Mapping[str, Mapping[str, np
     if importlib.util.find_spec("tensorboard") is not None:
         lines.append(f"[{name}] TensorBoard:    tensorboard --logdir {folder}")
     else:
-        lines.append(f"[{name}] TensorBoard:    events in {folder} (pip install tensorboard, then tensorboard --logdir {folder})")
+        lines.append(f"[{name}] TensorBoard:    events in {folder} (pip install tensorboard, then tensorboard "
+                     f"--logdir {folder})")
     return lines

@@ -5,7 +5,7 @@ RLlib's checkpoints and Tune's experiment state are pickles (``*.pkl``, Tune's
 loading one runs whatever its author put in it. marl-rec therefore
 
 - evaluates from a weights-only export (safetensors, next to RLlib's files; see
-  marl_rec.rllib.trainable) and never unpickles to evaluate;
+  marl_rec.rllib.checkpoint) and never unpickles to evaluate;
 - signs, at save time, a manifest of sha256 digests with an HMAC whose key lives outside the
   results folder (:func:`key_path`), and checks it before anything is unpickled: a checkpoint
   (every file in it, :func:`sign_checkpoint`) before a trial restores it, and a run folder
@@ -77,7 +77,8 @@ def signing_key(create: bool = True) -> bytes | None:
     check_key_file(path)
     text = path.read_text().strip()
     if len(text) < 32:
-        raise ConfigError(f"{path}: not a marl-rec checkpoint key (expected 64 hex digits); delete it to make a new one")
+        raise ConfigError(f"{path}: not a marl-rec checkpoint key (expected 64 hex digits); delete it to make a "
+                          "new one")
     return text.encode()
 
 
@@ -190,15 +191,6 @@ def sign_checkpoint(folder: str | Path) -> None:
     write_manifest(folder, "checkpoint", {name: sha256(folder / name) for name in checkpoint_files(folder)})
 
 
-def checkpoint_trusted(folder: str | Path) -> bool:
-    """Verify a checkpoint's files against its manifest (digests: any change since it was
-    written is refused) and say whether the user signed it: their own run's, or one they
-    checked and signed with ``marl-rec trust``. What a checkpoint that is not signed names is
-    never imported (``ExperimentConfig.from_saved``)."""
-    verify_checkpoint(folder, signed=False)
-    return is_signed(Path(folder), "checkpoint")
-
-
 def verify_checkpoint(folder: str | Path, signed: bool = True) -> None:
     """A ConfigError naming the first file of the checkpoint that is not as signed: an added file,
     a changed or missing one, or the manifest (missing, or with ``signed`` forged).
@@ -262,13 +254,15 @@ def sign_run(folder: str | Path, staging: str | Path | None = None, exclude: fro
     write_manifest(target, "run", {name: sha256(path) for name, path in sources.items() if name not in exclude})
 
 
-def verify_run(folder: str | Path) -> None:
+def verify_run(folder: str | Path) -> list[Path]:
     """Before Tune restores ``folder``: its manifest is signed with this machine's key, every
     pickle-bearing file is listed with its digest, and every checkpoint in its trial folders
-    is as signed; else a ConfigError naming the first file that is not."""
+    is as signed; else a ConfigError naming the first file that is not. Returns the checkpoint
+    folders it verified (marl_rec.rllib.checkpoint.verify_run hands them on)."""
     folder = Path(folder)
     listed = read_manifest(folder, "run")
     check_files(folder, listed, run_files(folder), f"--resume of {folder}")
+    checked = []
     for checkpoint in sorted(folder.glob("*/checkpoint_*")):
         if checkpoint.is_dir():
             try:
@@ -276,3 +270,5 @@ def verify_run(folder: str | Path) -> None:
             except ConfigError as err:
                 raise ConfigError(f"{err}. If the run was killed while this checkpoint was being written, delete "
                                   f"{checkpoint} and resume again") from None
+            checked.append(checkpoint)
+    return checked

@@ -21,7 +21,7 @@ import numpy as np
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig, load_json
 from marl_rec.files import write_file
-from marl_rec.rllib.train import run_dir
+from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, run_dir, trial_resources
 from marl_rec.rllib.trainable import run_trials
 
 
@@ -72,10 +72,12 @@ def trial_label(exp: ExperimentConfig):
     return label
 
 
-def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None):
+def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = False, log=None,
+          folder: RunFolder | None = None):
     """Run (or resume) the sweep, a progress line per trial iteration; writes
     results/<name>/sweep.csv and returns Tune's ResultGrid. ``log``: a
-    :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's and Tune's known-harmless messages."""
+    :class:`marl_rec.rllib.output.ThirdPartyLog` for Ray's and Tune's known-harmless messages;
+    ``folder``: the run folder as the caller checked it (checked here if not given)."""
     from ray import tune
 
     from marl_rec.rllib.train import progress_callback
@@ -93,8 +95,10 @@ def sweep(exp: ExperimentConfig, address: str | None = None, resume: bool = Fals
         search_alg=search_alg,
         max_concurrent_trials=exp.tune.max_concurrent_trials or None,
     )
-    results = run_trials(exp, search_space(exp), address=address, resume=resume, tune_config=tune_config,
-                         callbacks=[progress_callback(exp, trial_label(exp))], verbose=0, log=log)
+    resources = trial_resources(exp)  # every check before Ray starts
+    folder = folder or check_run_folder(exp, resume)
+    results = run_trials(exp, search_space(exp), folder, RaySession(address, log=log), resources=resources,
+                         tune_config=tune_config, callbacks=[progress_callback(exp, trial_label(exp))], verbose=0)
     write_summary(run_dir(exp))
     return results
 

@@ -3,50 +3,15 @@ progress line per iteration; the CLI evaluates its last checkpoint."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from marl_rec.experiment import ExperimentConfig
+from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, trial_resources
+from marl_rec.rllib.trainable import run_trials
 
 if TYPE_CHECKING:
     from marl_rec.rllib.output import ThirdPartyLog
-
-
-def init_ray(address: str | None = None, num_cpus: int = 0, dashboard: bool = False, ship_plugins: bool = False) -> None:
-    """Local Ray on loopback only (dashboard on 127.0.0.1 only if asked), or join ``address``.
-
-    Every worker process of the run imports the plug-ins this process loaded (a
-    ``worker_process_setup_hook``; see marl_rec.plugins), which is checked on every node before
-    anything runs; ``ship_plugins`` also uploads their packages to the cluster, for nodes that do
-    not have them installed."""
-    if not address:
-        # Ray binds its listeners to the machine's address unless this is off
-        # (ray/_private/services.py). Ray reads it on first import: marl-rec's CLI sets it at start.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    from marl_rec.plugins import check_workers, ray_runtime_env
-
-    if ray.is_initialized():
-        return
-    runtime_env = ray_runtime_env(ship=ship_plugins) or None
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
-    else:
-        from marl_rec.rllib.sessions import clean_up_orphans, record_session
-
-        clean_up_orphans()  # what a killed driver's local Ray left running
-        # address="local": always a new local instance, even if `ray start` left a cluster to join
-        from marl_rec.files import private_temp_dir
-
-        # Ray's session folders (sockets, logs, spilled objects) in a folder of this user's own,
-        # not the shared /tmp/ray whose sessions Ray makes open to every user
-        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env, _temp_dir=str(private_temp_dir("ray")))
-        record_session(ray._private.worker._global_node.get_session_dir_path())
-    check_workers()
 
 
 def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None = None):
@@ -93,7 +58,8 @@ def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None 
             if greedy == greedy:  # an iteration with a greedy evaluation on held-out seeds
                 metrics += f"  greedy {greedy:7.2f}"
             print(
-                f"[{exp.name}] {f'{label(trial)}  ' if label else ''}iter {it:4d}  env steps {int(steps):9,d}  {metrics}"
+                f"[{exp.name}] {f'{label(trial)}  ' if label else ''}iter {it:4d}  env steps {int(steps):9,d}  "
+                f"{metrics}"
                 f"{f'  env faults {int(faults)}' if faults else ''}  {elapsed:6.0f}s{eta}",
                 flush=True,
             )
@@ -101,35 +67,20 @@ def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None 
     return Progress()
 
 
-def fix_hash_seed() -> None:
-    """Give the Ray worker processes started from here a fixed ``PYTHONHASHSEED`` (unless one is
-    set). RLlib 2.60 gathers the agents that act in a step from sets of their ids, whose order
-    follows the string hashes Python randomises per process: without this, the same seed
-    samples the same step's actions for other agents in another process, and runs diverge from
-    the first iteration. A cluster joined with ``--address`` keeps its workers' own setting."""
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-
-
-def run_dir(exp: ExperimentConfig) -> Path:
-    return Path(exp.results_dir).resolve() / exp.name
-
-
 def train(exp: ExperimentConfig, address: str | None = None, resume: bool = False, dashboard: bool = False,
-          log: ThirdPartyLog | None = None):
+          log: ThirdPartyLog | None = None, folder: RunFolder | None = None):
     """Run ``exp`` as a one-trial Tune experiment of the shared trainable under results_dir/name,
     printing a progress line per iteration; returns the trial's Tune Result (its ``checkpoint``
-    is the last one, in the layout of :mod:`marl_rec.rllib.trainable`; ``path`` its trial folder).
+    is the last one, in the layout of :mod:`marl_rec.rllib.checkpoint`; ``path`` its trial folder).
 
-    Ray is started here (workers with a fixed hash seed, :func:`fix_hash_seed`); ``log`` (a
+    ``folder``: the run folder as the caller checked it (:func:`marl_rec.rllib.sessions.check_run_folder`,
+    checked here if not given). Ray is started for it (workers with a fixed hash seed,
+    :func:`marl_rec.rllib.sessions.fix_hash_seed`); ``log`` (a
     :class:`marl_rec.rllib.output.ThirdPartyLog`) is then attached to what Ray added."""
-    from marl_rec.rllib.trainable import run_trials, trial_resources
-
     resources = trial_resources(exp)  # every check before Ray starts
+    folder = folder or check_run_folder(exp, resume)
     fix_hash_seed()
-    init_ray(address, exp.resources.num_cpus, dashboard, ship_plugins=exp.resources.ship_plugins)
-    if log is not None:
-        log.attach()  # the handlers and the worker output stream Ray has just added
-    results = run_trials(exp, {}, address=address, resume=resume, dashboard=dashboard, resources=resources,
+    results = run_trials(exp, {}, folder, RaySession(address, dashboard, log), resources=resources,
                          callbacks=[progress_callback(exp)], verbose=0)
     result = results[0]
     if result.error:

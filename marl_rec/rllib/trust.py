@@ -22,7 +22,8 @@ from pathlib import Path
 from marl_rec.envs.config import ConfigError
 from marl_rec.rllib.safety import (MANIFEST, checkpoint_files, key_path, read_manifest, run_files, sha256, signing_key,
                                    write_manifest)
-from marl_rec.rllib.trainable import STATE_FILE, TUNER_FILE
+from marl_rec.rllib.checkpoint import STATE_FILE
+from marl_rec.rllib.sessions import TUNER_FILE
 
 
 @dataclass
@@ -102,7 +103,8 @@ def inspect(directory: str | Path) -> Look:
     if (folder / TUNER_FILE).is_file():  # a run folder: what --resume hands to Tune
         look.run = {name: sha256(folder / name) for name in run_files(folder)}
     if not look.checkpoints and look.run is None:
-        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, no {TUNER_FILE})")
+        raise ConfigError(f"{directory}: neither a marl-rec checkpoint nor a run folder (no {STATE_FILE}, "
+                          f"no {TUNER_FILE})")
     return look
 
 

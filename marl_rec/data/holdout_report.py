@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from marl_rec.data.calibrate import PARAMS_FILE, USERS_FILE, Fit, constructed_slates, next_item_scores, train_mask
-from marl_rec.data.evaluation import (interaction_weights, interests_before, ks_distance, rank_of_positive,
+from marl_rec.data.offline_metrics import (interaction_weights, interests_before, ks_distance, rank_of_positive,
                                       ranking_metrics, user_bootstrap)
 from marl_rec.data.logs import load_log
 from marl_rec.envs.config import ConfigError, merge_overrides
@@ -30,7 +30,7 @@ from marl_rec.envs.parts.calibrated import load_calibration
 from marl_rec.files import save_figure, write_file
 
 KS_TARGET = 0.15
-LOGGING_POLICIES = ("random", "popularity")  # the first is the logging-like policy the KS targets use
+LOGGING_BEHAVIOURS = ("random", "popularity")  # the first is the logging-like recommender the KS targets use
 MAX_ROUNDS = 20000  # validation episodes end when every user has left, or here
 GROWTH_ROUNDS = 3000  # rounds over which the held-out period's new items arrive
 HIT_RATIO_TARGET = 1.1
@@ -91,15 +91,15 @@ def _count_before(held_items: np.ndarray, item: np.ndarray, position: np.ndarray
     return out
 
 
-def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy: str = "random",
+def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, behaviour: str = "random",
              overrides: dict | None = None) -> dict:
-    """One episode of the calibrated simulator with recommender ``policy`` over ``num_users``
+    """One episode of the calibrated simulator with recommender ``behaviour`` over ``num_users``
     users until they leave (or ``max_cycles``): clicks per user and per item. The held-out
     period's new items arrive over the episode's first 3000 rounds."""
-    from marl_rec.evaluate import baseline_config
+    from marl_rec.behaviour_episodes import behaviour_config
     from marl_rec.envs.rounds import RoundRunner
 
-    config = baseline_config(policy, "calibrated", merge_overrides({
+    config = behaviour_config(behaviour, "calibrated", merge_overrides({
         "calibration": str(directory), "num_users": num_users, "max_cycles": max_cycles,
         "sampler": {"params": {"growth_rounds": GROWTH_ROUNDS}}}, overrides or {}))
     a = load_calibration(directory)
@@ -117,10 +117,10 @@ def simulate(directory: Path, num_users: int, seed: int, max_cycles: int, policy
             "ctr": sim.metrics()["ctr"]}
 
 
-def distributions(log, mask, directory: Path, seed: int, policy: str, overrides: dict | None = None) -> dict:
+def distributions(log, mask, directory: Path, seed: int, behaviour: str, overrides: dict | None = None) -> dict:
     held = ~mask
     held_users, per_user = np.unique(log.user[held], return_counts=True)
-    sim = simulate(directory, len(held_users), seed, MAX_ROUNDS, policy, overrides)
+    sim = simulate(directory, len(held_users), seed, MAX_ROUNDS, behaviour, overrides)
     real_items = np.bincount(log.item[held], minlength=log.num_items)
     sim_items = np.round(sim["per_item"][: log.num_items]).astype(np.int64)
     # popularity shares at the same resolution: both thinned to the same number of interactions
@@ -138,7 +138,7 @@ def distributions(log, mask, directory: Path, seed: int, policy: str, overrides:
         return g / max(g.sum(), 1e-9)
 
     return {
-        "policy": policy, "real_per_user": per_user.astype(np.float64), "sim_per_user": sim["per_user"],
+        "behaviour": behaviour, "real_per_user": per_user.astype(np.float64), "sim_per_user": sim["per_user"],
         "real_share": real_share, "sim_share": sim_share,
         "ks_activity": ks_distance(per_user, sim["per_user"]), "ks_popularity": ks_distance(real_share, sim_share),
         "genre_names": names, "real_genre": genre_share(real_items) if names else np.zeros(0),
@@ -169,7 +169,7 @@ def plots(dist: dict, out: Path) -> list[str]:
         for who, colour in (("real", "tab:blue"), ("sim", "tab:orange")):
             v = np.sort(dist[f"{who}_{key}"])
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=colour,
-                    label=("held-out log" if who == "real" else f"simulator ({dist['policy']} recommender)"))
+                    label=("held-out log" if who == "real" else f"simulator ({dist['behaviour']} recommender)"))
         ax.set_xscale("log")
         ax.set_title(f"{title}\nKS = {ks:.3f}", fontsize=10)
         ax.set_ylabel("CDF")
@@ -217,9 +217,9 @@ def validate(directory, max_events: int | None = None, seed: int = 0, say=print,
     say(f"next item ({ranking['events']} held-out interactions of {ranking['users']} users, 99 sampled negatives): "
         f"hit rate@10 simulator {ranking['hit']['simulator']}, popularity {ranking['hit']['popularity']}, "
         f"random {ranking['hit']['random']}; simulator / popularity {ranking['hit']['simulator/popularity']}")
-    runs = [distributions(log, mask, directory, seed, policy, overrides) for policy in LOGGING_POLICIES]
+    runs = [distributions(log, mask, directory, seed, behaviour, overrides) for behaviour in LOGGING_BEHAVIOURS]
     for d in runs:
-        say(f"distributions (simulator with the {d['policy']} recommender, {len(d['sim_per_user'])} users, "
+        say(f"distributions (simulator with the {d['behaviour']} recommender, {len(d['sim_per_user'])} users, "
             f"{d['sim_rounds']} rounds): KS item popularity {d['ks_popularity']:.3f}, "
             f"KS interactions per user {d['ks_activity']:.3f}")
     dist = runs[0]
@@ -227,9 +227,9 @@ def validate(directory, max_events: int | None = None, seed: int = 0, say=print,
     figures = {
         "hit_rate_at_10": {k: vars(v) for k, v in ranking["hit"].items()},
         "ndcg_at_10": {k: vars(v) for k, v in ranking["ndcg"].items()},
-        "logging_policy": dist["policy"],
+        "logging_policy": dist["behaviour"],
         "ks_item_popularity": dist["ks_popularity"], "ks_user_activity": dist["ks_activity"],
-        "ks_by_policy": {d["policy"]: {"item_popularity": d["ks_popularity"], "user_activity": d["ks_activity"]}
+        "ks_by_policy": {d["behaviour"]: {"item_popularity": d["ks_popularity"], "user_activity": d["ks_activity"]}
                          for d in runs},
         "genre_total_variation": float(0.5 * np.abs(dist["real_genre"] - dist["sim_genre"]).sum())
         if len(dist["genre_names"]) else None,
@@ -250,7 +250,8 @@ def report_text(params: dict, ranking: dict, runs: list[dict], files: list[str],
         f"# Sim-to-real report: {Path(params['log_path']).name}",
         "",
         f"Calibration: {params['interactions_train']} training interactions (the first "
-        f"{params['train_fraction']:.0%} by time), {params['interactions_held_out']} held out; {params['items']} items, "
+        f"{params['train_fraction']:.0%} by time), {params['interactions_held_out']} held out; "
+        f"{params['items']} items, "
         f"{params['users']} training users; content embedding `{params['embedding']}` "
         f"({params['embedding_dim'] - 1} dimensions + popularity)."
         + (f" Simulated with overrides {figures['overrides']}." if figures["overrides"] else ""),
@@ -281,7 +282,7 @@ def report_text(params: dict, ranking: dict, runs: list[dict], files: list[str],
         "",
         f"The simulator run with a logging-like recommender for {len(dist['sim_per_user'])} users (as many as the "
         "held-out period has), until every user left; the held-out period's new items enter in the order and "
-        f"at the pace they first appeared (over {GROWTH_ROUNDS} rounds). The `{dist['policy']}` recommender is the "
+        f"at the pace they first appeared (over {GROWTH_ROUNDS} rounds). The `{dist['behaviour']}` recommender is the "
         "logging-like policy: MovieLens users rate films they find across the catalogue (search, browsing, "
         "its own recommender), not only the most popular ones; the `popularity` recommender is shown next to it. "
         f"Item popularity is compared at the same resolution: both sides thinned to {dist['thinned_to']} "
@@ -290,22 +291,30 @@ def report_text(params: dict, ranking: dict, runs: list[dict], files: list[str],
         "| recommender | distribution | held-out log | simulator | KS distance (target <= 0.15) |",
         "|---|---|---|---|---|",
     ]
-    for d in runs:
-        lines += [
-            f"| {d['policy']} | item popularity (share of interactions per item) | {d['real_items']} items, top 1% "
-            f"take {d['top_share_real']:.1%} | {d['sim_items']} items, top 1% take {d['top_share_sim']:.1%} | "
-            f"{d['ks_popularity']:.3f} |",
-            f"| {d['policy']} | interactions per user | median {np.median(d['real_per_user']):.0f}, mean "
-            f"{d['real_per_user'].mean():.0f} | median {np.median(d['sim_per_user']):.0f}, mean "
-            f"{d['sim_per_user'].mean():.0f} ({d['sim_rounds']} rounds{', cut' if d['truncated'] else ''}, CTR "
-            f"{d['sim_ctr']:.2f}) | {d['ks_activity']:.3f} |",
-        ]
-    if figures["genre_total_variation"] is not None:
-        lines.append(f"| {dist['policy']} | genre shares | | | total variation {figures['genre_total_variation']:.3f} |")
+    lines += distribution_rows(runs, figures["genre_total_variation"])
     lines += ["", *[f"![{f}]({f})" for f in files], "", "## What the simulator gets wrong", ""]
     lines += wrong_list(ranking, runs)
     lines += ["", f"Validation took {figures['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def distribution_rows(runs: list[dict], genre_total_variation: float | None) -> list[str]:
+    """The distributions table's rows: each recommender's item popularity and user activity, held
+    out against simulated, then the first one's genre shares."""
+    lines = []
+    for d in runs:
+        lines += [
+            f"| {d['behaviour']} | item popularity (share of interactions per item) | {d['real_items']} items, top 1% "
+            f"take {d['top_share_real']:.1%} | {d['sim_items']} items, top 1% take {d['top_share_sim']:.1%} | "
+            f"{d['ks_popularity']:.3f} |",
+            f"| {d['behaviour']} | interactions per user | median {np.median(d['real_per_user']):.0f}, mean "
+            f"{d['real_per_user'].mean():.0f} | median {np.median(d['sim_per_user']):.0f}, mean "
+            f"{d['sim_per_user'].mean():.0f} ({d['sim_rounds']} rounds{', cut' if d['truncated'] else ''}, CTR "
+            f"{d['sim_ctr']:.2f}) | {d['ks_activity']:.3f} |",
+        ]
+    if genre_total_variation is not None:
+        lines.append(f"| {runs[0]['behaviour']} | genre shares | | | total variation {genre_total_variation:.3f} |")
+    return lines
 
 
 def wrong_list(ranking: dict, runs: list[dict]) -> list[str]:
@@ -316,19 +325,20 @@ def wrong_list(ranking: dict, runs: list[dict]) -> list[str]:
                    f"{HIT_RATIO_TARGET}).")
     else:
         out.append(f"- Its users predict the next item better than popularity (ratio {ratio.mean:.2f}), but "
-                   f"{ranking['cold_events']} held-out interactions are users' first: for those it has only popularity.")
+                   f"{ranking['cold_events']} held-out interactions are users' first: for those it has only "
+                   "popularity.")
     if dist["ks_popularity"] > KS_TARGET:
         more = dist["top_share_sim"] > dist["top_share_real"]
         out.append(f"- Item popularity is {'more' if more else 'less'} concentrated than in the log (KS "
-                   f"{dist['ks_popularity']:.3f} > {KS_TARGET}): the top 1% of items take {dist['top_share_sim']:.1%} of "
-                   f"simulated interactions against {dist['top_share_real']:.1%}. The log's own recommender is unknown; "
-                   "popularity depends on the one simulated.")
+                   f"{dist['ks_popularity']:.3f} > {KS_TARGET}): the top 1% of items take "
+                   f"{dist['top_share_sim']:.1%} of simulated interactions against {dist['top_share_real']:.1%}. "
+                   "The log's own recommender is unknown; popularity depends on the one simulated.")
     else:
         out.append(f"- Item popularity matches within the target (KS {dist['ks_popularity']:.3f}) under the "
-                   f"{dist['policy']} recommender; the top 1% of items take {dist['top_share_sim']:.1%} of simulated "
-                   f"interactions against {dist['top_share_real']:.1%}.")
+                   f"{dist['behaviour']} recommender; the top 1% of items take {dist['top_share_sim']:.1%} of "
+                   f"simulated interactions against {dist['top_share_real']:.1%}.")
     for d in runs[1:]:
-        out.append(f"- Under the {d['policy']} recommender the simulated interactions spread over "
+        out.append(f"- Under the {d['behaviour']} recommender the simulated interactions spread over "
                    f"{'fewer' if d['sim_items'] < d['real_items'] else 'more'} items ({d['sim_items']} against "
                    f"{d['real_items']}; KS {d['ks_popularity']:.3f}): popularity depends on the recommender, and the "
                    "log does not say which one it was collected under.")

@@ -1,7 +1,7 @@
 """Non-learning recommenders for the system role, usable without RLlib.
 
 Each is a behaviour model (``act(sim, rng) -> (U, K) slates``) registered in ``BEHAVIOURS``,
-so it can be evaluated with ``marl-rec evaluate --policy NAME``, drive a simulated system
+so it can be evaluated with ``marl-rec evaluate --behaviour NAME``, drive a simulated system
 role (``behaviours: {system: NAME}``) or run inside RLlib as a non-learning module.
 
 - random: uniform slates (in marl_rec.envs.parts.behaviours).
@@ -112,7 +112,8 @@ def myopic_from_affinity(affinity, candidates, dim: int):
     """The myopic score given the (..., M) affinity: + smoothed CTR + 0.5 · watch per click.
     Plain indexing and arithmetic, so numpy arrays and torch tensors both work (the slate
     modules' myopic prior uses it)."""
-    return affinity + candidates[..., item_column("ctr", dim)] + 0.5 * candidates[..., item_column("watch_per_click", dim)]
+    ctr, watch = candidates[..., item_column("ctr", dim)], candidates[..., item_column("watch_per_click", dim)]
+    return affinity + ctr + 0.5 * watch
 
 
 def popularity_scores(candidates: np.ndarray, dim: int, prior_impressions: float = 10.0) -> np.ndarray:
@@ -124,10 +125,11 @@ def popularity_scores(candidates: np.ndarray, dim: int, prior_impressions: float
 
     Raw click counts would be the other classic popularity: in this model they rank stale
     clickbait first (items shown to everyone pile up clicks while their freshness decays), and
-    score below random slates (README, "Recommender baselines")."""
+    score below random slates (docs/results.md)."""
     impressions = np.expm1(candidates[..., item_column("log_impressions", dim)] * 5.0)
     clicks = candidates[..., item_column("ctr", dim)] * (impressions + 2.0) - 1.0
-    watch = candidates[..., item_column("watch_per_click", dim)] * np.maximum(clicks, 1.0)  # in units of item.length_mean
+    # in units of item.length_mean
+    watch = candidates[..., item_column("watch_per_click", dim)] * np.maximum(clicks, 1.0)
     mean = watch.sum(-1, keepdims=True) / np.maximum(impressions.sum(-1, keepdims=True), 1.0)
     return (watch + prior_impressions * mean) / (impressions + prior_impressions)
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels, parts  # noqa: F401  (parts: registers the built-in parts)
+from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
+from marl_rec.envs._observation_kernels import ItemScales, UserScales, item_features, user_features
+from marl_rec.envs._round_kernels import (
+    RecordParams,
+    consumed_slots,
+    creator_choices,
+    record_responses,
+    start_round,
+)
 from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.parts.base import build_part
+from marl_rec.envs.parts.base import UserDynamics, build_part
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
     CHOICE_MODELS,
@@ -63,6 +71,12 @@ class Simulator:
         self._candidate_row_start = self._rows * config.num_candidates  # flat index of each row's first candidate
         self._all_users = np.arange(config.num_users)
         self._popular_sum = np.zeros(0)  # scratch for the popular pool, catalogue-sized, zero between rounds
+        # the records kernel's parameters; with a compiled user dynamics it applies the built-in leaving rule itself
+        self._record_params = tuple(RecordParams(config.topic_demand_rate, config.user.interest_estimate_rate,
+                                                 config.sampler.popularity_decay,
+                                                 bool(getattr(self.user_dynamics, "compiled", False))))
+        self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
+        self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -111,8 +125,9 @@ class Simulator:
     def publish(self, rng, *, topic, quality_mean, creator, n: int, birth=None) -> np.ndarray:
         """Generate ``n`` items and write them into the catalogue; returns their slots."""
         birth = self.state.t if birth is None else birth  # one round for all, or one each
-        if hasattr(self.item_generator, "publish"):
-            return self.item_generator.publish(self, rng, topic, n, quality_mean, creator, birth)
+        publish = getattr(self.item_generator, "publish", None)  # the contract's (ItemGenerator: sample, then push)
+        if publish is not None:
+            return publish(self, rng, topic, n, quality_mean, creator, birth)
         items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)  # a plain plug-in
         return self.state.catalogue.push(
             items["embedding"], items["topic"], items["quality"], items["length"], creator, birth
@@ -125,9 +140,7 @@ class Simulator:
         rnd = s.round
         rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
         self._slate_of = None  # a sampler may reuse its arrays: the cached slate slots are stale
-        kernels.start_round(rnd.choice, rnd.watch_time, rnd.clicked_slot, rnd.publish_topic, rnd.publish_effort,
-                            s.users.active, rnd.users_active_at_start, s.creators.active, rnd.creators_active_at_start,
-                            s.creators.exposure, s.creators.clicks, s.creators.engagement)
+        start_round(rnd.view, s.users.active, s.creators.view)
 
     def set_slates(self, slate: np.ndarray) -> None:
         """RECOMMEND, second half: the system's slates, (U, K) candidate indices."""
@@ -160,8 +173,8 @@ class Simulator:
 
     def respond(self, choice: np.ndarray) -> None:
         """RESPOND: users pick slate position ``choice`` (K = no click); apply the consequences:
-        the user dynamics, then the round's records (``kernels.record_responses``) and the
-        popular pool."""
+        the user dynamics, then the round's records (``_round_kernels.record_responses``), the
+        popular pool, and who leaves (the user dynamics' ``leaving``)."""
         s, c = self.state, self.config
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
         n_active = np.count_nonzero(users.active)
@@ -172,20 +185,16 @@ class Simulator:
             choice = choice[active]
         slate_slots = self.slate_slots()
         slots, clicked = np.empty(n_active, np.int64), np.empty(n_active, bool)
-        kernels.consumed_slots(active, choice, slate_slots, slots, clicked)
+        consumed_slots(active, choice, slate_slots, slots, clicked)
         watch = np.asarray(self.user_dynamics.respond(self, self.rng, active, slots, clicked), np.float64)
         if len(self._popular_sum) != cat.capacity:
             self._popular_sum = np.zeros(cat.capacity)
-        diversity, unshown = kernels.record_responses(
-            active, choice, slate_slots, watch,
-            cat.uid, cat.topic, cat.creator, cat.embedding, cat.impressions, cat.clicks, cat.watch_time,
-            creators.exposure, creators.clicks, creators.engagement, creators.exposure_total,
-            s.topic_demand, c.topic_demand_rate,
-            users.history_uid, users.history_embedding, users.history_watch, users.interest_estimate,
-            c.user.interest_estimate_rate, users.clicks, users.slates_seen, users.watch_total, users.session_length,
-            users.time_budget, users.active, rnd.choice, rnd.watch_time, rnd.clicked_slot,
-            self.last_diversity, self._shown,
-            s.popular, s.popular_score, s.popular_uid, c.sampler.popularity_decay, self._popular_sum)
+        records = (s.topic_demand, self.last_diversity, self._shown, s.popular, s.popular_score, s.popular_uid,
+                   self._popular_sum)  # SimRecords
+        diversity, unshown = record_responses((active, choice, slate_slots, watch), cat.view, users.view,
+                                              creators.view, rnd.view, records, self._record_params)
+        if not self._record_params[-1]:  # leave_when_spent: the kernel applied the built-in rule
+            self._leave(active)
         if unshown >= 0:  # more items than the flags cover so far: double them
             grown = np.zeros(2 * max(unshown + 1, len(self._shown)), bool)
             grown[: len(self._shown)] = self._shown
@@ -195,6 +204,14 @@ class Simulator:
         self.diversity_sum += diversity
         self.diversity_count += n_active
 
+    def _leave(self, active: np.ndarray) -> None:
+        """The users of ``active`` whom the user dynamics' ``leaving`` rule sends away are no
+        longer active (a plain plug-in without the method: the contract's default)."""
+        leaving = getattr(self.user_dynamics, "leaving", None)
+        gone = leaving(self, active) if leaving is not None else UserDynamics.leaving(self.user_dynamics, self, active)
+        users_active = self.state.users.active
+        users_active[active[np.asarray(gone, bool)]] = False
+
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
         publishing, viability and churn (the creator dynamics)."""
@@ -203,7 +220,7 @@ class Simulator:
         if c.num_creators:
             actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
             # T publishes nothing; departed creators neither
-            kernels.creator_choices(actions, s.creators.active, c.num_topics, rnd.publish_topic, rnd.publish_effort)
+            creator_choices(actions, s.creators.active, c.num_topics, rnd.publish_topic, rnd.publish_effort)
             self.creator_dynamics.resolve(self, self.rng, rnd.publish_topic, rnd.publish_effort)
 
     def end_round(self) -> None:
@@ -222,14 +239,12 @@ class Simulator:
         share of the episode's slate impressions (1 = the mean over creators still on the
         platform, 0 for items without a creator) and whether it is still on the platform
         (true quality follows with ``oracle_observations``). Shape (..., F)."""
-        cat, c, creators = self.state.catalogue, self.config, self.state.creators
+        c = self.config
         shape = np.shape(slots)
         out = np.empty((*shape, c.item_feature_dim), np.float32)
         flat = np.ascontiguousarray(slots, np.int64).reshape(-1)
-        kernels.item_features(flat, self.state.t, cat.embedding, cat.length, cat.birth, cat.impressions, cat.clicks,
-                              cat.watch_time, cat.creator, cat.quality, creators.exposure_total, creators.active,
-                              c.item.length_mean, self._age_scale, c.oracle_observations,
-                              out.reshape(len(flat), c.item_feature_dim))
+        item_features(flat, self.state.t, self.state.catalogue.view, self.state.creators.view, self._item_scales,
+                      out.reshape(len(flat), c.item_feature_dim))
         return out
 
     def user_features(self) -> np.ndarray:
@@ -237,9 +252,8 @@ class Simulator:
         Never the true interest unless oracle."""
         users, c = self.state.users, self.config
         out = np.empty((c.num_users, c.user_feature_dim), np.float32)
-        kernels.user_features(users.interest if c.oracle_observations else users.interest_estimate,
-                              users.session_length, users.clicks, users.slates_seen, users.history_watch,
-                              users.watch_total, c.max_cycles, c.item.length_mean, c.user.time_budget, out)
+        user_features(users.interest if c.oracle_observations else users.interest_estimate, users.view,
+                      self._user_scales, out)
         return out
 
     def global_state(self) -> np.ndarray:

@@ -16,6 +16,7 @@ Plain Python and integers only, so numpy arrays and torch tensors index the same
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------- item features (system view)
@@ -53,6 +54,18 @@ CREATOR_OWN_COLUMNS: dict[str, str] = {  # then the home topic one-hot (T column
     "skill": "skill (mean quality of its items)",
 }
 
+
+def _offsets(name: str, columns: dict[str, str], first: int = 0):
+    """Each column's place after the d leading columns (from ``first`` on), as a namedtuple of
+    ints: the compiled producers write ``out[i, d + ITEM_OFFSET.ctr]``, by name as everything
+    else reads them."""
+    return namedtuple(name, list(columns))(*range(first, first + len(columns)))
+
+
+ITEM_OFFSET = _offsets("ItemOffset", ITEM_COLUMNS)
+ORACLE_ITEM_OFFSET = _offsets("OracleItemOffset", ORACLE_ITEM_COLUMNS, first=len(ITEM_COLUMNS))
+USER_OFFSET = _offsets("UserOffset", USER_COLUMNS)
+HISTORY_OFFSET = _offsets("HistoryOffset", HISTORY_COLUMNS)
 
 def _index(columns: dict[str, str], name: str, offset: int, what: str) -> int:
     try:

@@ -13,7 +13,8 @@ import functools
 import numpy as np
 from gymnasium import spaces
 
-from marl_rec.envs import kernels
+from marl_rec.envs._observation_kernels import history_view
+from marl_rec.envs.parts._slate_kernels import valid_slates
 from marl_rec.envs.config import EcosystemConfig, _Section
 from marl_rec.envs.parts.base import NoParams
 from marl_rec.envs.parts.rewards import watch_time_per_user
@@ -21,7 +22,7 @@ from marl_rec.envs.registry import ROLES
 from marl_rec.envs.spaces import PlatformSlates, Slate
 
 
-_ALL = np.zeros(0, bool)  # kernels.valid_slates: every row checked
+_ALL = np.zeros(0, bool)  # valid_slates: every row checked
 
 # Finite bounds on feature boxes (PettingZoo's api_test flags infinite ones); every feature is
 # a normalised quantity far inside them.
@@ -236,8 +237,7 @@ class SystemRole(Role):
         idx = np.asarray(idx, np.int64)
         history = np.empty((len(idx), c.history_length, c.embedding_dim + 1), np.float32)
         history_mask = np.empty((len(idx), c.history_length), np.float32)
-        kernels.history_view(idx, users.history_embedding, users.history_watch, users.history_uid,
-                             c.item.length_mean, history, history_mask)
+        history_view(idx, users.view, c.item.length_mean, history, history_mask)
         every_user = len(idx) == c.num_users and (idx == self._users).all()  # in order: no gathers needed
         obs = {
             "user": sim.user_features() if every_user else sim.user_features().take(idx, axis=0),
@@ -263,7 +263,7 @@ class SystemRole(Role):
         return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
 
     def batch_valid(self, sim, idx, batch):
-        return kernels.valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
+        return valid_slates(np.asarray(idx, np.int64), batch.astype(np.int64, copy=False),
                                     sim.state.round.candidate_mask, _ALL)
 
     def check_action(self, sim, index, action, agent):
@@ -345,7 +345,7 @@ class PlatformRole(SystemRole):
 
     def batch_valid(self, sim, idx, batch):
         active = sim.state.users.active
-        return all(kernels.valid_slates(self._users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask,
+        return all(valid_slates(self._users, slates.astype(np.int64, copy=False), sim.state.round.candidate_mask,
                                         active) for slates in batch)
 
     def _problem(self, sim, slates: np.ndarray) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs._round_kernels import mix_rewards
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig
 from marl_rec.envs.core import Simulator
@@ -256,7 +256,7 @@ class RoundRunner:
             individual_of[name] = individual
             # agents that ended in an earlier round get nothing more
             mixed_of[name] = mixed = np.empty(len(individual))
-            kernels.mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
+            mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
                                 self.role_returns[name], mixed)
         for role in self._hooked:
             role.end_round(sim)

@@ -1,12 +1,20 @@
-"""The whole simulation state: a handful of numpy arrays. Agents are views into them."""
+"""The whole simulation state: a handful of numpy arrays. Agents are views into them.
+
+Each part of the state (``Catalogue``, ``Users``, ``Creators``, ``Round``) carries its typed
+view for compiled code, ``.view`` (``marl_rec.envs.views``): its arrays as one tuple, built on
+first use and again only after one of its arrays is replaced (assigned anew; writing into an
+array keeps the view).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs._catalogue_kernels import push_items
+from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView
 
 
 def column(values, n: int, dtype) -> np.ndarray:
@@ -20,9 +28,31 @@ def birth_column(birth) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(birth, np.int64).reshape(-1))
 
 
+class _Viewed:
+    """A dataclass of arrays with a typed view for compiled code (``View``'s fields, in order)."""
+
+    View: ClassVar[type]
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name in self.View._fields:
+            self.__dict__.pop("_view", None)  # an array replaced: the next .view is built anew
+
+    @property
+    def view(self) -> tuple:
+        """The arrays of ``View``'s fields as one plain tuple (what kernels take; see
+        ``marl_rec.envs.compiled`` for why not the namedtuple itself)."""
+        view = self.__dict__.get("_view")
+        if view is None:
+            view = self.__dict__["_view"] = tuple(getattr(self, name) for name in self.View._fields)
+        return view
+
+
 @dataclass
-class Catalogue:
+class Catalogue(_Viewed):
     """Items in a bounded ring buffer: publishing writes at ``head``, pushing out the oldest."""
+
+    View: ClassVar[type] = CatalogueView
 
     embedding: np.ndarray  # (N, d) unit vectors near the item's topic centre
     topic: np.ndarray  # (N,) int
@@ -64,17 +94,16 @@ class Catalogue:
             return np.zeros(0, np.int64)
         head, first_uid = self.claim(n)
         slots = np.empty(n, np.int64)
-        kernels.push_items(
-            head, self.capacity, first_uid, np.ascontiguousarray(embedding, np.float64), column(topic, n, np.int64),
-            column(quality, n, np.float64), column(length, n, np.float64), column(creator, n, np.int64),
-            birth_column(birth), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
-            self.uid, self.impressions, self.clicks, self.watch_time, slots)
+        push_items((head, self.capacity, first_uid),
+                   (column(topic, n, np.int64), column(creator, n, np.int64), birth_column(birth)),
+                   np.ascontiguousarray(embedding, np.float64), column(quality, n, np.float64),
+                   column(length, n, np.float64), self.view, slots)
         return slots
 
     def claim(self, n: int) -> tuple[int, int]:
         """Reserve the next ``n`` slots of the ring (the oldest items' from ``head`` on, wrapping)
         and their uids: returns the first slot and the first uid; the caller writes the items
-        (``kernels.push_items`` or a generator's own kernel). O(1)."""
+        (``push_items`` or a generator's own kernel). O(1)."""
         capacity = self.capacity
         if n > capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
@@ -90,7 +119,9 @@ class Catalogue:
 
 
 @dataclass
-class Users:
+class Users(_Viewed):
+    View: ClassVar[type] = UsersView
+
     interest: np.ndarray  # (U, d) true interest, hidden from the system agent
     time_budget: np.ndarray  # (U,) minutes left in the session
     fatigue: np.ndarray  # (T, ) per user: (U, T) logit penalty per topic
@@ -106,7 +137,9 @@ class Users:
 
 
 @dataclass
-class Creators:
+class Creators(_Viewed):
+    View: ClassVar[type] = CreatorsView
+
     home_topic: np.ndarray  # (C,) int
     skill: np.ndarray  # (C,) mean quality of its items
     viability: np.ndarray  # (C,)
@@ -120,8 +153,10 @@ class Creators:
 
 
 @dataclass
-class Round:
-    """What happened in the current round, phase by phase."""
+class Round(_Viewed):
+    """What happened in the current round, phase by phase (the view: the records after ``slate``)."""
+
+    View: ClassVar[type] = RoundView
 
     candidates: np.ndarray  # (U, M) catalogue slots
     candidate_mask: np.ndarray  # (U, M) bool: slot holds a valid, non-duplicate item

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs.parts import _slate_kernels as kernels
 
 
 def top_k_slate(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
 def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(n, k) distinct allowed candidates per row of ``mask`` (n, M) (allowed: true or positive),
     uniformly random in set and order: k steps of a Fisher–Yates shuffle of each row's allowed
-    candidates, n × k uniform draws (``kernels.random_slates``)."""
+    candidates, n × k uniform draws (``_slate_kernels.random_slates``)."""
     allowed = np.ascontiguousarray(mask if mask.dtype == bool else mask > 0)
     out = np.empty((len(allowed), k), np.int64)
     kernels.random_slates(allowed, rng.random((len(allowed), k)), out)

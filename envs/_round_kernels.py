@@ -1,0 +1,238 @@
+"""The round's own compiled loops (``Simulator``, ``RoundRunner``): a new round's records,
+the creators' choices, the round's records of the users' responses, the popular pool and the
+reward mix. The parts' models live beside the parts (``marl_rec.envs.parts._*_kernels``).
+
+The records of a round of responses are one loop over the responding users
+(``record_responses``) made of named steps: the slate shown (impressions, exposure, shown
+flags, diversity), the click (item and creator statistics, topic clicks), the history and
+interest estimate, the per-user counters; then the topic demand and the popular pool.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from marl_rec.envs.compiled import jit
+from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView
+
+# a round of responses: who responded, the slate position each chose (K: no click), the slates' slots, minutes
+Responses = namedtuple("Responses", "users choice slate_slots watch")
+# the simulator's records beside the state: topic demand, each user's last slate diversity, the shown
+# flags (by uid), the popular pool (slots, scores, uids) and its catalogue-sized scratch (zero between calls)
+SimRecords = namedtuple("SimRecords", "topic_demand diversity shown pool pool_score pool_uid popular_total")
+# config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay, and whether
+# the user dynamics declares the built-in leaving rule (a spent budget), applied here in the same pass
+RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay leave_when_spent")
+
+
+@jit
+def start_round(rnd, users_active, creators):
+    """A new round's records (``Round.view``): nothing chosen, watched or published yet; who is
+    active at its start; creators' per-round statistics (``Creators.view``) at zero."""
+    rnd, cr = RoundView(*rnd), CreatorsView(*creators)
+    for u in range(len(rnd.choice)):
+        rnd.choice[u], rnd.watch_time[u], rnd.clicked_slot[u] = -1, 0.0, -1
+        rnd.users_active_at_start[u] = users_active[u]
+    for c in range(len(rnd.publish_topic)):
+        rnd.publish_topic[c], rnd.publish_effort[c] = -1, 0
+        rnd.creators_active_at_start[c] = cr.active[c]
+        cr.exposure[c], cr.clicks[c], cr.engagement[c] = 0.0, 0.0, 0.0
+
+
+@jit
+def creator_choices(actions, active, n_topics, publish_topic, publish_effort):
+    """Creators' (topic, effort) actions as the round's publishing: topic T (nothing) and
+    departed creators become -1."""
+    for c in range(len(active)):
+        publish_topic[c] = actions[c, 0] if actions[c, 0] < n_topics and active[c] else -1
+        publish_effort[c] = actions[c, 1]
+
+
+@jit
+def consumed_slots(users, choice, slate_slots, slots, clicked):
+    """For users ``users`` choosing slate position ``choice[i]`` (K = no click): whether they
+    clicked, and the slot they consumed (the last slate item's for no click, unread)."""
+    k = slate_slots.shape[1]
+    for i in range(len(users)):
+        clicked[i] = choice[i] < k
+        slots[i] = slate_slots[users[i], min(choice[i], k - 1)]
+
+
+@jit
+def _record_slate(u, row, cat, cr, records, total):
+    """User u's slate ``row`` was shown: its items' impressions, their creators' exposure, the
+    shown flags (by uid) and the slate's diversity, the mean pairwise cosine distance of its
+    items (for unit embeddings the cosines over pairs i != j sum to |sum_k e_k|^2 - K).
+    ``total``: (d,) scratch. Returns the largest uid past the end of the flags, or -1."""
+    k, d = len(row), cat.embedding.shape[1]
+    unshown = -1
+    for e in range(d):
+        total[e] = 0.0
+    for j in range(k):
+        s = row[j]
+        cat.impressions[s] += 1.0
+        c = cat.creator[s]
+        if c >= 0:
+            cr.exposure[c] += 1.0
+        if cat.uid[s] < len(records.shown):
+            records.shown[cat.uid[s]] = True
+        else:
+            unshown = max(unshown, cat.uid[s])
+        for e in range(d):
+            total[e] += cat.embedding[s, e]
+    if k >= 2:
+        norm = 0.0
+        for e in range(d):
+            norm += total[e] * total[e]
+        records.diversity[u] = 1.0 - (norm - k) / (k * (k - 1))
+    else:
+        records.diversity[u] = 0.0
+    return unshown
+
+
+@jit
+def _record_click(s, minutes, cat, cr, topic_clicks):
+    """Item s was clicked and watched ``minutes``: its clicks and watch time, its creator's
+    clicks and engagement, its topic's clicks this round."""
+    cat.clicks[s] += 1.0
+    cat.watch_time[s] += minutes
+    c = cat.creator[s]
+    if c >= 0:
+        cr.clicks[c] += 1.0
+        cr.engagement[c] += minutes
+    topic_clicks[cat.topic[s]] += 1.0
+
+
+@jit
+def _push_history(u, s, minutes, cat, users, estimate_rate):
+    """Item s enters user u's history (newest first, the oldest dropped) and moves the interest
+    estimate toward its embedding by ``estimate_rate``."""
+    h, d = users.history_uid.shape[1], cat.embedding.shape[1]
+    for j in range(h - 1, 0, -1):
+        users.history_uid[u, j] = users.history_uid[u, j - 1]
+        users.history_watch[u, j] = users.history_watch[u, j - 1]
+        for e in range(d):
+            users.history_embedding[u, j, e] = users.history_embedding[u, j - 1, e]
+    users.history_uid[u, 0] = cat.uid[s]
+    users.history_watch[u, 0] = minutes
+    for e in range(d):
+        users.history_embedding[u, 0, e] = cat.embedding[s, e]
+        users.interest_estimate[u, e] = ((1.0 - estimate_rate) * users.interest_estimate[u, e]
+                                         + estimate_rate * cat.embedding[s, e])
+
+
+@jit
+def _count_round(u, minutes, users, leave_when_spent):
+    """User u's counters after a round on the platform; with ``leave_when_spent`` the built-in
+    leaving rule (``UserDynamics.leaving``): a user whose budget is spent leaves."""
+    users.slates_seen[u] += 1
+    users.watch_total[u] += minutes
+    users.session_length[u] += 1
+    if leave_when_spent:
+        users.active[u] = users.time_budget[u] > 0
+
+
+@jit
+def _update_demand(topic_demand, topic_clicks, n_clicks, rate):
+    """The topic demand moves toward this round's share of clicks per topic (no clicks: stays)."""
+    if n_clicks:
+        for topic in range(len(topic_demand)):
+            topic_demand[topic] = (1.0 - rate) * topic_demand[topic] + rate * topic_clicks[topic] / n_clicks
+
+
+@jit
+def record_responses(responses, catalogue, users, creators, rnd, records, params):
+    """Everything a round of ``Responses`` leaves behind, user by user: the slate shown
+    (``_record_slate``), the round's choice, watch and clicked slot (``Round.view``), the click
+    (``_record_click``, ``_push_history``) and the counters (``_count_round``); then the
+    creators' episode exposure, the topic demand and the popular pool (``update_popular``).
+    ``catalogue``, ``users``, ``creators``: the state's views; ``records``: ``SimRecords``;
+    ``params``: ``RecordParams``. Returns the sum of the slates' diversity and the largest shown
+    uid that the shown flags were too short for (−1 for none; the caller grows them and marks
+    those slates)."""
+    r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), CreatorsView(*creators)
+    rnd, rec, p = RoundView(*rnd), SimRecords(*records), RecordParams(*params)
+    k = r.slate_slots.shape[1]
+    topic_clicks = np.zeros(len(rec.topic_demand))
+    total = np.empty(cat.embedding.shape[1])
+    clicked_slots = np.empty(len(r.users), np.int64)
+    n_clicks, unshown = 0, -1
+    if len(r.users) < len(rec.diversity):
+        rec.diversity[:] = 0.0
+    for i in range(len(r.users)):
+        u = r.users[i]
+        row = r.slate_slots[u]
+        unshown = max(unshown, _record_slate(u, row, cat, cr, rec, total))
+        picked, minutes = r.choice[i], r.watch[i]
+        rnd.choice[u], rnd.watch_time[u] = picked, minutes
+        if picked < k:
+            s = row[picked]
+            rnd.clicked_slot[u] = s
+            clicked_slots[n_clicks] = s
+            n_clicks += 1
+            _record_click(s, minutes, cat, cr, topic_clicks)
+            _push_history(u, s, minutes, cat, users, p.estimate_rate)
+            users.clicks[u] += 1
+        else:
+            rnd.clicked_slot[u] = -1
+        _count_round(u, minutes, users, p.leave_when_spent)
+    for c in range(len(cr.exposure)):
+        cr.exposure_total[c] += cr.exposure[c]
+    _update_demand(rec.topic_demand, topic_clicks, n_clicks, p.demand_rate)
+    diversity_sum = 0.0
+    for i in range(len(r.users)):
+        diversity_sum += rec.diversity[r.users[i]]
+    update_popular(rec.pool, rec.pool_score, rec.pool_uid, cat.uid, clicked_slots, n_clicks, p.popularity_decay,
+                   rec.popular_total)
+    return diversity_sum, unshown
+
+
+@jit
+def update_popular(pool, score, pool_uid, cat_uid, clicked_slots, n_clicked, decay, total):
+    """The popular pool: decayed click counts of the tracked items plus this round's clicks,
+    the top P kept (highest first, ties to the lower slot). ``total``: catalogue-sized scratch,
+    zero between calls; O(P + clicks)."""
+    p = len(pool)
+    slots = np.empty(p + n_clicked, np.int64)
+    n = 0
+    for i in range(p):
+        s = pool[i]
+        if s >= 0 and cat_uid[s] == pool_uid[i]:  # still the item that was tracked
+            total[s] = score[i] * decay
+            slots[n] = s
+            n += 1
+    for i in range(n_clicked):
+        total[clicked_slots[i]] += 1.0
+        slots[n] = clicked_slots[i]
+        n += 1
+    if n == 0:
+        return
+    slots = np.sort(slots[:n])
+    unique = 0
+    for i in range(n):
+        if i == 0 or slots[i] != slots[i - 1]:
+            slots[unique] = slots[i]
+            unique += 1
+    n = unique
+    totals = np.empty(n)
+    for i in range(n):
+        totals[i] = -total[slots[i]]
+        total[slots[i]] = 0.0
+    order = np.argsort(totals, kind="mergesort")  # stable: ties keep the lower slot first
+    for i in range(p):
+        if i < n:
+            s = slots[order[i]]
+            pool[i], score[i], pool_uid[i] = s, -totals[order[i]], cat_uid[s]
+        else:
+            pool[i], score[i], pool_uid[i] = -1, 0.0, -2
+
+
+@jit
+def mix_rewards(individual, alpha, team, still_in, returns, mixed):
+    """Each agent's reward, alpha · team + (1 − alpha) · individual, zero for agents no longer
+    in; added to their returns."""
+    for i in range(len(individual)):
+        mixed[i] = (individual[i] * (1.0 - alpha) + alpha * team) * still_in[i]
+        returns[i] += mixed[i]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.views import CatalogueView
 
 # where n new items go: the first slot (``Catalogue.claim``'s head), the ring's size, the first new uid
@@ -14,7 +14,7 @@ RingWrite = namedtuple("RingWrite", "head capacity first_uid")
 Published = namedtuple("Published", "topic creator birth")
 
 
-@jit
+@step
 def ring_slot(ring, i, cat, published):
     """The slot of the i-th new item (``ring``: a ``RingWrite``, ``cat``: a ``CatalogueView``,
     ``published``: a ``Published``), overwriting the oldest; its bookkeeping written: topic,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.features import HISTORY_OFFSET, ITEM_OFFSET, ORACLE_ITEM_OFFSET, USER_OFFSET
 from marl_rec.envs.views import CatalogueView, CreatorsView, UsersView
 
@@ -17,7 +17,7 @@ ItemScales = namedtuple("ItemScales", "length_mean age_scale oracle")
 UserScales = namedtuple("UserScales", "max_cycles length_mean time_budget")
 
 
-@jit
+@step
 def _mean_exposure(cr):
     """The mean episode exposure over the creators still on the platform."""
     n_active, exposure = 0, 0.0

@@ -2,10 +2,12 @@
 the creators' choices, the round's records of the users' responses, the popular pool and the
 reward mix. The parts' models live beside the parts (``marl_rec.envs.parts._*_kernels``).
 
-The records of a round of responses are one loop over the responding users
-(``record_responses``) made of named steps: the slate shown (impressions, exposure, shown
-flags, diversity), the click (item and creator statistics, topic clicks), the history and
-interest estimate, the per-user counters; then the topic demand and the popular pool.
+The records of a round of responses (``record_responses``) are named steps, each a loop over
+the responding users: the slates shown (impressions, exposure, shown flags, diversity), the
+clicks (item and creator statistics, topic clicks), the users' histories, interest estimates
+and counters; then the topic demand and the popular pool. A step is one loop, not a call per
+user: a call that takes a view costs a reference count per array in it (measured: four calls
+per user made the records four times slower).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView
 
 # a round of responses: who responded, the slate position each chose (K: no click), the slates' slots, minutes
@@ -60,81 +62,99 @@ def consumed_slots(users, choice, slate_slots, slots, clicked):
         slots[i] = slate_slots[users[i], min(choice[i], k - 1)]
 
 
-@jit
-def _record_slate(u, row, cat, cr, records, total):
-    """User u's slate ``row`` was shown: its items' impressions, their creators' exposure, the
-    shown flags (by uid) and the slate's diversity, the mean pairwise cosine distance of its
-    items (for unit embeddings the cosines over pairs i != j sum to |sum_k e_k|^2 - K).
-    ``total``: (d,) scratch. Returns the largest uid past the end of the flags, or -1."""
-    k, d = len(row), cat.embedding.shape[1]
+@step
+def _record_slates(r, cat, cr, records):
+    """Each responding user's slate was shown: its items' impressions, their creators' exposure,
+    the shown flags (by uid) and the slate's diversity, the mean pairwise cosine distance of its
+    items (for unit embeddings the cosines over pairs i != j sum to |sum_k e_k|^2 - K). Returns
+    the largest uid past the end of the flags, or -1."""
+    k, d = r.slate_slots.shape[1], cat.embedding.shape[1]
+    total = np.empty(d)
     unshown = -1
-    for e in range(d):
-        total[e] = 0.0
-    for j in range(k):
-        s = row[j]
-        cat.impressions[s] += 1.0
-        c = cat.creator[s]
-        if c >= 0:
-            cr.exposure[c] += 1.0
-        if cat.uid[s] < len(records.shown):
-            records.shown[cat.uid[s]] = True
+    for i in range(len(r.users)):
+        u = r.users[i]
+        for e in range(d):
+            total[e] = 0.0
+        for j in range(k):
+            s = r.slate_slots[u, j]
+            cat.impressions[s] += 1.0
+            c = cat.creator[s]
+            if c >= 0:
+                cr.exposure[c] += 1.0
+            if cat.uid[s] < len(records.shown):
+                records.shown[cat.uid[s]] = True
+            else:
+                unshown = max(unshown, cat.uid[s])
+            for e in range(d):
+                total[e] += cat.embedding[s, e]
+        if k >= 2:
+            norm = 0.0
+            for e in range(d):
+                norm += total[e] * total[e]
+            records.diversity[u] = 1.0 - (norm - k) / (k * (k - 1))
         else:
-            unshown = max(unshown, cat.uid[s])
-        for e in range(d):
-            total[e] += cat.embedding[s, e]
-    if k >= 2:
-        norm = 0.0
-        for e in range(d):
-            norm += total[e] * total[e]
-        records.diversity[u] = 1.0 - (norm - k) / (k * (k - 1))
-    else:
-        records.diversity[u] = 0.0
+            records.diversity[u] = 0.0
     return unshown
 
 
-@jit
-def _record_click(s, minutes, cat, cr, topic_clicks):
-    """Item s was clicked and watched ``minutes``: its clicks and watch time, its creator's
-    clicks and engagement, its topic's clicks this round."""
-    cat.clicks[s] += 1.0
-    cat.watch_time[s] += minutes
-    c = cat.creator[s]
-    if c >= 0:
-        cr.clicks[c] += 1.0
-        cr.engagement[c] += minutes
-    topic_clicks[cat.topic[s]] += 1.0
+@step
+def _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots):
+    """The round's choices, watch and clicked slots (``Round.view``); each click's item clicks and
+    watch time, its creator's clicks and engagement, its topic's clicks, and the clicked slots
+    in user order. Returns the number of clicks."""
+    k = r.slate_slots.shape[1]
+    n_clicks = 0
+    for i in range(len(r.users)):
+        u, picked, minutes = r.users[i], r.choice[i], r.watch[i]
+        rnd.choice[u], rnd.watch_time[u] = picked, minutes
+        if picked >= k:
+            rnd.clicked_slot[u] = -1
+            continue
+        s = r.slate_slots[u, picked]
+        rnd.clicked_slot[u] = s
+        clicked_slots[n_clicks] = s
+        n_clicks += 1
+        cat.clicks[s] += 1.0
+        cat.watch_time[s] += minutes
+        c = cat.creator[s]
+        if c >= 0:
+            cr.clicks[c] += 1.0
+            cr.engagement[c] += minutes
+        topic_clicks[cat.topic[s]] += 1.0
+    return n_clicks
 
 
-@jit
-def _push_history(u, s, minutes, cat, users, estimate_rate):
-    """Item s enters user u's history (newest first, the oldest dropped) and moves the interest
-    estimate toward its embedding by ``estimate_rate``."""
+@step
+def _record_users(r, cat, users, rnd, p):
+    """Each responding user's records: a click enters its history (newest first, the oldest
+    dropped) and moves its interest estimate toward the item by ``estimate_rate``; its
+    counters; with ``leave_when_spent`` the built-in leaving rule (``UserDynamics.leaving``):
+    a user whose budget is spent leaves."""
     h, d = users.history_uid.shape[1], cat.embedding.shape[1]
-    for j in range(h - 1, 0, -1):
-        users.history_uid[u, j] = users.history_uid[u, j - 1]
-        users.history_watch[u, j] = users.history_watch[u, j - 1]
-        for e in range(d):
-            users.history_embedding[u, j, e] = users.history_embedding[u, j - 1, e]
-    users.history_uid[u, 0] = cat.uid[s]
-    users.history_watch[u, 0] = minutes
-    for e in range(d):
-        users.history_embedding[u, 0, e] = cat.embedding[s, e]
-        users.interest_estimate[u, e] = ((1.0 - estimate_rate) * users.interest_estimate[u, e]
-                                         + estimate_rate * cat.embedding[s, e])
+    for i in range(len(r.users)):
+        u, minutes = r.users[i], r.watch[i]
+        s = rnd.clicked_slot[u]
+        if s >= 0:
+            for j in range(h - 1, 0, -1):
+                users.history_uid[u, j] = users.history_uid[u, j - 1]
+                users.history_watch[u, j] = users.history_watch[u, j - 1]
+                for e in range(d):
+                    users.history_embedding[u, j, e] = users.history_embedding[u, j - 1, e]
+            users.history_uid[u, 0] = cat.uid[s]
+            users.history_watch[u, 0] = minutes
+            for e in range(d):
+                users.history_embedding[u, 0, e] = cat.embedding[s, e]
+                users.interest_estimate[u, e] = ((1.0 - p.estimate_rate) * users.interest_estimate[u, e]
+                                                 + p.estimate_rate * cat.embedding[s, e])
+            users.clicks[u] += 1
+        users.slates_seen[u] += 1
+        users.watch_total[u] += minutes
+        users.session_length[u] += 1
+        if p.leave_when_spent:
+            users.active[u] = users.time_budget[u] > 0
 
 
-@jit
-def _count_round(u, minutes, users, leave_when_spent):
-    """User u's counters after a round on the platform; with ``leave_when_spent`` the built-in
-    leaving rule (``UserDynamics.leaving``): a user whose budget is spent leaves."""
-    users.slates_seen[u] += 1
-    users.watch_total[u] += minutes
-    users.session_length[u] += 1
-    if leave_when_spent:
-        users.active[u] = users.time_budget[u] > 0
-
-
-@jit
+@step
 def _update_demand(topic_demand, topic_clicks, n_clicks, rate):
     """The topic demand moves toward this round's share of clicks per topic (no clicks: stays)."""
     if n_clicks:
@@ -144,40 +164,24 @@ def _update_demand(topic_demand, topic_clicks, n_clicks, rate):
 
 @jit
 def record_responses(responses, catalogue, users, creators, rnd, records, params):
-    """Everything a round of ``Responses`` leaves behind, user by user: the slate shown
-    (``_record_slate``), the round's choice, watch and clicked slot (``Round.view``), the click
-    (``_record_click``, ``_push_history``) and the counters (``_count_round``); then the
-    creators' episode exposure, the topic demand and the popular pool (``update_popular``).
-    ``catalogue``, ``users``, ``creators``: the state's views; ``records``: ``SimRecords``;
-    ``params``: ``RecordParams``. Returns the sum of the slates' diversity and the largest shown
-    uid that the shown flags were too short for (−1 for none; the caller grows them and marks
-    those slates)."""
+    """Everything a round of ``Responses`` leaves behind, in named steps over the responding
+    users: the slates shown (``_record_slates``), the round's choices and clicks
+    (``_record_clicks``), the users' histories, estimates and counters (``_record_users``);
+    then the creators' episode exposure, the topic demand and the popular pool
+    (``update_popular``). Each step touches its own arrays, so the order of the steps changes
+    no number. ``catalogue``, ``users``, ``creators``, ``rnd``: the state's views; ``records``:
+    ``SimRecords``; ``params``: ``RecordParams``. Returns the sum of the slates' diversity and
+    the largest shown uid that the shown flags were too short for (−1 for none; the caller
+    grows them and marks those slates)."""
     r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), CreatorsView(*creators)
     rnd, rec, p = RoundView(*rnd), SimRecords(*records), RecordParams(*params)
-    k = r.slate_slots.shape[1]
-    topic_clicks = np.zeros(len(rec.topic_demand))
-    total = np.empty(cat.embedding.shape[1])
-    clicked_slots = np.empty(len(r.users), np.int64)
-    n_clicks, unshown = 0, -1
     if len(r.users) < len(rec.diversity):
         rec.diversity[:] = 0.0
-    for i in range(len(r.users)):
-        u = r.users[i]
-        row = r.slate_slots[u]
-        unshown = max(unshown, _record_slate(u, row, cat, cr, rec, total))
-        picked, minutes = r.choice[i], r.watch[i]
-        rnd.choice[u], rnd.watch_time[u] = picked, minutes
-        if picked < k:
-            s = row[picked]
-            rnd.clicked_slot[u] = s
-            clicked_slots[n_clicks] = s
-            n_clicks += 1
-            _record_click(s, minutes, cat, cr, topic_clicks)
-            _push_history(u, s, minutes, cat, users, p.estimate_rate)
-            users.clicks[u] += 1
-        else:
-            rnd.clicked_slot[u] = -1
-        _count_round(u, minutes, users, p.leave_when_spent)
+    unshown = _record_slates(r, cat, cr, rec)
+    topic_clicks = np.zeros(len(rec.topic_demand))
+    clicked_slots = np.empty(len(r.users), np.int64)
+    n_clicks = _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots)
+    _record_users(r, cat, users, rnd, p)
     for c in range(len(cr.exposure)):
         cr.exposure_total[c] += cr.exposure[c]
     _update_demand(rec.topic_demand, topic_clicks, n_clicks, p.demand_rate)

@@ -78,4 +78,8 @@ def _configure_cache() -> bool:
 
 import numba  # noqa: E402
 
-jit = numba.njit(cache=_configure_cache(), nogil=True, error_model="numpy")
+_CACHE = _configure_cache()
+jit = numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
+# a kernel's named step, called per user or per item: inlined into its caller at numba's IR level, so
+# the arrays of the views it takes are not reference-counted on every call (what a call costs otherwise)
+step = numba.njit(cache=_CACHE, nogil=True, error_model="numpy", inline="always")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 
 
-@jit
-def in_history(history_row, uid, window):
-    """Whether ``uid`` is among the newest ``window`` entries of one user's ``history_row``."""
-    for h in range(min(window, len(history_row))):
-        if history_row[h] == uid:
+@step
+def in_history(history_uid, u, uid, window):
+    """Whether ``uid`` is among the newest ``window`` entries of user u's history
+    (``history_uid`` (U, H); indexed in place: a row view would cost more than the search)."""
+    for h in range(min(window, history_uid.shape[1])):
+        if history_uid[u, h] == uid:
             return True
     return False
 

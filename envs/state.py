@@ -1,15 +1,14 @@
 """The whole simulation state: a handful of numpy arrays. Agents are views into them.
 
 Each part of the state (``Catalogue``, ``Users``, ``Creators``, ``Round``) carries its typed
-view for compiled code, ``.view`` (``marl_rec.envs.views``): its arrays as one tuple, built on
-first use and again only after one of its arrays is replaced (assigned anew; writing into an
-array keeps the view).
+view for compiled code, ``.view`` (``marl_rec.envs.views``; its namedtuple type is ``.View``):
+its arrays as one tuple, built on first use and again only after one of its arrays is
+replaced (assigned anew; writing into an array keeps the view).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
@@ -28,31 +27,47 @@ def birth_column(birth) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(birth, np.int64).reshape(-1))
 
 
-class _Viewed:
-    """A dataclass of arrays with a typed view for compiled code (``View``'s fields, in order)."""
+class _ViewField:
+    """A view field of a state dataclass: setting it (a replaced array) drops the part's view,
+    rebuilt on next use. It has no ``__get__``, so reading the field stays a plain attribute
+    read, and setting any other field (``head``, ``slate``, ...) costs nothing more."""
 
-    View: ClassVar[type]
+    __slots__ = ("name",)
 
-    def __setattr__(self, name, value):
-        object.__setattr__(self, name, value)
-        if name in self.View._fields:
-            self.__dict__.pop("_view", None)  # an array replaced: the next .view is built anew
+    def __init__(self, name: str):
+        self.name = name
 
-    @property
-    def view(self) -> tuple:
-        """The arrays of ``View``'s fields as one plain tuple (what kernels take; see
-        ``marl_rec.envs.compiled`` for why not the namedtuple itself)."""
-        view = self.__dict__.get("_view")
-        if view is None:
-            view = self.__dict__["_view"] = tuple(getattr(self, name) for name in self.View._fields)
+    def __set__(self, obj, value) -> None:
+        state = obj.__dict__
+        state[self.name] = value
+        state.pop("view", None)
+
+
+def _with_view(view_type):
+    """Give a state dataclass its typed view: ``.view``, the arrays of ``view_type``'s fields as
+    one plain tuple (what kernels take; see ``marl_rec.envs.compiled`` for why not the namedtuple
+    itself), built on first use and kept in the instance until one of the arrays is replaced."""
+
+    def __getattr__(self, name: str):  # only for attributes not found: "view" before it is built
+        if name != "view":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        state = self.__dict__
+        view = state["view"] = tuple(state[field] for field in view_type._fields)
         return view
 
+    def decorate(cls):
+        for field in view_type._fields:
+            setattr(cls, field, _ViewField(field))
+        cls.View, cls.__getattr__ = view_type, __getattr__
+        return cls
 
+    return decorate
+
+
+@_with_view(CatalogueView)
 @dataclass
-class Catalogue(_Viewed):
+class Catalogue:
     """Items in a bounded ring buffer: publishing writes at ``head``, pushing out the oldest."""
-
-    View: ClassVar[type] = CatalogueView
 
     embedding: np.ndarray  # (N, d) unit vectors near the item's topic centre
     topic: np.ndarray  # (N,) int
@@ -118,10 +133,9 @@ class Catalogue(_Viewed):
         return (self.head - 1 - offsets) % self.capacity
 
 
+@_with_view(UsersView)
 @dataclass
-class Users(_Viewed):
-    View: ClassVar[type] = UsersView
-
+class Users:
     interest: np.ndarray  # (U, d) true interest, hidden from the system agent
     time_budget: np.ndarray  # (U,) minutes left in the session
     fatigue: np.ndarray  # (T, ) per user: (U, T) logit penalty per topic
@@ -136,10 +150,9 @@ class Users(_Viewed):
     session_length: np.ndarray  # (U,) rounds spent on the platform
 
 
+@_with_view(CreatorsView)
 @dataclass
-class Creators(_Viewed):
-    View: ClassVar[type] = CreatorsView
-
+class Creators:
     home_topic: np.ndarray  # (C,) int
     skill: np.ndarray  # (C,) mean quality of its items
     viability: np.ndarray  # (C,)
@@ -152,11 +165,10 @@ class Creators(_Viewed):
     published: np.ndarray  # (C,) items published this episode
 
 
+@_with_view(RoundView)
 @dataclass
-class Round(_Viewed):
+class Round:
     """What happened in the current round, phase by phase (the view: the records after ``slate``)."""
-
-    View: ClassVar[type] = RoundView
 
     candidates: np.ndarray  # (U, M) catalogue slots
     candidate_mask: np.ndarray  # (U, M) bool: slot holds a valid, non-duplicate item

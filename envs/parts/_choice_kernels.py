@@ -7,15 +7,14 @@ from collections import namedtuple
 
 import numpy as np
 
-from marl_rec.envs.compiled import jit
-from marl_rec.envs.consumed import in_history
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.views import CatalogueView, UsersView
 
 # MultinomialLogitChoice's model (config.user's fields of the same names)
 LogitParams = namedtuple("LogitParams", "affinity_scale clickbait_appeal repeat_penalty position_bias no_click_logit")
 
 
-@jit
+@step
 def _item_logit(u, s, cat, users, p):
     """User u's MNL logit of catalogue item s before position bias: affinity, clickbait appeal,
     topic fatigue and the repeat penalty for an item in the user's history (see
@@ -24,8 +23,10 @@ def _item_logit(u, s, cat, users, p):
     for i in range(cat.embedding.shape[1]):
         affinity += cat.embedding[s, i] * users.interest[u, i]
     logit = p.affinity_scale * affinity + max(-cat.quality[s] * p.clickbait_appeal, 0.0) - users.fatigue[u, cat.topic[s]]
-    if p.repeat_penalty != 0.0 and in_history(users.history_uid[u], cat.uid[s], users.history_uid.shape[1]):
-        return logit - p.repeat_penalty
+    if p.repeat_penalty != 0.0:  # the consumed rule (envs.consumed) over the whole history, scanned in place:
+        for h in range(users.history_uid.shape[1]):  # a call per logit would cost ten times the logit
+            if users.history_uid[u, h] == cat.uid[s]:
+                return logit - p.repeat_penalty
     return logit
 
 
@@ -82,7 +83,7 @@ def proportional_probabilities(slots, embedding, interest, min_normalizer, no_cl
             out[u, j] /= total
 
 
-@jit
+@step
 def _inverse_cdf(p, draw):
     """The number of cumulative probabilities of ``p`` at or below draw · sum(p), at most the
     last index: the first index whose cumulative probability exceeds the draw."""

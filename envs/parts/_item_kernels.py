@@ -7,7 +7,7 @@ import math
 from collections import namedtuple
 
 from marl_rec.envs._catalogue_kernels import Published, RingWrite, ring_slot
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.views import CatalogueView
 
 # TopicItemGenerator's model: embedding noise, quality noise, length distribution (minutes)
@@ -16,7 +16,7 @@ TopicParams = namedtuple("TopicParams", "spread quality_std length_mean length_s
 ItemRows = namedtuple("ItemRows", "embedding quality length")
 
 
-@jit
+@step
 def _topic_item(i, row, centres, topic, quality_mean, z, p, out):
     """Item i of n = len(topic) around its topic's centre into ``row`` of ``out`` (``ItemRows``):
     embedding = unit(centre + spread · z), quality ~ N(quality_mean, quality_std), length ~

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit
+from marl_rec.envs.compiled import jit, step
 from marl_rec.envs.views import CatalogueView, UsersView
 
 # EcosystemUserDynamics' engagement: watch = length · sigmoid(affinity, quality, bias) · exp(−age_rate · age)
@@ -19,7 +19,7 @@ RecSimParams = namedtuple("RecSimParams", "x_intercept y_intercept step_cost qua
 Responses = namedtuple("Responses", "users slots clicked")
 
 
-@jit
+@step
 def _engagement(u, s, t, cat, interest, p):
     """Minutes user u would watch of item s: length · sigmoid(affinity, quality, bias) · 0.5^(age / half-life)."""
     affinity = 0.0

@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 
 from marl_rec.envs.compiled import jit, step
-from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView
+from marl_rec.envs.views import CatalogueView, RoundView, UsersView
 
 # a round of responses: who responded, the slate position each chose (K: no click), the slates' slots, minutes
 Responses = namedtuple("Responses", "users choice slate_slots watch")
@@ -27,20 +27,23 @@ SimRecords = namedtuple("SimRecords", "topic_demand diversity shown pool pool_sc
 # config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay, and whether
 # the user dynamics declares the built-in leaving rule (a spent budget), applied here in the same pass
 RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay leave_when_spent")
+# what the records write of the creators and of the round (picks of their views: marl_rec.envs.views.Pick)
+RecordCreators = namedtuple("RecordCreators", "exposure clicks engagement exposure_total")
+RecordRound = namedtuple("RecordRound", "choice watch_time clicked_slot")
 
 
 @jit
-def start_round(rnd, users_active, creators):
+def start_round(rnd, users_active, creators_active, exposure, clicks, engagement):
     """A new round's records (``Round.view``): nothing chosen, watched or published yet; who is
-    active at its start; creators' per-round statistics (``Creators.view``) at zero."""
-    rnd, cr = RoundView(*rnd), CreatorsView(*creators)
+    active at its start; creators' per-round statistics (exposure, clicks, engagement) at zero."""
+    rnd = RoundView(*rnd)
     for u in range(len(rnd.choice)):
         rnd.choice[u], rnd.watch_time[u], rnd.clicked_slot[u] = -1, 0.0, -1
         rnd.users_active_at_start[u] = users_active[u]
     for c in range(len(rnd.publish_topic)):
         rnd.publish_topic[c], rnd.publish_effort[c] = -1, 0
-        rnd.creators_active_at_start[c] = cr.active[c]
-        cr.exposure[c], cr.clicks[c], cr.engagement[c] = 0.0, 0.0, 0.0
+        rnd.creators_active_at_start[c] = creators_active[c]
+        exposure[c], clicks[c], engagement[c] = 0.0, 0.0, 0.0
 
 
 @jit
@@ -173,8 +176,8 @@ def record_responses(responses, catalogue, users, creators, rnd, records, params
     ``SimRecords``; ``params``: ``RecordParams``. Returns the sum of the slates' diversity and
     the largest shown uid that the shown flags were too short for (−1 for none; the caller
     grows them and marks those slates)."""
-    r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), CreatorsView(*creators)
-    rnd, rec, p = RoundView(*rnd), SimRecords(*records), RecordParams(*params)
+    r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), RecordCreators(*creators)
+    rnd, rec, p = RecordRound(*rnd), SimRecords(*records), RecordParams(*params)
     if len(r.users) < len(rec.diversity):
         rec.diversity[:] = 0.0
     unshown = _record_slates(r, cat, cr, rec)

@@ -4,25 +4,14 @@ newest ``window`` entries of the user's history (``Users.history_uid``, newest f
 The window is explicit wherever the rule is used: the MNL repeat penalty and the popularity
 baselines look at the whole history the state keeps (``window = H``, ``config.history_length``);
 a part that needs a longer memory keeps its own record of the episode (``EpisodeConsumption``,
-the calibrated sampler's: a rating log has no repeat consumption). Both the compiled form
-(``in_history``, for kernels) and the numpy form (``consumed``) live here.
+the calibrated sampler's: a rating log has no repeat consumption). The MNL kernel
+(``parts._choice_kernels._item_logit``) applies the same rule with window H, scanning the
+history in place: a helper call per logit there costs ten times the logit (measured).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from marl_rec.envs.compiled import jit, step
-
-
-@step
-def in_history(history_uid, u, uid, window):
-    """Whether ``uid`` is among the newest ``window`` entries of user u's history
-    (``history_uid`` (U, H); indexed in place: a row view would cost more than the search)."""
-    for h in range(min(window, history_uid.shape[1])):
-        if history_uid[u, h] == uid:
-            return True
-    return False
 
 
 def consumed(history_uid: np.ndarray, uids: np.ndarray, window: int) -> np.ndarray:

@@ -9,9 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
-from marl_rec.envs._observation_kernels import ItemScales, UserScales, item_features, user_features
+from marl_rec.envs._observation_kernels import (
+    ITEM_COLUMNS_AT,
+    USER_COLUMNS_AT,
+    FeatureUsers,
+    ItemScales,
+    UserScales,
+    item_features,
+    user_features,
+)
 from marl_rec.envs._round_kernels import (
+    RecordCreators,
     RecordParams,
+    RecordRound,
     consumed_slots,
     creator_choices,
     record_responses,
@@ -28,6 +38,7 @@ from marl_rec.envs.registry import (
     USER_DYNAMICS,
 )
 from marl_rec.envs.state import Catalogue, EcosystemState, Round
+from marl_rec.envs.views import CreatorsView, Pick, RoundView, UsersView
 
 
 class Simulator:
@@ -77,6 +88,9 @@ class Simulator:
                                                  bool(getattr(self.user_dynamics, "compiled", False))))
         self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
         self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
+        self._picks = {"record_creators": Pick(CreatorsView, RecordCreators._fields),
+                       "record_round": Pick(RoundView, RecordRound._fields),
+                       "feature_users": Pick(UsersView, FeatureUsers._fields)}
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -140,7 +154,8 @@ class Simulator:
         rnd = s.round
         rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
         self._slate_of = None  # a sampler may reuse its arrays: the cached slate slots are stale
-        start_round(rnd.view, s.users.active, s.creators.view)
+        creators = s.creators
+        start_round(rnd.view, s.users.active, creators.active, creators.exposure, creators.clicks, creators.engagement)
 
     def set_slates(self, slate: np.ndarray) -> None:
         """RECOMMEND, second half: the system's slates, (U, K) candidate indices."""
@@ -191,8 +206,10 @@ class Simulator:
             self._popular_sum = np.zeros(cat.capacity)
         records = (s.topic_demand, self.last_diversity, self._shown, s.popular, s.popular_score, s.popular_uid,
                    self._popular_sum)  # SimRecords
-        diversity, unshown = record_responses((active, choice, slate_slots, watch), cat.view, users.view,
-                                              creators.view, rnd.view, records, self._record_params)
+        picks = self._picks
+        diversity, unshown = record_responses(
+            (active, choice, slate_slots, watch), cat.view, users.view, picks["record_creators"](creators.view),
+            picks["record_round"](rnd.view), records, self._record_params)
         if not self._record_params[-1]:  # leave_when_spent: the kernel applied the built-in rule
             self._leave(active)
         if unshown >= 0:  # more items than the flags cover so far: double them
@@ -243,8 +260,9 @@ class Simulator:
         shape = np.shape(slots)
         out = np.empty((*shape, c.item_feature_dim), np.float32)
         flat = np.ascontiguousarray(slots, np.int64).reshape(-1)
-        item_features(flat, self.state.t, self.state.catalogue.view, self.state.creators.view, self._item_scales,
-                      out.reshape(len(flat), c.item_feature_dim))
+        creators = self.state.creators
+        item_features(flat, self.state.t, self.state.catalogue.view, creators.exposure_total, creators.active,
+                      self._item_scales, ITEM_COLUMNS_AT, out.reshape(len(flat), c.item_feature_dim))
         return out
 
     def user_features(self) -> np.ndarray:
@@ -252,8 +270,8 @@ class Simulator:
         Never the true interest unless oracle."""
         users, c = self.state.users, self.config
         out = np.empty((c.num_users, c.user_feature_dim), np.float32)
-        user_features(users.interest if c.oracle_observations else users.interest_estimate, users.view,
-                      self._user_scales, out)
+        user_features(users.interest if c.oracle_observations else users.interest_estimate,
+                      self._picks["feature_users"](users.view), self._user_scales, USER_COLUMNS_AT, out)
         return out
 
     def global_state(self) -> np.ndarray:

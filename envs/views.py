@@ -28,3 +28,23 @@ CreatorsView = namedtuple("CreatorsView", "home_topic skill viability active rou
 # the round's records; the candidates and slates are replaced every round, and pass on their own
 RoundView = namedtuple("RoundView", "choice watch_time clicked_slot publish_topic publish_effort "
                                     "users_active_at_start creators_active_at_start")
+
+
+class Pick:
+    """A kernel's narrower view: the fields ``names`` of one of the views above, as one plain
+    tuple, picked again only when that view is rebuilt (an array replaced). A kernel called
+    every round takes what it reads, since numba's dispatcher pays for every array it is
+    passed (~0.07 µs each: a whole view where three of its twelve arrays are read costs more
+    than the kernel's loop at small sizes). Its fields keep their names, so the kernel's body
+    reads ``users.fatigue`` either way."""
+
+    __slots__ = ("indices", "source", "picked")
+
+    def __init__(self, view_type, names):
+        self.indices = tuple(view_type._fields.index(name) for name in names)
+        self.source = self.picked = None
+
+    def __call__(self, view: tuple) -> tuple:
+        if view is not self.source:
+            self.source, self.picked = view, tuple(view[i] for i in self.indices)
+        return self.picked

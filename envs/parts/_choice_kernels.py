@@ -8,10 +8,12 @@ from collections import namedtuple
 import numpy as np
 
 from marl_rec.envs.compiled import jit, step
-from marl_rec.envs.views import CatalogueView, UsersView
 
 # MultinomialLogitChoice's model (config.user's fields of the same names)
 LogitParams = namedtuple("LogitParams", "affinity_scale clickbait_appeal repeat_penalty position_bias no_click_logit")
+# what the logit reads of the catalogue and of the users (picks of their views: marl_rec.envs.views.Pick)
+LogitItems = namedtuple("LogitItems", "embedding quality topic uid")
+LogitUsers = namedtuple("LogitUsers", "interest fatigue history_uid")
 
 
 @step
@@ -31,21 +33,21 @@ def _item_logit(u, s, cat, users, p):
 
 
 @jit
-def item_logits(slots, catalogue, users, params, out):
+def item_logits(slots, items, users, params, out):
     """(U, n) MNL logit of each user's items ``slots`` (U, n), before position bias
-    (``Catalogue.view``, ``Users.view``, ``LogitParams``)."""
-    cat, users, p = CatalogueView(*catalogue), UsersView(*users), LogitParams(*params)
+    (``LogitItems``, ``LogitUsers``, ``LogitParams``)."""
+    cat, users, p = LogitItems(*items), LogitUsers(*users), LogitParams(*params)
     for u in range(slots.shape[0]):
         for j in range(slots.shape[1]):
             out[u, j] = _item_logit(u, slots[u, j], cat, users, p)
 
 
 @jit
-def mnl_choice(slots, catalogue, users, params, probabilities, draws, choice):
+def mnl_choice(slots, items, users, params, probabilities, draws, choice):
     """Multinomial logit over each user's slate plus no click into ``probabilities`` (U, K + 1);
     with ``draws`` (one uniform per user; empty for none), each user's choice into ``choice``
-    (``sample_choice``'s inverse CDF)."""
-    cat, users, p = CatalogueView(*catalogue), UsersView(*users), LogitParams(*params)
+    (``sample_choice``'s inverse CDF); ``items``, ``users``, ``params``: as ``item_logits``."""
+    cat, users, p = LogitItems(*items), LogitUsers(*users), LogitParams(*params)
     n_users, k = slots.shape
     logits = np.empty(k + 1)
     for u in range(n_users):

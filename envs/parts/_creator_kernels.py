@@ -8,10 +8,11 @@ from collections import namedtuple
 import numpy as np
 
 from marl_rec.envs.compiled import jit
-from marl_rec.envs.views import CreatorsView
 
 # EcosystemCreatorDynamics' viability and churn (config.creator's fields; memory: viability_memory)
 ViabilityParams = namedtuple("ViabilityParams", "exposure_weight engagement_weight memory leave_threshold grace_period")
+# what viability reads and writes of the creators (a pick of their view: marl_rec.envs.views.Pick)
+ViabilityCreators = namedtuple("ViabilityCreators", "exposure engagement viability active rounds_below")
 
 
 @jit
@@ -61,8 +62,8 @@ def viability_publishing(draws, viability, home_topic, demand, base_rate, demand
 def creator_viability(creators, params):
     """Viability follows the creator's share of exposure and engagement (1 = the mean over
     active creators); under the threshold for longer than the grace period, it leaves
-    (``Creators.view``, ``ViabilityParams``)."""
-    cr, p = CreatorsView(*creators), ViabilityParams(*params)
+    (``ViabilityCreators``, ``ViabilityParams``)."""
+    cr, p = ViabilityCreators(*creators), ViabilityParams(*params)
     n = len(cr.active)
     n_active, exposure_sum, engagement_sum = 0, 0.0, 0.0
     for c in range(n):

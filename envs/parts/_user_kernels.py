@@ -6,7 +6,6 @@ import math
 from collections import namedtuple
 
 from marl_rec.envs.compiled import jit, step
-from marl_rec.envs.views import CatalogueView, UsersView
 
 # EcosystemUserDynamics' engagement: watch = length · sigmoid(affinity, quality, bias) · exp(−age_rate · age)
 EngagementParams = namedtuple("EngagementParams", "engagement_affinity engagement_quality engagement_bias age_rate")
@@ -17,6 +16,9 @@ ResponseParams = namedtuple("ResponseParams", "engagement step_cost quality_refi
 RecSimParams = namedtuple("RecSimParams", "x_intercept y_intercept step_cost quality_refill")
 # who responded: the active users, the slot each consumed (or would have) and whether it clicked
 Responses = namedtuple("Responses", "users slots clicked")
+# what the responses read and write of the catalogue and of the users (picks of their views: envs.views.Pick)
+ResponseItems = namedtuple("ResponseItems", "embedding quality length topic birth")
+ResponseUsers = namedtuple("ResponseUsers", "interest time_budget fatigue")
 
 
 @step
@@ -30,21 +32,21 @@ def _engagement(u, s, t, cat, interest, p):
 
 
 @jit
-def engagement(users, slots, t, catalogue, interest, params, out):
+def engagement(users, slots, t, items, interest, params, out):
     """``_engagement`` of user ``users[i]`` for item ``slots[i]``, into ``out``
-    (``Catalogue.view``, ``EngagementParams``)."""
-    cat, p = CatalogueView(*catalogue), EngagementParams(*params)
+    (``ResponseItems``, ``EngagementParams``)."""
+    cat, p = ResponseItems(*items), EngagementParams(*params)
     for i in range(len(users)):
         out[i] = _engagement(users[i], slots[i], t, cat, interest, p)
 
 
 @jit
-def ecosystem_respond(responses, t, catalogue, users, params, given_engagement, watch):
+def ecosystem_respond(responses, t, items, users, params, given_engagement, watch):
     """``EcosystemUserDynamics.respond`` for the ``Responses`` (each user's consumed slot, or no
     click): watch time into ``watch``; budget, fatigue and interest updated in place
-    (``Users.view``). ``given_engagement``: each user's engagement when a subclass computes it
-    (the numpy path), else empty."""
-    r, cat, users, p = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), ResponseParams(*params)
+    (``ResponseItems``, ``ResponseUsers``, ``ResponseParams``). ``given_engagement``: each user's
+    engagement when a subclass computes it (the numpy path), else empty."""
+    r, cat, users, p = Responses(*responses), ResponseItems(*items), ResponseUsers(*users), ResponseParams(*params)
     e = EngagementParams(*p.engagement)
     d = cat.embedding.shape[1]
     for i in range(len(r.users)):
@@ -70,10 +72,11 @@ def ecosystem_respond(responses, t, catalogue, users, params, given_engagement, 
 
 
 @jit
-def recsim_respond(responses, flips, catalogue, users, params, watch):
+def recsim_respond(responses, flips, items, users, params, watch):
     """``RecSimInterestEvolutionDynamics.respond``: RecSim 0.2.4's IEvUserModel, one coin flip
-    (``flips[i]``) per user for the direction of the interest update (``RecSimParams``)."""
-    r, cat, users, p = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), RecSimParams(*params)
+    (``flips[i]``) per user for the direction of the interest update (``ResponseItems``,
+    ``ResponseUsers``, ``RecSimParams``)."""
+    r, cat, users, p = Responses(*responses), ResponseItems(*items), ResponseUsers(*users), RecSimParams(*params)
     d = cat.embedding.shape[1]
     for i in range(len(r.users)):
         u, s = r.users[i], r.slots[i]

@@ -7,9 +7,10 @@ import numpy as np
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.consumed import consumed as consumed_within
 from marl_rec.envs.parts import _choice_kernels as kernels
-from marl_rec.envs.parts._choice_kernels import LogitParams
+from marl_rec.envs.parts._choice_kernels import LogitItems, LogitParams, LogitUsers
 from marl_rec.envs.parts.base import ChoiceModel
 from marl_rec.envs.registry import CHOICE_MODELS
+from marl_rec.envs.views import CatalogueView, Pick, UsersView
 
 
 def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
@@ -39,7 +40,9 @@ def item_logits(sim, slots: np.ndarray, user_config) -> np.ndarray:
     appeal, topic fatigue and the repeat penalty (see ``MultinomialLogitChoice``)."""
     slots = np.asarray(slots, np.int64)
     out = np.empty(slots.shape)
-    kernels.item_logits(slots, sim.state.catalogue.view, sim.state.users.view, logit_params(user_config), out)
+    cat, users = sim.state.catalogue, sim.state.users
+    kernels.item_logits(slots, tuple(getattr(cat, name) for name in LogitItems._fields),
+                        tuple(getattr(users, name) for name in LogitUsers._fields), logit_params(user_config), out)
     return out
 
 
@@ -73,6 +76,7 @@ class MultinomialLogitChoice(ChoiceModel):
         super().__init__(config, params)
         self.user = config.user
         self._params = logit_params(config.user)
+        self._items, self._users = Pick(CatalogueView, LogitItems._fields), Pick(UsersView, LogitUsers._fields)
 
     def item_logits(self, sim, slots: np.ndarray) -> np.ndarray:
         """(U, n) logit of each user's items ``slots``, before position bias."""
@@ -98,8 +102,8 @@ class MultinomialLogitChoice(ChoiceModel):
         slate_slots = np.asarray(slate_slots, np.int64)
         probabilities = np.empty((len(slate_slots), slate_slots.shape[1] + 1))
         choice = np.empty(0 if draws is None else len(slate_slots), np.int64)
-        kernels.mnl_choice(slate_slots, sim.state.catalogue.view, sim.state.users.view, self._params, probabilities,
-                           np.empty(0) if draws is None else draws, choice)
+        kernels.mnl_choice(slate_slots, self._items(sim.state.catalogue.view), self._users(sim.state.users.view),
+                           self._params, probabilities, np.empty(0) if draws is None else draws, choice)
         return probabilities if draws is None else choice
 
 

@@ -11,10 +11,11 @@ import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts import _creator_kernels as kernels
-from marl_rec.envs.parts._creator_kernels import ViabilityParams
+from marl_rec.envs.parts._creator_kernels import ViabilityCreators, ViabilityParams
 from marl_rec.envs.parts.base import CreatorDynamics
 from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
+from marl_rec.envs.views import CreatorsView, Pick
 
 
 @CREATOR_DYNAMICS.register("ecosystem")
@@ -33,6 +34,7 @@ class EcosystemCreatorDynamics(CreatorDynamics):
         self.creator = cc = config.creator
         self._viability = tuple(ViabilityParams(cc.exposure_weight, cc.engagement_weight, cc.viability_memory,
                                                 cc.leave_threshold, cc.grace_period))
+        self._creators = Pick(CreatorsView, ViabilityCreators._fields)
 
     def initial_creators(self, rng: np.random.Generator) -> Creators:
         c, n = self.config, self.config.num_creators
@@ -81,4 +83,4 @@ class EcosystemCreatorDynamics(CreatorDynamics):
                                                               creators.published)
         if len(publishing):
             sim.publish(rng, topic=topics, quality_mean=quality_mean, creator=publishing, n=len(publishing))
-        kernels.creator_viability(creators.view, self._viability)
+        kernels.creator_viability(self._creators(creators.view), self._viability)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from marl_rec.envs.config import ConfigError, EcosystemConfig, _Section, spec
-from marl_rec.envs.parts import _item_kernels as kernels
-from marl_rec.envs.parts._item_kernels import TopicParams
+from marl_rec.envs import _catalogue_kernels as kernels
+from marl_rec.envs._catalogue_kernels import TopicParams
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.registry import ITEM_GENERATORS
 from marl_rec.envs.state import birth_column, column
@@ -24,7 +24,7 @@ class TopicItemGenerator(ItemGenerator):
     """Items scattered around T random topic centres on the unit sphere (dim d).
 
     Compiled: ``publish`` with topics generates straight into the catalogue's ring
-    (``_item_kernels.push_topic_items``, the numbers ``sample`` would draw). A subclass that
+    (``_catalogue_kernels.push_topic_items``, the numbers ``sample`` would draw). A subclass that
     overrides a model method (``sample``, ...) is not compiled: it publishes what its own
     ``sample`` makes (``ItemGenerator.publish``).
     """

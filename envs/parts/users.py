@@ -6,10 +6,17 @@ import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.parts import _user_kernels as kernels
-from marl_rec.envs.parts._user_kernels import EngagementParams, RecSimParams, ResponseParams
+from marl_rec.envs.parts._user_kernels import (
+    EngagementParams,
+    RecSimParams,
+    ResponseItems,
+    ResponseParams,
+    ResponseUsers,
+)
 from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.registry import USER_DYNAMICS
 from marl_rec.envs.state import Users
+from marl_rec.envs.views import CatalogueView, Pick, UsersView
 
 
 def empty_users(config: EcosystemConfig, interest: np.ndarray) -> Users:
@@ -62,6 +69,7 @@ class EcosystemUserDynamics(UserDynamics):
         self._engagement = tuple(engagement)
         self._response = tuple(ResponseParams(self._engagement, user.step_cost, user.quality_refill,
                                               user.fatigue_decay, user.fatigue_rate, user.interest_drift))
+        self._items, self._users = Pick(CatalogueView, ResponseItems._fields), Pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config
@@ -76,7 +84,7 @@ class EcosystemUserDynamics(UserDynamics):
     def engagement(self, sim, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
         out = np.empty(len(slots))
         kernels.engagement(np.asarray(user_idx, np.int64), np.asarray(slots, np.int64), sim.state.t,
-                           sim.state.catalogue.view, sim.state.users.interest, self._engagement, out)
+                           self._items(sim.state.catalogue.view), sim.state.users.interest, self._engagement, out)
         return out
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
@@ -84,8 +92,8 @@ class EcosystemUserDynamics(UserDynamics):
         watch = np.empty(len(user_idx))
         given = (np.empty(0) if self.compiled  # the kernel's own engagement; else the (subclass's) method's
                  else np.asarray(self.engagement(sim, slots, user_idx), np.float64))
-        kernels.ecosystem_respond((user_idx, slots, clicked), sim.state.t, sim.state.catalogue.view,
-                                  sim.state.users.view, self._response, given, watch)
+        kernels.ecosystem_respond((user_idx, slots, clicked), sim.state.t, self._items(sim.state.catalogue.view),
+                                  self._users(sim.state.users.view), self._response, given, watch)
         return watch
 
 
@@ -107,6 +115,7 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
         self.user = user = config.user
         self._params = tuple(RecSimParams(user.interest_update_x_intercept, user.interest_update_y_intercept,
                                           user.step_cost, user.quality_refill))
+        self._items, self._users = Pick(CatalogueView, ResponseItems._fields), Pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config
@@ -117,6 +126,7 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
         watch = np.empty(len(user_idx))
-        kernels.recsim_respond((user_idx, slots, clicked), rng.random(len(user_idx)), sim.state.catalogue.view,
-                               sim.state.users.view, self._params, watch)
+        kernels.recsim_respond((user_idx, slots, clicked), rng.random(len(user_idx)),
+                               self._items(sim.state.catalogue.view), self._users(sim.state.users.view), self._params,
+                               watch)
         return watch

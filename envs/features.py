@@ -27,7 +27,8 @@ ITEM_COLUMNS: dict[str, str] = {
     "log_impressions": "log(1 + slate impressions) / 5",
     "ctr": "smoothed click-through rate (clicks + 1) / (impressions + 2)",
     "watch_per_click": "minutes watched per click / item.length_mean",
-    "creator_share": "the creator's share of the episode's impressions (1 = mean of creators on the platform; 0: no creator)",
+    "creator_share": "the creator's share of the episode's impressions (1 = mean of creators on the platform; "
+                     "0: no creator)",
     "creator_on_platform": "1 if the item's creator is still on the platform",
 }
 # appended only with oracle_observations
@@ -133,8 +134,10 @@ def _names(columns: dict[str, str]) -> str:
 
 
 _SYSTEM = (
-    ObservationKey("user", (f"d+{len(USER_COLUMNS)}",), f"interest estimate (d; true interest with oracle_observations), {_names(USER_COLUMNS)}"),
-    ObservationKey("history", ("H", f"d+{len(HISTORY_COLUMNS)}"), f"the last H consumed items, newest first: embedding (d), {_names(HISTORY_COLUMNS)}"),
+    ObservationKey("user", (f"d+{len(USER_COLUMNS)}",),
+                   f"interest estimate (d; true interest with oracle_observations), {_names(USER_COLUMNS)}"),
+    ObservationKey("history", ("H", f"d+{len(HISTORY_COLUMNS)}"),
+                   f"the last H consumed items, newest first: embedding (d), {_names(HISTORY_COLUMNS)}"),
     ObservationKey("history_mask", ("H",), "1 for a real history entry"),
     ObservationKey("candidates", ("M", f"d+{len(ITEM_COLUMNS)}"),
                    f"embedding (d), {_names(ITEM_COLUMNS)}; + {_names(ORACLE_ITEM_COLUMNS)} with oracle_observations"),
@@ -154,7 +157,8 @@ OBSERVATIONS: dict[str, tuple[ObservationKey, ...]] = {
         ObservationKey("behaviour_probs", ("K+1",), "the choice model's click probabilities, no click last"),
     ),
     "creator": (
-        ObservationKey("own", (f"{len(CREATOR_OWN_COLUMNS)}+T",), f"{_names(CREATOR_OWN_COLUMNS)}, home topic one-hot (T)"),
+        ObservationKey("own", (f"{len(CREATOR_OWN_COLUMNS)}+T",),
+                       f"{_names(CREATOR_OWN_COLUMNS)}, home topic one-hot (T)"),
         ObservationKey("topic_demand", ("T",), "recent share of clicks per topic"),
     ),
 }

@@ -24,7 +24,8 @@ def _item_logit(u, s, cat, users, p):
     affinity = 0.0
     for i in range(cat.embedding.shape[1]):
         affinity += cat.embedding[s, i] * users.interest[u, i]
-    logit = p.affinity_scale * affinity + max(-cat.quality[s] * p.clickbait_appeal, 0.0) - users.fatigue[u, cat.topic[s]]
+    logit = (p.affinity_scale * affinity + max(-cat.quality[s] * p.clickbait_appeal, 0.0)
+             - users.fatigue[u, cat.topic[s]])
     if p.repeat_penalty != 0.0:  # the consumed rule (envs.consumed) over the whole history, scanned in place:
         for h in range(users.history_uid.shape[1]):  # a call per logit would cost ten times the logit
             if users.history_uid[u, h] == cat.uid[s]:

@@ -34,14 +34,14 @@ def _strata(low, n, k, start, width):
 @step
 def _eligible_pool(ring, window, pool):
     """The popular pool's slots older than the fresh window (offsets back from the newest item
-    in [window, count)), in pool order."""
+    in [window, count)), in pool order, and how many there are (the first ones of the array)."""
     eligible = np.empty(len(pool), np.int64)
     n_eligible = 0
     for slot in pool:
         if slot >= 0 and window <= (ring.head - 1 - slot) % ring.capacity < ring.count:
             eligible[n_eligible] = slot
             n_eligible += 1
-    return eligible[:n_eligible]
+    return eligible, n_eligible
 
 
 @step
@@ -54,16 +54,16 @@ def _first_lacking(row, j, newest, window, capacity):
 
 
 @step
-def _layout(ring, mix, eligible, position_of, m):
+def _layout(ring, mix, eligible, n_eligible, position_of, m):
     """Each candidate's stratum (starts and widths over offsets, pool positions for the popular
     ones) and each eligible pool position's stratum; ``position_of`` marks the eligible slots."""
-    popular = min(mix.num_popular, len(eligible))
+    popular = min(mix.num_popular, n_eligible)
     fresh, first_older = mix.num_fresh, mix.num_fresh + popular
     start, width = np.empty(m, np.int64), np.empty(m, np.int64)
     _strata(0, mix.window, fresh, start, width)
-    _strata(0, len(eligible), popular, start[fresh:], width[fresh:])
+    _strata(0, n_eligible, popular, start[fresh:], width[fresh:])
     _strata(mix.window, ring.count - mix.window, mix.num_older - popular, start[first_older:], width[first_older:])
-    stratum_of = np.empty(len(eligible), np.int64)  # the pool stratum of each eligible position
+    stratum_of = np.empty(n_eligible, np.int64)  # the pool stratum of each eligible position
     for j in range(popular):
         for p in range(start[fresh + j], start[fresh + j] + width[fresh + j]):
             stratum_of[p] = j
@@ -85,9 +85,9 @@ def sample_mixed(draws, ring, mix, pool, position_of, candidates):
     picks it takes the first older item the user lacks (``_first_lacking``)."""
     ring, mix = Ring(*ring), Mix(*mix)
     n_users, m = candidates.shape
-    eligible = _eligible_pool(ring, mix.window, pool)
-    start, width, stratum_of = _layout(ring, mix, eligible, position_of, m)
-    popular = min(mix.num_popular, len(eligible))
+    eligible, n_eligible = _eligible_pool(ring, mix.window, pool)
+    start, width, stratum_of = _layout(ring, mix, eligible, n_eligible, position_of, m)
+    popular = min(mix.num_popular, n_eligible)
     first_older, newest, capacity = mix.num_fresh + popular, ring.head - 1, ring.capacity
     picks = np.empty(max(popular, 1), np.int64)
     for u in range(n_users):
@@ -118,7 +118,7 @@ def sample_mixed(draws, ring, mix, pool, position_of, candidates):
                     moved_out = True
                     slot = _first_lacking(row, j, newest, mix.window, capacity)
             row[j] = slot
-    for p in range(len(eligible)):
+    for p in range(n_eligible):
         position_of[eligible[p]] = -1
 
 

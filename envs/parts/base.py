@@ -84,7 +84,8 @@ def validate_params(cls, values: Mapping[str, Any] | None, source: str, key: str
     schema = getattr(cls, "Params", None)
     if schema is None or not (isinstance(schema, type) and issubclass(schema, _Section)):
         if values:
-            raise ConfigError(f"{source}: {key!r} is given {sorted(values)}, but {cls.__qualname__} declares no Params schema")
+            raise ConfigError(f"{source}: {key!r} is given {sorted(values)}, but {cls.__qualname__} declares no "
+                              "Params schema")
         return None
     if values is not None and not isinstance(values, Mapping):
         raise ConfigError(f"{source}: {key!r} must be a mapping of parameters, got {values!r}")

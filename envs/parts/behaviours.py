@@ -33,7 +33,8 @@ class RandomSlate(Behaviour):
     compiled = True
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
-        return random_slates(sim.state.round.candidate_mask, self.config.slate_size, rng)  # a small catalogue pads candidates
+        # a small catalogue pads candidates (masked out)
+        return random_slates(sim.state.round.candidate_mask, self.config.slate_size, rng)
 
     def act_on_observations(self, observations, rng):
         return random_slates(observations["action_mask"] > 0.5, self.config.slate_size, rng)

@@ -2,7 +2,8 @@
 
 EcoAgent (Mladenov et al. 2021, "RecSim NG" ecosystem example; Zhan et al. 2021) models
 creators whose satisfaction is fed by the exposure and engagement they get and who leave the
-platform when it stays too low; this is a compiled loop over creators of that mechanism (``_creator_kernels.creator_viability``).
+platform when it stays too low; this is a compiled loop over creators of that mechanism
+(``_creator_kernels.creator_viability``).
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ class RecSimUtilityGenerator(ItemGenerator):
 
     @dataclass(frozen=True)
     class Params(_Section):
-        trashy_fraction: float = spec(0.7, "share of clusters with mean quality in [-3, 0] (RecSim: 0.7)", low=0.0, high=1.0)
+        trashy_fraction: float = spec(0.7, "share of clusters with mean quality in [-3, 0] (RecSim: 0.7)", low=0.0,
+                                      high=1.0)
         quality_std: float = spec(0.1, "std of an item's quality around its cluster's mean (RecSim: 0.1)", low=0.0)
 
     def __init__(self, config: EcosystemConfig, params=None):

@@ -1,7 +1,8 @@
 """Slate-picking helpers shared by behaviours, baselines, action spaces and RLlib modules.
 
-Over batches of candidate rows (numpy, and a compiled loop for random slates); no simulator, no registry. They live apart from the
-behaviours so that ``marl_rec.policies`` can use them without ``envs`` importing ``policies``.
+Over batches of candidate rows (numpy, and a compiled loop for random slates); no simulator, no
+registry. They live apart from the behaviours so that ``marl_rec.policies`` can use them
+without ``envs`` importing ``policies``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit, step
+from marl_rec.envs.compiled import jit
 from marl_rec.envs.views import CatalogueView
 
 # where n new items go: the first slot (``Catalogue.claim``'s head), the ring's size, the first new uid
@@ -22,7 +22,7 @@ RingWrite = namedtuple("RingWrite", "head capacity first_uid")
 Published = namedtuple("Published", "topic creator birth")
 
 
-@step
+@jit
 def ring_slot(ring, i, cat, published):
     """The slot of the i-th new item (``ring``: a ``RingWrite``, ``cat``: a ``CatalogueView``,
     ``published``: a ``Published``), overwriting the oldest; its bookkeeping written: topic,
@@ -57,7 +57,7 @@ TopicParams = namedtuple("TopicParams", "spread quality_std length_mean length_s
 ItemRows = namedtuple("ItemRows", "embedding quality length")
 
 
-@step
+@jit
 def _topic_item(i, row, centres, topic, quality_mean, z, p, out):
     """Item i of n = len(topic) around its topic's centre into ``row`` of ``out`` (``ItemRows``):
     embedding = unit(centre + spread · z), quality ~ N(quality_mean, quality_std), length ~

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit, step
+from marl_rec.envs.compiled import jit
 from marl_rec.envs.features import HISTORY_OFFSET, ITEM_OFFSET, ORACLE_ITEM_OFFSET, USER_OFFSET
 from marl_rec.envs.views import CatalogueView
 
@@ -42,7 +42,7 @@ UserScales = namedtuple("UserScales", "max_cycles length_mean time_budget")
 FeatureUsers = namedtuple("FeatureUsers", "session_length clicks slates_seen history_watch watch_total")
 
 
-@step
+@jit
 def _mean_exposure(exposure_total, active):
     """The mean episode exposure over the creators still on the platform."""
     n_active, exposure = 0, 0.0

@@ -80,6 +80,8 @@ import numba  # noqa: E402
 
 _CACHE = _configure_cache()
 jit = numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
-# a kernel's named step, called per user or per item: inlined into its caller at numba's IR level, so
-# the arrays of the views it takes are not reference-counted on every call (what a call costs otherwise)
+# a named step of one kernel, called once per call of it (not per user or item): inlined into the kernel at
+# numba's IR level, where the arrays it returns or the views it takes cost nothing more than in the kernel's own
+# body (measured: sample_mixed's layout as a plain call cost 10% of the sampler). Small helpers called in loops
+# stay plain ``jit`` (LLVM inlines them; inlined at IR level they made the sampler's draw loop 15% slower).
 step = numba.njit(cache=_CACHE, nogil=True, error_model="numpy", inline="always")

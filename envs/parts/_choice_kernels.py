@@ -7,7 +7,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from marl_rec.envs.compiled import jit, step
+from marl_rec.envs.compiled import jit
 
 # MultinomialLogitChoice's model (config.user's fields of the same names)
 LogitParams = namedtuple("LogitParams", "affinity_scale clickbait_appeal repeat_penalty position_bias no_click_logit")
@@ -16,7 +16,7 @@ LogitItems = namedtuple("LogitItems", "embedding quality topic uid")
 LogitUsers = namedtuple("LogitUsers", "interest fatigue history_uid")
 
 
-@step
+@jit
 def _item_logit(u, s, cat, users, p):
     """User u's MNL logit of catalogue item s before position bias: affinity, clickbait appeal,
     topic fatigue and the repeat penalty for an item in the user's history (see
@@ -86,7 +86,7 @@ def proportional_probabilities(slots, embedding, interest, min_normalizer, no_cl
             out[u, j] /= total
 
 
-@step
+@jit
 def _inverse_cdf(p, draw):
     """The number of cumulative probabilities of ``p`` at or below draw · sum(p), at most the
     last index: the first index whose cumulative probability exceeds the draw."""

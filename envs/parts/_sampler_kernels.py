@@ -14,7 +14,7 @@ Ring = namedtuple("Ring", "head count capacity")
 Mix = namedtuple("Mix", "window num_fresh num_popular num_older")
 
 
-@step
+@jit
 def _in_row(row, n, slot):
     for i in range(n):
         if row[i] == slot:
@@ -22,7 +22,7 @@ def _in_row(row, n, slot):
     return False
 
 
-@step
+@jit
 def _strata(low, n, k, start, width):
     """[low, low + n) split into k strata, [low + (n·j) // k, low + (n·(j + 1)) // k): their
     starts and widths."""
@@ -44,7 +44,7 @@ def _eligible_pool(ring, window, pool):
     return eligible, n_eligible
 
 
-@step
+@jit
 def _first_lacking(row, j, newest, window, capacity):
     """The slot of the first older item (offset from ``window`` on) that ``row[:j]`` lacks."""
     offset = window

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-from marl_rec.envs.compiled import jit, step
+from marl_rec.envs.compiled import jit
 
 # EcosystemUserDynamics' engagement: watch = length · sigmoid(affinity, quality, bias) · exp(−age_rate · age)
 EngagementParams = namedtuple("EngagementParams", "engagement_affinity engagement_quality engagement_bias age_rate")
@@ -21,7 +21,7 @@ ResponseItems = namedtuple("ResponseItems", "embedding quality length topic birt
 ResponseUsers = namedtuple("ResponseUsers", "interest time_budget fatigue")
 
 
-@step
+@jit
 def _engagement(u, s, t, cat, interest, p):
     """Minutes user u would watch of item s: length · sigmoid(affinity, quality, bias) · 0.5^(age / half-life)."""
     affinity = 0.0

@@ -38,7 +38,7 @@ HISTORY_WATCH_AT = HISTORY_OFFSET.watch
 ItemScales = namedtuple("ItemScales", "length_mean age_scale oracle")
 # what the user columns are scaled by (config.max_cycles, config.item.length_mean, config.user.time_budget)
 UserScales = namedtuple("UserScales", "max_cycles length_mean time_budget")
-# what the user columns read of the users (a pick of their view: marl_rec.envs.views.Pick)
+# what the user columns read of the users (a pick of their view: marl_rec.envs.views.pick)
 FeatureUsers = namedtuple("FeatureUsers", "session_length clicks slates_seen history_watch watch_total")
 
 

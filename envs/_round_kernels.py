@@ -27,7 +27,7 @@ SimRecords = namedtuple("SimRecords", "topic_demand diversity shown pool pool_sc
 # config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay, and whether
 # the user dynamics declares the built-in leaving rule (a spent budget), applied here in the same pass
 RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay leave_when_spent")
-# what the records write of the creators and of the round (picks of their views: marl_rec.envs.views.Pick)
+# what the records write of the creators and of the round (picks of their views: marl_rec.envs.views.pick)
 RecordCreators = namedtuple("RecordCreators", "exposure clicks engagement exposure_total")
 RecordRound = namedtuple("RecordRound", "choice watch_time clicked_slot")
 

@@ -38,7 +38,7 @@ from marl_rec.envs.registry import (
     USER_DYNAMICS,
 )
 from marl_rec.envs.state import Catalogue, EcosystemState, Round
-from marl_rec.envs.views import CreatorsView, Pick, RoundView, UsersView
+from marl_rec.envs.views import CreatorsView, RoundView, UsersView, pick
 
 
 class Simulator:
@@ -88,9 +88,9 @@ class Simulator:
                                                  bool(getattr(self.user_dynamics, "compiled", False))))
         self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
         self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
-        self._picks = {"record_creators": Pick(CreatorsView, RecordCreators._fields),
-                       "record_round": Pick(RoundView, RecordRound._fields),
-                       "feature_users": Pick(UsersView, FeatureUsers._fields)}
+        self._picks = {"record_creators": pick(CreatorsView, RecordCreators._fields),
+                       "record_round": pick(RoundView, RecordRound._fields),
+                       "feature_users": pick(UsersView, FeatureUsers._fields)}
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:

@@ -11,7 +11,7 @@ from marl_rec.envs.compiled import jit
 
 # MultinomialLogitChoice's model (config.user's fields of the same names)
 LogitParams = namedtuple("LogitParams", "affinity_scale clickbait_appeal repeat_penalty position_bias no_click_logit")
-# what the logit reads of the catalogue and of the users (picks of their views: marl_rec.envs.views.Pick)
+# what the logit reads of the catalogue and of the users (picks of their views: marl_rec.envs.views.pick)
 LogitItems = namedtuple("LogitItems", "embedding quality topic uid")
 LogitUsers = namedtuple("LogitUsers", "interest fatigue history_uid")
 

@@ -16,7 +16,7 @@ ResponseParams = namedtuple("ResponseParams", "engagement step_cost quality_refi
 RecSimParams = namedtuple("RecSimParams", "x_intercept y_intercept step_cost quality_refill")
 # who responded: the active users, the slot each consumed (or would have) and whether it clicked
 Responses = namedtuple("Responses", "users slots clicked")
-# what the responses read and write of the catalogue and of the users (picks of their views: envs.views.Pick)
+# what the responses read and write of the catalogue and of the users (picks of their views: envs.views.pick)
 ResponseItems = namedtuple("ResponseItems", "embedding quality length topic birth")
 ResponseUsers = namedtuple("ResponseUsers", "interest time_budget fatigue")
 

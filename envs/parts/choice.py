@@ -10,7 +10,7 @@ from marl_rec.envs.parts import _choice_kernels as kernels
 from marl_rec.envs.parts._choice_kernels import LogitItems, LogitParams, LogitUsers
 from marl_rec.envs.parts.base import ChoiceModel
 from marl_rec.envs.registry import CHOICE_MODELS
-from marl_rec.envs.views import CatalogueView, Pick, UsersView
+from marl_rec.envs.views import CatalogueView, UsersView, pick
 
 
 def affinity(sim, slate_slots: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ class MultinomialLogitChoice(ChoiceModel):
         super().__init__(config, params)
         self.user = config.user
         self._params = logit_params(config.user)
-        self._items, self._users = Pick(CatalogueView, LogitItems._fields), Pick(UsersView, LogitUsers._fields)
+        self._items, self._users = pick(CatalogueView, LogitItems._fields), pick(UsersView, LogitUsers._fields)
 
     def item_logits(self, sim, slots: np.ndarray) -> np.ndarray:
         """(U, n) logit of each user's items ``slots``, before position bias."""

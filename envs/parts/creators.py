@@ -16,7 +16,7 @@ from marl_rec.envs.parts._creator_kernels import ViabilityCreators, ViabilityPar
 from marl_rec.envs.parts.base import CreatorDynamics
 from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
-from marl_rec.envs.views import CreatorsView, Pick
+from marl_rec.envs.views import CreatorsView, pick
 
 
 @CREATOR_DYNAMICS.register("ecosystem")
@@ -35,7 +35,7 @@ class EcosystemCreatorDynamics(CreatorDynamics):
         self.creator = cc = config.creator
         self._viability = tuple(ViabilityParams(cc.exposure_weight, cc.engagement_weight, cc.viability_memory,
                                                 cc.leave_threshold, cc.grace_period))
-        self._creators = Pick(CreatorsView, ViabilityCreators._fields)
+        self._creators = pick(CreatorsView, ViabilityCreators._fields)
 
     def initial_creators(self, rng: np.random.Generator) -> Creators:
         c, n = self.config, self.config.num_creators

@@ -16,7 +16,7 @@ from marl_rec.envs.parts._user_kernels import (
 from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.registry import USER_DYNAMICS
 from marl_rec.envs.state import Users
-from marl_rec.envs.views import CatalogueView, Pick, UsersView
+from marl_rec.envs.views import CatalogueView, UsersView, pick
 
 
 def empty_users(config: EcosystemConfig, interest: np.ndarray) -> Users:
@@ -69,7 +69,7 @@ class EcosystemUserDynamics(UserDynamics):
         self._engagement = tuple(engagement)
         self._response = tuple(ResponseParams(self._engagement, user.step_cost, user.quality_refill,
                                               user.fatigue_decay, user.fatigue_rate, user.interest_drift))
-        self._items, self._users = Pick(CatalogueView, ResponseItems._fields), Pick(UsersView, ResponseUsers._fields)
+        self._items, self._users = pick(CatalogueView, ResponseItems._fields), pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config
@@ -115,7 +115,7 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
         self.user = user = config.user
         self._params = tuple(RecSimParams(user.interest_update_x_intercept, user.interest_update_y_intercept,
                                           user.step_cost, user.quality_refill))
-        self._items, self._users = Pick(CatalogueView, ResponseItems._fields), Pick(UsersView, ResponseUsers._fields)
+        self._items, self._users = pick(CatalogueView, ResponseItems._fields), pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config

@@ -24,9 +24,8 @@ Responses = namedtuple("Responses", "users choice slate_slots watch")
 # the simulator's records beside the state: topic demand, each user's last slate diversity, the shown
 # flags (by uid), the popular pool (slots, scores, uids) and its catalogue-sized scratch (zero between calls)
 SimRecords = namedtuple("SimRecords", "topic_demand diversity shown pool pool_score pool_uid popular_total")
-# config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay, and whether
-# the user dynamics declares the built-in leaving rule (a spent budget), applied here in the same pass
-RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay leave_when_spent")
+# config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay
+RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay")
 # what the records write of the creators and of the round (picks of their views: marl_rec.envs.views.pick)
 RecordCreators = namedtuple("RecordCreators", "exposure clicks engagement exposure_total")
 RecordRound = namedtuple("RecordRound", "choice watch_time clicked_slot")
@@ -102,7 +101,7 @@ def _record_slates(r, cat, cr, records):
 
 @step
 def _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots):
-    """The round's choices, watch and clicked slots (``Round.view``); each click's item clicks and
+    """The round's choices, watch and clicked slots (``RecordRound``); each click's item clicks and
     watch time, its creator's clicks and engagement, its topic's clicks, and the clicked slots
     in user order. Returns the number of clicks."""
     k = r.slate_slots.shape[1]
@@ -128,7 +127,7 @@ def _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots):
 
 
 @step
-def _record_users(r, cat, users, rnd, p):
+def _record_users(r, cat, users, rnd, p, leave_when_spent):
     """Each responding user's records: a click enters its history (newest first, the oldest
     dropped) and moves its interest estimate toward the item by ``estimate_rate``; its
     counters; with ``leave_when_spent`` the built-in leaving rule (``UserDynamics.leaving``):
@@ -153,7 +152,7 @@ def _record_users(r, cat, users, rnd, p):
         users.slates_seen[u] += 1
         users.watch_total[u] += minutes
         users.session_length[u] += 1
-        if p.leave_when_spent:
+        if leave_when_spent:
             users.active[u] = users.time_budget[u] > 0
 
 
@@ -166,16 +165,18 @@ def _update_demand(topic_demand, topic_clicks, n_clicks, rate):
 
 
 @jit
-def record_responses(responses, catalogue, users, creators, rnd, records, params):
+def record_responses(responses, catalogue, users, creators, rnd, records, params, leave_when_spent):
     """Everything a round of ``Responses`` leaves behind, in named steps over the responding
     users: the slates shown (``_record_slates``), the round's choices and clicks
     (``_record_clicks``), the users' histories, estimates and counters (``_record_users``);
     then the creators' episode exposure, the topic demand and the popular pool
     (``update_popular``). Each step touches its own arrays, so the order of the steps changes
-    no number. ``catalogue``, ``users``, ``creators``, ``rnd``: the state's views; ``records``:
-    ``SimRecords``; ``params``: ``RecordParams``. Returns the sum of the slates' diversity and
-    the largest shown uid that the shown flags were too short for (−1 for none; the caller
-    grows them and marks those slates)."""
+    no number. ``catalogue``, ``users``: the state's views; ``creators``: ``RecordCreators``;
+    ``rnd``: ``RecordRound``; ``records``: ``SimRecords``; ``params``: ``RecordParams``;
+    ``leave_when_spent``: the user dynamics is compiled, so its leaving rule is the built-in one,
+    applied here in the same pass. Returns the sum of the slates' diversity and the largest
+    shown uid that the shown flags were too short for (−1 for none; the caller grows them and
+    marks those slates)."""
     r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), RecordCreators(*creators)
     rnd, rec, p = RecordRound(*rnd), SimRecords(*records), RecordParams(*params)
     if len(r.users) < len(rec.diversity):
@@ -184,7 +185,7 @@ def record_responses(responses, catalogue, users, creators, rnd, records, params
     topic_clicks = np.zeros(len(rec.topic_demand))
     clicked_slots = np.empty(len(r.users), np.int64)
     n_clicks = _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots)
-    _record_users(r, cat, users, rnd, p)
+    _record_users(r, cat, users, rnd, p, leave_when_spent)
     for c in range(len(cr.exposure)):
         cr.exposure_total[c] += cr.exposure[c]
     _update_demand(rec.topic_demand, topic_clicks, n_clicks, p.demand_rate)

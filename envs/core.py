@@ -82,10 +82,8 @@ class Simulator:
         self._candidate_row_start = self._rows * config.num_candidates  # flat index of each row's first candidate
         self._all_users = np.arange(config.num_users)
         self._popular_sum = np.zeros(0)  # scratch for the popular pool, catalogue-sized, zero between rounds
-        # the records kernel's parameters; with a compiled user dynamics it applies the built-in leaving rule itself
         self._record_params = tuple(RecordParams(config.topic_demand_rate, config.user.interest_estimate_rate,
-                                                 config.sampler.popularity_decay,
-                                                 bool(getattr(self.user_dynamics, "compiled", False))))
+                                                 config.sampler.popularity_decay))
         self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
         self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
         self._picks = {"record_creators": pick(CreatorsView, RecordCreators._fields),
@@ -207,10 +205,12 @@ class Simulator:
         records = (s.topic_demand, self.last_diversity, self._shown, s.popular, s.popular_score, s.popular_uid,
                    self._popular_sum)  # SimRecords
         picks = self._picks
+        # a compiled user dynamics' leaving rule is the built-in one: the records kernel applies it in the same pass
+        compiled = getattr(self.user_dynamics, "compiled", False) is True
         diversity, unshown = record_responses(
             (active, choice, slate_slots, watch), cat.view, users.view, picks["record_creators"](creators.view),
-            picks["record_round"](rnd.view), records, self._record_params)
-        if not self._record_params[-1]:  # leave_when_spent: the kernel applied the built-in rule
+            picks["record_round"](rnd.view), records, self._record_params, compiled)
+        if not compiled:
             self._leave(active)
         if unshown >= 0:  # more items than the flags cover so far: double them
             grown = np.zeros(2 * max(unshown + 1, len(self._shown)), bool)

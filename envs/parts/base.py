@@ -183,8 +183,8 @@ class UserDynamics(Part):
     platform now, read after the round's records (their counters, history and budget updated);
     the simulator sets ``state.users.active`` to False for them. By default a user leaves when
     its time budget is spent (not above 0), RecSim's session end; a dynamics may make users
-    leave for any other reason. A compiled dynamics' records kernel applies the default rule in
-    the same pass (``RecordParams.leave_when_spent``).
+    leave for any other reason. For a compiled dynamics the records kernel applies the default
+    rule in the same pass (``_round_kernels.record_responses``' ``leave_when_spent``).
     """
 
     def leaving(self, sim: "Simulator", user_idx: np.ndarray) -> np.ndarray:

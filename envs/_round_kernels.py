@@ -4,8 +4,8 @@ reward mix. The parts' models live beside the parts (``marl_rec.envs.parts._*_ke
 
 The records of a round of responses (``record_responses``) are named steps, each a loop over
 the responding users: the slates shown (impressions, exposure, shown flags, diversity), the
-clicks (item and creator statistics, topic clicks), the users' histories, interest estimates
-and counters; then the topic demand and the popular pool. A step is one loop, not a call per
+choices (item and creator statistics, topic clicks, histories and interest estimates), the
+users' counters; then the topic demand and the popular pool. A step is one loop, not a call per
 user: a call that takes a view costs a reference count per array in it (measured: four calls
 per user made the records four times slower).
 """
@@ -100,11 +100,13 @@ def _record_slates(r, cat, cr, records):
 
 
 @step
-def _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots):
-    """The round's choices, watch and clicked slots (``RecordRound``); each click's item clicks and
-    watch time, its creator's clicks and engagement, its topic's clicks, and the clicked slots
-    in user order. Returns the number of clicks."""
-    k = r.slate_slots.shape[1]
+def _record_choices(r, cat, cr, users, rnd, p, topic_clicks, clicked_slots):
+    """Each responding user's choice, user by user: the round's choice, watch and clicked slot
+    (``RecordRound``); a click's item clicks and watch time, its creator's clicks and
+    engagement, its topic's clicks, the clicked slots in user order; the clicked item enters the
+    user's history (newest first, the oldest dropped) and moves its interest estimate toward
+    the item by ``estimate_rate``. Returns the number of clicks."""
+    k, h, d = r.slate_slots.shape[1], users.history_uid.shape[1], cat.embedding.shape[1]
     n_clicks = 0
     for i in range(len(r.users)):
         u, picked, minutes = r.users[i], r.choice[i], r.watch[i]
@@ -123,34 +125,29 @@ def _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots):
             cr.clicks[c] += 1.0
             cr.engagement[c] += minutes
         topic_clicks[cat.topic[s]] += 1.0
+        for j in range(h - 1, 0, -1):
+            users.history_uid[u, j] = users.history_uid[u, j - 1]
+            users.history_watch[u, j] = users.history_watch[u, j - 1]
+            for e in range(d):
+                users.history_embedding[u, j, e] = users.history_embedding[u, j - 1, e]
+        users.history_uid[u, 0] = cat.uid[s]
+        users.history_watch[u, 0] = minutes
+        for e in range(d):
+            users.history_embedding[u, 0, e] = cat.embedding[s, e]
+            users.interest_estimate[u, e] = ((1.0 - p.estimate_rate) * users.interest_estimate[u, e]
+                                             + p.estimate_rate * cat.embedding[s, e])
+        users.clicks[u] += 1
     return n_clicks
 
 
 @step
-def _record_users(r, cat, users, rnd, p, leave_when_spent):
-    """Each responding user's records: a click enters its history (newest first, the oldest
-    dropped) and moves its interest estimate toward the item by ``estimate_rate``; its
-    counters; with ``leave_when_spent`` the built-in leaving rule (``UserDynamics.leaving``):
-    a user whose budget is spent leaves."""
-    h, d = users.history_uid.shape[1], cat.embedding.shape[1]
+def _count_round(r, users, leave_when_spent):
+    """Each responding user's counters after a round on the platform; with ``leave_when_spent``
+    the built-in leaving rule (``UserDynamics.leaving``): a user whose budget is spent leaves."""
     for i in range(len(r.users)):
-        u, minutes = r.users[i], r.watch[i]
-        s = rnd.clicked_slot[u]
-        if s >= 0:
-            for j in range(h - 1, 0, -1):
-                users.history_uid[u, j] = users.history_uid[u, j - 1]
-                users.history_watch[u, j] = users.history_watch[u, j - 1]
-                for e in range(d):
-                    users.history_embedding[u, j, e] = users.history_embedding[u, j - 1, e]
-            users.history_uid[u, 0] = cat.uid[s]
-            users.history_watch[u, 0] = minutes
-            for e in range(d):
-                users.history_embedding[u, 0, e] = cat.embedding[s, e]
-                users.interest_estimate[u, e] = ((1.0 - p.estimate_rate) * users.interest_estimate[u, e]
-                                                 + p.estimate_rate * cat.embedding[s, e])
-            users.clicks[u] += 1
+        u = r.users[i]
         users.slates_seen[u] += 1
-        users.watch_total[u] += minutes
+        users.watch_total[u] += r.watch[i]
         users.session_length[u] += 1
         if leave_when_spent:
             users.active[u] = users.time_budget[u] > 0
@@ -167,8 +164,8 @@ def _update_demand(topic_demand, topic_clicks, n_clicks, rate):
 @jit
 def record_responses(responses, catalogue, users, creators, rnd, records, params, leave_when_spent):
     """Everything a round of ``Responses`` leaves behind, in named steps over the responding
-    users: the slates shown (``_record_slates``), the round's choices and clicks
-    (``_record_clicks``), the users' histories, estimates and counters (``_record_users``);
+    users: the slates shown (``_record_slates``), the choices, clicks, histories and interest
+    estimates (``_record_choices``), the users' counters and leaving (``_count_round``);
     then the creators' episode exposure, the topic demand and the popular pool
     (``update_popular``). Each step touches its own arrays, so the order of the steps changes
     no number. ``catalogue``, ``users``: the state's views; ``creators``: ``RecordCreators``;
@@ -184,8 +181,8 @@ def record_responses(responses, catalogue, users, creators, rnd, records, params
     unshown = _record_slates(r, cat, cr, rec)
     topic_clicks = np.zeros(len(rec.topic_demand))
     clicked_slots = np.empty(len(r.users), np.int64)
-    n_clicks = _record_clicks(r, cat, cr, rnd, topic_clicks, clicked_slots)
-    _record_users(r, cat, users, rnd, p, leave_when_spent)
+    n_clicks = _record_choices(r, cat, cr, users, rnd, p, topic_clicks, clicked_slots)
+    _count_round(r, users, leave_when_spent)
     for c in range(len(cr.exposure)):
         cr.exposure_total[c] += cr.exposure[c]
     _update_demand(rec.topic_demand, topic_clicks, n_clicks, p.demand_rate)

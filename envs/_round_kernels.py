@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 
 from marl_rec.envs.compiled import jit, step
-from marl_rec.envs.views import CatalogueView, RoundView, UsersView
+from marl_rec.envs.views import RoundView
 
 # a round of responses: who responded, the slate position each chose (K: no click), the slates' slots, minutes
 Responses = namedtuple("Responses", "users choice slate_slots watch")
@@ -26,7 +26,10 @@ Responses = namedtuple("Responses", "users choice slate_slots watch")
 SimRecords = namedtuple("SimRecords", "topic_demand diversity shown pool pool_score pool_uid popular_total")
 # config.topic_demand_rate, config.user.interest_estimate_rate, config.sampler.popularity_decay
 RecordParams = namedtuple("RecordParams", "demand_rate estimate_rate popularity_decay")
-# what the records write of the creators and of the round (picks of their views: marl_rec.envs.views.pick)
+# what the records read and write of each part of the state (picks of its view: marl_rec.envs.views.pick)
+RecordItems = namedtuple("RecordItems", "embedding topic creator uid impressions clicks watch_time")
+RecordUsers = namedtuple("RecordUsers", "active history_uid history_embedding history_watch interest_estimate clicks "
+                                        "slates_seen watch_total session_length time_budget")
 RecordCreators = namedtuple("RecordCreators", "exposure clicks engagement exposure_total")
 RecordRound = namedtuple("RecordRound", "choice watch_time clicked_slot")
 
@@ -168,13 +171,13 @@ def record_responses(responses, catalogue, users, creators, rnd, records, params
     estimates (``_record_choices``), the users' counters and leaving (``_count_round``);
     then the creators' episode exposure, the topic demand and the popular pool
     (``update_popular``). Each step touches its own arrays, so the order of the steps changes
-    no number. ``catalogue``, ``users``: the state's views; ``creators``: ``RecordCreators``;
-    ``rnd``: ``RecordRound``; ``records``: ``SimRecords``; ``params``: ``RecordParams``;
+    no number. ``catalogue``, ``users``, ``creators``, ``rnd``: ``RecordItems``, ``RecordUsers``,
+    ``RecordCreators``, ``RecordRound``; ``records``: ``SimRecords``; ``params``: ``RecordParams``;
     ``leave_when_spent``: the user dynamics is compiled, so its leaving rule is the built-in one,
     applied here in the same pass. Returns the sum of the slates' diversity and the largest
     shown uid that the shown flags were too short for (−1 for none; the caller grows them and
     marks those slates)."""
-    r, cat, users, cr = Responses(*responses), CatalogueView(*catalogue), UsersView(*users), RecordCreators(*creators)
+    r, cat, users, cr = Responses(*responses), RecordItems(*catalogue), RecordUsers(*users), RecordCreators(*creators)
     rnd, rec, p = RecordRound(*rnd), SimRecords(*records), RecordParams(*params)
     if len(r.users) < len(rec.diversity):
         rec.diversity[:] = 0.0

@@ -20,8 +20,10 @@ from marl_rec.envs._observation_kernels import (
 )
 from marl_rec.envs._round_kernels import (
     RecordCreators,
+    RecordItems,
     RecordParams,
     RecordRound,
+    RecordUsers,
     consumed_slots,
     creator_choices,
     record_responses,
@@ -38,7 +40,7 @@ from marl_rec.envs.registry import (
     USER_DYNAMICS,
 )
 from marl_rec.envs.state import Catalogue, EcosystemState, Round
-from marl_rec.envs.views import CreatorsView, RoundView, UsersView, pick
+from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView, pick
 
 
 class Simulator:
@@ -86,7 +88,9 @@ class Simulator:
                                                  config.sampler.popularity_decay))
         self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
         self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
-        self._picks = {"record_creators": pick(CreatorsView, RecordCreators._fields),
+        self._picks = {"record_items": pick(CatalogueView, RecordItems._fields),
+                       "record_users": pick(UsersView, RecordUsers._fields),
+                       "record_creators": pick(CreatorsView, RecordCreators._fields),
                        "record_round": pick(RoundView, RecordRound._fields),
                        "feature_users": pick(UsersView, FeatureUsers._fields)}
 
@@ -208,8 +212,9 @@ class Simulator:
         # a compiled user dynamics' leaving rule is the built-in one: the records kernel applies it in the same pass
         compiled = getattr(self.user_dynamics, "compiled", False) is True
         diversity, unshown = record_responses(
-            (active, choice, slate_slots, watch), cat.view, users.view, picks["record_creators"](creators.view),
-            picks["record_round"](rnd.view), records, self._record_params, compiled)
+            (active, choice, slate_slots, watch), picks["record_items"](cat.view), picks["record_users"](users.view),
+            picks["record_creators"](creators.view), picks["record_round"](rnd.view), records, self._record_params,
+            compiled)
         if not compiled:
             self._leave(active)
         if unshown >= 0:  # more items than the flags cover so far: double them

@@ -8,11 +8,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels, parts  # noqa: F401  (parts: registers the built-in parts)
+from marl_rec.envs import parts  # noqa: F401  (registers the built-in parts)
+from marl_rec.envs._observation_kernels import (
+    ITEM_COLUMNS_AT,
+    USER_COLUMNS_AT,
+    FeatureUsers,
+    ItemScales,
+    UserScales,
+    item_features,
+    user_features,
+)
+from marl_rec.envs._round_kernels import (
+    RecordCreators,
+    RecordItems,
+    RecordParams,
+    RecordRound,
+    RecordUsers,
+    consumed_slots,
+    creator_choices,
+    record_responses,
+    start_round,
+)
 from marl_rec.envs.config import EcosystemConfig
 from marl_rec.envs.metrics import MEASURES
 from marl_rec.envs.part_kinds import PART_ARGUMENTS, PART_KINDS
+from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.state import Catalogue, EcosystemState, Round
+from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView, pick
 
 
 class Simulator:
@@ -44,6 +66,15 @@ class Simulator:
         self._candidate_row_start = self._rows * config.num_candidates  # flat index of each row's first candidate
         self._all_users = np.arange(config.num_users)
         self._popular_sum = np.zeros(0)  # scratch for the popular pool, catalogue-sized, zero between rounds
+        self._record_params = tuple(RecordParams(config.topic_demand_rate, config.user.interest_estimate_rate,
+                                                 config.sampler.popularity_decay))
+        self._item_scales = tuple(ItemScales(config.item.length_mean, self._age_scale, config.oracle_observations))
+        self._user_scales = tuple(UserScales(config.max_cycles, config.item.length_mean, config.user.time_budget))
+        self._picks = {"record_items": pick(CatalogueView, RecordItems._fields),
+                       "record_users": pick(UsersView, RecordUsers._fields),
+                       "record_creators": pick(CreatorsView, RecordCreators._fields),
+                       "record_round": pick(RoundView, RecordRound._fields),
+                       "feature_users": pick(UsersView, FeatureUsers._fields)}
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -92,8 +123,9 @@ class Simulator:
     def publish(self, rng, *, topic, quality_mean, creator, n: int, birth=None) -> np.ndarray:
         """Generate ``n`` items and write them into the catalogue; returns their slots."""
         birth = self.state.t if birth is None else birth  # one round for all, or one each
-        if hasattr(self.item_generator, "publish"):
-            return self.item_generator.publish(self, rng, topic, n, quality_mean, creator, birth)
+        publish = getattr(self.item_generator, "publish", None)  # the contract's (ItemGenerator: sample, then push)
+        if publish is not None:
+            return publish(self, rng, topic, n, quality_mean, creator, birth)
         items = self.item_generator.sample(rng, self.state.topic_centres, topic, n, quality_mean)  # a plain plug-in
         return self.state.catalogue.push(
             items["embedding"], items["topic"], items["quality"], items["length"], creator, birth
@@ -106,9 +138,8 @@ class Simulator:
         rnd = s.round
         rnd.candidates, rnd.candidate_mask = self.sampler.sample(self, self.rng)
         self._slate_of = None  # a sampler may reuse its arrays: the cached slate slots are stale
-        kernels.start_round(rnd.choice, rnd.watch_time, rnd.clicked_slot, rnd.publish_topic, rnd.publish_effort,
-                            s.users.active, rnd.users_active_at_start, s.creators.active, rnd.creators_active_at_start,
-                            s.creators.exposure, s.creators.clicks, s.creators.engagement)
+        creators = s.creators
+        start_round(rnd.view, s.users.active, creators.active, creators.exposure, creators.clicks, creators.engagement)
 
     def set_slates(self, slate: np.ndarray) -> None:
         """RECOMMEND, second half: the system's slates, (U, K) candidate indices."""
@@ -141,8 +172,8 @@ class Simulator:
 
     def respond(self, choice: np.ndarray) -> None:
         """RESPOND: users pick slate position ``choice`` (K = no click); apply the consequences:
-        the user dynamics, then the round's records (``kernels.record_responses``) and the
-        popular pool."""
+        the user dynamics, then the round's records (``_round_kernels.record_responses``), the
+        popular pool, and who leaves (the user dynamics' ``leaving``)."""
         s, c = self.state, self.config
         users, cat, creators, rnd = s.users, s.catalogue, s.creators, s.round
         n_active = np.count_nonzero(users.active)
@@ -153,20 +184,21 @@ class Simulator:
             choice = choice[active]
         slate_slots = self.slate_slots()
         slots, clicked = np.empty(n_active, np.int64), np.empty(n_active, bool)
-        kernels.consumed_slots(active, choice, slate_slots, slots, clicked)
+        consumed_slots(active, choice, slate_slots, slots, clicked)
         watch = np.asarray(self.user_dynamics.respond(self, self.rng, active, slots, clicked), np.float64)
         if len(self._popular_sum) != cat.capacity:
             self._popular_sum = np.zeros(cat.capacity)
-        diversity, unshown = kernels.record_responses(
-            active, choice, slate_slots, watch,
-            cat.uid, cat.topic, cat.creator, cat.embedding, cat.impressions, cat.clicks, cat.watch_time,
-            creators.exposure, creators.clicks, creators.engagement, creators.exposure_total,
-            s.topic_demand, c.topic_demand_rate,
-            users.history_uid, users.history_embedding, users.history_watch, users.interest_estimate,
-            c.user.interest_estimate_rate, users.clicks, users.slates_seen, users.watch_total, users.session_length,
-            users.time_budget, users.active, rnd.choice, rnd.watch_time, rnd.clicked_slot,
-            self.last_diversity, self._shown,
-            s.popular, s.popular_score, s.popular_uid, c.sampler.popularity_decay, self._popular_sum)
+        records = (s.topic_demand, self.last_diversity, self._shown, s.popular, s.popular_score, s.popular_uid,
+                   self._popular_sum)  # SimRecords
+        picks = self._picks
+        # a compiled user dynamics' leaving rule is the built-in one: the records kernel applies it in the same pass
+        compiled = getattr(self.user_dynamics, "compiled", False) is True
+        diversity, unshown = record_responses(
+            (active, choice, slate_slots, watch), picks["record_items"](cat.view), picks["record_users"](users.view),
+            picks["record_creators"](creators.view), picks["record_round"](rnd.view), records, self._record_params,
+            compiled)
+        if not compiled:
+            self._leave(active)
         if unshown >= 0:  # more items than the flags cover so far: double them
             grown = np.zeros(2 * max(unshown + 1, len(self._shown)), bool)
             grown[: len(self._shown)] = self._shown
@@ -176,6 +208,14 @@ class Simulator:
         self.diversity_sum += diversity
         self.diversity_count += n_active
 
+    def _leave(self, active: np.ndarray) -> None:
+        """The users of ``active`` whom the user dynamics' ``leaving`` rule sends away are no
+        longer active (a plain plug-in without the method: the contract's default)."""
+        leaving = getattr(self.user_dynamics, "leaving", None)
+        gone = leaving(self, active) if leaving is not None else UserDynamics.leaving(self.user_dynamics, self, active)
+        users_active = self.state.users.active
+        users_active[active[np.asarray(gone, bool)]] = False
+
     def create(self, actions: np.ndarray) -> None:
         """CREATE: creators' (topic, effort) with topic == T meaning "publish nothing"; then
         publishing, viability and churn (the creator dynamics)."""
@@ -184,7 +224,7 @@ class Simulator:
         if c.num_creators:
             actions = np.asarray(actions, np.int64).reshape(c.num_creators, 2)
             # T publishes nothing; departed creators neither
-            kernels.creator_choices(actions, s.creators.active, c.num_topics, rnd.publish_topic, rnd.publish_effort)
+            creator_choices(actions, s.creators.active, c.num_topics, rnd.publish_topic, rnd.publish_effort)
             self.creator_dynamics.resolve(self, self.rng, rnd.publish_topic, rnd.publish_effort)
 
     def end_round(self) -> None:
@@ -203,14 +243,13 @@ class Simulator:
         share of the episode's slate impressions (1 = the mean over creators still on the
         platform, 0 for items without a creator) and whether it is still on the platform
         (true quality follows with ``oracle_observations``). Shape (..., F)."""
-        cat, c, creators = self.state.catalogue, self.config, self.state.creators
+        c = self.config
         shape = np.shape(slots)
         out = np.empty((*shape, c.item_feature_dim), np.float32)
         flat = np.ascontiguousarray(slots, np.int64).reshape(-1)
-        kernels.item_features(flat, self.state.t, cat.embedding, cat.length, cat.birth, cat.impressions, cat.clicks,
-                              cat.watch_time, cat.creator, cat.quality, creators.exposure_total, creators.active,
-                              c.item.length_mean, self._age_scale, c.oracle_observations,
-                              out.reshape(len(flat), c.item_feature_dim))
+        creators = self.state.creators
+        item_features(flat, self.state.t, self.state.catalogue.view, creators.exposure_total, creators.active,
+                      self._item_scales, ITEM_COLUMNS_AT, out.reshape(len(flat), c.item_feature_dim))
         return out
 
     def user_features(self) -> np.ndarray:
@@ -218,9 +257,8 @@ class Simulator:
         Never the true interest unless oracle."""
         users, c = self.state.users, self.config
         out = np.empty((c.num_users, c.user_feature_dim), np.float32)
-        kernels.user_features(users.interest if c.oracle_observations else users.interest_estimate,
-                              users.session_length, users.clicks, users.slates_seen, users.history_watch,
-                              users.watch_total, c.max_cycles, c.item.length_mean, c.user.time_budget, out)
+        user_features(users.interest if c.oracle_observations else users.interest_estimate,
+                      self._picks["feature_users"](users.view), self._user_scales, USER_COLUMNS_AT, out)
         return out
 
     def global_state(self) -> np.ndarray:

@@ -6,8 +6,8 @@ its index instead of writing ``dim + 3``:
 
     >>> item_column("ctr", dim=8)
     11
-    >>> item_columns(dim=2)
-    ['embedding_0', 'embedding_1', 'length', 'age', 'log_impressions', 'ctr', 'watch_per_click', 'creator_share', 'creator_on_platform']
+    >>> item_columns(dim=2)[:4]
+    ['embedding_0', 'embedding_1', 'length', 'age']
 
 ``observation_table()`` renders README's table of every built-in role's observation keys,
 shapes and columns from the same names (tests/test_parts.py checks that README holds it).
@@ -16,6 +16,7 @@ Plain Python and integers only, so numpy arrays and torch tensors index the same
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------- item features (system view)
@@ -26,7 +27,8 @@ ITEM_COLUMNS: dict[str, str] = {
     "log_impressions": "log(1 + slate impressions) / 5",
     "ctr": "smoothed click-through rate (clicks + 1) / (impressions + 2)",
     "watch_per_click": "minutes watched per click / item.length_mean",
-    "creator_share": "the creator's share of the episode's impressions (1 = mean of creators on the platform; 0: no creator)",
+    "creator_share": "the creator's share of the episode's impressions (1 = mean of creators on the platform; "
+                     "0: no creator)",
     "creator_on_platform": "1 if the item's creator is still on the platform",
 }
 # appended only with oracle_observations
@@ -53,6 +55,18 @@ CREATOR_OWN_COLUMNS: dict[str, str] = {  # then the home topic one-hot (T column
     "skill": "skill (mean quality of its items)",
 }
 
+
+def _offsets(name: str, columns: dict[str, str], first: int = 0):
+    """Each column's place after the d leading columns (from ``first`` on), as a namedtuple of
+    ints: the compiled producers write ``out[i, d + ITEM_OFFSET.ctr]``, by name as everything
+    else reads them."""
+    return namedtuple(name, list(columns))(*range(first, first + len(columns)))
+
+
+ITEM_OFFSET = _offsets("ItemOffset", ITEM_COLUMNS)
+ORACLE_ITEM_OFFSET = _offsets("OracleItemOffset", ORACLE_ITEM_COLUMNS, first=len(ITEM_COLUMNS))
+USER_OFFSET = _offsets("UserOffset", USER_COLUMNS)
+HISTORY_OFFSET = _offsets("HistoryOffset", HISTORY_COLUMNS)
 
 def _index(columns: dict[str, str], name: str, offset: int, what: str) -> int:
     try:
@@ -120,8 +134,10 @@ def _names(columns: dict[str, str]) -> str:
 
 
 _SYSTEM = (
-    ObservationKey("user", (f"d+{len(USER_COLUMNS)}",), f"interest estimate (d; true interest with oracle_observations), {_names(USER_COLUMNS)}"),
-    ObservationKey("history", ("H", f"d+{len(HISTORY_COLUMNS)}"), f"the last H consumed items, newest first: embedding (d), {_names(HISTORY_COLUMNS)}"),
+    ObservationKey("user", (f"d+{len(USER_COLUMNS)}",),
+                   f"interest estimate (d; true interest with oracle_observations), {_names(USER_COLUMNS)}"),
+    ObservationKey("history", ("H", f"d+{len(HISTORY_COLUMNS)}"),
+                   f"the last H consumed items, newest first: embedding (d), {_names(HISTORY_COLUMNS)}"),
     ObservationKey("history_mask", ("H",), "1 for a real history entry"),
     ObservationKey("candidates", ("M", f"d+{len(ITEM_COLUMNS)}"),
                    f"embedding (d), {_names(ITEM_COLUMNS)}; + {_names(ORACLE_ITEM_COLUMNS)} with oracle_observations"),
@@ -141,7 +157,8 @@ OBSERVATIONS: dict[str, tuple[ObservationKey, ...]] = {
         ObservationKey("behaviour_probs", ("K+1",), "the choice model's click probabilities, no click last"),
     ),
     "creator": (
-        ObservationKey("own", (f"{len(CREATOR_OWN_COLUMNS)}+T",), f"{_names(CREATOR_OWN_COLUMNS)}, home topic one-hot (T)"),
+        ObservationKey("own", (f"{len(CREATOR_OWN_COLUMNS)}+T",),
+                       f"{_names(CREATOR_OWN_COLUMNS)}, home topic one-hot (T)"),
         ObservationKey("topic_demand", ("T",), "recent share of clicks per topic"),
     ),
 }

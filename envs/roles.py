@@ -13,7 +13,7 @@ import functools
 import numpy as np
 from gymnasium import spaces
 
-from marl_rec.envs import kernels
+from marl_rec.envs._observation_kernels import HISTORY_WATCH_AT, history_view
 from marl_rec.envs.config import Parametrised
 from marl_rec.envs.parts.rewards import watch_time_per_user
 from marl_rec.envs.registry import ROLES
@@ -232,8 +232,8 @@ class SystemRole(Role):
         idx = np.asarray(idx, np.int64)
         history = np.empty((len(idx), c.history_length, c.embedding_dim + 1), np.float32)
         history_mask = np.empty((len(idx), c.history_length), np.float32)
-        kernels.history_view(idx, users.history_embedding, users.history_watch, users.history_uid,
-                             c.item.length_mean, history, history_mask)
+        history_view(idx, users.history_embedding, users.history_watch, users.history_uid, c.item.length_mean,
+                     HISTORY_WATCH_AT, history, history_mask)
         every_user = len(idx) == c.num_users and (idx == self._users).all()  # in order: no gathers needed
         obs = {
             "user": sim.user_features() if every_user else sim.user_features().take(idx, axis=0),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs._round_kernels import mix_rewards
 from marl_rec.envs.checks import check_memory, plan_roles
 from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig
 from marl_rec.envs.core import Simulator
@@ -242,22 +242,31 @@ class RoundRunner:
                 break
         return outcome
 
+    def _role_rewards(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Every role's individual rewards (the reward's, else the role's own) and mixed rewards
+        (alpha · team + (1 − alpha) · individual, zero for agents that ended in an earlier
+        round), the mixed ones added to the role's returns. External or simulated: the reward
+        and its side effects."""
+        sim = self.sim
+        rnd = sim.state.round
+        given = rnd.individual_reward or {}
+        individual_of, mixed_of = {}, {}
+        for name, role in self.roles.items():
+            individual = given.get(name)
+            individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
+            individual_of[name] = individual
+            mixed_of[name] = mixed = np.empty(len(individual))
+            mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
+                        self.role_returns[name], mixed)
+        return individual_of, mixed_of
+
     def _end_round(self, outcome: Outcome) -> None:
         """After ``sim.end_round()``: every role's individual reward and return, every role's
         ``end_round`` hook, then the external agents' rewards, infos and endings."""
         sim, c = self.sim, self.config
         rnd = sim.state.round
         outcome.rounds_completed += 1
-        given = rnd.individual_reward or {}
-        individual_of, mixed_of = {}, {}
-        for name, role in self.roles.items():  # external or simulated: the reward and its side effects
-            individual = given.get(name)
-            individual = np.asarray(role.individual_reward(sim) if individual is None else individual, np.float64)
-            individual_of[name] = individual
-            # agents that ended in an earlier round get nothing more
-            mixed_of[name] = mixed = np.empty(len(individual))
-            kernels.mix_rewards(individual, self.reward_mix[name], rnd.team_reward, self._still_in[name],
-                                self.role_returns[name], mixed)
+        individual_of, mixed_of = self._role_rewards()
         for role in self._hooked:
             role.end_round(sim)
         for name, role in self.roles.items():
@@ -280,9 +289,8 @@ class RoundRunner:
             rewards = outcome.rewards
             for agent, r in zip(agents, reward.tolist()):
                 rewards[agent] = rewards.get(agent, 0.0) + r
-            outcome.infos.update(
-                {agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual_of[name][idx].tolist())}
-            )
+            individual = individual_of[name][idx].tolist()
+            outcome.infos.update({agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual)})
             if users_left:
                 outcome.terminated.extend(agents)
                 continue

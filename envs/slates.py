@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from marl_rec.envs.kernels import jit
+from marl_rec.envs.compiled import jit
 
 REPEATED = "repeated"  # a candidate twice in one slate
 MASKED = "masked"  # a candidate whose action_mask entry is 0

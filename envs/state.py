@@ -1,4 +1,10 @@
-"""The whole simulation state: a handful of numpy arrays. Agents are views into them."""
+"""The whole simulation state: a handful of numpy arrays. Agents are views into them.
+
+Each part of the state (``Catalogue``, ``Users``, ``Creators``, ``Round``) carries its typed
+view for compiled code, ``.view`` (``marl_rec.envs.views``; its namedtuple type is ``.View``):
+its arrays as one tuple, built on first use and again only after one of its arrays is
+replaced (assigned anew; writing into an array keeps the view).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs._catalogue_kernels import push_items
+from marl_rec.envs.views import CatalogueView, CreatorsView, RoundView, UsersView
 
 
 def column(values, n: int, dtype) -> np.ndarray:
@@ -20,6 +27,44 @@ def birth_column(birth) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(birth, np.int64).reshape(-1))
 
 
+class _ViewField:
+    """A view field of a state dataclass: setting it (a replaced array) drops the part's view,
+    rebuilt on next use. It has no ``__get__``, so reading the field stays a plain attribute
+    read, and setting any other field (``head``, ``slate``, ...) costs nothing more."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set__(self, obj, value) -> None:
+        state = obj.__dict__
+        state[self.name] = value
+        state.pop("view", None)
+
+
+def _with_view(view_type):
+    """Give a state dataclass its typed view: ``.view``, the arrays of ``view_type``'s fields as
+    one plain tuple (what kernels take; see ``marl_rec.envs.compiled`` for why not the namedtuple
+    itself), built on first use and kept in the instance until one of the arrays is replaced."""
+
+    def __getattr__(self, name: str):  # only for attributes not found: "view" before it is built
+        if name != "view":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        state = self.__dict__
+        view = state["view"] = tuple(state[field] for field in view_type._fields)
+        return view
+
+    def decorate(cls):
+        for field in view_type._fields:
+            setattr(cls, field, _ViewField(field))
+        cls.View, cls.__getattr__ = view_type, __getattr__
+        return cls
+
+    return decorate
+
+
+@_with_view(CatalogueView)
 @dataclass
 class Catalogue:
     """Items in a bounded ring buffer: publishing writes at ``head``, pushing out the oldest."""
@@ -64,17 +109,16 @@ class Catalogue:
             return np.zeros(0, np.int64)
         head, first_uid = self.claim(n)
         slots = np.empty(n, np.int64)
-        kernels.push_items(
-            head, self.capacity, first_uid, np.ascontiguousarray(embedding, np.float64), column(topic, n, np.int64),
-            column(quality, n, np.float64), column(length, n, np.float64), column(creator, n, np.int64),
-            birth_column(birth), self.embedding, self.topic, self.quality, self.length, self.creator, self.birth,
-            self.uid, self.impressions, self.clicks, self.watch_time, slots)
+        push_items((head, self.capacity, first_uid),
+                   (column(topic, n, np.int64), column(creator, n, np.int64), birth_column(birth)),
+                   np.ascontiguousarray(embedding, np.float64), column(quality, n, np.float64),
+                   column(length, n, np.float64), self.view, slots)
         return slots
 
     def claim(self, n: int) -> tuple[int, int]:
         """Reserve the next ``n`` slots of the ring (the oldest items' from ``head`` on, wrapping)
         and their uids: returns the first slot and the first uid; the caller writes the items
-        (``kernels.push_items`` or a generator's own kernel). O(1)."""
+        (``push_items`` or a generator's own kernel). O(1)."""
         capacity = self.capacity
         if n > capacity:
             raise ValueError(f"cannot publish {n} items into a catalogue of capacity {capacity}")
@@ -89,6 +133,7 @@ class Catalogue:
         return (self.head - 1 - offsets) % self.capacity
 
 
+@_with_view(UsersView)
 @dataclass
 class Users:
     interest: np.ndarray  # (U, d) true interest, hidden from the system agent
@@ -105,6 +150,7 @@ class Users:
     session_length: np.ndarray  # (U,) rounds spent on the platform
 
 
+@_with_view(CreatorsView)
 @dataclass
 class Creators:
     home_topic: np.ndarray  # (C,) int
@@ -119,9 +165,10 @@ class Creators:
     published: np.ndarray  # (C,) items published this episode
 
 
+@_with_view(RoundView)
 @dataclass
 class Round:
-    """What happened in the current round, phase by phase."""
+    """What happened in the current round, phase by phase (the view: the records after ``slate``)."""
 
     candidates: np.ndarray  # (U, M) catalogue slots
     candidate_mask: np.ndarray  # (U, M) bool: slot holds a valid, non-duplicate item

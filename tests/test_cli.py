@@ -275,7 +275,7 @@ def test_algorithm_name_mappo_says_how_to_get_it(tmp_path):
 
 
 def test_every_cache_lives_in_one_folder(tmp_path):
-    code = ("from marl_rec.envs.kernels import cache_dir; from marl_rec.rllib.sessions import RECORDS; "
+    code = ("from marl_rec.envs.compiled import cache_dir; from marl_rec.rllib.sessions import RECORDS; "
             "from marl_rec.data.calibrate import DEFAULT_CACHE; print(cache_dir(), RECORDS, DEFAULT_CACHE)")
     env = {**os.environ, "MARL_REC_CACHE_DIR": str(tmp_path)}
     env.pop("NUMBA_CACHE_DIR", None)

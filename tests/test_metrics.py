@@ -9,7 +9,8 @@ import pytest
 
 from marl_rec.envs import EcosystemConfig, Simulator
 from marl_rec.envs.config import ConfigError
-from marl_rec.envs.kernels import ecosystem_reward_terms
+from marl_rec.envs.parts._reward_kernels import ecosystem_reward_terms
+from marl_rec.envs.views import RoundView
 from marl_rec.envs.parts.users import EcosystemUserDynamics
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.roles import PlatformRole
@@ -17,6 +18,15 @@ from marl_rec.envs.metrics import METRICS
 
 
 # ---------------------------------------------------------------------------- the reward's kernel
+def round_view(watch, users_active_at_start, creators_active_at_start, publish_topic, publish_effort) -> tuple:
+    """A ``Round.view`` with the fields the reward reads (the rest: what a round starts with)."""
+    n = len(watch)
+    return tuple(RoundView(choice=np.full(n, -1), watch_time=watch, clicked_slot=np.full(n, -1),
+                           publish_topic=publish_topic, publish_effort=publish_effort,
+                           users_active_at_start=users_active_at_start,
+                           creators_active_at_start=creators_active_at_start))
+
+
 def reward_terms(per_user_at_reset: bool):
     """Four users (user 3 left in an earlier round), three creators (creator 2 left earlier)."""
     watch = np.array([2.0, 0.0, 4.0, 0.0])
@@ -27,8 +37,8 @@ def reward_terms(per_user_at_reset: bool):
     publish_topic = np.array([1, 0, -1])  # creator 2 published nothing (it left)
     publish_effort = np.array([2, 1, 0])
     creator_reward = np.full(3, np.nan)
-    terms = ecosystem_reward_terms(watch, users_active_at_start, per_user_at_reset, diversity, creator_engagement,
-                                   creators_active_at_start, publish_topic, publish_effort, 0.25, creator_reward)
+    rnd = round_view(watch, users_active_at_start, creators_active_at_start, publish_topic, publish_effort)
+    terms = ecosystem_reward_terms(rnd, diversity, creator_engagement, per_user_at_reset, 0.25, creator_reward)
     return terms, creator_reward
 
 
@@ -54,8 +64,8 @@ def test_losing_a_user_who_watched_nothing_raises_only_the_active_mean():
     zero = np.zeros(0, np.int64)
 
     def engagement(watch, active, at_reset):
-        return ecosystem_reward_terms(np.array(watch), np.array(active), at_reset, np.zeros(3), np.zeros(0),
-                                      np.zeros(0, bool), zero, zero, 0.0, np.empty(0))[0]
+        rnd = round_view(np.array(watch), np.array(active), np.zeros(0, bool), zero, zero)
+        return ecosystem_reward_terms(rnd, np.zeros(3), np.zeros(0), at_reset, 0.0, np.empty(0))[0]
 
     # at reset: 6 / 3 = 2 whether or not user 2 is still there; active: 6 / 3 = 2, then 6 / 2 = 3
     assert engagement([3.0, 3.0, 0.0], [True, True, True], True) == pytest.approx(2.0)

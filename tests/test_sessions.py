@@ -23,7 +23,7 @@ def test_the_next_start_ends_what_a_killed_driver_left(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     experiment = tmp_path / "long.yaml"
     experiment.write_text("name: long\n" + TINY_RUN + "stop: {training_iteration: 1000}\n")
-    from marl_rec.envs.kernels import cache_dir
+    from marl_rec.envs.compiled import cache_dir
 
     # the session records in a cache folder of the test's own; the compiled kernels where they are
     env = {**os.environ, "MARL_REC_CACHE_DIR": str(cache), "NUMBA_CACHE_DIR": str(cache_dir())}

@@ -257,7 +257,7 @@ def test_appending_through_a_link_is_refused(tmp_path):
 # -- 4. caches and temporary folders ------------------------------------------------------------------
 
 
-CACHE_OF = "import numba, marl_rec.envs.kernels; print(numba.config.CACHE_DIR)"
+CACHE_OF = "import numba, marl_rec.envs.compiled; print(numba.config.CACHE_DIR)"
 
 
 def cache_dir_chosen(env: dict) -> str:

@@ -40,11 +40,35 @@ class Part(Parametrised):
         Params: the part's parameter schema, a frozen dataclass subclass of ``_Section`` whose
             fields are ``spec(default, doc, low=..., high=..., choices=...)``.
         params: the validated ``Params`` instance.
+        compiled: declared by a class whose model methods are the ones its compiled kernels
+            inline (each built-in part class says ``compiled = True``). The class then runs its
+            kernels; a part that is not compiled runs its model methods (numpy). A subclass
+            that overrides any model method of a compiled class, and does not declare
+            ``compiled`` itself, is not compiled (``__init_subclass__``): its own logit,
+            engagement or leaving rule is used, never silently replaced by the kernel's.
 
     The schema's validation and the construction (``validate_params``, ``instantiate``,
     ``build_part``, shared with behaviours and roles) live with the schemas in
     ``marl_rec.envs.config``.
     """
+
+    compiled: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.compiled and "compiled" not in cls.__dict__ and any(_overrides(cls, name) for name in cls.__dict__):
+            cls.compiled = False
+
+
+def _overrides(cls: type, name: str) -> bool:
+    """Whether ``cls`` defines model method ``name`` over an ancestor's: a public method (or
+    ``__call__``, a reward's model), not the constructor or a nested class."""
+    if name.startswith("_") and name != "__call__":
+        return False
+    value = cls.__dict__[name]
+    if not (callable(value) or isinstance(value, (classmethod, staticmethod))) or isinstance(value, type):
+        return False
+    return any(name in base.__dict__ for base in cls.__mro__[1:] if base is not object)
 
 
 class CandidateSampler(Part):
@@ -113,16 +137,27 @@ class ChoiceModel(Part):
 
 
 class UserDynamics(Part):
-    """The user transition: initial users, engagement, and what responding does to a user.
+    """The user transition: initial users, engagement, what responding does to a user, and
+    when a user leaves.
 
     ``initial_users(rng, topic_centres) -> Users`` (``marl_rec.envs.parts.users.empty_users``
     fills the bookkeeping fields). ``engagement(sim, slots, user_idx) -> (n,)`` minutes user
     ``user_idx[i]`` would watch of item ``slots[i]`` (baselines use it). ``respond(sim, rng,
     user_idx, slots, clicked) -> (n,) watch time`` for the active users ``user_idx``, who clicked
     ``slots`` where ``clicked``. Writes: ``state.users.time_budget``, ``interest``, ``fatigue``
-    (the simulator does the histories, counters, ``active`` and the catalogue's statistics).
+    (the simulator does the histories, counters and the catalogue's statistics).
     Reads: ``state.catalogue``, ``state.t``.
+
+    ``leaving(sim, user_idx) -> (n,) bool``: which of the users who just responded leave the
+    platform now, read after the round's records (their counters, history and budget updated);
+    the simulator sets ``state.users.active`` to False for them. By default a user leaves when
+    its time budget is spent (not above 0), RecSim's session end; a dynamics may make users
+    leave for any other reason. For a compiled dynamics the records kernel applies the default
+    rule in the same pass (``_round_kernels.record_responses``' ``leave_when_spent``).
     """
+
+    def leaving(self, sim: "Simulator", user_idx: np.ndarray) -> np.ndarray:
+        return ~(sim.state.users.time_budget[user_idx] > 0)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> "Users":
         raise NotImplementedError
@@ -191,10 +226,17 @@ class Behaviour(Part):
 
     role: str = ""
 
+    acts_on_observations: bool = False  # declared; a class that defines act_on_observations gets True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "act_on_observations" in cls.__dict__ and "acts_on_observations" not in cls.__dict__:
+            cls.acts_on_observations = True
+
     @classmethod
     def can_act_on_observations(cls) -> bool:
         """Whether ``act_on_observations`` is implemented (checked in the driver, before Ray starts)."""
-        return cls.act_on_observations is not Behaviour.act_on_observations
+        return cls.acts_on_observations
 
     def act(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
 from marl_rec.envs.features import creator_column, creator_home_topic
+from marl_rec.envs.parts import _creator_kernels
 from marl_rec.envs.parts.base import Behaviour
 from marl_rec.envs.parts.choice import sample_choice
 from marl_rec.envs.parts.slates import random_slates, smallest_k, top_k_slate  # noqa: F401  (re-exported)
@@ -30,9 +30,11 @@ class RandomSlate(Behaviour):
     """System: a uniformly random slate of distinct valid candidates."""
 
     role = "system"
+    compiled = True
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
-        return random_slates(sim.state.round.candidate_mask, self.config.slate_size, rng)  # a small catalogue pads candidates
+        # a small catalogue pads candidates (masked out)
+        return random_slates(sim.state.round.candidate_mask, self.config.slate_size, rng)
 
     def act_on_observations(self, observations, rng):
         return random_slates(observations["action_mask"] > 0.5, self.config.slate_size, rng)
@@ -43,6 +45,7 @@ class ChoiceModelUser(Behaviour):
     """User: sample a slate position (or K = no click) from the environment's choice model."""
 
     role = "user"
+    compiled = True
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         sample = getattr(sim.choice_model, "sample", None)  # ChoiceModel's; a plain plug-in may lack it
@@ -60,9 +63,10 @@ def viability_publishing(
     """(n, 2) (topic, effort) actions of ``ViabilityPublisher`` from the creators' own view."""
     n = len(viability)
     actions = np.empty((n, 2), np.int64)
-    kernels.viability_publishing(rng.random(3 * n), np.ascontiguousarray(viability, np.float64),
-                                 np.ascontiguousarray(home_topic, np.int64), np.ascontiguousarray(demand, np.float64),
-                                 base_rate, demand_drift, effort_levels, actions)
+    _creator_kernels.viability_publishing(rng.random(3 * n), np.ascontiguousarray(viability, np.float64),
+                                          np.ascontiguousarray(home_topic, np.int64),
+                                          np.ascontiguousarray(demand, np.float64), base_rate, demand_drift,
+                                          effort_levels, actions)
     return actions
 
 
@@ -72,6 +76,7 @@ class ViabilityPublisher(Behaviour):
     with probability demand_drift, on a topic drawn from the platform's demand; middle effort."""
 
     role = "creator"
+    compiled = True
 
     def act(self, sim, rng: np.random.Generator) -> np.ndarray:
         creators, cc = sim.state.creators, self.config.creator

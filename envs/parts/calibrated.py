@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from marl_rec.envs.config import ConfigError, _Section, spec
+from marl_rec.envs.consumed import EpisodeConsumption
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.parts.samplers import MixedSampler
 from marl_rec.envs.parts.users import EcosystemUserDynamics, empty_users
@@ -215,14 +216,13 @@ class CalibratedGrowthSampler(MixedSampler):
         super().__init__(config, params)
         self.horizon = self.params.growth_rounds or config.max_cycles
         self._due: np.ndarray | None = None
-        self._consumed = np.zeros((config.num_users, 0), bool)  # (U, uids so far): consumed this episode
-        self._users = np.arange(config.num_users)
+        self._consumed = EpisodeConsumption(config.num_users)  # the window: the whole episode
 
     def sample(self, sim, rng):
         items = sim.item_generator
         if isinstance(items, CalibratedItems):
             self._grow(sim, rng, items)
-        self._remember(sim)
+        self._consumed.record(sim)  # last round's clicks, before the new round clears them
         candidates, mask = super().sample(sim, rng)
         return self._drop_consumed(sim, rng, candidates, mask)
 
@@ -240,25 +240,10 @@ class CalibratedGrowthSampler(MixedSampler):
             birth = np.minimum(self._due[items.cursor : items.cursor + n], sim.state.t)
             sim.publish(rng, topic=None, quality_mean=0.0, creator=np.full(n, -1), n=n, birth=birth)
 
-    def _remember(self, sim) -> None:
-        """Record last round's clicks (this runs before the new round clears them)."""
-        cat = sim.state.catalogue
-        if cat.next_uid > self._consumed.shape[1]:
-            grown = np.zeros((len(self._users), 2 * cat.next_uid), bool)
-            grown[:, : self._consumed.shape[1]] = self._consumed
-            self._consumed = grown
-        if sim.state.t == 0:
-            self._consumed[:] = False
-            return
-        clicked = sim.state.round.clicked_slot
-        who = np.nonzero(clicked >= 0)[0]
-        self._consumed[who, cat.uid[clicked[who]]] = True
-
     def _drop_consumed(self, sim, rng, candidates, mask):
         cat = sim.state.catalogue
-        rows = self._users[:, None]
         for _ in range(4):
-            bad = self._consumed[rows, np.maximum(cat.uid[candidates], 0)] & mask
+            bad = self._consumed.of(sim, candidates) & mask
             if not bad.any():
                 return candidates, mask
             u, m = np.nonzero(bad)
@@ -266,7 +251,7 @@ class CalibratedGrowthSampler(MixedSampler):
             for r in np.flatnonzero(repeated_rows(candidates)):  # a redraw may repeat another candidate of its row
                 copies = later_copies(candidates[r])
                 candidates[r, copies] = cat.newest(rng.integers(0, cat.count, size=int(copies.sum())))
-        bad = self._consumed[rows, np.maximum(cat.uid[candidates], 0)] & mask
+        bad = self._consumed.of(sim, candidates) & mask
         for r in np.flatnonzero(repeated_rows(candidates)):  # rare: mask out the later copies
             bad[r] |= later_copies(candidates[r])
         k = self.config.slate_size

@@ -2,18 +2,21 @@
 
 EcoAgent (Mladenov et al. 2021, "RecSim NG" ecosystem example; Zhan et al. 2021) models
 creators whose satisfaction is fed by the exposure and engagement they get and who leave the
-platform when it stays too low; this is a compiled loop over creators of that mechanism (``kernels.creator_viability``).
+platform when it stays too low; this is a compiled loop over creators of that mechanism
+(``_creator_kernels.creator_viability``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts import _creator_kernels as kernels
+from marl_rec.envs.parts._creator_kernels import ViabilityCreators, ViabilityParams
 from marl_rec.envs.parts.base import CreatorDynamics
 from marl_rec.envs.registry import CREATOR_DYNAMICS
 from marl_rec.envs.state import Creators
+from marl_rec.envs.views import CreatorsView, pick
 
 
 @CREATOR_DYNAMICS.register("ecosystem")
@@ -25,9 +28,14 @@ class EcosystemCreatorDynamics(CreatorDynamics):
     Published items have quality ~ skill + effort_quality · effort + noise.
     """
 
+    compiled = True
+
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
-        self.creator = config.creator
+        self.creator = cc = config.creator
+        self._viability = tuple(ViabilityParams(cc.exposure_weight, cc.engagement_weight, cc.viability_memory,
+                                                cc.leave_threshold, cc.grace_period))
+        self._creators = pick(CreatorsView, ViabilityCreators._fields)
 
     def initial_creators(self, rng: np.random.Generator) -> Creators:
         c, n = self.config, self.config.num_creators
@@ -76,6 +84,4 @@ class EcosystemCreatorDynamics(CreatorDynamics):
                                                               creators.published)
         if len(publishing):
             sim.publish(rng, topic=topics, quality_mean=quality_mean, creator=publishing, n=len(publishing))
-        kernels.creator_viability(creators.exposure, creators.engagement, creators.viability, creators.active,
-                                  creators.rounds_below, cc.exposure_weight, cc.engagement_weight,
-                                  cc.viability_memory, cc.leave_threshold, cc.grace_period)
+        kernels.creator_viability(self._creators(creators.view), self._viability)

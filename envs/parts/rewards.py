@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts._reward_kernels import ecosystem_reward_terms
 from marl_rec.envs.parts.base import Reward
 from marl_rec.envs.registry import REWARDS
 
@@ -24,6 +24,8 @@ class EcosystemReward(Reward):
     time; creator_<c> gets its utility minus the cost of the effort it published with.
     """
 
+    compiled = True
+
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
         self.weights = config.reward
@@ -31,9 +33,8 @@ class EcosystemReward(Reward):
     def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         rnd, creators = sim.state.round, sim.state.creators
         creator_reward = np.empty(self.config.num_creators)
-        engagement, creator_term, diversity_term = kernels.ecosystem_reward_terms(
-            rnd.watch_time, rnd.users_active_at_start, self.weights.user_denominator == "reset", sim.last_diversity,
-            creators.engagement, rnd.creators_active_at_start, rnd.publish_topic, rnd.publish_effort,
+        engagement, creator_term, diversity_term = ecosystem_reward_terms(
+            rnd.view, sim.last_diversity, creators.engagement, self.weights.user_denominator == "reset",
             self.config.creator.effort_cost, creator_reward)
         w = self.weights
         terms = {
@@ -62,6 +63,8 @@ def watch_time_per_user(sim) -> float:
 @REWARDS.register("watch_time")
 class WatchTimeReward(EcosystemReward):
     """RecSim's ``clicked_watchtime_reward``: total minutes watched this round."""
+
+    compiled = True
 
     def __call__(self, sim):
         _, individual, terms = super().__call__(sim)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs.parts import _sampler_kernels as kernels
 from marl_rec.envs.config import ConfigError, EcosystemConfig
 from marl_rec.envs.parts.base import CandidateSampler
 from marl_rec.envs.registry import CANDIDATE_SAMPLERS
@@ -24,9 +24,11 @@ class MixedSampler(CandidateSampler):
     holds nothing else (rare) it takes the first older item its user lacks. When the pool has
     too few eligible items, random older items fill in. While the catalogue is too small for
     those strata, candidates are any distinct items, padded and masked out only when fewer than
-    M exist. The loops are ``kernels.sample_mixed`` and ``kernels.sample_any``; the arrays
+    M exist. The loops are ``_sampler_kernels.sample_mixed`` and ``sample_any``; the arrays
     returned are the sampler's own two buffers in turn (valid through the next round).
     """
+
+    compiled = True
 
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
@@ -58,8 +60,9 @@ class MixedSampler(CandidateSampler):
             return candidates, mask
         if len(self._pool_position) != cat.capacity:
             self._pool_position = np.full(cat.capacity, -1, np.int64)
-        kernels.sample_mixed(rng.random(out=self._draws), cat.head, count, cat.capacity, window, self.num_fresh,
-                             self.num_popular, self.num_older, sim.state.popular, self._pool_position, candidates)
+        kernels.sample_mixed(rng.random(out=self._draws), (cat.head, count, cat.capacity),
+                             (window, self.num_fresh, self.num_popular, self.num_older), sim.state.popular,
+                             self._pool_position, candidates)
         mask.fill(True)  # writable: a role may mask candidates out (tests/test_custom_role.py)
         return candidates, mask
 

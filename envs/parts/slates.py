@@ -1,14 +1,15 @@
 """Slate-picking helpers shared by behaviours, baselines, action spaces and RLlib modules.
 
-Over batches of candidate rows (numpy, and a compiled loop for random slates); no simulator, no registry. They live apart from the
-behaviours so that ``marl_rec.policies`` can use them without ``envs`` importing ``policies``.
+Over batches of candidate rows (numpy, and a compiled loop for random slates); no simulator, no
+registry. They live apart from the behaviours so that ``marl_rec.policies`` can use them
+without ``envs`` importing ``policies``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
+from marl_rec.envs.parts import _slate_kernels as kernels
 
 
 def top_k_slate(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def smallest_k(keys: np.ndarray, k: int, overwrite: bool = False) -> np.ndarray:
 def random_slates(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(n, k) distinct allowed candidates per row of ``mask`` (n, M) (allowed: true or positive),
     uniformly random in set and order: k steps of a Fisher–Yates shuffle of each row's allowed
-    candidates, n × k uniform draws (``kernels.random_slates``)."""
+    candidates, n × k uniform draws (``_slate_kernels.random_slates``)."""
     allowed = np.ascontiguousarray(mask if mask.dtype == bool else mask > 0)
     out = np.empty((len(allowed), k), np.int64)
     kernels.random_slates(allowed, rng.random((len(allowed), k)), out)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from marl_rec.envs import kernels
 from marl_rec.envs.config import EcosystemConfig
+from marl_rec.envs.parts import _user_kernels as kernels
+from marl_rec.envs.parts._user_kernels import (
+    EngagementParams,
+    RecSimParams,
+    ResponseItems,
+    ResponseParams,
+    ResponseUsers,
+)
 from marl_rec.envs.parts.base import UserDynamics
 from marl_rec.envs.registry import USER_DYNAMICS
 from marl_rec.envs.state import Users
+from marl_rec.envs.views import CatalogueView, UsersView, pick
 
 
 def empty_users(config: EcosystemConfig, interest: np.ndarray) -> Users:
@@ -42,13 +50,26 @@ class EcosystemUserDynamics(UserDynamics):
     budget -= watch (or step_cost without a click); budget += quality_refill · watch · quality
     (RecSim interest_evolution: appealing low-quality items drain the budget.)
     interest += interest_drift · (embedding − interest); fatigue decays, the consumed topic's rises.
+    A user leaves when its budget is spent (``UserDynamics.leaving``).
+
+    Compiled: ``_user_kernels.ecosystem_respond`` inlines the engagement. A subclass that
+    overrides a model method (``engagement``, ``leaving``, ...) is not compiled: the response
+    takes the subclass's ``engagement``, and the simulator its ``leaving``.
     """
+
+    compiled = True
 
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
-        self.user = config.user
+        self.user = user = config.user
         half_life = config.item.freshness_half_life
         self.age_rate = np.log(2.0) / half_life if half_life > 0 else 0.0
+        engagement = EngagementParams(user.engagement_affinity, user.engagement_quality, user.engagement_bias,
+                                      self.age_rate)
+        self._engagement = tuple(engagement)
+        self._response = tuple(ResponseParams(self._engagement, user.step_cost, user.quality_refill,
+                                              user.fatigue_decay, user.fatigue_rate, user.interest_drift))
+        self._items, self._users = pick(CatalogueView, ResponseItems._fields), pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config
@@ -61,24 +82,18 @@ class EcosystemUserDynamics(UserDynamics):
         return empty_users(c, interest)
 
     def engagement(self, sim, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
-        cat, users, user = sim.state.catalogue, sim.state.users, self.user
         out = np.empty(len(slots))
-        kernels.engagement(np.asarray(user_idx, np.int64), np.asarray(slots, np.int64), sim.state.t, cat.embedding,
-                           cat.quality, cat.length, cat.birth, users.interest, user.engagement_affinity,
-                           user.engagement_quality, user.engagement_bias, self.age_rate, out)
+        kernels.engagement(np.asarray(user_idx, np.int64), np.asarray(slots, np.int64), sim.state.t,
+                           self._items(sim.state.catalogue.view), sim.state.users.interest, self._engagement, out)
         return out
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
         """Apply the response of users ``user_idx`` (clicked → consumed ``slots``); return watch time."""
-        users, cat, user = sim.state.users, sim.state.catalogue, self.user
         watch = np.empty(len(user_idx))
-        given = (np.empty(0) if type(self).engagement is EcosystemUserDynamics.engagement  # a subclass's own engagement
+        given = (np.empty(0) if self.compiled  # the kernel's own engagement; else the (subclass's) method's
                  else np.asarray(self.engagement(sim, slots, user_idx), np.float64))
-        kernels.ecosystem_respond(
-            user_idx, slots, clicked, sim.state.t, cat.embedding, cat.quality, cat.length, cat.topic, cat.birth,
-            users.interest, users.time_budget, users.fatigue, user.engagement_affinity, user.engagement_quality,
-            user.engagement_bias, self.age_rate, user.step_cost, user.quality_refill, user.fatigue_decay,
-            user.fatigue_rate, user.interest_drift, given, watch)
+        kernels.ecosystem_respond((user_idx, slots, clicked), sim.state.t, self._items(sim.state.catalogue.view),
+                                  self._users(sim.state.users.view), self._response, given, watch)
         return watch
 
 
@@ -93,9 +108,14 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
     where the coin flip used global ``np.random``; here it uses the env's generator.
     """
 
+    compiled = True
+
     def __init__(self, config: EcosystemConfig, params=None):
         super().__init__(config, params)
-        self.user = config.user
+        self.user = user = config.user
+        self._params = tuple(RecSimParams(user.interest_update_x_intercept, user.interest_update_y_intercept,
+                                          user.step_cost, user.quality_refill))
+        self._items, self._users = pick(CatalogueView, ResponseItems._fields), pick(UsersView, ResponseUsers._fields)
 
     def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         c = self.config
@@ -105,9 +125,8 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
         return sim.state.catalogue.length[slots].astype(np.float64)
 
     def respond(self, sim, rng, user_idx: np.ndarray, slots: np.ndarray, clicked: np.ndarray) -> np.ndarray:
-        users, cat, user = sim.state.users, sim.state.catalogue, self.user
         watch = np.empty(len(user_idx))
-        kernels.recsim_respond(user_idx, slots, clicked, rng.random(len(user_idx)), cat.embedding, cat.quality,
-                               cat.length, users.interest, users.time_budget, user.interest_update_x_intercept,
-                               user.interest_update_y_intercept, user.step_cost, user.quality_refill, watch)
+        kernels.recsim_respond((user_idx, slots, clicked), rng.random(len(user_idx)),
+                               self._items(sim.state.catalogue.view), self._users(sim.state.users.view), self._params,
+                               watch)
         return watch

@@ -22,7 +22,7 @@ action_mask (M); user: interest (d), budget (1), fatigue (T), slate (K, d+2), be
 (K+1); creator: own (6+T), topic_demand (T).
 
 Every key's shape and columns: ``marl_rec.envs.features.OBSERVATIONS`` (README's table is
-``features.observation_table()``); column indices by name: ``features.item_column("ctr", d)``.
+``roles.observation_table()``); column indices by name: ``features.item_column("ctr", d)``.
 
 ## Rewards
 At the end of every round (``Simulator.end_round``, after the last phase) a cooperative team

@@ -9,7 +9,7 @@ its index instead of writing ``dim + 3``:
     >>> item_columns(dim=2)[:4]
     ['embedding_0', 'embedding_1', 'length', 'age']
 
-``observation_table()`` renders README's table of every built-in role's observation keys,
+``marl_rec.envs.roles.observation_table()`` renders README's table of every built-in role's observation keys,
 shapes and columns from the same names (tests/test_parts.py checks that README holds it).
 Plain Python and integers only, so numpy arrays and torch tensors index the same way.
 """
@@ -173,31 +173,3 @@ def symbol_sizes(config) -> dict[str, int]:
 def shape_of(symbols: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
     """``("M", "d+7")`` with ``sizes`` → ``(20, 15)``."""
     return tuple(sum(int(term) if term.isdigit() else sizes[term] for term in dim.split("+")) for dim in symbols)
-
-
-def observation_table() -> str:
-    """Markdown: every built-in role's agents, phase, observation keys with shapes and columns,
-    action and reward (README's "Agents and observations" section is exactly this text)."""
-    from marl_rec.envs.roles import ROLES  # roles import this module; rendering is the only way back
-
-    lines = [
-        "| agent | phase | observation key | shape | columns |",
-        "|---|---|---|---|---|",
-    ]
-    for name, keys in OBSERVATIONS.items():
-        role = ROLES.get(name)
-        for i, o in enumerate(keys):
-            head = f"`{role.agent_doc}` | {role.phase}" if i == 0 else " | "
-            lines.append(f"| {head} | `{o.key}` | ({', '.join(o.shape)}) | {o.columns} |")
-    lines += ["", "| agent | action | individual reward |", "|---|---|---|"]
-    for name in OBSERVATIONS:
-        role = ROLES.get(name)
-        lines.append(f"| `{role.agent_doc}` | {role.action_doc} | {role.reward_doc} |")
-    lines += [
-        "",
-        "Shapes: d embedding_dim, H history_length, M num_candidates, K slate_size, T num_topics, U num_users, "
-        "S the length of `state()`, E creator.effort_levels. Column names come from `marl_rec.envs.features` "
-        "(`item_column(\"ctr\", d)` is the index of the candidates' CTR column). Each agent's reward is "
-        "α·team + (1−α)·individual, α = `reward_mix` (one number, or per role: `{default: 1.0, creator: 0.5}`).",
-    ]
-    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from gymnasium import spaces
 
 from marl_rec.envs._observation_kernels import HISTORY_WATCH_AT, history_view
 from marl_rec.envs.config import Parametrised
+from marl_rec.envs.features import OBSERVATIONS
 from marl_rec.envs.parts.rewards import watch_time_per_user
 from marl_rec.envs.registry import ROLES
 from marl_rec.envs.slates import slate_problem, valid_slates
@@ -473,3 +474,29 @@ class CreatorRole(Role):
 
     def active(self, sim):
         return sim.state.creators.active
+
+
+def observation_table() -> str:
+    """Markdown: every built-in role's agents, phase, observation keys with shapes and columns,
+    action and reward (README's "Agents and observations" section is exactly this text)."""
+    lines = [
+        "| agent | phase | observation key | shape | columns |",
+        "|---|---|---|---|---|",
+    ]
+    for name, keys in OBSERVATIONS.items():
+        role = ROLES.get(name)
+        for i, o in enumerate(keys):
+            head = f"`{role.agent_doc}` | {role.phase}" if i == 0 else " | "
+            lines.append(f"| {head} | `{o.key}` | ({', '.join(o.shape)}) | {o.columns} |")
+    lines += ["", "| agent | action | individual reward |", "|---|---|---|"]
+    for name in OBSERVATIONS:
+        role = ROLES.get(name)
+        lines.append(f"| `{role.agent_doc}` | {role.action_doc} | {role.reward_doc} |")
+    lines += [
+        "",
+        "Shapes: d embedding_dim, H history_length, M num_candidates, K slate_size, T num_topics, U num_users, "
+        "S the length of `state()`, E creator.effort_levels. Column names come from `marl_rec.envs.features` "
+        "(`item_column(\"ctr\", d)` is the index of the candidates' CTR column). Each agent's reward is "
+        "α·team + (1−α)·individual, α = `reward_mix` (one number, or per role: `{default: 1.0, creator: 0.5}`).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -207,7 +207,7 @@ def test_item_features_report_the_creators_exposure_share_and_presence(sim):
 def test_sample_choice_takes_the_first_index_past_the_draw():
     """Inverse CDF: with uniforms u, row r picks the first index whose cumulative probability
     exceeds u·total. Hand-made rows and draws (one uniform per row, in row order)."""
-    from marl_rec.envs.parts.choice import sample_choice
+    from marl_rec.envs.parts.base import sample_choice
 
     probabilities = np.array([[0.2, 0.3, 0.5], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.25, 0.25, 0.5]])
     draws = np.random.default_rng(7).random(4)  # 0.625, 0.897, 0.776, 0.225

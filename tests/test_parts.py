@@ -12,7 +12,8 @@ from gymnasium import spaces
 
 from marl_rec.envs import BEHAVIOURS, ROLES, ConfigError, Role, RoundRunner, make_config
 from marl_rec.envs.config import _Section, spec
-from marl_rec.envs.features import OBSERVATIONS, item_column, item_columns, observation_table, shape_of, symbol_sizes
+from marl_rec.envs.features import OBSERVATIONS, item_column, item_columns, shape_of, symbol_sizes
+from marl_rec.envs.roles import observation_table
 from marl_rec.envs.parts.base import Behaviour, Reward
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,

@@ -27,10 +27,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from marl_rec.envs.config import Parametrised
+from marl_rec.envs.parts import _choice_kernels
 
 if TYPE_CHECKING:
     from marl_rec.envs.core import Simulator
     from marl_rec.envs.state import Creators, Users
+
+
+
+def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row):
+    the first index whose cumulative probability exceeds the draw, the last one at worst."""
+    probabilities = np.ascontiguousarray(probabilities, np.float64)
+    out = np.empty(len(probabilities), np.int64)
+    _choice_kernels.sample_choice(probabilities, rng.random(len(probabilities)), out)
+    return out
 
 
 class Part(Parametrised):
@@ -131,8 +142,6 @@ class ChoiceModel(Part):
         raise NotImplementedError
 
     def sample(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
-        from marl_rec.envs.parts.choice import sample_choice
-
         return sample_choice(self.probabilities(sim, sim.slate_slots()), rng)
 
 

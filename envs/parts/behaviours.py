@@ -15,8 +15,7 @@ import numpy as np
 
 from marl_rec.envs.features import creator_column, creator_home_topic
 from marl_rec.envs.parts import _creator_kernels
-from marl_rec.envs.parts.base import Behaviour
-from marl_rec.envs.parts.choice import sample_choice
+from marl_rec.envs.parts.base import Behaviour, sample_choice
 from marl_rec.envs.parts.slates import random_slates, smallest_k, top_k_slate  # noqa: F401  (re-exported)
 from marl_rec.envs.registry import BEHAVIOURS
 

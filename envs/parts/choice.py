@@ -46,15 +46,6 @@ def item_logits(sim, slots: np.ndarray, user_config) -> np.ndarray:
     return out
 
 
-def sample_choice(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Index sampled from each row of ``probabilities`` by inverse CDF (one uniform per row):
-    the first index whose cumulative probability exceeds the draw, the last one at worst."""
-    probabilities = np.ascontiguousarray(probabilities, np.float64)
-    out = np.empty(len(probabilities), np.int64)
-    kernels.sample_choice(probabilities, rng.random(len(probabilities)), out)
-    return out
-
-
 @CHOICE_MODELS.register("mnl")
 class MultinomialLogitChoice(ChoiceModel):
     """Multinomial logit over the slate plus a no-click option.

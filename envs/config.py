@@ -272,7 +272,7 @@ class SamplerConfig(_Section):
 class UserConfig(_Section):
     """User behaviour (choice) and transition (budget, interest, fatigue)."""
 
-    dynamics: str = spec("ecosystem", "user dynamics (registry USER_DYNAMICS): 'ecosystem' or 'recsim_iev'")
+    dynamics: str = spec("budget_drift", "user dynamics (registry USER_DYNAMICS): 'budget_drift', 'recsim_iev' or 'calibrated'")
     choice_model: str = spec("mnl", "choice model (registry CHOICE_MODELS): 'mnl' or 'proportional'")
     dynamics_params: dict = spec({}, "parameters of the user dynamics (its Params schema)")
     choice_params: dict = spec({}, "parameters of the choice model (its Params schema)")
@@ -320,7 +320,7 @@ class UserConfig(_Section):
 class CreatorConfig(_Section):
     """Creator publishing and viability (EcoAgent-style churn)."""
 
-    dynamics: str = spec("ecosystem", "creator dynamics (registry CREATOR_DYNAMICS)")
+    dynamics: str = spec("viability", "creator dynamics (registry CREATOR_DYNAMICS)")
     dynamics_params: dict = spec({}, "parameters of the creator dynamics (its Params schema)")
     initial_items: int = spec(12, "items each creator has in the catalogue at the start", low=0)
     # quality is a logit and is observed (float32): +-100 is far past where the sigmoids saturate
@@ -345,11 +345,11 @@ class CreatorConfig(_Section):
 class RewardConfig(_Section):
     """The cooperative team reward and the individual rewards."""
 
-    name: str = spec("ecosystem", "reward function (registry REWARDS): 'ecosystem' or 'watch_time'")
+    name: str = spec("engagement_utility", "reward function (registry REWARDS): 'engagement_utility' or 'watch_time'")
     params: dict = spec({}, "parameters of the reward function (its Params schema)")
     engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0, high=MAX_WEIGHT)
     user_denominator: str = spec(
-        "reset", "what the mean watch time per user (the ecosystem reward's user term, the platform role's individual "
+        "reset", "what the mean watch time per user (the engagement_utility reward's user term, the platform role's individual "
         "reward) divides by: 'reset', the users at reset, a departed user counting 0 (driving users away cannot raise "
         "it); 'active', the users active at the round's start (the earlier definition, kept for comparison: losing "
         "low-engagement users raises it)", choices=("reset", "active"),

@@ -423,7 +423,7 @@ class CreatorRole(Role):
 
     name = "creator"
     phase = "create"
-    default_behaviour = "ecosystem"
+    default_behaviour = "viability_publisher"
     agent_doc = "creator_<c>"
     action_doc = "`MultiDiscrete([T+1, E])`: topic (T = publish nothing) and effort level"
     reward_doc = "log(1 + engagement) − effort cost"

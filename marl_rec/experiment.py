@@ -97,13 +97,32 @@ def check_training_value(key: str, value, where: str) -> None:
 
 
 def renamed_keys(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A saved experiment (checkpoint, run folder, runs.json) with the keys renamed since it was
-    saved given their new names: evaluation.baselines -> evaluation.behaviours (issue 24). An
-    experiment file a person writes gets a ConfigError naming the new key instead."""
+    """A saved experiment (checkpoint, run folder, runs.json) with what was renamed since it was
+    saved given its new name: the key evaluation.baselines -> evaluation.behaviours, and the
+    registered names of parts and behaviours (``Registry.renamed``). An experiment file a person
+    writes gets a ConfigError naming the new key or name instead."""
     evaluation = raw.get("evaluation")
     if isinstance(evaluation, Mapping) and "baselines" in evaluation and "behaviours" not in evaluation:
-        return {**raw, "evaluation": {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}}
-    return raw
+        raw = {**raw, "evaluation": {("behaviours" if k == "baselines" else k): v for k, v in evaluation.items()}}
+    env = raw.get("env")
+    return {**raw, "env": _renamed_parts(env)} if isinstance(env, Mapping) else raw
+
+
+def _renamed_parts(env: Mapping[str, Any]) -> dict[str, Any]:
+    """``env`` with each renamed part or behaviour name (a saved config's) replaced by its new name."""
+    from marl_rec.envs.part_kinds import PART_KINDS
+
+    env = dict(env)
+    for kind in PART_KINDS:
+        section, key = kind.name_key.split(".")
+        values = env.get(section)
+        if isinstance(values, Mapping) and isinstance(values.get(key), str) and kind.registry.new_name(values[key]):
+            env[section] = {**values, key: kind.registry.new_name(values[key])}
+    behaviours = env.get("behaviours")
+    if isinstance(behaviours, Mapping):
+        env["behaviours"] = {role: BEHAVIOURS.new_name(name) or name if isinstance(name, str) else name
+                             for role, name in behaviours.items()}
+    return env
 
 
 def system_behaviours() -> list[str]:

@@ -76,7 +76,7 @@ def test_train_rejects_a_bad_file_before_starting_ray(tmp_path):
 # -- every name the CLI offers works, every number is range-checked, errors name their flag -------
 
 
-@pytest.mark.parametrize("behaviour", ["choice_model", "ecosystem"])
+@pytest.mark.parametrize("behaviour", ["choice_model", "viability_publisher"])
 def test_evaluate_refuses_behaviours_of_other_roles(capsys, behaviour):
     assert main(["evaluate", "--behaviour", behaviour, "--episodes", "1"]) == 2
     err = capsys.readouterr().err
@@ -103,6 +103,27 @@ def test_old_spellings_name_the_new_ones(capsys, tmp_path):
     saved = {**load_experiment("quickstart").to_dict(), "evaluation": {"baselines": ["random"], "episodes": 3}}
     exp = ExperimentConfig.from_saved(saved, source="<saved>")
     assert exp.evaluation.behaviours == ["random"] and exp.evaluation.episodes == 3
+
+
+def test_the_parts_once_named_ecosystem_are_named_after_their_mechanisms(tmp_path):
+    """A file naming a renamed part gets an error naming the new name; a saved run reads on."""
+    from marl_rec.envs.config import ConfigError
+    from marl_rec.experiment import ExperimentConfig, load_experiment
+
+    old = {"user": {"dynamics": "ecosystem"}, "creator": {"dynamics": "ecosystem"},
+           "reward": {"name": "ecosystem"}, "behaviours": {"creator": "ecosystem"}}
+    new = {"user": "budget_drift", "creator": "viability", "reward": "engagement_utility"}
+    path = tmp_path / "exp.yaml"
+    for section, name in new.items():
+        key = "name" if section == "reward" else "dynamics"
+        path.write_text(f"env: {{{section}: {{{key}: ecosystem}}}}\n")
+        with pytest.raises(ConfigError, match=rf"'ecosystem' was renamed to '{name}'"):
+            load_experiment(path)
+    saved = load_experiment("quickstart").to_dict()
+    exp = ExperimentConfig.from_saved({**saved, "env": {**saved["env"], **old}}, source="<saved>")
+    config = exp.env_config()
+    assert (config.user.dynamics, config.creator.dynamics, config.reward.name) == tuple(new.values())
+    assert config.behaviours == {"creator": "viability_publisher"}
 
 
 @pytest.mark.parametrize("flag, value, message", [

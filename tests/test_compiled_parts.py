@@ -9,11 +9,11 @@ from marl_rec.envs.parts.base import ChoiceModel
 from marl_rec.envs.parts.behaviours import ChoiceModelUser, RandomSlate, ViabilityPublisher
 from marl_rec.envs.parts.calibrated import CalibratedGrowthSampler, CalibratedUserDynamics
 from marl_rec.envs.parts.choice import MultinomialLogitChoice, ProportionalChoice
-from marl_rec.envs.parts.creators import EcosystemCreatorDynamics
+from marl_rec.envs.parts.creators import ViabilityCreatorDynamics
 from marl_rec.envs.parts.items import RecSimUtilityGenerator, TopicItemGenerator
-from marl_rec.envs.parts.rewards import EcosystemReward, WatchTimeReward
+from marl_rec.envs.parts.rewards import EngagementUtilityReward, WatchTimeReward
 from marl_rec.envs.parts.samplers import MixedSampler
-from marl_rec.envs.parts.users import EcosystemUserDynamics, RecSimInterestEvolutionDynamics
+from marl_rec.envs.parts.users import BudgetDriftUserDynamics, RecSimInterestEvolutionDynamics
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.rounds import RoundRunner
 
@@ -50,24 +50,24 @@ class SecondPositionLogit(MultinomialLogitChoice):
         return logits
 
 
-class FixedEngagement(EcosystemUserDynamics):
+class FixedEngagement(BudgetDriftUserDynamics):
     def engagement(self, sim, slots, user_idx):
         return np.full(len(slots), 0.125)
 
 
-class LeaveAfterAClick(EcosystemUserDynamics):
+class LeaveAfterAClick(BudgetDriftUserDynamics):
     """Users leave after their first click, whatever budget they have left."""
 
     def leaving(self, sim, user_idx):
         return sim.state.users.clicks[user_idx] >= 1
 
 
-class SteadyCreators(EcosystemCreatorDynamics):
+class SteadyCreators(ViabilityCreatorDynamics):
     def resolve(self, sim, rng, topic, effort):
         sim.state.creators.viability[:] = 0.5  # nothing published, nobody leaves
 
 
-class ConstantReward(EcosystemReward):
+class ConstantReward(EngagementUtilityReward):
     def __call__(self, sim):
         _, individual, terms = super().__call__(sim)
         return 3.0, individual, terms
@@ -80,7 +80,7 @@ class FirstSlate(RandomSlate):
 
 def test_built_in_parts_declare_the_compiled_path_and_overriding_subclasses_leave_it():
     for cls in (MixedSampler, TopicItemGenerator, RecSimUtilityGenerator, MultinomialLogitChoice, ProportionalChoice,
-                EcosystemUserDynamics, RecSimInterestEvolutionDynamics, EcosystemCreatorDynamics, EcosystemReward,
+                BudgetDriftUserDynamics, RecSimInterestEvolutionDynamics, ViabilityCreatorDynamics, EngagementUtilityReward,
                 WatchTimeReward, RandomSlate, ChoiceModelUser, ViabilityPublisher):
         assert cls.compiled, cls
     for cls in (NewestCandidates, FixedQualityItems, SecondPositionLogit, FixedEngagement, LeaveAfterAClick,
@@ -152,7 +152,7 @@ def test_the_default_leaving_rule_is_a_spent_budget():
     runner = runner_with()
     users = runner.sim.state.users
     users.time_budget[:] = [5.0, 0.0, -1.0, np.nan]
-    gone = EcosystemUserDynamics(CONFIG).leaving(runner.sim, np.arange(U))
+    gone = BudgetDriftUserDynamics(CONFIG).leaving(runner.sim, np.arange(U))
     assert gone.tolist() == [False, True, True, True]
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from marl_rec.envs import EcosystemConfig, Simulator
 from marl_rec.envs.config import ConfigError
-from marl_rec.envs.parts._reward_kernels import ecosystem_reward_terms
+from marl_rec.envs.parts._reward_kernels import engagement_utility_terms
 from marl_rec.envs.views import RoundView
-from marl_rec.envs.parts.users import EcosystemUserDynamics
+from marl_rec.envs.parts.users import BudgetDriftUserDynamics
 from marl_rec.envs.presets import make_config
 from marl_rec.envs.roles import PlatformRole
 from marl_rec.envs.metrics import METRICS
@@ -38,7 +38,7 @@ def reward_terms(per_user_at_reset: bool):
     publish_effort = np.array([2, 1, 0])
     creator_reward = np.full(3, np.nan)
     rnd = round_view(watch, users_active_at_start, creators_active_at_start, publish_topic, publish_effort)
-    terms = ecosystem_reward_terms(rnd, diversity, creator_engagement, per_user_at_reset, 0.25, creator_reward)
+    terms = engagement_utility_terms(rnd, diversity, creator_engagement, per_user_at_reset, 0.25, creator_reward)
     return terms, creator_reward
 
 
@@ -65,7 +65,7 @@ def test_losing_a_user_who_watched_nothing_raises_only_the_active_mean():
 
     def engagement(watch, active, at_reset):
         rnd = round_view(np.array(watch), np.array(active), np.zeros(0, bool), zero, zero)
-        return ecosystem_reward_terms(rnd, np.zeros(3), np.zeros(0), at_reset, 0.0, np.empty(0))[0]
+        return engagement_utility_terms(rnd, np.zeros(3), np.zeros(0), at_reset, 0.0, np.empty(0))[0]
 
     # at reset: 6 / 3 = 2 whether or not user 2 is still there; active: 6 / 3 = 2, then 6 / 2 = 3
     assert engagement([3.0, 3.0, 0.0], [True, True, True], True) == pytest.approx(2.0)
@@ -111,7 +111,7 @@ class FixedCandidates:
         return CANDIDATES.copy(), np.ones(CANDIDATES.shape, bool)
 
 
-class ScriptedUsers(EcosystemUserDynamics):
+class ScriptedUsers(BudgetDriftUserDynamics):
     """The ecosystem's initial users; responses watch the scripted minutes and leave the
     scripted budgets (a user whose budget is 0 leaves)."""
 

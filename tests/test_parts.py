@@ -305,7 +305,7 @@ def _ready_runner():
     return runner
 
 
-@pytest.mark.parametrize("name", ["random", "popularity", "myopic", "choice_model", "ecosystem"])
+@pytest.mark.parametrize("name", ["random", "popularity", "myopic", "choice_model", "viability_publisher"])
 def test_act_on_observations_matches_act(name):
     """The same seed gives the same actions from the observations as from the simulator. For
     choice_model and ecosystem the observations carry float32 copies (behaviour_probs,

@@ -20,7 +20,7 @@ from marl_rec_ads.reward import ExposureFairReward  # noqa: E402
 
 from marl_rec.envs import BEHAVIOURS, CHOICE_MODELS, REWARDS, ROLES, ecosystem_v0, make_config  # noqa: E402
 from marl_rec.envs.parts.base import Behaviour  # noqa: E402
-from marl_rec.envs.parts.rewards import EcosystemReward  # noqa: E402
+from marl_rec.envs.parts.rewards import EngagementUtilityReward  # noqa: E402
 from marl_rec.policies import MODULES  # noqa: E402
 
 SMALL = {"num_users": 3, "num_creators": 2, "num_topics": 4, "max_cycles": 20}
@@ -168,7 +168,7 @@ def test_exposure_fair_subtracts_the_weighted_gini_of_active_creators_exposure()
     sim.state.creators.exposure = np.array([0.0, 2.0, 100.0, 4.0, 6.0])  # creator 2 had left: not counted
     # Gini of (0, 2, 4, 6): Σ_ij |x_i − x_j| / (2 n Σx) = 40 / (2 · 4 · 12) = 5/12
     team, individual, terms = sim.reward_fn(sim)
-    eco_team, eco_individual, _ = EcosystemReward(sim.config)(sim)
+    eco_team, eco_individual, _ = EngagementUtilityReward(sim.config)(sim)
     assert isinstance(sim.reward_fn, ExposureFairReward)
     assert terms["exposure_gini"] == pytest.approx(5 / 12, rel=1e-12)
     assert team == pytest.approx(eco_team - 0.5 * 5 / 12, rel=1e-12)

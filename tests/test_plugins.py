@@ -27,7 +27,7 @@ import numpy as np
 
 from marl_rec.envs.config import Section, spec
 from marl_rec.envs.parts.choice import MultinomialLogitChoice
-from marl_rec.envs.parts.rewards import EcosystemReward
+from marl_rec.envs.parts.rewards import EngagementUtilityReward
 from marl_rec.envs.registry import CHOICE_MODELS, REWARDS
 from marl_rec.policies import MODULES
 
@@ -47,7 +47,7 @@ class TiltedLogit(MultinomialLogitChoice):
 
 
 @REWARDS.register("watch_only")
-class WatchOnly(EcosystemReward):
+class WatchOnly(EngagementUtilityReward):
     def __call__(self, sim):
         team, individual, terms = super().__call__(sim)
         return terms["engagement"], individual, terms

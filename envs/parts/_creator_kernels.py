@@ -9,7 +9,7 @@ import numpy as np
 
 from marl_rec.envs.compiled import jit
 
-# EcosystemCreatorDynamics' viability and churn (config.creator's fields; memory: viability_memory)
+# ViabilityCreatorDynamics' viability and churn (config.creator's fields; memory: viability_memory)
 ViabilityParams = namedtuple("ViabilityParams", "exposure_weight engagement_weight memory leave_threshold grace_period")
 # what viability reads and writes of the creators (a pick of their view: marl_rec.envs.views.pick)
 ViabilityCreators = namedtuple("ViabilityCreators", "exposure engagement viability active rounds_below")

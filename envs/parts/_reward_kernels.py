@@ -9,7 +9,7 @@ from marl_rec.envs.views import RoundView
 
 
 @jit
-def ecosystem_reward_terms(rnd, diversity, creator_engagement, per_user_at_reset, effort_cost, creator_reward):
+def engagement_utility_terms(rnd, diversity, creator_engagement, per_user_at_reset, effort_cost, creator_reward):
     """The team reward's terms and each creator's reward (its utility minus the effort cost of
     what it published) into ``creator_reward``; ``rnd``: the ``Round.view``. The terms: mean
     watch time per user, over the users at reset (``per_user_at_reset``; a departed user counts

@@ -7,9 +7,9 @@ from collections import namedtuple
 
 from marl_rec.envs.compiled import jit
 
-# EcosystemUserDynamics' engagement: watch = length · sigmoid(affinity, quality, bias) · exp(−age_rate · age)
+# BudgetDriftUserDynamics' engagement: watch = length · sigmoid(affinity, quality, bias) · exp(−age_rate · age)
 EngagementParams = namedtuple("EngagementParams", "engagement_affinity engagement_quality engagement_bias age_rate")
-# EcosystemUserDynamics' response: the engagement's params, then budget, fatigue and drift (config.user's fields)
+# BudgetDriftUserDynamics' response: the engagement's params, then budget, fatigue and drift (config.user's fields)
 ResponseParams = namedtuple("ResponseParams", "engagement step_cost quality_refill fatigue_decay fatigue_rate "
                                               "interest_drift")
 # RecSimInterestEvolutionDynamics' response (config.user's fields)
@@ -41,8 +41,8 @@ def engagement(users, slots, t, items, interest, params, out):
 
 
 @jit
-def ecosystem_respond(responses, t, items, users, params, given_engagement, watch):
-    """``EcosystemUserDynamics.respond`` for the ``Responses`` (each user's consumed slot, or no
+def budget_drift_respond(responses, t, items, users, params, given_engagement, watch):
+    """``BudgetDriftUserDynamics.respond`` for the ``Responses`` (each user's consumed slot, or no
     click): watch time into ``watch``; budget, fatigue and interest updated in place
     (``ResponseItems``, ``ResponseUsers``, ``ResponseParams``). ``given_engagement``: each user's
     engagement when a subclass computes it (the numpy path), else empty."""

@@ -69,7 +69,7 @@ def viability_publishing(
     return actions
 
 
-@BEHAVIOURS.register("ecosystem")
+@BEHAVIOURS.register("viability_publisher")
 class ViabilityPublisher(Behaviour):
     """Creator: publish with probability base_rate · min(viability, 1), on the home topic or,
     with probability demand_drift, on a topic drawn from the platform's demand; middle effort."""
@@ -100,3 +100,6 @@ class ViabilityPublisher(Behaviour):
                 cc.base_publish_rate, cc.demand_drift, cc.effort_levels,
             )
         return actions
+
+
+BEHAVIOURS.renamed("ecosystem", "viability_publisher")  # its class's name; "ecosystem" is the env

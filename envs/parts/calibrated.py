@@ -34,7 +34,7 @@ from marl_rec.envs.config import ConfigError, _Section, spec
 from marl_rec.envs.consumed import EpisodeConsumption
 from marl_rec.envs.parts.base import ItemGenerator
 from marl_rec.envs.parts.samplers import MixedSampler
-from marl_rec.envs.parts.users import EcosystemUserDynamics, empty_users
+from marl_rec.envs.parts.users import BudgetDriftUserDynamics, empty_users
 from marl_rec.envs.registry import CANDIDATE_SAMPLERS, ITEM_GENERATORS, USER_DYNAMICS
 from marl_rec.envs.slates import later_copies, repeated_rows
 
@@ -261,14 +261,14 @@ class CalibratedGrowthSampler(MixedSampler):
 
 
 @USER_DYNAMICS.register("calibrated")
-class CalibratedUserDynamics(EcosystemUserDynamics):
+class CalibratedUserDynamics(BudgetDriftUserDynamics):
     """Users drawn (with replacement) from the fitted users: interest and activity.
 
     budget = the user's interactions in the log x ``activity_scale``; a click spends 1, a
     slate without a click ``user.step_cost``; the user leaves when it is spent.
     watch = sigmoid(engagement_affinity · affinity + engagement_quality · quality + bias), the
     predicted rating as a share of the scale (one unit per item); interest drifts toward what
-    was consumed and fatigue follows the ecosystem model (``user.interest_drift``,
+    was consumed and fatigue follow the budget_drift dynamics (``user.interest_drift``,
     ``user.fatigue_rate``).
     """
 

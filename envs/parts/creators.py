@@ -19,8 +19,8 @@ from marl_rec.envs.state import Creators
 from marl_rec.envs.views import CreatorsView, pick
 
 
-@CREATOR_DYNAMICS.register("ecosystem")
-class EcosystemCreatorDynamics(CreatorDynamics):
+@CREATOR_DYNAMICS.register("viability")
+class ViabilityCreatorDynamics(CreatorDynamics):
     """Viability follows the creator's share of exposure and engagement; under a threshold for
     longer than the grace period, the creator leaves.
 
@@ -85,3 +85,6 @@ class EcosystemCreatorDynamics(CreatorDynamics):
         if len(publishing):
             sim.publish(rng, topic=topics, quality_mean=quality_mean, creator=publishing, n=len(publishing))
         kernels.creator_viability(self._creators(creators.view), self._viability)
+
+
+CREATOR_DYNAMICS.renamed("ecosystem", "viability")  # its mechanism's name; "ecosystem" is the env

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from marl_rec.envs.config import EcosystemConfig
-from marl_rec.envs.parts._reward_kernels import ecosystem_reward_terms
+from marl_rec.envs.parts._reward_kernels import engagement_utility_terms
 from marl_rec.envs.parts.base import Reward
 from marl_rec.envs.registry import REWARDS
 
 
-@REWARDS.register("ecosystem")
-class EcosystemReward(Reward):
+@REWARDS.register("engagement_utility")
+class EngagementUtilityReward(Reward):
     """team = w_e · mean watch time per user + w_c · mean creator utility + w_d · mean diversity.
 
     Both means count the population at reset, so losing users or creators never raises them:
@@ -33,7 +33,7 @@ class EcosystemReward(Reward):
     def __call__(self, sim) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         rnd, creators = sim.state.round, sim.state.creators
         creator_reward = np.empty(self.config.num_creators)
-        engagement, creator_term, diversity_term = ecosystem_reward_terms(
+        engagement, creator_term, diversity_term = engagement_utility_terms(
             rnd.view, sim.last_diversity, creators.engagement, self.weights.user_denominator == "reset",
             self.config.creator.effort_cost, creator_reward)
         w = self.weights
@@ -51,7 +51,7 @@ class EcosystemReward(Reward):
 def watch_time_per_user(sim) -> float:
     """The round's mean watch time per user as ``reward.user_denominator`` defines it: over the
     users at reset (``reset``, a departed user counting 0) or over the users active at the
-    round's start (``active``). The ecosystem reward's kernel computes the same mean."""
+    round's start (``active``). The engagement_utility reward's kernel computes the same mean."""
     rnd = sim.state.round
     if sim.config.reward.user_denominator == "reset":
         users = len(rnd.watch_time)
@@ -61,7 +61,7 @@ def watch_time_per_user(sim) -> float:
 
 
 @REWARDS.register("watch_time")
-class WatchTimeReward(EcosystemReward):
+class WatchTimeReward(EngagementUtilityReward):
     """RecSim's ``clicked_watchtime_reward``: total minutes watched this round."""
 
     compiled = True
@@ -69,3 +69,6 @@ class WatchTimeReward(EcosystemReward):
     def __call__(self, sim):
         _, individual, terms = super().__call__(sim)
         return float(sim.state.round.watch_time.sum()), individual, terms
+
+
+REWARDS.renamed("ecosystem", "engagement_utility")  # what it adds up; "ecosystem" is the env

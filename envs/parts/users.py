@@ -41,8 +41,8 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@USER_DYNAMICS.register("ecosystem")
-class EcosystemUserDynamics(UserDynamics):
+@USER_DYNAMICS.register("budget_drift")
+class BudgetDriftUserDynamics(UserDynamics):
     """Engagement from affinity, quality and freshness; RecSim-style budget; drift and fatigue.
 
     watch = length · sigmoid(engagement_affinity · affinity + engagement_quality · quality + bias)
@@ -52,7 +52,7 @@ class EcosystemUserDynamics(UserDynamics):
     interest += interest_drift · (embedding − interest); fatigue decays, the consumed topic's rises.
     A user leaves when its budget is spent (``UserDynamics.leaving``).
 
-    Compiled: ``_user_kernels.ecosystem_respond`` inlines the engagement. A subclass that
+    Compiled: ``_user_kernels.budget_drift_respond`` inlines the engagement. A subclass that
     overrides a model method (``engagement``, ``leaving``, ...) is not compiled: the response
     takes the subclass's ``engagement``, and the simulator its ``leaving``.
     """
@@ -92,7 +92,7 @@ class EcosystemUserDynamics(UserDynamics):
         watch = np.empty(len(user_idx))
         given = (np.empty(0) if self.compiled  # the kernel's own engagement; else the (subclass's) method's
                  else np.asarray(self.engagement(sim, slots, user_idx), np.float64))
-        kernels.ecosystem_respond((user_idx, slots, clicked), sim.state.t, self._items(sim.state.catalogue.view),
+        kernels.budget_drift_respond((user_idx, slots, clicked), sim.state.t, self._items(sim.state.catalogue.view),
                                   self._users(sim.state.users.view), self._response, given, watch)
         return watch
 
@@ -130,3 +130,6 @@ class RecSimInterestEvolutionDynamics(UserDynamics):
                                self._items(sim.state.catalogue.view), self._users(sim.state.users.view), self._params,
                                watch)
         return watch
+
+
+USER_DYNAMICS.renamed("ecosystem", "budget_drift")  # its mechanisms' name; "ecosystem" is the env

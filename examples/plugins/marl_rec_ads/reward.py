@@ -8,7 +8,7 @@ import numpy as np
 
 from marl_rec.envs import REWARDS
 from marl_rec.envs.config import Section, spec
-from marl_rec.envs.parts.rewards import EcosystemReward
+from marl_rec.envs.parts.rewards import EngagementUtilityReward
 
 
 def gini(values: np.ndarray) -> float:
@@ -23,7 +23,7 @@ def gini(values: np.ndarray) -> float:
 
 
 @REWARDS.register("exposure_fair")
-class ExposureFairReward(EcosystemReward):
+class ExposureFairReward(EngagementUtilityReward):
     """team = ecosystem team reward − fairness_weight · Gini(this round's creator exposure).
 
     The Gini is over the creators active at the round's start (those the system could show;

@@ -1,4 +1,5 @@
-"""Package discovery: marl_rec is assembled from three top-level folders (the design's layout: marl_rec/, envs/ as marl_rec.envs, policies/ as marl_rec.policies).
+"""Package discovery: marl_rec is assembled from three top-level folders (the design's layout:
+marl_rec/, envs/ as marl_rec.envs, policies/ as marl_rec.policies).
 
 ``envs/``, ``policies/`` and ``experiments/`` are installed as ``marl_rec.envs``,
 ``marl_rec.policies`` and ``marl_rec.experiments``, so the distribution adds no generic

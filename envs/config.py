@@ -13,7 +13,8 @@ import difflib
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -272,7 +273,8 @@ class SamplerConfig(_Section):
 class UserConfig(_Section):
     """User behaviour (choice) and transition (budget, interest, fatigue)."""
 
-    dynamics: str = spec("budget_drift", "user dynamics (registry USER_DYNAMICS): 'budget_drift', 'recsim_iev' or 'calibrated'")
+    dynamics: str = spec("budget_drift", "user dynamics (registry USER_DYNAMICS): 'budget_drift', 'recsim_iev' or "
+                                         "'calibrated'")
     choice_model: str = spec("mnl", "choice model (registry CHOICE_MODELS): 'mnl' or 'proportional'")
     dynamics_params: dict = spec({}, "parameters of the user dynamics (its Params schema)")
     choice_params: dict = spec({}, "parameters of the choice model (its Params schema)")
@@ -349,10 +351,10 @@ class RewardConfig(_Section):
     params: dict = spec({}, "parameters of the reward function (its Params schema)")
     engagement_weight: float = spec(1.0, "team weight of mean watch time per user (minutes)", low=0.0, high=MAX_WEIGHT)
     user_denominator: str = spec(
-        "reset", "what the mean watch time per user (the engagement_utility reward's user term, the platform role's individual "
-        "reward) divides by: 'reset', the users at reset, a departed user counting 0 (driving users away cannot raise "
-        "it); 'active', the users active at the round's start (the earlier definition, kept for comparison: losing "
-        "low-engagement users raises it)", choices=("reset", "active"),
+        "reset", "what the mean watch time per user (the engagement_utility reward's user term, the platform role's "
+        "individual reward) divides by: 'reset', the users at reset, a departed user counting 0 (driving users away "
+        "cannot raise it); 'active', the users active at the round's start (the earlier definition, kept for "
+        "comparison: losing low-engagement users raises it)", choices=("reset", "active"),
     )
     creator_weight: float = spec(1.0, "team weight of mean creator utility log(1 + engagement)", low=0.0,
                                  high=MAX_WEIGHT)

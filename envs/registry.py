@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
 
 from marl_rec.envs.config import ConfigError
 

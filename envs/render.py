@@ -20,7 +20,8 @@ def ansi_summary(sim, runner=None) -> str:
         f"users    active {int(users.active.sum())}/{c.num_users}  mean budget {users.time_budget.mean():7.2f} min"
         f"  clicks this round {int((rnd.clicked_slot >= 0).sum())}  watch {rnd.watch_time.sum():7.2f} min",
         f"creators active {int(creators.active.sum())}/{c.num_creators}"
-        + (f"  viability min/mean/max {creators.viability.min():.2f}/{creators.viability.mean():.2f}/{creators.viability.max():.2f}"
+        + (f"  viability min/mean/max {creators.viability.min():.2f}/{creators.viability.mean():.2f}"
+           f"/{creators.viability.max():.2f}"
            if c.num_creators else ""),
         f"catalogue {s.catalogue.count}/{c.catalogue_size} items  published so far {s.catalogue.next_uid}",
         f"team reward last round {rnd.team_reward:8.3f}  team return {m['team_return']:9.3f}"

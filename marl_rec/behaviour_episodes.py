@@ -3,7 +3,8 @@ over seeded episodes, every role simulated, no RLlib or torch."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

@@ -465,7 +465,6 @@ class ExperimentConfig(_Section):
         ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
         from marl_rec.envs.metrics import METRICS
         from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME, REPORTED
-        from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME
 
         names = [f"env_runners/{k}" for k in (*REPORTED, ENV_FAULTS, ENV_FAULTS_LIFETIME, "num_env_steps_sampled")]
         names += ["num_env_steps_sampled_lifetime", *TUNE_METRICS]

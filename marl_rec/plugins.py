@@ -26,7 +26,7 @@ import importlib
 import importlib.metadata
 import os
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from marl_rec.envs.config import ConfigError
 

@@ -23,7 +23,8 @@ a fixed order (algorithms in the dict's order), so one seed reproduces every int
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterable, Mapping, TypeVar
+from typing import TypeVar
+from collections.abc import Iterable, Mapping
 
 import torch
 from gymnasium import spaces
@@ -63,7 +64,7 @@ class ModuleSize:
     parameters: int  # weights and biases
     activations: int  # values one sample's forward pass keeps for the backward pass
 
-    def __add__(self, other: "ModuleSize") -> "ModuleSize":
+    def __add__(self, other: ModuleSize) -> ModuleSize:
         return ModuleSize(self.parameters + other.parameters, self.activations + other.activations)
 
 

@@ -55,7 +55,8 @@ class CreatorMLPModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Tar
         boxes = dict_boxes(self.observation_space, ("own", "topic_demand"), CREATOR_OBSERVATION, owner)
         own, demand = boxes["own"].shape, boxes["topic_demand"].shape
         if len(demand) != 1 or own != (6 + demand[0],):
-            raise ValueError(f"{owner} expects the observation space {CREATOR_OBSERVATION}; got {self.observation_space}")
+            raise ValueError(f"{owner} expects the observation space {CREATOR_OBSERVATION}; "
+                             f"got {self.observation_space}")
         num_topics = demand[0]
         action = self.action_space
         if not (isinstance(action, spaces.MultiDiscrete) and action.shape == (2,) and action.nvec[0] == num_topics + 1):

@@ -44,7 +44,8 @@ class FixedModelConfig(ModelConfig):
     scenario and env from the experiment; set them yourself when building the module by hand."""
 
     policy: str = spec("behaviour", "the behaviour (registry BEHAVIOURS) that acts, e.g. random, popularity, "
-                                    "myopic for the system; 'behaviour': the role's own (behaviours.<role>, or its default)")
+                                    "myopic for the system; 'behaviour': the role's own (behaviours.<role>, or its "
+                                    "default)")
     seed: int = spec(0, "seed of the module's own np.random.Generator", low=0)
     role: str = spec("", "the role it plays ('': system, user or creator, recognised from the observation space)")
     scenario: str = spec("creator_economy", "scenario preset of the env the behaviour is built for",

@@ -78,7 +78,8 @@ class SlateMLPModule(SlateScorerModule):
         """``SlateMLPEncoder``: one MLP, run on each of the M candidates' inputs."""
         in_dim = dims.candidate_features + dims.user_features + dims.history_features
         scorer = mlp_size(in_dim, options.hidden_dims)
-        return ModuleSize(scorer.parameters, dims.num_candidates * (in_dim + scorer.activations)), options.hidden_dims[-1]
+        return (ModuleSize(scorer.parameters, dims.num_candidates * (in_dim + scorer.activations)),
+                options.hidden_dims[-1])
 
 
 class SlateMLPQModule(QLearningHead, SlateMLPModule):

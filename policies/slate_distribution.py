@@ -53,7 +53,7 @@ class TorchSlateDistribution(TorchDistribution):
 
     @classmethod
     @override(TorchDistribution)
-    def from_logits(cls, logits: torch.Tensor, **kwargs) -> "TorchSlateDistribution":
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> TorchSlateDistribution:
         return cls(logits=logits, **kwargs)
 
     @staticmethod
@@ -64,7 +64,7 @@ class TorchSlateDistribution(TorchDistribution):
         return int(space.nvec[0])
 
     @override(TorchDistribution)
-    def to_deterministic(self) -> "TorchSlateDistribution":
+    def to_deterministic(self) -> TorchSlateDistribution:
         """Greedy: the K highest logits, best first."""
         return type(self)(self.logits, deterministic=True)
 
@@ -103,10 +103,11 @@ class TorchSlateDistribution(TorchDistribution):
         """Exact log-probability (B,) of the ordered slates ``value`` (B, K)."""
         self._last_slate = value
         slate = value.long()
-        step_logp = [lp.gather(-1, slate[..., k : k + 1]).squeeze(-1) for k, lp in enumerate(self.step_log_probs(slate))]
+        step_logp = [lp.gather(-1, slate[..., k : k + 1]).squeeze(-1)
+                     for k, lp in enumerate(self.step_log_probs(slate))]
         return torch.stack(step_logp, dim=-1).sum(-1)
 
-    def _estimation_slate(self, other: "TorchSlateDistribution | None" = None) -> torch.Tensor:
+    def _estimation_slate(self, other: TorchSlateDistribution | None = None) -> torch.Tensor:
         for slate in (self._last_slate, other._last_slate if other is not None else None):
             if slate is not None:
                 return slate
@@ -119,7 +120,7 @@ class TorchSlateDistribution(TorchDistribution):
         return torch.stack(step_entropy, dim=-1).sum(-1)
 
     @override(TorchDistribution)
-    def kl(self, other: "TorchSlateDistribution", **kwargs) -> torch.Tensor:
+    def kl(self, other: TorchSlateDistribution, **kwargs) -> torch.Tensor:
         """One-slate chain-rule estimate (B,) of KL(self || other); see the module docstring."""
         slate = self._estimation_slate(other)
         step_kl = [
@@ -150,7 +151,7 @@ class TorchPlatformSlateDistribution(TorchDistribution):
 
     @classmethod
     @override(TorchDistribution)
-    def from_logits(cls, logits: torch.Tensor, **kwargs) -> "TorchPlatformSlateDistribution":
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> TorchPlatformSlateDistribution:
         return cls(logits=logits, **kwargs)
 
     @staticmethod
@@ -159,7 +160,7 @@ class TorchPlatformSlateDistribution(TorchDistribution):
         return int(np.prod(space.nvec.shape[:-1])) * int(space.nvec.flat[0])
 
     @override(TorchDistribution)
-    def to_deterministic(self) -> "TorchPlatformSlateDistribution":
+    def to_deterministic(self) -> TorchPlatformSlateDistribution:
         return type(self)(self.logits, deterministic=True)
 
     def _per_user(self, flat: torch.Tensor) -> torch.Tensor:
@@ -185,11 +186,11 @@ class TorchPlatformSlateDistribution(TorchDistribution):
         return self._per_user(self.inner.entropy())
 
     @override(TorchDistribution)
-    def kl(self, other: "TorchPlatformSlateDistribution", **kwargs) -> torch.Tensor:
+    def kl(self, other: TorchPlatformSlateDistribution, **kwargs) -> torch.Tensor:
         return self._per_user(self.inner.kl(other.inner))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def platform_slate_distribution_cls(slate_size: int) -> type[TorchPlatformSlateDistribution]:
     """The per-user-factorised slate distribution class of a platform agent."""
     name = f"TorchPlatformSlateDistributionK{slate_size}"
@@ -200,14 +201,15 @@ def platform_slate_distribution_cls(slate_size: int) -> type[TorchPlatformSlateD
 _CLASS_NAME = re.compile(r"Torch(Platform)?SlateDistributionK(\d+)$")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def slate_distribution_cls(slate_size: int) -> type[TorchSlateDistribution]:
     """The slate distribution class for slates of ``slate_size`` items (one class per K, as
     RLlib asks an RLModule for a class, not an instance)."""
     if slate_size < 1:
         raise ValueError(f"slate_size must be >= 1, got {slate_size}")
     name = f"TorchSlateDistributionK{slate_size}"
-    return type(name, (TorchSlateDistribution,), {"slate_size": slate_size, "__module__": __name__, "__qualname__": name})
+    return type(name, (TorchSlateDistribution,),
+                {"slate_size": slate_size, "__module__": __name__, "__qualname__": name})
 
 
 def __getattr__(name: str):

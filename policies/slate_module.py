@@ -60,7 +60,7 @@ class SlateDims:
     num_users: int = 0  # U for the platform form (one agent serving U users), 0 per-user
 
     @classmethod
-    def from_spaces(cls, observation_space: spaces.Space, action_space: spaces.Space, owner: str) -> "SlateDims":
+    def from_spaces(cls, observation_space: spaces.Space, action_space: spaces.Space, owner: str) -> SlateDims:
         platform = isinstance(observation_space, spaces.Dict) and "user_mask" in observation_space.spaces
         if platform:
             # the platform form stacks every user's observation on a leading (U,) axis
@@ -81,13 +81,15 @@ class SlateDims:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
         (user,), (h, history_features), (m, f) = shapes["user"], shapes["history"], shapes["candidates"]
         consistent = (
-            history_features == user - 3 and f >= user + 1 and shapes["history_mask"] == (h,) and shapes["action_mask"] == (m,)
+            history_features == user - 3 and f >= user + 1
+            and shapes["history_mask"] == (h,) and shapes["action_mask"] == (m,)
         )
         if not consistent:
             raise ValueError(f"{owner} expects the observation space {SYSTEM_OBSERVATION}; got shapes {shapes}")
         if isinstance(action_space, spaces.Discrete) and action_space.n == m and not platform:
             k = 1
-        elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1 and (action_space.nvec == m).all():
+        elif (isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1
+              and (action_space.nvec == m).all()):
             k = len(action_space.nvec)
         else:
             raise ValueError(f"{owner} expects the action space {SYSTEM_ACTION} with M = {m}; got {action_space}")
@@ -101,13 +103,15 @@ class SlateModelConfig(ModelConfig):
     mixed_precision: bool = spec(True, "bf16 autocast while the parameters are on CUDA")
     prior: str = spec("none", "residual policy on the myopic baseline's scores ('myopic') or none",
                       choices=("none", "myopic"))
-    prior_weight: float = spec(5.0, "weight of the myopic prior's scores in the slate logits (with prior: myopic)", low=0.0)
+    prior_weight: float = spec(5.0, "weight of the myopic prior's scores in the slate logits (with prior: myopic)",
+                               low=0.0)
     critic: str = spec("local", "value from the module's own observation ('local') or from the global state "
                                 "(needs the env option state_in_observations; MAPPO)", choices=("local", "state"))
     critic_hidden: int = spec(128, "hidden width of the state critic's MLP (critic: state)", low=1)
 
 
-class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI, InferenceOnlyAPI):
+class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI,
+                        InferenceOnlyAPI):
     """Base of the system-role modules; see the module docstring.
 
     model_config (besides the subclass's keys):
@@ -152,7 +156,8 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             heads += linear_size(width, 1)  # per-candidate Q-values
         per_user = encoder.activations + 2 * dims.num_candidates  # and the policy logits, then masked
         size = ModuleSize(encoder.parameters + heads.parameters, per_user * max(dims.num_users, 1))
-        if options.critic == "state" and isinstance(observation_space, spaces.Dict) and "state" in observation_space.spaces:
+        if (options.critic == "state" and isinstance(observation_space, spaces.Dict)
+                and "state" in observation_space.spaces):
             size += mlp_size(observation_space["state"].shape[-1], [options.critic_hidden] * 2, 1)
         return size
 
@@ -192,7 +197,8 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
 
     # -- encoder and heads -------------------------------------------------------------------
 
-    def _encode(self, obs: dict, target: bool = False, summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _encode(self, obs: dict, target: bool = False,
+                summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(…, M, width) candidate outputs and (…, width) summaries; … is (B,) or, for a
         platform agent, (B, U): its users go through the encoder as one batch of B · U. With
         ``summary_only`` an encoder that can skips the candidate outputs (then None)."""

@@ -72,7 +72,8 @@ class SlateTransformerEncoder(nn.Module):
         token_types = [USER] + [HISTORY] * dims.history_length + [CANDIDATE] * dims.num_candidates
         self.register_buffer("token_types", torch.tensor(token_types), persistent=False)
 
-    def forward(self, obs: dict[str, torch.Tensor], summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def forward(self, obs: dict[str, torch.Tensor],
+                summary_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(B, M, d_model) candidate outputs and (B, d_model) user-token output; with
         ``summary_only`` (a value pass) the last layer computes the user token alone and the
         candidate outputs are None."""

@@ -57,7 +57,8 @@ VARIANTS = {"MAPPO": ("PPO", {"state_in_observations": True}, {"critic": "state"
 # recommender; the fixed module plays users as an external role that does not learn.
 MODULE_ROLES = {"creator_mlp": "creator", "fixed": "user"}
 TINY_CONFIGS = {
-    "transformer": TINY_MODEL, "transformer_q": TINY_MODEL, "mlp": {"hidden_dims": [16]}, "mlp_q": {"hidden_dims": [16]},
+    "transformer": TINY_MODEL, "transformer_q": TINY_MODEL,
+    "mlp": {"hidden_dims": [16]}, "mlp_q": {"hidden_dims": [16]},
     "creator_mlp": {"hidden_dims": [16]}, "gru": {"hidden_size": 8, "score_hidden": [8]},
 }
 RECOMMENDER = {"type": "mlp", "model_config": {"hidden_dims": [16]}}  # mlp_q under DQN (module_class)
@@ -68,8 +69,8 @@ def algorithm_setup(algorithm: str) -> tuple[str, AlgorithmSetup, dict, dict]:
     a registered one or a variant."""
     base, env, model_config = VARIANTS.get(algorithm, (algorithm, {}, {}))
     if base not in ALGORITHM_SETUP:
-        pytest.fail(f"algorithm {base!r} is registered but not declared in ALGORITHM_SETUP (test_algorithm_modules.py): "
-                    "say whether it learns Q-values and give its tiny training budget")
+        pytest.fail(f"algorithm {base!r} is registered but not declared in ALGORITHM_SETUP "
+                    "(test_algorithm_modules.py): say whether it learns Q-values and give its tiny training budget")
     return base, ALGORITHM_SETUP[base], env, model_config
 
 

@@ -103,7 +103,7 @@ def test_a_two_item_slate_for_the_discrete_rllib_form_names_the_agent_and_the_sp
     observations, _ = env.reset(seed=0)
     legal = {a: int(np.flatnonzero(o["action_mask"])[0]) for a, o in observations.items()}
     for action in (np.array([0, 1]), [0, 1], np.array([[0]])):
-        message = refused(lambda: env.step({**legal, "system_0": action}), InvalidActionError)
+        message = refused(lambda action=action: env.step({**legal, "system_0": action}), InvalidActionError)
         assert "invalid action for system_0" in message and "Discrete(20)" in message
     env.step({**legal, "system_0": np.array([legal["system_0"]])})  # a 1-item array is still one index
     env.step(legal)
@@ -137,7 +137,8 @@ def test_parts_and_config_of_the_right_kind_are_accepted():
 
 def test_integers_too_large_for_any_array_are_refused():
     assert "at most 2**63 - 1" in refused(lambda: ecosystem_v0.env(num_users=10**400))
-    assert "'user.time_budget' must be a finite number" in refused(lambda: ecosystem_v0.env(**{"user.time_budget": 10**400}))
+    assert "'user.time_budget' must be a finite number" in refused(
+        lambda: ecosystem_v0.env(**{"user.time_budget": 10**400}))
 
 
 def test_the_rllib_env_config_is_checked():
@@ -189,7 +190,8 @@ def observations_and_returns_are_finite(runner: RoundRunner, rounds: int = 4) ->
                     value = np.asarray(value, np.float32)
                     if not (np.isfinite(value).all() and np.abs(value).max() <= BOUND):
                         problems.append(f"{name} observation {key!r}")
-        problems += [f"{name} returns" for name, r in runner.role_returns.items() if not np.isfinite(np.float32(r)).all()]
+        problems += [f"{name} returns" for name, r in runner.role_returns.items()
+                     if not np.isfinite(np.float32(r)).all()]
     return problems
 
 
@@ -284,7 +286,7 @@ def test_a_slate_as_an_object_array_of_python_ints_is_accepted():
 def finished_aec_env():
     env = ecosystem_v0.env(**{**SMALL, "max_cycles": 1})
     env.reset(seed=0)
-    for agent in env.agent_iter():
+    for _agent in env.agent_iter():
         observation, _, terminated, truncated, _ = env.last()
         env.step(None if terminated or truncated else np.flatnonzero(observation["action_mask"])[:3])
     return env

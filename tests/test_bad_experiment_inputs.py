@@ -141,7 +141,8 @@ def test_every_reported_metric_is_still_accepted(tmp_path, metric):
 def test_a_run_name_must_be_a_plain_folder_name(tmp_path, name):
     path = write(tmp_path, BASE_RUN + f"name: {json.dumps(name)}\n")
     assert f"'name' is {name!r}; a run name is a plain folder name" in refused(lambda: load_experiment(path))
-    message = refused(lambda: load_experiment(write(tmp_path, BASE_RUN, "ok.yaml"), parse_sets([f"name={json.dumps(name)}"])))
+    message = refused(lambda: load_experiment(write(tmp_path, BASE_RUN, "ok.yaml"),
+                                              parse_sets([f"name={json.dumps(name)}"])))
     assert message.startswith("--set name=") and "a plain folder name" in message
 
 
@@ -210,7 +211,8 @@ def test_a_sweep_point_too_large_for_this_machine_is_refused(tmp_path):
 
     if (available_memory() or 1 << 50) > 200 * 2**30:
         pytest.skip("needs a machine with a known available memory under 200 GiB")
-    text = BASE_RUN + "tune: {search_space: {modules.system.model_config.hidden_dims: {grid: [[8], [100000, 100000]]}}}\n"
+    text = (BASE_RUN + "tune: {search_space: {modules.system.model_config.hidden_dims: "
+                       "{grid: [[8], [100000, 100000]]}}}\n")
     message = refused(lambda: load_experiment(write(tmp_path, text)))
     assert "'tune.search_space.modules.system.model_config.hidden_dims'" in message and "GiB" in message
 
@@ -224,8 +226,8 @@ def test_the_parameter_estimate_is_exact_for_the_built_in_modules():
 
     experiments = [
         {"env": {"num_users": 3, "num_creators": 2, "roles": ["system", "creator"]}},
-        {"env": {"num_users": 3, "num_creators": 2}, "modules": {"system": {"type": "mlp",
-                                                                              "model_config": {"hidden_dims": [32, 16]}}}},
+        {"env": {"num_users": 3, "num_creators": 2},
+         "modules": {"system": {"type": "mlp", "model_config": {"hidden_dims": [32, 16]}}}},
         {"env": {"num_users": 3, "num_creators": 2, "roles": ["platform"], "state_in_observations": True},
          "modules": {"platform": {"type": "transformer", "model_config": {"critic": "state", "num_layers": 3}}}},
     ]
@@ -251,7 +253,8 @@ def shipped():
 @pytest.mark.parametrize("path", shipped(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_experiment_validates_and_its_memory_check_is_fast(path, request, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "plugins"))
-    overrides = {"env.calibration": request.getfixturevalue("synthetic_calibration")} if path.stem == "calibrated" else {}
+    overrides = ({"env.calibration": request.getfixturevalue("synthetic_calibration")}
+                 if path.stem == "calibrated" else {})
     exp = load_experiment(path, overrides)
     exp.check_memory()  # imports done
     start = time.monotonic()

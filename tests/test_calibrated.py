@@ -32,7 +32,8 @@ def test_the_scenario_reads_its_sizes_and_fitted_values_from_the_folder(calibrat
     assert config.item.generator_params["path"] == os.path.realpath(calibration)
     assert config.num_creators == 0 and config.roles == ["system"]
     # the user's own values win over the fitted ones
-    assert make_config("calibrated", {"calibration": calibration, "user.affinity_scale": 1.5}).user.affinity_scale == 1.5
+    assert make_config("calibrated", {"calibration": calibration,
+                                      "user.affinity_scale": 1.5}).user.affinity_scale == 1.5
 
 
 def test_api_test(calibration, strict):
@@ -40,7 +41,8 @@ def test_api_test(calibration, strict):
 
 
 def test_parallel_api_and_seed_test(calibration, strict):
-    parallel_api_test(ecosystem_v0.parallel_env(scenario="calibrated", calibration=calibration, **SMALL), num_cycles=200)
+    parallel_api_test(ecosystem_v0.parallel_env(scenario="calibrated", calibration=calibration, **SMALL),
+                      num_cycles=200)
     seed_test(lambda: ecosystem_v0.env(scenario="calibrated", calibration=calibration, **SMALL), num_cycles=20)
 
 

@@ -216,8 +216,8 @@ def test_dashboard_without_its_packages_is_a_clear_error(capsys, monkeypatch, tm
     plain = tmp_path / "plain.yaml"
     plain.write_text("env: {num_users: 3}\n")
     assert main(["train", str(plain), "--dashboard"]) == 2
-    assert ("--dashboard needs Ray's dashboard packages (aiohttp, aiohttp_cors, opencensus, prometheus_client missing): "
-            "pip install 'marl-rec[dashboard]'") in capsys.readouterr().err
+    assert ("--dashboard needs Ray's dashboard packages (aiohttp, aiohttp_cors, opencensus, prometheus_client "
+            "missing): pip install 'marl-rec[dashboard]'") in capsys.readouterr().err
 
 
 # -- a new user's edges: run folders, --set flags, names in README and `list`, one cache folder ---------

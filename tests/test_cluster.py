@@ -19,7 +19,8 @@ from test_plugins import MODULES_FILE, PLUGIN
 ROOT = Path(__file__).resolve().parent.parent
 
 SWEEP = "name: tiny_cluster\nplugins: [tilt_plugin]\n" + TINY_RUN.replace(
-    "roles: [system]}", "roles: [system], user: {choice_model: tilted}}").replace("type: mlp", "type: narrow_mlp") + """\
+    "roles: [system]}", "roles: [system], user: {choice_model: tilted}}"
+).replace("type: mlp", "type: narrow_mlp") + """\
 resources: {num_env_runners: 0, num_envs_per_env_runner: 1, ship_plugins: true}
 stop: {training_iteration: 2}
 checkpoint_every: 1
@@ -79,7 +80,8 @@ def test_sweep_on_a_two_node_cluster_in_a_private_network_namespace(tmp_path):
     assert read_default_address() == address_before
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     listening = run.stdout.split("LISTENING", 1)[1].split()
-    assert listening and all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr in listening)
+    assert listening and all(addr.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")
+                             for addr in listening)
     rows = list(csv.DictReader((tmp_path / "tiny_cluster" / "sweep.csv").open()))
     assert len(rows) == 2 and all(r["training_iteration"] == "2" for r in rows)
     assert len({r["node_id"] for r in rows}) == 2  # one trial on each node

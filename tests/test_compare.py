@@ -45,7 +45,8 @@ def test_compare_writes_tables_and_plots_and_report_rebuilds_them(tmp_path):
     for name in ("runs.json", "comparison.csv", "comparison.md", "learning_curves.png", "performance_profile.png"):
         assert (out / name).is_file(), name
     runs = json.loads((out / "runs.json").read_text())
-    assert sorted((r["variant"], r["seed"]) for r in runs["runs"]) == [("PPO", 0), ("PPO", 1), ("PPO-fast", 0), ("PPO-fast", 1)]
+    assert sorted((r["variant"], r["seed"]) for r in runs["runs"]) == [("PPO", 0), ("PPO", 1),
+                                                                       ("PPO-fast", 0), ("PPO-fast", 1)]
     assert all(len(r["evaluation"]) == 3 for r in runs["runs"])
     assert set(runs["baselines"]) == {"random", "long_term"} and all(len(v) == 3 for v in runs["baselines"].values())
     # every recommender metric per run and per baseline, the run's team return among them
@@ -135,7 +136,8 @@ def test_train_sweep_and_compare_share_one_checkpoint_layout_and_one_evaluation(
 
 
 @pytest.mark.parametrize("text, message", [
-    ("compare: {variants: {X: {algorithm.name: SAC}}}", r"'compare.variants.X': 'algorithm.name': unknown algorithm 'SAC'"),
+    ("compare: {variants: {X: {algorithm.name: SAC}}}",
+     r"'compare.variants.X': 'algorithm.name': unknown algorithm 'SAC'"),
     ("compare: {variants: {X: {}}, seeds: []}", r"'compare.seeds' is empty"),
     ("compare: {variants: {X: [1]}}", r"'compare.variants.X' must be a mapping"),
 ])

@@ -80,8 +80,8 @@ class FirstSlate(RandomSlate):
 
 def test_built_in_parts_declare_the_compiled_path_and_overriding_subclasses_leave_it():
     for cls in (MixedSampler, TopicItemGenerator, RecSimUtilityGenerator, MultinomialLogitChoice, ProportionalChoice,
-                BudgetDriftUserDynamics, RecSimInterestEvolutionDynamics, ViabilityCreatorDynamics, EngagementUtilityReward,
-                WatchTimeReward, RandomSlate, ChoiceModelUser, ViabilityPublisher):
+                BudgetDriftUserDynamics, RecSimInterestEvolutionDynamics, ViabilityCreatorDynamics,
+                EngagementUtilityReward, WatchTimeReward, RandomSlate, ChoiceModelUser, ViabilityPublisher):
         assert cls.compiled, cls
     for cls in (NewestCandidates, FixedQualityItems, SecondPositionLogit, FixedEngagement, LeaveAfterAClick,
                 SteadyCreators, ConstantReward, FirstSlate, CalibratedGrowthSampler, CalibratedUserDynamics):

@@ -28,7 +28,8 @@ def test_movielens_columns_and_generic_columns_load_the_same(tmp_path):
     movies = write(tmp_path / "movies.csv", "movieId,title,genres\n10,Heat (1995),Action|Crime\n20,Up (2009),"
                                             "(no genres listed)\n30,Unrated (2000),Drama\n")
     tags = write(tmp_path / "tags.csv", "userId,movieId,tag,timestamp\n1,10,heist,1\n2,10,heist,2\n1,20,balloon,3\n")
-    generic = write(tmp_path / "log.csv", "user,item,score,timestamp,extra\n1,10,4.0,100,x\n2,10,3.5,50,y\n1,20,2.0,200,z\n")
+    generic = write(tmp_path / "log.csv", "user,item,score,timestamp,extra\n1,10,4.0,100,x\n2,10,3.5,50,y\n"
+                                          "1,20,2.0,200,z\n")
     a, b = load_log(ml, movies, tags), load_log(generic)
     for log in (a, b):
         assert list(log.timestamp) == [50, 100, 200]  # sorted by time
@@ -45,7 +46,8 @@ def test_movielens_columns_and_generic_columns_load_the_same(tmp_path):
     ("user,item,rating,timestamp\n", r"log.csv: the file has a header but no interactions"),
     ("user,item,timestamp\n1,2,3\n", r"log.csv: missing column 'rating' \(accepted names: rating, score\)"),
     ("userId,rating,timestamp\n1,2,3\n", r"log.csv: missing column 'item' \(accepted names: item, movieId, item_id\)"),
-    ("user,item,rating,timestamp\n1,2,4,10\n1,3,good,11\n", r"log.csv: row 2: column 'rating' must be a number, got 'good'"),
+    ("user,item,rating,timestamp\n1,2,4,10\n1,3,good,11\n",
+     r"log.csv: row 2: column 'rating' must be a number, got 'good'"),
     ("user,item,rating,timestamp\n1,2,4,yesterday\n", r"log.csv: row 1: column 'timestamp' must be a number"),
     ("user,item,rating,timestamp\n1,2,nan,10\n", r"log.csv: row 1: column 'rating' must be finite"),
     ("user,item,rating,timestamp\n1,2,4,10\n1,,4,11\n", r"log.csv: row 2: column 'item' is empty"),
@@ -69,7 +71,8 @@ def test_bad_metadata_is_refused(tmp_path):
         load_log(log, items)
     both = write(tmp_path / "both.csv", "item,title,genres\na,A,Drama\nb,B,Comedy\n")
     tags = write(tmp_path / "tags.csv", "user,item,tag\n1,a,fun\n1,zzz,odd\n")
-    with pytest.raises(LogError, match=r"tags.csv: row 2: column 'item': unknown item id 'zzz' \(not in the item metadata"):
+    with pytest.raises(LogError, match=r"tags.csv: row 2: column 'item': unknown item id 'zzz' "
+                                       r"\(not in the item metadata"):
         load_log(log, both, tags)
     with pytest.raises(LogError, match=r"tags.csv: row 2: column 'item': unknown item id 'zzz' \(not in the log"):
         load_log(log, None, tags)

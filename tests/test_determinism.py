@@ -14,7 +14,7 @@ def trajectory(seed: int, steps: int = 500):
     for space_agent in env.possible_agents:
         env.action_space(space_agent).seed(seed)
     record = []
-    for i, agent in enumerate(env.agent_iter(steps)):
+    for agent in env.agent_iter(steps):
         obs, reward, terminated, truncated, _ = env.last()
         if terminated or truncated:
             action = None
@@ -23,7 +23,7 @@ def trajectory(seed: int, steps: int = 500):
             action = env.action_space(agent).sample(mask) if mask is not None else env.action_space(agent).sample()
         record.append((agent, reward, np.concatenate([np.ravel(v) for v in obs.values()]), action))
         env.step(action)
-    assert i == steps - 1, "the episode ended before the trajectory was long enough"
+    assert len(record) == steps, "the episode ended before the trajectory was long enough"
     return record, env.unwrapped.sim.state
 
 

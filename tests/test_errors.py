@@ -29,11 +29,13 @@ def test_bad_value_names_the_key_and_the_range():
 def test_unknown_scenario_part_role_and_behaviour():
     with pytest.raises(ConfigError, match="unknown scenario 'nope'; allowed values: creator_economy"):
         make_config("nope")
-    with pytest.raises(ConfigError, match="'roles': unknown role 'auditor'; registered: (.*, )?creator, .*system, user"):
+    with pytest.raises(ConfigError, match="'roles': unknown role 'auditor'; "
+                                          "registered: (.*, )?creator, .*system, user"):
         ecosystem_v0.env(roles=["auditor"])
     with pytest.raises(ConfigError, match="'behaviours.system': unknown behaviour model 'psychic'; registered:"):
         ecosystem_v0.env(roles=["user"], behaviours={"system": "psychic"})
-    with pytest.raises(ConfigError, match="'user.choice_model': unknown choice model 'probit'; registered: (.*, )?mnl, proportional"):
+    with pytest.raises(ConfigError, match="'user.choice_model': unknown choice model 'probit'; "
+                                          "registered: (.*, )?mnl, proportional"):
         ecosystem_v0.env(**{"user.choice_model": "probit"})
 
 
@@ -130,7 +132,8 @@ def test_a_user_action_that_is_not_a_number_names_the_agent(action):
     env.step(np.array([0, 1, 2]))
     env.step(np.array([0, 1, 2]))
     assert env.agent_selection == "user_0"
-    with pytest.raises(InvalidActionError, match=r"invalid action for user_0: .* is not a number .*expected Discrete\(4\)"):
+    with pytest.raises(InvalidActionError,
+                       match=r"invalid action for user_0: .* is not a number .*expected Discrete\(4\)"):
         env.step(action)
     env.step(1)  # the env is still usable
     assert env.agent_selection == "user_1"

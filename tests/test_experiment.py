@@ -12,7 +12,8 @@ EXPERIMENTS = sorted(Path(__file__).resolve().parent.parent.joinpath("experiment
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_shipped_experiments_validate(path, request):
-    overrides = {"env.calibration": request.getfixturevalue("synthetic_calibration")} if path.stem == "calibrated" else {}
+    overrides = ({"env.calibration": request.getfixturevalue("synthetic_calibration")}
+                 if path.stem == "calibrated" else {})
     exp = load_experiment(path, overrides)
     assert exp.name == path.stem and exp.trained_roles()
 
@@ -26,12 +27,16 @@ def write(tmp_path, text):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("algorithm: {name: SAC}", r"exp.yaml: 'algorithm.name': unknown algorithm 'SAC'; registered: APPO, DQN, IMPALA, PPO; .*plugins:"),
-        ("resources: {num_gpus: 1}", r"exp.yaml: unknown key 'resources.num_gpus'; did you mean 'resources.num_cpus'\?; allowed keys: resources.num_env_runners"),
+        ("algorithm: {name: SAC}",
+         r"exp.yaml: 'algorithm.name': unknown algorithm 'SAC'; registered: APPO, DQN, IMPALA, PPO; .*plugins:"),
+        ("resources: {num_gpus: 1}",
+         r"exp.yaml: unknown key 'resources.num_gpus'; did you mean 'resources.num_cpus'\?; "
+         r"allowed keys: resources.num_env_runners"),
         ("stop: {training_iteration: -1}", r"'stop.training_iteration' is -1; allowed values: a number >= 0"),
         ("env: {num_users: 0}", r"exp.yaml: env: 'num_users' is 0; allowed values: a number >= 1"),
         ("env: {roles: [system]}\nmodules: {creator: {type: mlp}}", r"'modules.creator' is not an external role"),
-        ("modules: {system: {type: lstm}}", r"'modules.system.type': unknown RLModule 'lstm'; registered: creator_mlp, fixed, .*mlp, .*transformer"),
+        ("modules: {system: {type: lstm}}",
+         r"'modules.system.type': unknown RLModule 'lstm'; registered: creator_mlp, fixed, .*mlp, .*transformer"),
         ("modules: {system: {type: fixed}}", r"nothing to train"),
         ("train_roles: [user]", r"'train_roles' names 'user', not an external role"),
         ("evaluation: {behaviours: [oracle]}", r"'evaluation.behaviours': unknown behaviour model 'oracle'"),
@@ -46,7 +51,8 @@ def test_bad_experiment_files(tmp_path, text, message):
 
 
 def test_set_overrides_use_dotted_keys(tmp_path):
-    exp = load_experiment(write(tmp_path, "algorithm: {name: PPO}"), {"algorithm.training.lr": 0.01, "env.num_users": 3})
+    exp = load_experiment(write(tmp_path, "algorithm: {name: PPO}"),
+                          {"algorithm.training.lr": 0.01, "env.num_users": 3})
     assert exp.algorithm.training == {"lr": 0.01} and exp.env == {"num_users": 3}
 
 

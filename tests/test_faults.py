@@ -237,12 +237,15 @@ def test_an_env_runner_counts_the_fault_and_drops_its_episode_from_the_metrics(f
 def test_nan_and_infinity_in_losses_and_weights_are_named():
     result = {"env_runners": {"num_env_steps_sampled": 32},
               "learners": {"__all_modules__": {"num_trainable_parameters": float("nan")},
-                           "system": {"vf_loss": float("inf"), "total_loss": float("nan"), "vf_explained_var": float("nan")},
+                           "system": {"vf_loss": float("inf"), "total_loss": float("nan"),
+                                      "vf_explained_var": float("nan")},
                            "creator": {"policy_loss": np.float32("nan"), "entropy": 0.5}}}
     assert [(m, k) for m, k, _ in non_finite_losses(result)] == [("system", "vf_loss"), ("system", "total_loss"),
                                                                ("creator", "policy_loss")]
-    assert non_finite_state(result) == "module 'system': total_loss = nan, vf_loss = inf; module 'creator': policy_loss = nan"
-    assert non_finite_state({"env_runners": {"num_env_steps_sampled": 32}, "learners": {"system": {"total_loss": 0.1}}}) == ""
+    assert non_finite_state(result) == ("module 'system': total_loss = nan, vf_loss = inf; "
+                                        "module 'creator': policy_loss = nan")
+    assert non_finite_state({"env_runners": {"num_env_steps_sampled": 32},
+                             "learners": {"system": {"total_loss": 0.1}}}) == ""
     # an iteration that sampled nothing reports NaN means of an empty batch: not a divergence
     assert non_finite_state({**result, "env_runners": {"num_env_steps_sampled": float("nan")}}) == ""
     weights = {"system": {"heads.policy.weight": np.ones((2, 2)), "heads.value.bias": np.array([np.nan])}}

@@ -81,7 +81,7 @@ def test_third_party_log_drops_exactly_the_listed_messages(tmp_path):
                 warnings.simplefilter("always")
                 warnings.showwarning = log._show_warning  # catch_warnings restored the test's hook
                 for message in (SEEN[3], KEPT[0]):
-                    warnings.warn(message, UserWarning)
+                    warnings.warn(message, UserWarning, stacklevel=1)
     finally:
         warnings.showwarning = original
         logger.removeHandler(handler)

@@ -139,7 +139,8 @@ def test_slate_distribution_needs_a_slate_space():
 
 
 def test_registry_lists_every_module():
-    built_in = {"transformer", "mlp", "transformer_q", "mlp_q", "creator_mlp", "fixed"}  # plug-ins tested elsewhere add theirs
+    # plug-ins tested elsewhere add theirs
+    built_in = {"transformer", "mlp", "transformer_q", "mlp_q", "creator_mlp", "fixed"}
     assert {name: MODULES.get(name) for name in built_in} == {
         "transformer": SlateTransformerModule,
         "mlp": SlateMLPModule,
@@ -246,7 +247,8 @@ def test_system_output_shapes_and_greedy_mode(env, name):
     assert logits.shape == (5, 20) and logits.dtype == torch.float32
     assert (logits[batch[Columns.OBS]["action_mask"] == 0] == NEG).all()
     assert module.compute_values(batch).shape == (5,)
-    assert torch.allclose(module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS]), module.compute_values(batch))
+    assert torch.allclose(module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS]),
+                          module.compute_values(batch))
     greedy = module.get_inference_action_dist_cls().from_logits(logits).to_deterministic().sample()
     assert torch.equal(greedy, logits.argsort(-1, descending=True)[:, :3])
     module.make_target_networks()
@@ -304,7 +306,8 @@ def test_value_pass_in_slices_gives_the_train_pass_values(env, name):
     batch = role_batch(env, "system", batch_size=2 * VALUE_PASS_SEQUENCES + 7)  # three slices
     with torch.no_grad():
         embeddings = module.forward_train(batch)[Columns.EMBEDDINGS]
-        assert torch.allclose(module.compute_values(batch), module.compute_values(batch, embeddings=embeddings), atol=1e-5)
+        assert torch.allclose(module.compute_values(batch), module.compute_values(batch, embeddings=embeddings),
+                              atol=1e-5)
 
 
 @pytest.mark.parametrize("name", SYSTEM_MODULES)
@@ -361,10 +364,13 @@ def test_single_item_q_values_for_dqn(env, name):
     q = module.compute_q_values(batch)[QF_PREDS]
     assert q.shape == (6, 20) and (q[mask == 0] == NEG).all()
     for explore in (True, False):
-        actions = (module.forward_exploration(batch, t=0) if explore else module.forward_inference(batch))[Columns.ACTIONS]
+        actions = (module.forward_exploration(batch, t=0) if explore
+                   else module.forward_inference(batch))[Columns.ACTIONS]
         assert actions.shape == (6,) and mask.gather(1, actions[:, None]).all()
-    train = module.forward_train({**batch, Columns.NEXT_OBS: role_batch(env, "system", batch_size=6, seed=1)[Columns.OBS]})
-    assert {k: v.shape for k, v in train.items()} == {k: (6, 20) for k in (QF_PREDS, QF_NEXT_PREDS, QF_TARGET_NEXT_PREDS)}
+    train = module.forward_train({**batch,
+                                  Columns.NEXT_OBS: role_batch(env, "system", batch_size=6, seed=1)[Columns.OBS]})
+    assert {k: v.shape for k, v in train.items()} == {k: (6, 20)
+                                                      for k in (QF_PREDS, QF_NEXT_PREDS, QF_TARGET_NEXT_PREDS)}
 
 
 def test_dqn_needs_a_discrete_action_space(env):

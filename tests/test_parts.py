@@ -170,7 +170,8 @@ def test_every_registered_role_runs_an_episode_as_agents(name):
 # ---------------------------------------------------------------- names resolved in make_config
 def test_unknown_part_name_names_the_key_and_the_closest_match():
     with pytest.raises(ConfigError, match=r"exp.yaml: 'user.choice_model': unknown choice model 'mnll'; "
-                                          r"registered: (.*, )?mnl, proportional; did you mean 'mnl'\?; if it comes from a plug-in"):
+                                          r"registered: (.*, )?mnl, proportional; did you mean 'mnl'\?; "
+                                          r"if it comes from a plug-in"):
         make_config("creator_economy", {"user.choice_model": "mnll"}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"exp.yaml: 'behaviours.system': unknown behaviour model 'popularty'.*"
                                           r"did you mean 'popularity'\?"):
@@ -180,14 +181,16 @@ def test_unknown_part_name_names_the_key_and_the_closest_match():
 
 
 def test_a_behaviour_given_to_another_role_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"exp.yaml: behaviours.user: 'popularity' acts for role 'system', not 'user'"):
+    with pytest.raises(ConfigError,
+                       match=r"exp.yaml: behaviours.user: 'popularity' acts for role 'system', not 'user'"):
         make_config("creator_economy", {"behaviours": {"user": "popularity"}}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"behaviours.creator: 'choice_model' acts for role 'user', not 'creator'"):
         make_config("creator_economy", {"behaviours": {"creator": "choice_model"}}, source="exp.yaml")
 
 
 def test_settings_for_a_replaced_role_are_an_error():
-    with pytest.raises(ConfigError, match=r"exp.yaml: 'behaviours.system' is given, but \['platform'\] replaces role 'system'"):
+    with pytest.raises(ConfigError, match=r"exp.yaml: 'behaviours.system' is given, "
+                                          r"but \['platform'\] replaces role 'system'"):
         make_config("creator_economy", {"roles": ["platform"], "behaviours": {"system": "myopic"}}, source="exp.yaml")
 
 
@@ -233,16 +236,17 @@ def test_behaviour_and_role_params():
         make_config("creator_economy", {"behaviours": {"system": "popularity"},
                                         "behaviour_params": {"system": {"prior": 5}}}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"'role_params.sponsor.price' is -2.0; allowed values: a number >= 0.0"):
-        make_config("creator_economy", {"behaviours": {"sponsor": "no_sponsoring"}, "role_params": {"sponsor": {"price": -2}}},
-                    source="exp.yaml")
+        make_config("creator_economy", {"behaviours": {"sponsor": "no_sponsoring"},
+                                        "role_params": {"sponsor": {"price": -2}}}, source="exp.yaml")
     with pytest.raises(ConfigError, match=r"parameters are given for role 'sponsor', which is not in this env"):
         make_config("creator_economy", {"behaviour_params": {"sponsor": {}}}, source="exp.yaml")
 
 
 # ---------------------------------------------------------------- role hooks and rewards
 def test_a_simulated_role_gets_its_reward_computed_and_its_hooks_called():
-    runner = runner_for({"roles": [], "behaviours": {"sponsor": "no_sponsoring"}, "role_params": {"sponsor": {"price": 2.5}},
-                         "reward_mix": {"sponsor": 0.0}}, **{"user.time_budget": 1000.0})
+    runner = runner_for({"roles": [], "behaviours": {"sponsor": "no_sponsoring"},
+                         "role_params": {"sponsor": {"price": 2.5}}, "reward_mix": {"sponsor": 0.0}},
+                        **{"user.time_budget": 1000.0})
     sponsor = runner.roles["sponsor"]
     assert runner.phases == ["recommend", "respond", "create", "sponsor"]
     assert sponsor.calls == ["reset"]
@@ -377,9 +381,9 @@ def test_readme_holds_the_observation_table():
 
 
 def test_envs_never_import_policies_ray_or_torch():
-    code = ("import sys; from marl_rec.envs import ecosystem_v0; e = ecosystem_v0.env(roles=['system']); e.reset(seed=0); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch') or m.startswith('marl_rec.policies')]; "
-            "assert not bad, bad")
+    code = ("import sys; from marl_rec.envs import ecosystem_v0; e = ecosystem_v0.env(roles=['system']); "
+            "e.reset(seed=0); bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch') "
+            "or m.startswith('marl_rec.policies')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
     for path in (ROOT / "envs").rglob("*.py"):
         for line in path.read_text().splitlines():

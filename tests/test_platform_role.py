@@ -29,7 +29,8 @@ def test_platform_reproduces_per_user_system_agents():
         slates = np.stack([np.flatnonzero(obs_b["platform_0"]["action_mask"][u])[:3] for u in range(4)])
         for u in range(4):
             np.testing.assert_array_equal(obs_a[f"system_{u}"]["candidates"], obs_b["platform_0"]["candidates"][u])
-        obs_a, rewards_a, *_ = per_user.step({f"system_{u}": slates[u] for u in range(4) if f"system_{u}" in per_user.agents})
+        obs_a, rewards_a, *_ = per_user.step({f"system_{u}": slates[u] for u in range(4)
+                                              if f"system_{u}" in per_user.agents})
         obs_b, rewards_b, *_ = platform.step({"platform_0": slates})
         assert rewards_b["platform_0"] == pytest.approx(next(iter(rewards_a.values())))  # the team reward
 

@@ -203,7 +203,8 @@ def test_gru_module_scores_candidates_from_the_env_spaces():
     # history rows behind the mask do not reach the GRU
     padded = batch["history_mask"] == 0
     assert padded.any()
-    noisy = dict(batch, history=torch.where(padded.unsqueeze(-1), torch.full_like(batch["history"], 7.0), batch["history"]))
+    noisy = dict(batch, history=torch.where(padded.unsqueeze(-1), torch.full_like(batch["history"], 7.0),
+                                            batch["history"]))
     with torch.no_grad():
         again = module.forward_inference({Columns.OBS: noisy})[Columns.ACTION_DIST_INPUTS]
     torch.testing.assert_close(again, logits, rtol=0, atol=0)

@@ -117,10 +117,12 @@ def test_unknown_names_name_the_key_the_registered_names_and_the_closest(tmp_pat
                                           r"fixed, (gru, )?mlp, .*did you mean 'mlp'\?.*plugins:"):
         load_experiment(path)
     path.write_text(TINY_RUN + "evaluation: {behaviours: [myopik]}\n")
-    with pytest.raises(ConfigError, match=r"'evaluation.behaviours': unknown behaviour model 'myopik'.*did you mean 'myopic'"):
+    with pytest.raises(ConfigError,
+                       match=r"'evaluation.behaviours': unknown behaviour model 'myopik'.*did you mean 'myopic'"):
         load_experiment(path)
     path.write_text(TINY_RUN.replace("name: PPO", "name: PPQ"))
-    with pytest.raises(ConfigError, match=r"'algorithm.name': unknown algorithm 'PPQ'; registered: APPO, DQN, IMPALA, PPO"):
+    with pytest.raises(ConfigError,
+                       match=r"'algorithm.name': unknown algorithm 'PPQ'; registered: APPO, DQN, IMPALA, PPO"):
         load_experiment(path)
 
 
@@ -131,11 +133,13 @@ def test_ray_is_not_imported_to_refuse_an_unknown_name(tmp_path):
         import sys
         from marl_rec.cli import main
         assert main(["train", {str(path)!r}]) == 2
-        assert "ray" not in sys.modules and "torch" not in sys.modules, sorted(m for m in sys.modules if m in ("ray", "torch"))
+        assert "ray" not in sys.modules and "torch" not in sys.modules, sorted(
+            m for m in sys.modules if m in ("ray", "torch"))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "'reward.name': unknown reward function 'watchtime'" in run.stderr and "did you mean 'watch_time'" in run.stderr
+    assert ("'reward.name': unknown reward function 'watchtime'" in run.stderr
+            and "did you mean 'watch_time'" in run.stderr)
 
 
 @pytest.mark.parametrize("where", ["yaml", "flag"])
@@ -165,7 +169,8 @@ def test_plugin_names_validate_after_the_plugin_is_imported(tmp_path, plugin_dir
         path = experiment(tmp_path, "plugins: [tilt_plugin]\n" + RUN)
         exp = load_experiment(path)
         assert exp.plugins == ["tilt_plugin"]
-        with pytest.raises(ConfigError, match=r"--set env.user.choice_params=\{'tlit': 1.0\}: env: unknown key 'user.choice_params.tlit'; did you mean "
+        with pytest.raises(ConfigError, match=r"--set env.user.choice_params=\{'tlit': 1.0\}: env: unknown key "
+                                              r"'user.choice_params.tlit'; did you mean "
                                               r"'user.choice_params.tilt'\?; allowed keys: user.choice_params.tilt"):
             load_experiment(path, {"env.user.choice_params": {"tlit": 1.0}})
         from marl_rec.plugins import ray_runtime_env

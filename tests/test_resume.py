@@ -194,7 +194,8 @@ def test_trim_results_keeps_the_rows_it_takes_out_aside(tmp_path):
     assert [json.loads(line)["training_iteration"] for line in replaced[:2]] == [2, 3]
     assert replaced[2] == '{"training_iter'
     aside = list(csv.DictReader((tmp_path / "progress.replaced.csv").open()))
-    assert [(r["loss"], r["training_iteration"]) for r in aside] == [("0.2", "2"), ("0.3", "3"), ('{"training_iter', "")]
+    assert [(r["loss"], r["training_iteration"]) for r in aside] == [("0.2", "2"), ("0.3", "3"),
+                                                                     ('{"training_iter', "")]
 
     # a resume cut short before it rewrote result.json, then another one: no row twice, none lost
     write([1, 2, 3])

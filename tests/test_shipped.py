@@ -117,7 +117,8 @@ def tiny_overrides(raw: dict, command: str, results_dir: Path, calibration: str 
 
 def commands(raw: dict) -> list[str]:
     """The commands a file is for: sweep for a tune: section, compare for a compare: section, else train."""
-    return [command for command, section in (("sweep", "tune"), ("compare", "compare")) if raw.get(section)] or ["train"]
+    return [command for command, section in (("sweep", "tune"), ("compare", "compare"))
+            if raw.get(section)] or ["train"]
 
 
 @pytest.fixture(scope="module", autouse=True)

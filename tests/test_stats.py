@@ -270,7 +270,10 @@ def test_summary_table_and_markdown():
             r"for a single task pass scores\[:, None\]",
         ),
         ({"ppo": np.array([[1.0], [np.nan], [np.nan]])}, "scores for 'ppo' contain 2 NaN and 0 infinite values"),
-        ({"ppo": np.zeros((3, 2)), "dqn": np.zeros((3, 1))}, "scores for 'dqn' have 1 tasks but scores for 'ppo' have 2"),
+        (
+            {"ppo": np.zeros((3, 2)), "dqn": np.zeros((3, 1))},
+            "scores for 'dqn' have 1 tasks but scores for 'ppo' have 2",
+        ),
     ],
 )
 def test_bad_scores_name_the_algorithm(scores, message):

@@ -53,7 +53,8 @@ def start(tmp_path):
 
     def run(yaml_tail: str) -> tuple[list[str], subprocess.Popen]:
         experiment = tmp_path / "stop.yaml"
-        experiment.write_text("name: stop\n" + TINY_RUN + "evaluation: {episodes: 1, behaviours: [random]}\n" + yaml_tail)
+        experiment.write_text("name: stop\n" + TINY_RUN + "evaluation: {episodes: 1, behaviours: [random]}\n"
+                              + yaml_tail)
         args = [sys.executable, "-m", "marl_rec.cli", "train", str(experiment), "--set", f"results_dir={tmp_path}"]
         started.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                         start_new_session=True))

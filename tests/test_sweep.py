@@ -93,8 +93,10 @@ def test_sweep_prints_a_line_per_iteration_and_refuses_to_overwrite_or_to_resume
 
 
 @pytest.mark.parametrize("tune, message", [
-    ("{search_space: {algorithm.training.lr: {normal: [0, 1]}}}", r"'tune.search_space.algorithm.training.lr' must be one of"),
-    ("{search_space: {algorithm.training.lr: {loguniform: [0, 1]}}}", r"loguniform needs \[low, high\] with low < high and low > 0"),
+    ("{search_space: {algorithm.training.lr: {normal: [0, 1]}}}",
+     r"'tune.search_space.algorithm.training.lr' must be one of"),
+    ("{search_space: {algorithm.training.lr: {loguniform: [0, 1]}}}",
+     r"loguniform needs \[low, high\] with low < high and low > 0"),
     ("{search_space: {env.num_user: {grid: [2]}}}", r"'tune.search_space.env.num_user': env: unknown key 'num_user'"),
     ("{search_space: {env.num_users: {grid: [0, 2]}}}", r"'tune.search_space.env.num_users': env: 'num_users' is 0"),
     ("{seeds: [one]}", r"'tune.seeds' must be a list of integers"),

@@ -85,7 +85,8 @@ def _aec_digest(scenario: str, seed: int) -> str:
         observation, reward, terminated, truncated, info = env.last()
         mask = observation.get("action_mask") if isinstance(observation, dict) else None
         action = None if terminated or truncated else (
-            env.action_space(agent).sample(mask.astype(np.int8)) if mask is not None else env.action_space(agent).sample())
+            env.action_space(agent).sample(mask.astype(np.int8)) if mask is not None
+            else env.action_space(agent).sample())
         _update(digest, [agent, observation, reward, terminated, truncated, action, _numbers({agent: info})])
         env.step(action)
     return digest.hexdigest()

@@ -60,7 +60,8 @@ def make_checkpoint(folder: Path, raw: dict = TINY) -> Path:
     (folder / WEIGHTS_DIR).mkdir(parents=True)
     for role, module in build_modules(exp).items():
         if has_weights(module):
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / WEIGHTS_DIR / f"{role}.safetensors"))
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+                      str(folder / WEIGHTS_DIR / f"{role}.safetensors"))
     (folder / STATE_FILE).write_text(json.dumps({"iteration": 1, "time_total_s": 1.0, "experiment": exp.to_dict()}))
     safety.sign_checkpoint(folder)
     return folder
@@ -196,7 +197,8 @@ def train_folder(folder: Path) -> None:
                                         "1,100,1.0\n2,200,2.0\n")
     from marl_rec.envs.metrics import METRICS
 
-    results = {policy: {metric: [base, base + 1.0] for metric in METRICS} for policy, base in (("PPO", 2.0), ("random", 1.0))}
+    results = {policy: {metric: [base, base + 1.0] for metric in METRICS}
+               for policy, base in (("PPO", 2.0), ("random", 1.0))}
     (folder / "evaluation.json").write_text(json.dumps({"experiment": "x", "episodes": 2, "seed": 0, "learned": "PPO",
                                                         "checkpoint": str(trial / "checkpoint_000002"),
                                                         "results": results}))
@@ -414,7 +416,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     (folder / LOCK_FILE).write_text("999999 marl-rec train\n")  # what a SIGKILLed run leaves: the file, no lock
     with run_lock(folder, "sweep"):
         assert (folder / LOCK_FILE).read_text() == f"{os.getpid()} marl-rec sweep\n"
-    assert "took over the lock of a run that ended without releasing it (999999 marl-rec train)" in capsys.readouterr().out
+    assert ("took over the lock of a run that ended without releasing it (999999 marl-rec train)"
+            in capsys.readouterr().out)
     assert (folder / LOCK_FILE).read_text() == ""  # released cleanly
 
 

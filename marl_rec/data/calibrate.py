@@ -359,7 +359,8 @@ def simulator_arrays(log: InteractionLog, mask: np.ndarray, split: float, fitted
     topic = np.zeros(log.num_items, np.int64)
     label, centres = kmeans(fitted.content[has_content], options.num_topics, rng)
     topic[has_content] = label
-    mean_pop = np.array([fitted.popularity[topic == t].mean() if (topic == t).any() else 0.0 for t in range(len(centres))])
+    mean_pop = np.array([fitted.popularity[topic == t].mean() if (topic == t).any() else 0.0
+                         for t in range(len(centres))])
     users = np.unique(log.user[mask])
     train = InteractionLog(log.user[mask], log.item[mask], log.rating[mask], log.timestamp[mask], log.user_ids,
                            log.item_ids)

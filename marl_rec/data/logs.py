@@ -192,8 +192,9 @@ def load_log(path, items=None, tags=None) -> InteractionLog:
         missing = [i for i, item_id in enumerate(item_ids) if item_id not in known]
         if missing:
             first_row = int(np.nonzero(raw_items == item_ids[missing[0]])[0][0]) + 1
-            raise LogError(f"{path}: row {first_row}: column 'item': item {str(item_ids[missing[0]])!r} is not in the item "
-                           f"metadata {items} ({len(missing)} logged items are not); every logged item needs a row there")
+            raise LogError(f"{path}: row {first_row}: column 'item': item {str(item_ids[missing[0]])!r} is not in "
+                           f"the item metadata {items} ({len(missing)} logged items are not); every logged item "
+                           "needs a row there")
     if tags is not None:
         _load_tags(Path(tags), log, number, known if items is not None else None, items)
     return log

@@ -33,7 +33,7 @@ def write_synthetic_log(folder, num_users: int = 40, num_items: int = 150, per_u
         times = np.sort(start + rng.uniform(0, 300, size=rng.integers(per_user // 2, per_user * 2)))
         seen: set[int] = set()
         for t in times:
-            available = np.nonzero((birth <= t))[0]
+            available = np.nonzero(birth <= t)[0]
             available = available[~np.isin(available, list(seen))]
             if not len(available):
                 break
@@ -41,7 +41,8 @@ def write_synthetic_log(folder, num_users: int = 40, num_items: int = 150, per_u
             p = np.exp(logit - logit.max())
             i = int(rng.choice(available, p=p / p.sum()))
             seen.add(i)
-            score = np.clip(np.round(3 + 1.5 * (taste[i] == user_taste[u]) + 0.5 * appeal[i] + rng.normal(0, 0.7)), 1, 5)
+            score = np.clip(np.round(3 + 1.5 * (taste[i] == user_taste[u]) + 0.5 * appeal[i] + rng.normal(0, 0.7)),
+                            1, 5)
             rows.append((f"u{u}", f"i{i}", float(score), int(1_000_000 + 1000 * t)))
     rows.sort(key=lambda r: r[3])
     paths = {"log": folder / "log.csv", "items": folder / "items.csv", "tags": folder / "tags.csv"}

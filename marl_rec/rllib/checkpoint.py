@@ -301,7 +301,7 @@ def trim_results(trial_dir: Path, iteration: int) -> None:
     results = trial_dir / "result.json"
     if results.is_file():
         lines = [line for line in results.read_text().splitlines() if line.strip()]
-        moved = [past(lambda: json.loads(line).get("training_iteration", 0)) for line in lines]
+        moved = [past(lambda line=line: json.loads(line).get("training_iteration", 0)) for line in lines]
         if any(moved):
             aside = trial_dir / "result.replaced.json"
             old = [line for line in aside.read_text().splitlines() if line.strip()] if aside.is_file() else []
@@ -314,7 +314,7 @@ def trim_results(trial_dir: Path, iteration: int) -> None:
     if not rows or "training_iteration" not in rows[0]:
         return
     header, column = rows[0], rows[0].index("training_iteration")
-    moved = [past(lambda: row[column]) for row in rows[1:]]
+    moved = [past(lambda row=row: row[column]) for row in rows[1:]]
     if any(moved):
         aside = trial_dir / "progress.replaced.csv"
         old = read_csv(aside) if aside.is_file() else []

@@ -22,7 +22,6 @@ from marl_rec import stats
 from marl_rec.envs.config import ConfigError
 from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, load_json, renamed_keys
-from marl_rec.experiment import ExperimentConfig, load_json
 from marl_rec.files import save_figure, write_file
 from marl_rec.rllib.checkpoint import latest_checkpoint
 from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, largest_resources, run_dir

@@ -7,7 +7,7 @@ behaviours' in the numpy loop of marl_rec.behaviour_episodes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch

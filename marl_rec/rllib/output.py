@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -166,7 +166,7 @@ class ThirdPartyLog:
         self._file.write(line.rstrip("\n") + "\n")
         self._file.flush()
 
-    def __enter__(self) -> "ThirdPartyLog":
+    def __enter__(self) -> ThirdPartyLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open_append(self.path)
         self._file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: known-harmless third-party messages "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 
 def init_local_ray(num_cpus: int | None, dashboard: bool, runtime_env: dict | None, temp_dir: Path) -> str:

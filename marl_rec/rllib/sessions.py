@@ -22,7 +22,8 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from marl_rec import cache_root
 from marl_rec.envs.config import ConfigError

@@ -4,7 +4,8 @@ progress line per iteration; the CLI evaluates its last checkpoint."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, trial_resources

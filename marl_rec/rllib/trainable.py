@@ -14,12 +14,12 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import yaml
 
 from marl_rec.envs.metrics import METRICS
-from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
 from marl_rec.rllib.callbacks import REPORTED

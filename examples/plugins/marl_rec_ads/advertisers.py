@@ -34,23 +34,23 @@ class AdvertiserLedger:
     last: np.ndarray  # (A, 2) last round's clicks per user served and spend / initial budget
 
 
-def advertiser_params(config: EcosystemConfig) -> "AdvertiserRole.Params":
+def advertiser_params(config: EcosystemConfig) -> AdvertiserRole.Params:
     """The advertiser role's validated Params from ``config.role_params`` (for its behaviours)."""
     return validate_params(AdvertiserRole, config.role_params.get("advertiser"), "env", "role_params.advertiser")
 
 
-def sponsored_topics(config: EcosystemConfig, params: "AdvertiserRole.Params") -> np.ndarray:
+def sponsored_topics(config: EcosystemConfig, params: AdvertiserRole.Params) -> np.ndarray:
     """(A,) the topic advertiser i sponsors: i mod T."""
     return np.arange(params.num_advertisers) % config.num_topics
 
 
-def has_budget(budget: np.ndarray, params: "AdvertiserRole.Params") -> np.ndarray:
+def has_budget(budget: np.ndarray, params: AdvertiserRole.Params) -> np.ndarray:
     """Whether each budget still buys one user at the lowest bid level."""
     return budget >= params.bid_step - MONEY_SLACK
 
 
 def advertiser_observations(sim, ledger: AdvertiserLedger, idx: np.ndarray, config: EcosystemConfig,
-                            params: "AdvertiserRole.Params") -> dict[str, np.ndarray]:
+                            params: AdvertiserRole.Params) -> dict[str, np.ndarray]:
     """The role's batched observation of advertisers ``idx`` (see ``AdvertiserRole``)."""
     t = config.num_topics
     topics = sponsored_topics(config, params)[idx]

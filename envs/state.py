@@ -74,7 +74,7 @@ class Catalogue:
     next_uid: int = 0
 
     @classmethod
-    def empty(cls, capacity: int, dim: int) -> "Catalogue":
+    def empty(cls, capacity: int, dim: int) -> Catalogue:
         return cls(
             embedding=np.zeros((capacity, dim), np.float32),
             topic=np.zeros(capacity, np.int64),

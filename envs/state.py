@@ -2,7 +2,7 @@
 
 Each part of the state (``Catalogue``, ``Users``, ``Creators``, ``Round``) carries its typed
 view for compiled code, ``.view`` (``marl_rec.envs.views``; its namedtuple type is ``.View``):
-its arrays as one tuple, built with the instance and again only after one of its arrays is
+its arrays as one tuple, built on first use and again only after one of its arrays is
 replaced (assigned anew; writing into an array keeps the view).
 """
 
@@ -28,27 +28,49 @@ def birth_column(birth) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(birth, np.int64).reshape(-1))
 
 
+class _ViewField:
+    """A view field of a state dataclass: setting it (a replaced array) drops the part's view,
+    rebuilt on next use. It has no ``__get__``, so reading the field stays a read of the
+    instance's dict, and setting any other field (``head``, ``slate``, ...) costs nothing more."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set__(self, obj, value) -> None:
+        state = obj.__dict__
+        state[self.name] = value
+        state.pop("view", None)
+
+
+class _View:
+    """``.view`` of a state dataclass: built on first use and kept in the instance's dict, where
+    the next reads find it without calling this (a descriptor with ``__get__`` only)."""
+
+    def __init__(self, view_type):
+        self.arrays = operator.attrgetter(*view_type._fields)  # at C speed
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        view = obj.__dict__["view"] = self.arrays(obj)
+        return view
+
+
 def _with_view(view_type):
     """Give a state dataclass its typed view: ``.view``, the arrays of ``view_type``'s fields as
     one plain tuple (what kernels take; see ``marl_rec.envs.compiled`` for why not the namedtuple
-    itself), kept in the instance and built again when one of those arrays is replaced.
+    itself), built on first use and kept in the instance until one of the arrays is replaced.
 
-    The hook is a ``__setattr__``, not a descriptor per field nor a ``__getattr__``: either of
-    those makes CPython look every attribute of the instance up the slow way (measured with
-    Python 3.11: 18 and 38 ns a read instead of 6, some hundred reads a round), where a
-    ``__setattr__`` costs only the few assignments a round makes (~0.15 µs each). It never reads
-    ``__dict__``: that turns the instance's inline attributes into a dict, read the slow way too."""
-    fields = frozenset(view_type._fields)
-    last = view_type._fields[-1]  # the dataclass's __init__ sets the fields in order: the view is whole after it
-    arrays = operator.attrgetter(*view_type._fields)  # at C speed
-
-    def __setattr__(self, name: str, value) -> None:
-        object.__setattr__(self, name, value)
-        if name in fields and (name == last or hasattr(self, "view")):
-            object.__setattr__(self, "view", arrays(self))
+    Descriptors, not a ``__getattr__``: a class with ``__getattr__`` has every attribute of its
+    instances read through it (measured with Python 3.11: 38 ns a read instead of 17), and not a
+    ``__setattr__``, which costs every assignment a Python call (~0.2 µs; a round assigns ten)."""
 
     def decorate(cls):
-        cls.View, cls.__setattr__ = view_type, __setattr__
+        for field in view_type._fields:
+            setattr(cls, field, _ViewField(field))
+        cls.View, cls.view = view_type, _View(view_type)
         return cls
 
     return decorate

@@ -8,6 +8,7 @@ replaced (assigned anew; writing into an array keeps the view).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,8 @@ def birth_column(birth) -> np.ndarray:
 
 class _ViewField:
     """A view field of a state dataclass: setting it (a replaced array) drops the part's view,
-    rebuilt on next use. It has no ``__get__``, so reading the field stays a plain attribute
-    read, and setting any other field (``head``, ``slate``, ...) costs nothing more."""
+    rebuilt on next use. It has no ``__get__``, so reading the field stays a read of the
+    instance's dict, and setting any other field (``head``, ``slate``, ...) costs nothing more."""
 
     __slots__ = ("name",)
 
@@ -43,22 +44,33 @@ class _ViewField:
         state.pop("view", None)
 
 
+class _View:
+    """``.view`` of a state dataclass: built on first use and kept in the instance's dict, where
+    the next reads find it without calling this (a descriptor with ``__get__`` only)."""
+
+    def __init__(self, view_type):
+        self.arrays = operator.attrgetter(*view_type._fields)  # at C speed
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        view = obj.__dict__["view"] = self.arrays(obj)
+        return view
+
+
 def _with_view(view_type):
     """Give a state dataclass its typed view: ``.view``, the arrays of ``view_type``'s fields as
     one plain tuple (what kernels take; see ``marl_rec.envs.compiled`` for why not the namedtuple
-    itself), built on first use and kept in the instance until one of the arrays is replaced."""
+    itself), built on first use and kept in the instance until one of the arrays is replaced.
 
-    def __getattr__(self, name: str):  # only for attributes not found: "view" before it is built
-        if name != "view":
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        state = self.__dict__
-        view = state["view"] = tuple(state[field] for field in view_type._fields)
-        return view
+    Descriptors, not a ``__getattr__``: a class with ``__getattr__`` has every attribute of its
+    instances read through it (measured with Python 3.11: 38 ns a read instead of 17), and not a
+    ``__setattr__``, which costs every assignment a Python call (~0.2 µs; a round assigns ten)."""
 
     def decorate(cls):
         for field in view_type._fields:
             setattr(cls, field, _ViewField(field))
-        cls.View, cls.__getattr__ = view_type, __getattr__
+        cls.View, cls.view = view_type, _View(view_type)
         return cls
 
     return decorate
@@ -84,7 +96,7 @@ class Catalogue:
     next_uid: int = 0
 
     @classmethod
-    def empty(cls, capacity: int, dim: int) -> "Catalogue":
+    def empty(cls, capacity: int, dim: int) -> Catalogue:
         return cls(
             embedding=np.zeros((capacity, dim), np.float32),
             topic=np.zeros(capacity, np.int64),

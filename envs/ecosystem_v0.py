@@ -75,52 +75,15 @@ after the episode ended, AEC and parallel alike) is an ``AgentNotActingError`` n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 import numpy as np
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import wrappers
 
-from marl_rec.envs.config import ConfigError, EcosystemConfig
-from marl_rec.envs.part_kinds import PART_ARGUMENTS, part_kind
-from marl_rec.envs.presets import make_config
-from marl_rec.envs.rounds import AgentNotActingError, RoundRunner
+from marl_rec.envs.config import ConfigError
+from marl_rec.envs.rounds import AgentNotActingError, build_runner
 
 METADATA = {"name": "ecosystem_v0", "render_modes": ["human", "ansi", "rgb_array"], "render_fps": 4}
-
-
-def check_part(key: str, part) -> None:
-    """A ConfigError unless ``part``, given as keyword ``key``, is an instance with the methods
-    its contract calls (a name, a class or a number there is a mistake made before any step)."""
-    kind = part_kind(key)
-    methods, name_key = kind.methods, kind.name_key
-    missing = [m for m in methods if not callable(getattr(part, m, None))]
-    if isinstance(part, type) or missing:
-        hint = f"an instance, e.g. {part.__name__}(config)" if isinstance(part, type) else f"it has no {missing[0]}()"
-        section = " (or pass sampler={...} for the sampler section)" if key == "sampler" else ""
-        raise ConfigError(f"<arguments>: {key!r} takes a part instance with {', '.join(m + '()' for m in methods)} "
-                          f"(marl_rec.envs.parts.base), got {part!r:.100} ({hint}); to pick a registered one by name, "
-                          f"set {name_key!r}{section}")
-
-
-def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | Mapping | None = None,
-                 **kwargs) -> RoundRunner:
-    parts = {k: kwargs.pop(k) for k in PART_ARGUMENTS if k in kwargs and not isinstance(kwargs[k], Mapping)}
-    for key, part in parts.items():
-        if part is not None:  # None: the part the configuration names
-            check_part(key, part)
-    if config is not None and not isinstance(config, EcosystemConfig):
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"<arguments>: 'config' must be an EcosystemConfig or a mapping of its keys, "
-                              f"got {config!r:.100}")
-        if kwargs:
-            raise ConfigError("pass either config={...} or keyword overrides, not both")
-        config, kwargs = None, dict(config)
-    if config is None:
-        config = make_config(scenario, kwargs)
-    elif kwargs:
-        raise ConfigError("pass either config=EcosystemConfig(...) or keyword overrides, not both")
-    return RoundRunner(config, **parts)
 
 
 class raw_env(AECEnv):

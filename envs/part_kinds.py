@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marl_rec.envs.config import EcosystemConfig, build_part, validate_params
+from marl_rec.envs.config import ConfigError, EcosystemConfig, build_part, validate_params
 from marl_rec.envs.registry import (
     CANDIDATE_SAMPLERS,
     CHOICE_MODELS,
@@ -77,3 +77,17 @@ PART_ARGUMENTS: tuple[str, ...] = tuple(kind.argument for kind in PART_KINDS)
 def part_kind(argument: str) -> PartKind:
     """The kind whose keyword is ``argument`` ("choice_model")."""
     return next(kind for kind in PART_KINDS if kind.argument == argument)
+
+
+def check_part(key: str, part) -> None:
+    """A ConfigError unless ``part``, given as keyword ``key``, is an instance with the methods
+    its contract calls (a name, a class or a number there is a mistake made before any step)."""
+    kind = part_kind(key)
+    methods, name_key = kind.methods, kind.name_key
+    missing = [m for m in methods if not callable(getattr(part, m, None))]
+    if isinstance(part, type) or missing:
+        hint = f"an instance, e.g. {part.__name__}(config)" if isinstance(part, type) else f"it has no {missing[0]}()"
+        section = " (or pass sampler={...} for the sampler section)" if key == "sampler" else ""
+        raise ConfigError(f"<arguments>: {key!r} takes a part instance with {', '.join(m + '()' for m in methods)} "
+                          f"(marl_rec.envs.parts.base), got {part!r:.100} ({hint}); to pick a registered one by name, "
+                          f"set {name_key!r}{section}")

@@ -18,9 +18,10 @@ import numpy as np
 
 from marl_rec.envs._round_kernels import mix_rewards
 from marl_rec.envs.checks import check_memory, plan_roles
-from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig
+from marl_rec.envs.config import PHASES, ConfigError, EcosystemConfig, instantiate
 from marl_rec.envs.core import Simulator
-from marl_rec.envs.config import instantiate
+from marl_rec.envs.part_kinds import PART_ARGUMENTS, check_part
+from marl_rec.envs.presets import make_config
 from marl_rec.envs.roles import InvalidActionError, Role
 
 
@@ -312,3 +313,25 @@ class RoundRunner:
         self.phase_index = 0
         sim.begin_round()
 
+
+def build_runner(scenario: str = "creator_economy", config: EcosystemConfig | Mapping | None = None,
+                 **kwargs) -> RoundRunner:
+    """The phase machine of ``scenario`` (or of ``config``) with keyword overrides; a keyword
+    naming a part kind (``choice_model=...``) takes an instance of that part (checked against
+    its contract), every front-end's one way to a runner."""
+    parts = {k: kwargs.pop(k) for k in PART_ARGUMENTS if k in kwargs and not isinstance(kwargs[k], Mapping)}
+    for key, part in parts.items():
+        if part is not None:  # None: the part the configuration names
+            check_part(key, part)
+    if config is not None and not isinstance(config, EcosystemConfig):
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"<arguments>: 'config' must be an EcosystemConfig or a mapping of its keys, "
+                              f"got {config!r:.100}")
+        if kwargs:
+            raise ConfigError("pass either config={...} or keyword overrides, not both")
+        config, kwargs = None, dict(config)
+    if config is None:
+        config = make_config(scenario, kwargs)
+    elif kwargs:
+        raise ConfigError("pass either config=EcosystemConfig(...) or keyword overrides, not both")
+    return RoundRunner(config, **parts)

@@ -436,7 +436,8 @@ def add_evaluate(sub, plugin) -> None:
     """``evaluate``: system behaviours on a scenario, or a trained run's checkpoint."""
     ev = sub.add_parser("evaluate", parents=[plugin], help="evaluate recommenders: system behaviours on a scenario, or "
                                                           "a trained run's checkpoint next to its behaviours")
-    ev.add_argument("--behaviour", "--behaviours", nargs="+", default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
+    ev.add_argument("--behaviour", "--behaviours", nargs="+",
+                    default=["random", "popularity", "myopic", "oracle_myopic", "long_term"],
                     help="system behaviours (registry BEHAVIOURS: random, popularity, myopic, oracle_myopic, "
                          "long_term, or a plug-in's)")
     ev.add_argument("--policy", nargs="+", action=Renamed, new="--behaviour", help=argparse.SUPPRESS)

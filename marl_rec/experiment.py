@@ -135,8 +135,8 @@ def resolve_behaviour(name: str, where: str) -> type:
     behaviour = BEHAVIOURS.resolve(name, where)
     role = getattr(behaviour, "role", None)
     if role != "system":
-        raise ConfigError(f"{where}: {name!r} is a behaviour of role {role!r}; an evaluation behaviour recommends (role "
-                          f"'system'): {', '.join(system_behaviours())}")
+        raise ConfigError(f"{where}: {name!r} is a behaviour of role {role!r}; an evaluation behaviour recommends "
+                          f"(role 'system'): {', '.join(system_behaviours())}")
     return behaviour
 
 

@@ -10,7 +10,9 @@
 - no private Ray API (``ray._private``, ``ray._raylet``, any ``_`` part of a ``ray.`` module
   or attribute) outside the one helper module that wraps it, with its reason
   (PRIVATE_RAY_HELPER);
-- the simulator (envs/) imports no Ray, torch or transformers.
+- the simulator (envs/) imports no Ray, torch or transformers;
+- ``ruff check`` with the project's configuration ([tool.ruff] in pyproject.toml) finds
+  nothing (ruff comes with the test extra).
 
 Each test lists every offender (file:line and what), so one run says everything to fix.
 """
@@ -18,6 +20,8 @@ Each test lists every offender (file:line and what), so one run says everything 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -240,3 +244,9 @@ def test_private_ray_uses_are_recognised(source, expected):
     finally:
         del MODULES["_house_probe"]
     assert [use.split(" ", 1)[1] for use in found] == expected
+
+
+def test_ruff_finds_nothing():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"ruff check:\n{result.stdout}{result.stderr}"

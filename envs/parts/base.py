@@ -93,7 +93,7 @@ class CandidateSampler(Part):
     new items, like RecSim's resampling). Cost: O(U × M), never O(catalogue size).
     """
 
-    def sample(self, sim: "Simulator", rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, sim: Simulator, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -118,7 +118,7 @@ class ItemGenerator(Part):
                quality_mean) -> dict:
         raise NotImplementedError
 
-    def publish(self, sim: "Simulator", rng: np.random.Generator, topic, n: int, quality_mean, creator,
+    def publish(self, sim: Simulator, rng: np.random.Generator, topic, n: int, quality_mean, creator,
                 birth) -> np.ndarray:
         items = self.sample(rng, sim.state.topic_centres, topic, n, quality_mean)
         return sim.state.catalogue.push(items["embedding"], items["topic"], items["quality"], items["length"],
@@ -138,10 +138,10 @@ class ChoiceModel(Part):
     compiled model may override it to do both in one pass, drawing the same numbers.
     """
 
-    def probabilities(self, sim: "Simulator", slate_slots: np.ndarray) -> np.ndarray:
+    def probabilities(self, sim: Simulator, slate_slots: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def sample(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
+    def sample(self, sim: Simulator, rng: np.random.Generator) -> np.ndarray:
         return sample_choice(self.probabilities(sim, sim.slate_slots()), rng)
 
 
@@ -165,16 +165,16 @@ class UserDynamics(Part):
     rule in the same pass (``_round_kernels.record_responses``' ``leave_when_spent``).
     """
 
-    def leaving(self, sim: "Simulator", user_idx: np.ndarray) -> np.ndarray:
+    def leaving(self, sim: Simulator, user_idx: np.ndarray) -> np.ndarray:
         return ~(sim.state.users.time_budget[user_idx] > 0)
 
-    def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> "Users":
+    def initial_users(self, rng: np.random.Generator, topic_centres: np.ndarray) -> Users:
         raise NotImplementedError
 
-    def engagement(self, sim: "Simulator", slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
+    def engagement(self, sim: Simulator, slots: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def respond(self, sim: "Simulator", rng: np.random.Generator, user_idx: np.ndarray, slots: np.ndarray,
+    def respond(self, sim: Simulator, rng: np.random.Generator, user_idx: np.ndarray, slots: np.ndarray,
                 clicked: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -189,13 +189,13 @@ class CreatorDynamics(Part):
     ``state.creators.exposure`` / ``clicks`` / ``engagement`` (this round's, set in RESPOND).
     """
 
-    def initial_creators(self, rng: np.random.Generator) -> "Creators":
+    def initial_creators(self, rng: np.random.Generator) -> Creators:
         raise NotImplementedError
 
-    def seed_catalogue(self, sim: "Simulator", rng: np.random.Generator) -> None:
+    def seed_catalogue(self, sim: Simulator, rng: np.random.Generator) -> None:
         raise NotImplementedError
 
-    def resolve(self, sim: "Simulator", rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
+    def resolve(self, sim: Simulator, rng: np.random.Generator, topic: np.ndarray, effort: np.ndarray) -> None:
         raise NotImplementedError
 
 
@@ -209,7 +209,7 @@ class Reward(Part):
     ``state.creators``, ``sim.last_diversity``. Writes nothing.
     """
 
-    def __call__(self, sim: "Simulator") -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
+    def __call__(self, sim: Simulator) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
         raise NotImplementedError
 
 
@@ -247,7 +247,7 @@ class Behaviour(Part):
         """Whether ``act_on_observations`` is implemented (checked in the driver, before Ray starts)."""
         return cls.acts_on_observations
 
-    def act(self, sim: "Simulator", rng: np.random.Generator) -> np.ndarray:
+    def act(self, sim: Simulator, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
     def act_on_observations(self, observations: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:

@@ -44,7 +44,8 @@ ARRAYS: dict[str, tuple[int, str]] = {
     "item_embedding": (2, "(N, d) float32: content embedding (unit, d - 1 columns), then the popularity column"),
     "item_topic": (1, "(N,) int64: topic (k-means cluster of the content embedding)"),
     "item_quality": (1, "(N,) float32: standardised smoothed mean rating (0 for items unseen in training)"),
-    "item_arrival": (1, "(N,) float64: first appearance; <= 0: by the end of training, (0, 1]: share of the held-out period"),
+    "item_arrival": (1, "(N,) float64: first appearance; <= 0: by the end of training, (0, 1]: share of the "
+                        "held-out period"),
     "topic_centres": (2, "(T, d) float32: topic centres"),
     "user_interest": (2, "(U, d) float32: users' interest (content part, then the popularity weight)"),
     "user_activity": (1, "(U,) float64: interactions per user in the training period"),
@@ -226,7 +227,7 @@ class CalibratedGrowthSampler(MixedSampler):
         candidates, mask = super().sample(sim, rng)
         return self._drop_consumed(sim, rng, candidates, mask)
 
-    def _grow(self, sim, rng, items: "CalibratedItems") -> None:
+    def _grow(self, sim, rng, items: CalibratedItems) -> None:
         """Publish the log's items whose first appearance maps to this round or earlier."""
         if self._due is None:
             self._due = np.sort(items.arrival_rounds(self.horizon))

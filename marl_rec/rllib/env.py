@@ -26,7 +26,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from marl_rec.envs.checks import check_has_agents
 from marl_rec.envs.config import ConfigError
-from marl_rec.envs.ecosystem_v0 import build_runner
+from marl_rec.envs.rounds import build_runner
 from marl_rec.envs.roles import InvalidActionError
 from marl_rec.envs.rounds import AgentNotActingError
 

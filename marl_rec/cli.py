@@ -288,7 +288,7 @@ def list_parts() -> list[str]:
     recipes (MAPPO: PPO with settings) follow the algorithms."""
     from marl_rec.envs import registry
     from marl_rec.envs.part_kinds import PART_KINDS
-    from marl_rec.experiment import ALGORITHM_RECIPES, ALGORITHMS
+    from marl_rec.algorithms import ALGORITHM_RECIPES, ALGORITHMS
     from marl_rec.policies import MODULES
 
     def shown(r, name: str) -> str:

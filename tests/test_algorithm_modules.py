@@ -23,7 +23,7 @@ load_plugins(["marl_rec_ads"], entry_points=False)  # registers the plug-in's gr
 
 from test_training import TINY_ENV, TINY_MODEL, experiment, ray_session  # noqa: E402,F401  (ray_session: the module's local Ray)
 
-from marl_rec.experiment import ALGORITHMS  # noqa: E402
+from marl_rec.algorithms import ALGORITHMS  # noqa: E402
 from marl_rec.policies import MODULES  # noqa: E402
 from marl_rec.rllib.builder import build_algorithm_config  # noqa: E402
 from marl_rec.rllib.evaluation import evaluate_modules  # noqa: E402

@@ -121,6 +121,16 @@ def test_evaluation_progress_prints_a_line_per_policy_off_a_terminal():
     assert len(lines) == 2 and "learned" in lines[0] and "3/3" in lines[1]
 
 
+def test_evaluation_progress_counts_each_names_first_episode():
+    stream, ticks = io.StringIO(), iter([0.0, 2.0, 3.0, 4.5, 8.0])  # start, then one tick per report
+    progress = EvaluationProgress(stream, clock=lambda: next(ticks))
+    progress("learned", 1, 2)
+    progress("learned", 2, 2)  # 0 -> 3: both episodes
+    progress("random", 1, 2)
+    progress("random", 2, 2)  # 3 -> 8: from the learned run's end
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["3.0s", "5.0s"]
+
+
 def fake_train_folder(folder: Path) -> dict:
     """A train folder as `marl-rec train` leaves it: a trial's progress.csv and the evaluation."""
     trial = folder / "trial_0"

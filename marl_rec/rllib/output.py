@@ -252,17 +252,22 @@ def _unwrapped(handler):
 
 class EvaluationProgress:
     """``progress(name, done, total)`` after each evaluation episode (``name``: a trained run or a
-    behaviour): a bar redrawn in place on a terminal, one line per finished name otherwise (logs, pipes)."""
+    behaviour): a bar redrawn in place on a terminal, one line per finished name otherwise (logs, pipes).
+    A name's time runs from the previous report (or from the start, for the first name), so its
+    first episode counts."""
 
-    def __init__(self, stream=None, width: int = 30):
+    def __init__(self, stream=None, width: int = 30, clock=time.monotonic):
         self.stream = stream or sys.stderr
         self.width = width
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.clock = clock
         self.start: dict[str, float] = {}
+        self.last = clock()
 
     def __call__(self, name: str, done: int, total: int) -> None:
-        start = self.start.setdefault(name, time.time())
-        seconds = time.time() - start
+        now = self.clock()
+        seconds = now - self.start.setdefault(name, self.last)
+        self.last = now
         filled = self.width * done // max(total, 1)
         bar = (f"  evaluating {name:<32.32s} [{'#' * filled}{'.' * (self.width - filled)}] {done:3d}/{total} "
                f"{seconds:5.1f}s")

@@ -77,7 +77,6 @@ def forge(folder: Path, edit) -> None:
     (folder / safety.MANIFEST).write_text(json.dumps({"kind": "checkpoint", "files": files, "hmac": "0" * 64}))
 
 
-
 def test_a_checkpoint_is_verified_once_then_handed_on(tmp_path, key, monkeypatch):
     """verify() hashes the files; what it returns is read (experiment, weights) and evaluated
     without hashing them again; a change after it was written is refused by verify()."""
@@ -98,6 +97,26 @@ def test_a_checkpoint_is_verified_once_then_handed_on(tmp_path, key, monkeypatch
     (folder / "marl_rec.json").write_text((folder / "marl_rec.json").read_text() + " ")
     with pytest.raises(ConfigError, match="changed since it was signed"):
         verify(folder)
+
+
+def test_a_manifest_swapped_after_the_digest_check_lends_no_signature(tmp_path, key, monkeypatch):
+    """The digests and the signature come from one reading of the manifest: a signed manifest of
+    the user's own, put in place once the forged folder's digests were checked, does not make
+    that folder count as signed (its names would then be imported)."""
+    from marl_rec.rllib.checkpoint import verify
+
+    mine = make_checkpoint(tmp_path / "mine" / "checkpoint_000001")
+    forged = make_checkpoint(tmp_path / "forged" / "checkpoint_000001")
+    forge(forged, lambda exp: exp.update(name="forged"))
+    real = safety.check_files
+
+    def swap_after_check(folder, *args):
+        real(folder, *args)
+        (folder / safety.MANIFEST).write_bytes((mine / safety.MANIFEST).read_bytes())
+
+    monkeypatch.setattr(safety, "check_files", swap_after_check)
+    assert verify(forged).signed is False
+
 
 @pytest.fixture
 def foreign(tmp_path, key):

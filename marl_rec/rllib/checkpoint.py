@@ -73,8 +73,7 @@ def verify(checkpoint: str | Path | VerifiedCheckpoint, signed: bool = False) ->
     folder = Path(checkpoint)
     if not (folder / STATE_FILE).is_file():
         raise ConfigError(f"{checkpoint}: not a marl-rec checkpoint (no {STATE_FILE})")
-    safety.verify_checkpoint(folder, signed=signed)
-    mine = signed or safety.is_signed(folder, "checkpoint")
+    mine = safety.verify_checkpoint(folder, signed=signed)  # one reading of the manifest for both
     return VerifiedCheckpoint(folder, checkpoint_state(folder), mine)
 
 

@@ -128,6 +128,13 @@ def write_manifest(folder: Path, kind: str, files: dict[str, str]) -> None:
 def read_manifest(folder: Path, kind: str, signed: bool = True) -> dict[str, str]:
     """The files ``folder``'s manifest lists; a ConfigError naming the manifest if it is missing,
     not ours, or (with ``signed``) not signed with this machine's key."""
+    return manifest_files(folder, kind, signed)[0]
+
+
+def manifest_files(folder: Path, kind: str, signed: bool = True) -> tuple[dict[str, str], bool]:
+    """``read_manifest``, and whether that same reading of the manifest carries this user's
+    signature (one read: a manifest swapped between a digest check and a signature check
+    would otherwise lend its signature to files it does not list)."""
     path = folder / MANIFEST
     if not path.is_file():
         raise ConfigError(f"{path}: missing: {folder} has no signed marl-rec manifest (written by an older marl-rec, "
@@ -138,27 +145,23 @@ def read_manifest(folder: Path, kind: str, signed: bool = True) -> dict[str, str
         assert manifest["kind"] == kind and all(isinstance(v, str) for v in files.values())
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ConfigError(f"{path}: not a marl-rec {kind} manifest") from None
-    if signed:
+    try:
         key = signing_key(create=False)
-        if key is None or not hmac.compare_digest(mac, _mac(kind, files, key)):
-            mine = f"with your key {key_path()}" if key is not None else f"by you (you have no key yet at {key_path()})"
-            raise ConfigError(f"{path}: the signature does not match: {folder} was not signed {mine}; the manifest "
-                              "was forged or edited, or the folder comes from someone else. Nothing in it is loaded; "
-                              "if it is a colleague's folder, check what it holds and sign it with "
-                              f"`marl-rec trust {folder}`")
+    except ConfigError:
+        if signed:
+            raise
+        key = None  # a key refused (a link, open to others) signs nothing: the folder counts as unsigned
+    mine = key is not None and hmac.compare_digest(mac, _mac(kind, files, key))
+    if signed and not mine:
+        whose = f"with your key {key_path()}" if key is not None else f"by you (you have no key yet at {key_path()})"
+        raise ConfigError(f"{path}: the signature does not match: {folder} was not signed {whose}; the manifest "
+                          "was forged or edited, or the folder comes from someone else. Nothing in it is loaded; "
+                          "if it is a colleague's folder, check what it holds and sign it with "
+                          f"`marl-rec trust {folder}`")
     for name in files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ConfigError(f"{path}: lists {name!r}, outside its folder")
-    return files
-
-
-def is_signed(folder: Path, kind: str) -> bool:
-    """Whether ``folder``'s manifest carries this user's signature (False without a key yet)."""
-    try:
-        read_manifest(folder, kind, signed=True)
-    except ConfigError:
-        return False
-    return True
+    return files, mine
 
 
 def check_files(folder: Path, listed: dict[str, str], present: list[str], what: str) -> None:
@@ -191,15 +194,17 @@ def sign_checkpoint(folder: str | Path) -> None:
     write_manifest(folder, "checkpoint", {name: sha256(folder / name) for name in checkpoint_files(folder)})
 
 
-def verify_checkpoint(folder: str | Path, signed: bool = True) -> None:
+def verify_checkpoint(folder: str | Path, signed: bool = True) -> bool:
     """A ConfigError naming the first file of the checkpoint that is not as signed: an added file,
-    a changed or missing one, or the manifest (missing, or with ``signed`` forged).
+    a changed or missing one, or the manifest (missing, or with ``signed`` forged). Returns
+    whether the manifest the files were checked against carries this user's signature.
 
     ``signed=False`` (evaluation, which unpickles nothing) checks the digests only, so that a
     checkpoint from another machine evaluates."""
     folder = Path(folder)
-    listed = read_manifest(folder, "checkpoint", signed=signed)
+    listed, mine = manifest_files(folder, "checkpoint", signed=signed)
     check_files(folder, listed, checkpoint_files(folder), f"checkpoint {folder}")
+    return mine
 
 
 # -- run folders ----------------------------------------------------------------------------------

@@ -15,14 +15,8 @@ from marl_rec.envs.config import _Section, spec
 from marl_rec.envs.features import OBSERVATIONS, item_column, item_columns, shape_of, symbol_sizes
 from marl_rec.envs.roles import observation_table
 from marl_rec.envs.parts.base import Behaviour, Reward
-from marl_rec.envs.registry import (
-    CANDIDATE_SAMPLERS,
-    CHOICE_MODELS,
-    CREATOR_DYNAMICS,
-    ITEM_GENERATORS,
-    REWARDS,
-    USER_DYNAMICS,
-)
+from marl_rec.envs.part_kinds import PART_KINDS
+from marl_rec.envs.registry import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 # small enough to run in milliseconds; num_topics == embedding_dim so 'recsim_utility' fits too,
@@ -126,24 +120,9 @@ def play(runner: RoundRunner, rounds: int) -> list:
 
 
 # ---------------------------------------------------------------- every registered part runs
-def _names(registry):
-    return [(registry, name) for name in registry.names()]
-
-
-PART_CASES = {
-    "sampler": (CANDIDATE_SAMPLERS, "sampler.name"),
-    "item generator": (ITEM_GENERATORS, "item.generator"),
-    "choice model": (CHOICE_MODELS, "user.choice_model"),
-    "user dynamics": (USER_DYNAMICS, "user.dynamics"),
-    "creator dynamics": (CREATOR_DYNAMICS, "creator.dynamics"),
-    "reward": (REWARDS, "reward.name"),
-}
-
-
-@pytest.mark.parametrize("kind, name", [(kind, name) for kind, (registry, _) in PART_CASES.items()
-                                        for name in registry.names()])
+@pytest.mark.parametrize("kind, name", [(kind.kind, name) for kind in PART_KINDS for name in kind.registry.names()])
 def test_every_registered_part_runs_an_episode(kind, name):
-    registry, key = PART_CASES[kind]
+    key = next(k.name_key for k in PART_KINDS if k.kind == kind)
     runner = runner_for({key: name, "roles": []})
     play(runner, 4)
     assert runner.sim.state.t >= 1 and np.isfinite(runner.sim.team_return)

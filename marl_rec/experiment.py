@@ -32,6 +32,7 @@ import yaml
 
 from marl_rec.algorithms import ALGORITHM_RECIPES, ALGORITHMS, algorithm_traits
 from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
+from marl_rec.envs.part_kinds import PART_KINDS
 from marl_rec.envs.presets import SCENARIOS, make_config
 from marl_rec.envs.registry import BEHAVIOURS, ROLES
 from marl_rec.policies import MODULES
@@ -110,8 +111,6 @@ def renamed_keys(raw: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _renamed_parts(env: Mapping[str, Any]) -> dict[str, Any]:
     """``env`` with each renamed part or behaviour name (a saved config's) replaced by its new name."""
-    from marl_rec.envs.part_kinds import PART_KINDS
-
     env = dict(env)
     for kind in PART_KINDS:
         section, key = kind.name_key.split(".")

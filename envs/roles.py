@@ -38,6 +38,14 @@ def _numeric(array: np.ndarray) -> np.ndarray:
         return array
 
 
+def user_responses(sim, slate_size: int) -> dict[str, np.ndarray]:
+    """Each user's answer to this round's slate: ``clicked`` (U,) the slate position clicked, -1
+    for no click (or a user not there), and ``watch`` (U,) the minutes watched."""
+    choice = sim.state.round.choice
+    clicked = np.where((choice >= 0) & (choice < slate_size), choice, -1)
+    return {"clicked": clicked, "watch": sim.state.round.watch_time.copy()}
+
+
 class InvalidActionError(ValueError):
     """An agent's action is outside its action space (the message names both)."""
 
@@ -127,6 +135,12 @@ class Role(Parametrised):
 
     def individual_reward(self, sim) -> np.ndarray:
         return np.zeros(self.num_agents())
+
+    def responses(self, sim) -> dict[str, np.ndarray] | None:
+        """What the users answered this round, per agent (arrays with a leading num_agents axis),
+        for the agents' infos at the end of the round and for logged data; None (the default)
+        when the role's agents have no users' responses."""
+        return None
 
     def check_actions(self, sim, idx: np.ndarray, actions: list, agents: list[str]) -> np.ndarray:
         """Validate many agents' actions at once: one vectorised check for the common case where
@@ -257,6 +271,9 @@ class SystemRole(Role):
     def active(self, sim):
         return sim.state.users.active
 
+    def responses(self, sim):
+        return user_responses(sim, self.config.slate_size)
+
     def in_range(self, action):
         return spaces.MultiDiscrete.contains(self.action_space, action)  # distinctness is checked next
 
@@ -330,6 +347,9 @@ class PlatformRole(SystemRole):
 
     def individual_reward(self, sim):
         return np.array([watch_time_per_user(sim)])
+
+    def responses(self, sim):
+        return {name: values[None] for name, values in user_responses(sim, self.config.slate_size).items()}
 
     def in_range(self, action):
         return spaces.MultiDiscrete.contains(self.action_space, action)
@@ -409,6 +429,9 @@ class UserRole(Role):
 
     def active(self, sim):
         return sim.state.users.active
+
+    def responses(self, sim):
+        return user_responses(sim, self.config.slate_size)
 
 
 @ROLES.register("creator")

@@ -292,6 +292,11 @@ class RoundRunner:
                 rewards[agent] = rewards.get(agent, 0.0) + r
             individual = individual_of[name][idx].tolist()
             outcome.infos.update({agent: {**common, "individual_reward": v} for agent, v in zip(agents, individual)})
+            answered = role.responses(sim)
+            if answered is not None:  # the users' responses to this round's slates (clicked, watch)
+                for key, values in answered.items():
+                    for agent, v in zip(agents, values[idx].tolist()):
+                        outcome.infos[agent][key] = v
             if users_left:
                 outcome.terminated.extend(agents)
                 continue

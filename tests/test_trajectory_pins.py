@@ -27,15 +27,15 @@ SIZES = {"num_users": 4, "num_creators": 3, "max_cycles": 30}
 
 PINS = {
     ("creator_economy", "system"):
-        "7b37e573d2f3903596ae18a060341feb8bc2f28729474f094e814cc8e808bcc9",
+        "fd05ec710605c50e59344d7dc371ff03f8c155764587ce79775d643abae06eff",
     ("creator_economy", "every role"):
-        "d4b4ef2e99e5d88d518f765ef0642e0964b9934c036ab1d2a0a9a78eb354b6e0",
+        "5eb6868f586be001a1e92e11cc9d75ec56f44fc09bcf84557591f36c4ba3786b",
     ("creator_economy", "platform"):
         "abdf27876f04bf6ccb06690749c1edba3a96ba7144e71e66d47a48c9eb8dccbd",
     ("recsim_interest_evolution", "system"):
-        "d5eed1d5e0632b6c9888addc860e1cf6c3a469b40122d0870832154dba6e10d1",
+        "ce2a5329cbfb1850e78634bd88a4c5d6c39791aa5ddc2988996b8b0b4961e69e",
     ("recsim_interest_evolution", "every role"):
-        "6041ca3dd4b7a5cffbc63268ace696f1d038e6c3ee80c93560b1738614e88e9a",
+        "7efcd0420fd2e91cda0ca61bde3db28af03e467f73f830d5f36f98dbf789fd31",
     ("recsim_interest_evolution", "platform"):
         "5148e0ffd1b01ed9ae213daefc181ce142fa08b30a10fdb7dbeb45bee4bf20ff",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -406,6 +407,44 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    """``marl-rec pretrain``: the experiment's modules fitted to logged decisions, then evaluated
+    greedily on its held-out seeds next to its behaviours."""
+    from pathlib import Path
+
+    from marl_rec.behaviour_episodes import summarise
+    from marl_rec.experiment import load_experiment
+    from marl_rec.offline.pretrain import check_out, pretrain
+    from marl_rec.rllib.evaluation import evaluate_with_behaviours
+    from marl_rec.rllib.output import EvaluationProgress, comparison_line, save_evaluation
+    from marl_rec.rllib.sessions import RaySession
+
+    exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)  # validated before Ray starts
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(exp.offline.pretrain)}
+    options = dataclasses.replace(exp.offline.pretrain, **{k: v for k, v in flags.items() if v is not None})
+    data, out = (Path(flag or default) if (flag or default) else None
+                 for flag, default in ((args.data, exp.offline.data), (args.out, exp.offline.pretrained)))
+    if data is None or out is None:
+        missing = "--data" if data is None else "--out"
+        raise ConfigError(f"pretrain needs {missing} (or offline.{'data' if data is None else 'pretrained'} in "
+                          f"{exp.source})")
+    check_out(out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[{exp.name}] pre-training {exp.trained_roles()} on {data} into {out}", flush=True)
+    with third_party_log(out) as log:
+        modules, _ = pretrain(exp, data, out, options, RaySession(args.address, log=log), args.overwrite)
+    print(f"pre-trained weights in {out}: start a run from them with modules.<role>.init: {out}")
+    episodes = exp.evaluation.episodes if args.episodes is None else args.episodes
+    if episodes == 0:
+        return 0
+    label = f"pretrained ({', '.join(f'{r}: {m.type}' for r, m in exp.module_sections().items())})"
+    table = evaluate_with_behaviours({label: (modules, exp)}, exp, episodes, progress=EvaluationProgress())
+    save_evaluation(out, exp.name, table, label, out, episodes, exp.evaluation.seed)
+    print(summarise(table))
+    print(comparison_line(table, label))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from marl_rec import __version__
 
@@ -416,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it registers parts, roles, behaviours, modules); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_evaluate, add_run_commands, add_folder_commands, add_bench, add_calibrate, add_validate):
+    for add in (add_evaluate, add_run_commands, add_folder_commands, add_bench, add_calibrate, add_validate,
+                add_pretrain):
         add(sub, plugin)
     return parser
 
@@ -562,6 +602,32 @@ def add_validate(sub, plugin) -> None:
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override of the simulated episodes (dotted keys), e.g. user.interest_drift=0.05")
     val.set_defaults(func=cmd_validate)
+
+
+def add_pretrain(sub, plugin) -> None:
+    """``pretrain``: supervised pre-training on logged decisions (docs/offline.md); each option
+    flag overrides the experiment's offline.pretrain key of the same name."""
+    from marl_rec.offline.options import PretrainOptions
+
+    pre = sub.add_parser("pretrain", parents=[plugin], help="pre-train the experiment's modules on logged decisions "
+                                                           "(marl-rec collect), for modules.<role>.init")
+    pre.add_argument("experiment", help="experiments/<name>.yaml: the modules it trains are pre-trained")
+    pre.add_argument("--data", help="a dataset folder written by marl-rec collect (default: offline.data)")
+    pre.add_argument("--out", help="folder for <role>.safetensors, pretrain.json and the held-out evaluation "
+                                   "(default: offline.pretrained)")
+    pre.add_argument("--overwrite", action="store_true", help="replace pre-trained weights already in --out")
+    kinds = {"epochs": bounded(int, 1, 10000), "batch_size": bounded(int, 1), "lr": bounded(float, 0.0),
+             "holdout": bounded(float, 0.01, 0.9), "patience": bounded(int, 1), "value_weight": bounded(float, 0.0),
+             "seed": SEED}
+    for option in dataclasses.fields(PretrainOptions):
+        pre.add_argument(f"--{option.name.replace('_', '-')}", type=kinds[option.name], default=None,
+                         help=f"{option.metadata['doc']} (default: offline.pretrain.{option.name}, "
+                              f"else {option.default})")
+    pre.add_argument("--episodes", type=bounded(int, 0), default=None,
+                     help="held-out evaluation episodes afterwards (default: evaluation.episodes; 0: none)")
+    pre.add_argument("--address", default=None, help="Ray cluster address for reading the data (default: local Ray)")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+    pre.set_defaults(func=cmd_pretrain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from marl_rec.envs.config import ConfigError, _Section, merge_overrides, spec
 from marl_rec.envs.part_kinds import PART_KINDS
 from marl_rec.envs.presets import SCENARIOS, make_config
 from marl_rec.envs.registry import BEHAVIOURS, ROLES
+from marl_rec.offline.options import PretrainOptions
 from marl_rec.policies import MODULES
 
 
@@ -160,6 +161,8 @@ class AlgorithmSection(_Section):
 class ModuleSection(_Section):
     type: str = spec("transformer", "RLModule (registry marl_rec.policies.MODULES, or 'package.module:Class')")
     model_config: dict = spec({}, "the module's model_config (its class's model_config_schema)")
+    init: str = spec("", "a folder of pre-trained weights (written by marl-rec pretrain) the module starts from "
+                         "instead of random ones; '' for none")
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,23 @@ class CompareSection(_Section):
 
 
 @dataclass(frozen=True)
+class OfflineSection(_Section):
+    """Logged decisions before online training: the defaults of ``marl-rec collect`` and
+    ``marl-rec pretrain`` for this experiment (docs/offline.md); a compare variant starts from the
+    pre-trained weights with ``modules.<role>.init: <pretrained>``."""
+
+    behaviour: str = spec("", "the behaviour collect logs (registry BEHAVIOURS; '' = each role's own)")
+    epsilon: float = spec(0.1, "collect's exploration: a uniformly random action with this probability", low=0.0,
+                          high=1.0)
+    episodes: int = spec(100, "episodes collect logs", low=1)
+    seed: int = spec(0, "collect's first episode seed (keep clear of evaluation.seed's held-out seeds)", low=0,
+                     high=2**32 - 1)
+    data: str = spec("", "the dataset folder collect writes and pretrain reads ('' = none by default)")
+    pretrained: str = spec("", "the folder pretrain writes ('' = none by default)")
+    pretrain: PretrainOptions = spec(PretrainOptions(), "pretrain's options (flags of marl-rec pretrain override them)")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig(_Section):
     name: str = spec("experiment", "run name: results go to <results_dir>/<name>")
     description: str = spec("", "what the run is for and the result it should reach")
@@ -266,6 +286,7 @@ class ExperimentConfig(_Section):
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and at the end)", low=1)
     tune: TuneSection = spec(TuneSection(), "the sweep (marl-rec sweep)")
     compare: CompareSection = spec(CompareSection(), "the algorithm comparison (marl-rec compare)")
+    offline: OfflineSection = spec(OfflineSection(), "logged data and pre-training (marl-rec collect, pretrain)")
     results_dir: str = spec("results", "where runs are written")
     source: str = spec("<config>", "the file this came from (for messages)")
 

@@ -23,6 +23,7 @@ from marl_rec.envs.config import ConfigError
 from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, load_json, renamed_keys
 from marl_rec.files import save_figure, write_file
+from marl_rec.offline.weights import check_initial_weights
 from marl_rec.rllib.checkpoint import latest_checkpoint
 from marl_rec.rllib.sessions import RaySession, RunFolder, check_run_folder, fix_hash_seed, largest_resources, run_dir
 from marl_rec.rllib.train import progress_callback
@@ -44,7 +45,10 @@ def compare(exp: ExperimentConfig, address: str | None = None, resume: bool = Fa
     from marl_rec.rllib.evaluation import evaluate_runs  # torch: not needed by `marl-rec report`
 
     c = exp.compare
-    resources = largest_resources(exp.with_overrides(o) for o in c.variants.values())  # checks before Ray starts
+    variants = [exp.with_overrides(o) for o in c.variants.values()]
+    resources = largest_resources(variants)  # checks before Ray starts
+    for variant in variants:
+        check_initial_weights(variant)  # a variant's pre-trained weights fit its modules
     folder = folder or check_run_folder(exp, resume)
     fix_hash_seed()  # before run_trials starts Ray: a seed repeats a run
     results = run_trials(

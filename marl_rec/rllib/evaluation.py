@@ -125,16 +125,30 @@ def evaluate_runs(
     episode. The one evaluation behind ``marl-rec train``'s final table, ``marl-rec evaluate
     --checkpoint`` and ``marl-rec compare``.
     """
-    episodes = episodes or exp.evaluation.episodes
-    seed = exp.evaluation.seed if seed is None else seed
-    clashes = sorted(set(checkpoints) & set(exp.evaluation.behaviours))
-    if clashes:
-        raise ConfigError(f"{exp.source}: a trained run and a behaviour share the name {clashes[0]!r}")
-    table = {}
+    runs = {}
     for label, checkpoint in checkpoints.items():
         checked = verify(checkpoint)  # the files checked once (or already), then the experiment and weights read
         saved = find_experiment(checked)
-        table[label] = evaluate_modules(load_modules(checked, saved), saved, episodes, seed, progress, label)
+        runs[label] = (load_modules(checked, saved), saved)
+    return evaluate_with_behaviours(runs, exp, episodes, seed, progress)
+
+
+def evaluate_with_behaviours(
+    runs: Mapping[str, tuple[dict, ExperimentConfig]],
+    exp: ExperimentConfig,
+    episodes: int | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`evaluate_runs` for modules in hand: label -> (role -> module, the experiment whose env
+    they act in), then ``exp``'s behaviours, all on the same seeds (pre-trained modules use it)."""
+    episodes = episodes or exp.evaluation.episodes
+    seed = exp.evaluation.seed if seed is None else seed
+    clashes = sorted(set(runs) & set(exp.evaluation.behaviours))
+    if clashes:
+        raise ConfigError(f"{exp.source}: a trained run and a behaviour share the name {clashes[0]!r}")
+    table = {label: evaluate_modules(modules, saved, episodes, seed, progress, label)
+             for label, (modules, saved) in runs.items()}
     for name in exp.evaluation.behaviours:
         table[name] = evaluate_behaviour(name, exp.scenario, episodes, seed, overrides=exp.env, progress=progress)
     return table

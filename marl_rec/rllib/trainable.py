@@ -22,6 +22,7 @@ import yaml
 from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
+from marl_rec.offline.weights import check_initial_weights, start_from_pretrained
 from marl_rec.rllib.callbacks import REPORTED
 from marl_rec.rllib.checkpoint import (ALGORITHM_DIR, VerifiedCheckpoint, build_modules, learner_weights,
                                        old_unsigned_files, prepare_resume, resume_point, save_checkpoint,
@@ -165,6 +166,8 @@ class TrialLoop:
         if checkpoint is not None:
             self.algo.restore_from_path(str(checkpoint.folder / ALGORITHM_DIR))
             self.iteration, self.seconds = checkpoint.state["iteration"], checkpoint.state.get("time_total_s", 0.0)
+        else:  # a fresh start: from the pre-trained weights of modules.<role>.init, if any
+            start_from_pretrained(self.algo, self.exp)
 
     def run(self) -> None:
         done = stop_reached(self.exp, self.iteration, 0, self.seconds)
@@ -244,6 +247,7 @@ def run_trials(exp: ExperimentConfig, param_space: dict[str, Any], folder: RunFo
     not checked again). ``resources`` defaults to :func:`marl_rec.rllib.sessions.trial_resources`.
     Ray is started (or joined) through ``session``."""
     resources = resources or trial_resources(exp)  # every check before Ray starts
+    check_initial_weights(exp)
     if not session.address:
         # before Ray starts: a request that cannot fit waits forever
         check_resources(exp, resources, local_resources(exp))

@@ -1,0 +1,332 @@
+"""``marl-rec pretrain``: supervised pre-training of an experiment's modules on logged decisions.
+
+Each module the experiment trains learns from its own role's decisions (``DATA/<role>/``, the
+format of :mod:`marl_rec.offline.schema`): the logged action's negative log-likelihood under the
+module's own action distribution (the Plackett-Luce slate for the recommender, categorical ones
+for creators, users and plug-in roles: behaviour cloning), plus its value head fitted to the
+logged discounted returns, so that online training starts with a critic that already knows the
+policy it starts from (RLlib's BC -> PPO example shows the same forgetting guard: without a
+fitted value branch the first PPO updates undo the cloned policy). Rows are read with Ray Data
+(a local Ray on 127.0.0.1, or a cluster with ``--address``); whole episodes are held out for
+early stopping. The best epoch's weights go to ``OUT/<role>.safetensors``, which a YAML loads
+with ``modules.<role>.init: OUT`` before online training (:mod:`marl_rec.offline.weights`), and
+the pre-trained modules are evaluated greedily on the experiment's held-out seeds next to its
+behaviours.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marl_rec.envs.config import ConfigError
+from marl_rec.experiment import ExperimentConfig
+from marl_rec.files import write_file
+from marl_rec.offline.options import PretrainOptions
+from marl_rec.offline.schema import CheckedData, Layout, action_batch, check_dataset, observation_batch
+from marl_rec.offline.weights import SUMMARY_FILE, weights_file
+
+HELD_OUT_BUCKETS = 1000  # episodes are held out by a hash of their id into this many buckets
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    held_out: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class RoleResult:
+    role: str
+    rows: int
+    train_rows: int
+    held_out_rows: int
+    best_epoch: int
+    best: dict[str, float]
+    epochs: list[EpochRecord] = field(default_factory=list)
+    decisions_per_second: float = 0.0
+
+
+def held_out(episodes: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Whether each row's episode is held out: a fixed hash of (episode, seed), so every row of
+    an episode falls on the same side, whatever file or order it comes in."""
+    mixed = (episodes.astype(np.uint64) * np.uint64(2654435761) + np.uint64(seed * 97 + 1)) % np.uint64(2**32)
+    return (mixed % np.uint64(HELD_OUT_BUCKETS)).astype(np.int64) < round(share * HELD_OUT_BUCKETS)
+
+
+def read_split(files: list[Path], options: PretrainOptions):
+    """(training, held-out) Ray Datasets of one role's files, materialised once."""
+    import ray.data
+
+    quiet_data()
+
+    def keep(held: bool):
+        def select(table):
+            episodes = table.column("episode").to_numpy()
+            return table.filter(held_out(episodes, options.holdout, options.seed) == held)
+        return select
+
+    ds = ray.data.read_parquet([str(f) for f in files])
+    train = ds.map_batches(keep(False), batch_format="pyarrow").materialize()
+    held = ds.map_batches(keep(True), batch_format="pyarrow").materialize()
+    return train, held
+
+
+def quiet_data() -> None:
+    """Ray Data's progress bars and per-dataset log lines off: the epoch lines say how it goes."""
+    import logging
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def module_tensors(batch: dict[str, np.ndarray], layout: Layout) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    # copies: Ray's arrays are read-only, which torch does not support
+    obs = {k: torch.from_numpy(np.array(v)) for k, v in observation_batch(batch, layout).items()}
+    actions = torch.from_numpy(np.array(action_batch(batch, layout)))
+    returns = torch.from_numpy(np.array(batch["return"], np.float32))
+    return obs, actions, returns
+
+
+def action_distribution(module, obs: dict):
+    """The module's training distribution over actions for ``obs`` (a Q-learning module's Q-values
+    read as logits of a categorical: the greedy action stays its best-scored one)."""
+    from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
+
+    out = module.forward_train({Columns.OBS: obs})
+    if Columns.ACTION_DIST_INPUTS in out:
+        return module.get_train_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+    if QF_PREDS in out:
+        return TorchCategorical.from_logits(out[QF_PREDS])
+    raise ConfigError(f"{type(module).__name__} gives neither action-distribution inputs nor Q-values in "
+                      "forward_train; marl-rec pretrain cannot fit it")
+
+
+def agreement(dist, actions: torch.Tensor) -> torch.Tensor:
+    """(B,) 1 where the module's greedy action agrees with the logged one at the top: a slate's
+    first item, a categorical or multi-categorical action whole."""
+    greedy = dist.to_deterministic().sample()
+    if greedy.dim() > 1 and greedy.shape[-1] == actions.shape[-1] and actions.dim() == 2 and \
+            type(dist).__name__.startswith("TorchSlate"):
+        return (greedy[:, 0] == actions[:, 0]).float()
+    same = greedy.reshape(len(greedy), -1) == actions.reshape(len(actions), -1)
+    return same.all(-1).float()
+
+
+def decision_losses(module, batch: dict[str, np.ndarray], layout: Layout, value_scale: float) -> dict:
+    """The terms of one batch: ``policy`` (mean negative log-likelihood of the logged actions),
+    ``value`` (squared error of the value head on the returns, over their variance), ``agreement``."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+
+    obs, actions, returns = module_tensors(batch, layout)
+    dist = action_distribution(module, obs)
+    terms = {"policy": -dist.logp(actions).mean(), "agreement": agreement(dist, actions).mean()}
+    if isinstance(module, ValueFunctionAPI):
+        values = module.compute_values({Columns.OBS: obs}).float().reshape(-1)
+        terms["value"] = ((values - returns) ** 2).mean() / value_scale
+    return terms
+
+
+def objective(terms: dict, options: PretrainOptions) -> torch.Tensor:
+    return terms["policy"] + options.value_weight * terms.get("value", 0.0)
+
+
+def held_out_figures(module, held, layout: Layout, options: PretrainOptions, value_scale: float) -> dict[str, float]:
+    """Row-weighted means of every term on the held-out episodes (no gradients; eval mode)."""
+    module.eval()
+    sums: dict[str, float] = {}
+    rows = 0
+    with torch.no_grad():
+        for batch in held.iter_batches(batch_size=4 * options.batch_size, batch_format="numpy"):
+            n = len(batch["episode"])
+            terms = decision_losses(module, batch, layout, value_scale)
+            terms["loss"] = objective(terms, options)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+            rows += n
+    module.train()
+    return {name: total / max(rows, 1) for name, total in sums.items()}
+
+
+def return_scale(train) -> float:
+    """The variance of the training returns (at least 1e-6): the value loss in units of it."""
+    returns = np.concatenate([np.asarray(b["return"], np.float64)
+                              for b in train.iter_batches(batch_size=65536, batch_format="numpy", )])
+    return max(float(returns.var()), 1e-6)
+
+
+def train_epoch(module, optimiser, train, layout: Layout, options: PretrainOptions, value_scale: float,
+                epoch: int, show) -> tuple[float, int, float]:
+    """One pass over the training episodes, shuffled; (mean loss, rows, seconds in the module)."""
+    total, rows, busy = 0.0, 0, 0.0
+    batches = train.iter_batches(batch_size=options.batch_size, batch_format="numpy",
+                                 local_shuffle_buffer_size=16 * options.batch_size,
+                                 local_shuffle_seed=options.seed * 1000 + epoch)
+    for batch in batches:
+        start = time.perf_counter()
+        loss = objective(decision_losses(module, batch, layout, value_scale), options)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        busy += time.perf_counter() - start
+        n = len(batch["episode"])
+        total, rows = total + loss.item() * n, rows + n
+        show(rows)
+    return total / max(rows, 1), rows, busy
+
+
+def fit_role(module, role: str, layout: Layout, files: list[Path], rows: int, options: PretrainOptions,
+             stream=sys.stdout) -> RoleResult:
+    """Fit one module on its role's decisions with early stopping on the held-out loss; the module
+    ends with its best epoch's weights."""
+    torch.manual_seed(options.seed)
+    train, held = read_split(files, options)
+    train_rows, held_rows = train.count(), held.count()
+    if not train_rows or not held_rows:
+        raise ConfigError(f"{files[0].parent}: {rows} decisions, {train_rows} to train on and {held_rows} held out "
+                          f"(holdout {options.holdout}, by episode): one side is empty; collect more episodes")
+    value_scale = return_scale(train)
+    optimiser = torch.optim.Adam(module.parameters(), lr=options.lr)
+    result = RoleResult(role, rows, train_rows, held_rows, 0, held_out_figures(module, held, layout, options,
+                                                                               value_scale))
+    print(f"  {role}: {train_rows} decisions to train on, {held_rows} held out; before training: "
+          f"{figures_text(result.best)}", file=stream, flush=True)
+    best_state, waited, busy_total, seen = copy.deepcopy(module.state_dict()), 0, 0.0, 0
+    for epoch in range(1, options.epochs + 1):
+        start = time.time()
+        show = progress_bar(stream, f"{role} epoch {epoch}/{options.epochs}", train_rows)
+        loss, seen_now, busy = train_epoch(module, optimiser, train, layout, options, value_scale, epoch, show)
+        figures = held_out_figures(module, held, layout, options, value_scale)
+        busy_total, seen = busy_total + busy, seen + seen_now
+        result.epochs.append(EpochRecord(epoch, loss, figures, time.time() - start))
+        better = figures["loss"] < result.best["loss"] - 1e-4
+        print(f"  {role} epoch {epoch:2d}: train loss {loss:.4f}; held out {figures_text(figures)}"
+              f"{'  (best)' if better else ''}  [{time.time() - start:.1f}s]", file=stream, flush=True)
+        if better:
+            result.best, result.best_epoch, waited = figures, epoch, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            waited += 1
+            if waited >= options.patience:
+                break
+    module.load_state_dict(best_state)
+    result.decisions_per_second = seen / max(busy_total, 1e-9)
+    return result
+
+
+def figures_text(figures: dict[str, float]) -> str:
+    parts = [f"nll {figures['policy']:.4f}", f"top-1 agreement {figures['agreement']:.3f}"]
+    if "value" in figures:
+        parts.append(f"value loss {figures['value']:.4f}")
+    return ", ".join(parts)
+
+
+def progress_bar(stream, label: str, total: int, width: int = 30):
+    """``show(done)``: a bar redrawn in place on a terminal; nothing otherwise (the epoch line follows)."""
+    tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def show(done: int) -> None:
+        if tty:
+            filled = width * min(done, total) // max(total, 1)
+            stream.write(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+            if done >= total:
+                stream.write("\r" + " " * (width + len(label) + 30) + "\r")
+            stream.flush()
+    return show
+
+
+def check_data(exp: ExperimentConfig, data: str | Path) -> tuple[CheckedData, list[str]]:
+    """The dataset checked against ``exp`` (roles, shapes, every row) before Ray starts, and the
+    roles to pre-train: those the experiment trains; each needs its decisions in the data."""
+    runner_spaces = role_spaces(exp)
+    checked = check_dataset(data, roles=list(runner_spaces), spaces_of=runner_spaces)
+    trained = exp.trained_roles()
+    missing = [r for r in trained if r not in checked.roles]
+    if missing:
+        raise ConfigError(f"{data}: no decisions of role {missing[0]!r}, which {exp.source} trains; the data has "
+                          f"{sorted(checked.roles)} (collect with that role external, or train_roles without it)")
+    return checked, trained
+
+
+def role_spaces(exp: ExperimentConfig) -> dict:
+    """role -> (observation space, action space) of the experiment's external roles."""
+    from marl_rec.envs.rounds import RoundRunner
+
+    runner = RoundRunner(exp.env_config())
+    return {name: (runner.roles[name].observation_space, runner.roles[name].action_space)
+            for name in runner.external}
+
+
+def save_pretrained(out: Path, modules: dict, results: list[RoleResult], exp: ExperimentConfig, data: Path,
+                    checked: CheckedData, options: PretrainOptions) -> None:
+    """``OUT/<role>.safetensors`` for each pre-trained module and ``OUT/pretrain.json``."""
+    from safetensors.torch import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        state = {k: v.detach().contiguous().cpu() for k, v in modules[result.role].state_dict().items()}
+        write_file(weights_file(out, result.role), save(state))
+    sections = exp.module_sections()
+    summary = {
+        "experiment": exp.name, "source": exp.source, "data": str(data), "options": asdict(options),
+        "modules": {r.role: {"type": sections[r.role].type, "model_config": sections[r.role].model_config}
+                    for r in results},
+        "layouts": {role: json.loads(layout.to_json()) for role, (layout, _, _) in checked.roles.items()},
+        "results": [asdict(r) for r in results],
+    }
+    write_file(out / SUMMARY_FILE, json.dumps(summary, indent=1, default=_finite))
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.is_symlink():
+        raise ConfigError(f"--out {out}: a symbolic link; give a folder of your own")
+    if (out / SUMMARY_FILE).exists() and not overwrite:
+        raise ConfigError(f"--out {out}: holds pre-trained weights already ({SUMMARY_FILE}); choose another folder "
+                          "or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+
+
+def pretrain(exp: ExperimentConfig, data: str | Path, out: str | Path, options: PretrainOptions,
+             session=None, overwrite: bool = False, stream=sys.stdout) -> tuple[dict, list[RoleResult]]:
+    """Pre-train every module ``exp`` trains on ``data``; write ``out``. Everything is checked
+    before Ray starts (``session``: a marl_rec.rllib.sessions.RaySession, local by default).
+    Returns (role -> pre-trained module, each role's result)."""
+    from marl_rec.rllib.checkpoint import build_modules
+    from marl_rec.rllib.sessions import RaySession
+
+    out, data = Path(out), Path(data)
+    check_out(out, overwrite)
+    checked, roles = check_data(exp, data)
+    modules = build_modules(exp)
+    (session or RaySession()).start(exp)
+    results = []
+    for role in roles:
+        layout, files, rows = checked.roles[role]
+        results.append(fit_role(modules[role], role, layout, files, rows, options, stream))
+    for module in modules.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    save_pretrained(out, modules, results, exp, data, checked, options)
+    return modules, results

@@ -618,7 +618,7 @@ def add_pretrain(sub, plugin) -> None:
     pre.add_argument("--overwrite", action="store_true", help="replace pre-trained weights already in --out")
     kinds = {"epochs": bounded(int, 1, 10000), "batch_size": bounded(int, 1), "lr": bounded(float, 0.0),
              "holdout": bounded(float, 0.01, 0.9), "patience": bounded(int, 1), "value_weight": bounded(float, 0.0),
-             "seed": SEED}
+             "threads": bounded(int, 0, 1024), "seed": SEED}
     for option in dataclasses.fields(PretrainOptions):
         pre.add_argument(f"--{option.name.replace('_', '-')}", type=kinds[option.name], default=None,
                          help=f"{option.metadata['doc']} (default: offline.pretrain.{option.name}, "

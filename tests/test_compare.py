@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import TINY_RUN
@@ -171,3 +172,24 @@ def test_report_plots_curves_that_start_before_any_episode_ended(tmp_path):
     text = report(tmp_path)
     assert (tmp_path / "learning_curves.png").is_file() and (tmp_path / "performance_profile.png").is_file()
     assert "| PPO | 160.500 ± 0.707 | 0.500 ± 0.000 |" in text and "| random | 150.000 | 0.900 |" in text
+
+
+def test_greedy_curves_are_compared_with_the_first_variant_by_hand():
+    from marl_rec.rllib.compare import curve_lines
+
+    nan = float("nan")
+
+    def run(variant, greedy):
+        return {"variant": variant, "seed": 0, "curve": {"env_steps": [100, 200, 300, 400],
+                                                         "team_return": [1.0] * 4, "greedy_team_return": greedy}}
+
+    # scratch ends at (20 + 30) / 2 = 25 after 400 steps; pretrained's mean curve: 22.5, 25 (at 200), ...
+    data = {"runs": [run("scratch", [10.0, nan, 15.0, 20.0]), run("scratch", [10.0, nan, 20.0, 30.0]),
+                     run("pretrained", [20.0, 25.0, 30.0, 30.0]), run("pretrained", [25.0, 25.0, 30.0, 40.0])]}
+    lines = curve_lines(data, ["scratch", "pretrained"], 8, np.random.default_rng(0), 200)
+    assert "scratch ends at 25.0 after 400 env steps" in lines[1]
+    row = lines[-1]
+    # reached at 200 steps = 50% of scratch's; at 100 steps: 22.5 - 10 = +12.5; at 200 (scratch's runs halfway
+    # between their points at 100 and 300: 12.5 and 15): 25 - 13.75 = +11.25, printed +11.2; at 400: 35 - 25 = +10
+    assert row.startswith("| pretrained | 200 | 50% | +12.5 [") and "| +11.2 [" in row and "| +10.0 [" in row
+    assert curve_lines({"runs": [run("scratch", [1.0, 2.0, 3.0, 4.0])]}, ["scratch"], 8, None, 10) == []

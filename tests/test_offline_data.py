@@ -171,3 +171,12 @@ def test_loaded_weights_reach_the_target_copies_too():
     assert state["heads.v"].tolist() == [0.0]
     with pytest.raises(ConfigError, match="'other' has no counterpart"):
         learner_state_with(learner, {"other": torch.zeros(1)})
+
+
+def test_a_role_folder_holds_only_part_files(tmp_path, layout):
+    write_part(tmp_path, layout, rows(), 0)
+    (tmp_path / "system" / ".part-00001.parquet.x.tmp").write_bytes(b"half written")  # hidden: Ray skips it too
+    assert check_dataset(tmp_path).roles["system"][2] == 3
+    (tmp_path / "system" / "extra.parquet").write_bytes(b"")
+    with pytest.raises(OfflineDataError, match=r"system/extra.parquet: a role folder holds only part-\*.parquet"):
+        check_dataset(tmp_path)

@@ -18,4 +18,7 @@ class PretrainOptions(_Section):
     patience: int = spec(3, "epochs without a better held-out loss before stopping", low=1)
     value_weight: float = spec(0.5, "weight of the value head's loss (squared error over the returns' variance; "
                                     "0: the value head is not fitted)", low=0.0)
+    threads: int = spec(1, "torch threads for the training steps (0: torch's default, every core). One is the "
+                           "default: torch's threads spin while they wait, and next to Ray's processes on a small "
+                           "machine two of them ran 20x slower than one", low=0)
     seed: int = spec(0, "torch's initial weights, the held-out split and the shuffling", low=0, high=2**32 - 1)

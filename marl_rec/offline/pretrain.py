@@ -76,7 +76,9 @@ def read_split(files: list[Path], options: PretrainOptions):
             return table.filter(held_out(episodes, options.holdout, options.seed) == held)
         return select
 
-    ds = ray.data.read_parquet([str(f) for f in files])
+    # the role's folder, not the list of its files: Ray 2.60 resolves a list in threads that race to
+    # import fsspec's HTTP module, which fails where aiohttp is not installed
+    ds = ray.data.read_parquet(str(files[0].parent), file_extensions=["parquet"])
     train = ds.map_batches(keep(False), batch_format="pyarrow").materialize()
     held = ds.map_batches(keep(True), batch_format="pyarrow").materialize()
     return train, held
@@ -321,6 +323,8 @@ def pretrain(exp: ExperimentConfig, data: str | Path, out: str | Path, options: 
     checked, roles = check_data(exp, data)
     modules = build_modules(exp)
     (session or RaySession()).start(exp)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     results = []
     for role in roles:
         layout, files, rows = checked.roles[role]

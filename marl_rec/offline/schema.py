@@ -175,12 +175,24 @@ def role_files(data: str | Path) -> dict[str, list[Path]]:
         raise OfflineDataError(f"{data}: no such dataset folder (marl-rec collect writes one)")
     direct = sorted(data.glob(PART_GLOB))
     if direct:
-        return {data.name: direct}
+        return {data.name: _only_parts(data, direct)}
     found = {p.name: sorted(p.glob(PART_GLOB)) for p in sorted(data.iterdir()) if p.is_dir() and not p.is_symlink()}
-    found = {role: files for role, files in found.items() if files}
+    found = {role: _only_parts(data / role, files) for role, files in found.items() if files}
     if not found:
         raise OfflineDataError(f"{data}: no {PART_GLOB} files in it or in a role folder under it")
     return found
+
+
+def _only_parts(folder: Path, parts: list[Path]) -> list[Path]:
+    """A role folder is read whole (Ray Data skips only hidden files): anything else visible in it
+    would be read unchecked, so it is refused; a link is refused too."""
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p not in parts)
+    links = [p.name for p in parts if p.is_symlink()]
+    if others or links:
+        name = (others or links)[0]
+        raise OfflineDataError(f"{folder / name}: a role folder holds only {PART_GLOB} files written by marl-rec "
+                               f"collect{' (not links)' if links and not others else ''}; move it out")
+    return parts
 
 
 def read_layout(path: Path) -> Layout:

@@ -144,6 +144,7 @@ def report(path: str | Path) -> str:
     if improvement:
         lines += ["", "| probability of improvement | point [95% CI] |", "|---|---|"]
         lines += [f"| P({a} > {b}) | {i.point:.3f} [{i.low:.3f}, {i.high:.3f}] |" for (a, b), i in improvement.items()]
+    lines += curve_lines(data, list(c.variants), exp.evaluation.duration, rng, c.reps)
     lines += metrics_table(data, c.variants)
     failed = [f"{r['variant']} seed {r['seed']}" for r in data["runs"] if r.get("error")]
     if failed:
@@ -231,6 +232,68 @@ def read_evaluation(source: Path) -> dict:
 def episode_means(metrics: dict[str, np.ndarray]) -> dict[str, float]:
     """Each recommender metric's mean over the evaluation episodes."""
     return {name: float(values.mean()) for name, values in metrics.items()}
+
+
+def greedy_curves(data: dict, label: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(env steps, greedy team return) of each run of ``label`` at its greedy evaluations."""
+    out = []
+    for run in data["runs"]:
+        if run["variant"] != label:
+            continue
+        curve = run.get("curve") or {}
+        greedy = np.asarray(curve.get("greedy_team_return") or [], float)
+        steps = np.asarray(curve.get("env_steps") or [], float)[: len(greedy)]
+        keep = np.isfinite(greedy)
+        if keep.any():
+            out.append((steps[keep], greedy[keep]))
+    return out
+
+
+def at_step(curves: list[tuple[np.ndarray, np.ndarray]], step: float) -> np.ndarray:
+    """Each run's greedy return at ``step`` env steps (linear between its evaluations; NaN past its last)."""
+    return np.array([np.interp(step, s, g) if s[0] <= step <= s[-1] else np.nan for s, g in curves])
+
+
+def curve_lines(data: dict, variants: list[str], duration: int, rng, reps: int) -> list[str]:
+    """Markdown lines comparing each variant's greedy learning curve with the first variant's: the env
+    steps its mean curve needs to reach the first's final greedy return, and the difference of the
+    means at 25%, 50% and 100% of the first's steps with a 95% bootstrap CI over runs. Empty when
+    fewer than two variants have greedy curves."""
+    labels = [label for label in variants if greedy_curves(data, label)]
+    if len(labels) < 2:
+        return []
+    reference = greedy_curves(data, labels[0])
+    final = float(np.mean([g[-1] for _, g in reference]))
+    steps = float(np.min([s[-1] for s, _ in reference]))
+    marks = [0.25 * steps, 0.5 * steps, steps]
+    lines = ["", f"Greedy learning curves against {labels[0]} (team return on the first {duration} held-out seeds, "
+                 f"mean over runs; {labels[0]} ends at {final:.1f} after {steps:.0f} env steps). Differences: mean "
+                 f"of the variant minus mean of {labels[0]}, 95% bootstrap CI over runs ({reps} replicates):", "",
+             f"| variant | env steps to reach {final:.1f} | share of {labels[0]}'s | "
+             + " | ".join(f"difference at {m:.0f} steps" for m in marks) + " |",
+             "|---|---|---|" + "---|" * len(marks)]
+    for label in labels[1:]:
+        curves = greedy_curves(data, label)
+        grid = np.unique(np.concatenate([s for s, _ in curves]))
+        means = np.array([np.nanmean(at_step(curves, x)) if np.isfinite(at_step(curves, x)).any() else np.nan
+                          for x in grid])
+        reached = grid[np.flatnonzero(means >= final)]
+        reach = f"{reached[0]:.0f}" if len(reached) else "not reached"
+        share = f"{reached[0] / steps:.0%}" if len(reached) else "-"
+        cells = [difference_cell(at_step(curves, m), at_step(reference, m), rng, reps) for m in marks]
+        lines.append(f"| {label} | {reach} | {share} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def difference_cell(x: np.ndarray, y: np.ndarray, rng, reps: int) -> str:
+    """``mean(x) - mean(y) [low, high]``: a percentile bootstrap over runs, each side resampled."""
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not len(x) or not len(y):
+        return "-"
+    draws = (x[rng.integers(len(x), size=(reps, len(x)))].mean(1)
+             - y[rng.integers(len(y), size=(reps, len(y)))].mean(1))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return f"{x.mean() - y.mean():+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
 def metrics_table(data: dict, variants) -> list[str]:

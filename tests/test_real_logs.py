@@ -123,6 +123,17 @@ def test_the_dataset_passes_the_checks_with_the_experiments_spaces(collected, ex
     assert layout.gamma == pytest.approx(0.99) and layout.source["kind"] == "calibration"
 
 
+def test_the_same_seed_writes_the_same_decisions(collected, calibration, exp, tmp_path):
+    out, summary = collected
+    heard = []
+    again = collect_calibration(Path(calibration), tmp_path / "again", exp, seed=0,
+                                progress=lambda done, total: heard.append((done, total)))
+    assert again["rows"] == summary["rows"] and heard[-1] == (summary["interactions"], summary["interactions"])
+    first, second = _table(out)[1], _table(tmp_path / "again")[1]
+    for name in ("episode", "step", "reward", "obs/user", "obs/candidates", "action"):
+        np.testing.assert_array_equal(np.stack(first[name]), np.stack(second[name]))
+
+
 def _oracle(log, train, embedding, d, truth_first: bool):
     """Scores the held-out item of each event highest (or lowest): events come in time order."""
     truth = log.item[~train]

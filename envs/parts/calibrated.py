@@ -196,7 +196,14 @@ class CalibratedItems(ItemGenerator):
     def arrival_rounds(self, horizon: int) -> np.ndarray:
         """(N,) the round each item enters for a held-out period of ``horizon`` rounds (<= 0:
         there at the start; the back catalogue's are clipped to one horizon before the start)."""
-        return np.ceil(np.clip(self.arrival, -1.0, 1.0) * horizon).astype(np.int64)
+        return log_time_rounds(self.arrival, horizon)
+
+
+def log_time_rounds(share: np.ndarray, horizon: int) -> np.ndarray:
+    """The scenario's clock: times given as shares of the held-out period (0 its start, 1 its
+    end, negative the training period) as rounds of a held-out period of ``horizon`` rounds,
+    clipped to one horizon either side (items' arrival; a replayed log's interactions)."""
+    return np.ceil(np.clip(share, -1.0, 1.0) * horizon).astype(np.int64)
 
 
 @CANDIDATE_SAMPLERS.register("calibrated")

@@ -159,12 +159,19 @@ def no_click_logit(logits: np.ndarray, valid: np.ndarray, target_ctr: float) -> 
 def fit_engagement(affinity: np.ndarray, quality: np.ndarray, rating: np.ndarray) -> tuple[float, float, float]:
     """Least squares of logit(rating as a share of the scale) on affinity, quality and 1:
     (engagement_affinity, engagement_quality, engagement_bias); slopes kept >= 0 (the config's range)."""
-    lo, hi = rating.min(), rating.max()
-    share = np.clip((rating - lo) / (hi - lo), 0.02, 0.98) if hi > lo else np.full(len(rating), 0.5)
+    share = rating_share(rating, rating.min(), rating.max())
     target = np.log(share / (1 - share))
     x = np.stack([affinity, quality, np.ones(len(rating))], axis=1)
     coef = np.linalg.lstsq(x, target, rcond=None)[0]
     return max(float(coef[0]), 0.0), max(float(coef[1]), 0.0), float(np.clip(coef[2], -10, 10))
+
+
+def rating_share(rating: np.ndarray, lowest: float, highest: float) -> np.ndarray:
+    """A rating as a share of the scale [lowest, highest], clipped to [0.02, 0.98]: the watch
+    fraction (engagement) the calibrated users' watch time is fitted to (0.5 on a one-value scale)."""
+    if highest <= lowest:
+        return np.full(len(rating), 0.5)
+    return np.clip((np.asarray(rating, np.float64) - lowest) / (highest - lowest), 0.02, 0.98)
 
 
 def kmeans(x: np.ndarray, k: int, rng, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:

@@ -414,7 +414,7 @@ def cmd_pretrain(args) -> int:
 
     from marl_rec.behaviour_episodes import summarise
     from marl_rec.experiment import load_experiment
-    from marl_rec.offline.pretrain import check_out, pretrain
+    from marl_rec.offline.pretrain import check_out, pretrain, rank_held_out
     from marl_rec.rllib.evaluation import evaluate_with_behaviours
     from marl_rec.rllib.output import EvaluationProgress, comparison_line, save_evaluation
     from marl_rec.rllib.sessions import RaySession
@@ -432,12 +432,15 @@ def cmd_pretrain(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{exp.name}] pre-training {exp.trained_roles()} on {data} into {out}", flush=True)
     with third_party_log(out) as log:
-        modules, _ = pretrain(exp, data, out, options, RaySession(args.address, log=log), args.overwrite)
+        modules, _, checked = pretrain(exp, data, out, options, RaySession(args.address, log=log), args.overwrite)
     print(f"pre-trained weights in {out}: start a run from them with modules.<role>.init: {out}")
+    label = f"pretrained ({', '.join(f'{r}: {m.type}' for r, m in exp.module_sections().items())})"
+    ranking = rank_held_out(modules, exp, checked, out, label)  # decisions from a calibrated log
+    if ranking is not None:
+        print(ranking)
     episodes = exp.evaluation.episodes if args.episodes is None else args.episodes
     if episodes == 0:
         return 0
-    label = f"pretrained ({', '.join(f'{r}: {m.type}' for r, m in exp.module_sections().items())})"
     table = evaluate_with_behaviours({label: (modules, exp)}, exp, episodes, progress=EvaluationProgress())
     save_evaluation(out, exp.name, table, label, out, episodes, exp.evaluation.seed)
     print(summarise(table))

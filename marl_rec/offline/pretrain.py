@@ -311,10 +311,10 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def pretrain(exp: ExperimentConfig, data: str | Path, out: str | Path, options: PretrainOptions,
-             session=None, overwrite: bool = False, stream=sys.stdout) -> tuple[dict, list[RoleResult]]:
+             session=None, overwrite: bool = False, stream=sys.stdout) -> tuple[dict, list[RoleResult], CheckedData]:
     """Pre-train every module ``exp`` trains on ``data``; write ``out``. Everything is checked
     before Ray starts (``session``: a marl_rec.rllib.sessions.RaySession, local by default).
-    Returns (role -> pre-trained module, each role's result)."""
+    Returns (role -> pre-trained module, each role's result, the dataset as checked)."""
     from marl_rec.rllib.checkpoint import build_modules
     from marl_rec.rllib.sessions import RaySession
 
@@ -333,4 +333,54 @@ def pretrain(exp: ExperimentConfig, data: str | Path, out: str | Path, options: 
         if isinstance(module, torch.nn.Module):
             module.eval()
     save_pretrained(out, modules, results, exp, data, checked, options)
-    return modules, results
+    return modules, results, checked
+
+
+def module_scores(module):
+    """A scorer for :func:`marl_rec.offline.real_logs.holdout_ranking`: the module's greedy slate
+    logits (masked) for a batch of system observations, (n, M)."""
+    from ray.rllib.core.columns import Columns
+
+    def score(obs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            out = module.forward_inference({Columns.OBS: {k: torch.from_numpy(np.array(v)) for k, v in obs.items()}})
+        return out[Columns.ACTION_DIST_INPUTS].float().numpy()
+    return score
+
+
+def calibration_of(checked: CheckedData) -> Path | None:
+    """The calibrated folder the system role's decisions were replayed from (collect --calibration), if so."""
+    layout = checked.roles.get("system", (None,))[0]
+    source = layout.source if layout is not None else {}
+    return Path(source["calibration"]) if source.get("kind") == "calibration" and source.get("calibration") else None
+
+
+def ranking_table(ranking: dict, label: str) -> str:
+    """Markdown: hit rate@k of each scorer with its 95% CI over users, and its ratio to popularity's."""
+    lines = [f"Held-out next items ({ranking['events']} interactions of {ranking['users']} users), each among "
+             f"{ranking['candidates']} candidates: hit rate@{ranking['k']} (95% bootstrap CI over users)", "",
+             "| scorer | hit rate | ratio to popularity |", "|---|---|---|"]
+    for name, hit in ranking["hit_rate"].items():
+        ratio = ranking["ratio_to_popularity"].get(name)
+        ratio_text = "1" if name == "popularity" else (
+            f"{ratio['mean']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]" if ratio else "-")
+        lines.append(f"| {label if name == 'pretrained' else name} | {hit['mean']:.3f} [{hit['low']:.3f}, "
+                     f"{hit['high']:.3f}] | {ratio_text} |")
+    return "\n".join(lines)
+
+
+def rank_held_out(modules: dict, exp: ExperimentConfig, checked: CheckedData, out: Path, label: str,
+                  seed: int = 0) -> str | None:
+    """For decisions replayed from a calibrated log: the pre-trained system module ranking the
+    log's held-out next items next to popularity and myopic (``marl-rec validate``'s protocol on
+    the system observation); written to ``out/ranking.json`` and ``out/ranking.md``. None otherwise."""
+    calibration = calibration_of(checked)
+    if calibration is None or "system" not in modules:
+        return None
+    from marl_rec.offline.real_logs import holdout_ranking
+
+    ranking = holdout_ranking(calibration, exp, {"pretrained": module_scores(modules["system"])}, seed=seed)
+    text = ranking_table(ranking, label)
+    write_file(out / "ranking.json", json.dumps(ranking, indent=1))
+    write_file(out / "ranking.md", text + "\n")
+    return text

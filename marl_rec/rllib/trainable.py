@@ -22,7 +22,7 @@ import yaml
 from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
-from marl_rec.offline.weights import check_initial_weights, start_from_pretrained
+from marl_rec.offline.weights import absolute_initial_weights, check_initial_weights, start_from_pretrained
 from marl_rec.rllib.callbacks import REPORTED
 from marl_rec.rllib.checkpoint import (ALGORITHM_DIR, VerifiedCheckpoint, build_modules, learner_weights,
                                        old_unsigned_files, prepare_resume, resume_point, save_checkpoint,
@@ -247,6 +247,7 @@ def run_trials(exp: ExperimentConfig, param_space: dict[str, Any], folder: RunFo
     not checked again). ``resources`` defaults to :func:`marl_rec.rllib.sessions.trial_resources`.
     Ray is started (or joined) through ``session``."""
     resources = resources or trial_resources(exp)  # every check before Ray starts
+    exp = absolute_initial_weights(exp)  # the trials run in folders of their own
     check_initial_weights(exp)
     if not session.address:
         # before Ray starts: a request that cannot fit waits forever

@@ -22,7 +22,9 @@ from marl_rec.offline.collect import (_choice_propensity, _publisher_propensity,
                                       epsilon_propensity, plan_from_arguments, uniform_log_probability)
 from marl_rec.offline.schema import Layout, check_dataset, observation_batch, action_batch
 
-TINY_ENV = {"num_users": 3, "num_creators": 2, "max_cycles": 5, "roles": ["system", "creator"]}
+# users with little time and creators who quit at once below a high threshold: agents leave mid-episode
+TINY_ENV = {"num_users": 3, "num_creators": 3, "max_cycles": 8, "roles": ["system", "creator"],
+            "user.time_budget": 10.0, "creator.grace_period": 0, "creator.leave_threshold": 0.9}
 
 
 def tiny(env=None, **extra) -> ExperimentConfig:
@@ -112,6 +114,10 @@ def test_tiny_collect_replays_step_by_step(tmp_path):
     assert (logged["system"]["propensity"] < 0.5).any() and (logged["system"]["propensity"] > 0.7).any()
     for seed in (5, 6):
         replay_episode(exp, seed, logged, layouts, epsilon=0.3)
+    for columns in logged.values():  # users and creators left; one who left decided no more
+        assert columns["left"].any()
+        for agent, episode, step in zip(*(columns[k][columns["left"]] for k in ("agent", "episode", "step"))):
+            assert columns["step"][(columns["agent"] == agent) & (columns["episode"] == episode)].max() == step
     one = (logged["system"]["agent"] == "system_1") & (logged["system"]["episode"] == 5)
     rewards = logged["system"]["reward"][one].astype(np.float64)
     by_hand = [sum(0.99 ** j * r for j, r in enumerate(rewards[t:])) for t in range(len(rewards))]

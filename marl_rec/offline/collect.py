@@ -32,6 +32,7 @@ Propensities (the logging policy's probability of the logged action, exact):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -566,24 +567,18 @@ def collect(plan: CollectPlan, progress: Progress | None = print, modules: dict 
     return CollectResult(plan.out, rows, team_returns, skipped, seconds)
 
 
-class _module_seed:
+@contextlib.contextmanager
+def _module_seed(modules: dict | None, seed: int):
     """Torch's generator seeded for one batch of a checkpoint's sampling, and put back after
     (modules sample with torch's global generator; the batch's first seed makes a rerun equal)."""
+    if not modules:
+        yield
+        return
+    import torch
 
-    def __init__(self, modules: dict | None, seed: int):
-        self.modules, self.seed = modules, seed
-
-    def __enter__(self):
-        if self.modules:
-            import torch
-
-            self.fork = torch.random.fork_rng(devices=[])
-            self.fork.__enter__()
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.modules:
-            self.fork.__exit__(*exc)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def plan_from_arguments(exp: ExperimentConfig, out: str | Path, episodes: int, seed: int, epsilon: float,
@@ -615,8 +610,6 @@ def plan_from_arguments(exp: ExperimentConfig, out: str | Path, episodes: int, s
 def checkpoint_plan(saved: ExperimentConfig, checked, out: Path, episodes: int, seed: int, epsilon: float):
     """(the plan, the modules) of a checkpoint: its modules rebuilt from weights (nothing
     unpickled; a checkpoint not signed by this user imports only marl-rec and the allowed plug-ins)."""
-    import contextlib
-
     from marl_rec.envs.registry import only_imports_from
     from marl_rec.plugins import loaded_plugins
     from marl_rec.policies.fixed import FixedPolicyModule

@@ -296,3 +296,7 @@ def test_checkpoint_modules_sample_and_log_their_probability(tmp_path, key):
         logp = dist.logp(torch.as_tensor(action_batch(system, layout))).numpy()
     np.testing.assert_allclose(system["propensity"], np.exp(logp), rtol=1e-4)
     assert (read(tmp_path / "data", "creator")["propensity"] > 0).all()
+    again, _ = plan_from_arguments(exp, tmp_path / "again", 2, 0, 0.1, checkpoint=folder)
+    collect(again, progress=None, modules=modules)  # torch seeded per batch: the same samples
+    for part in (tmp_path / "data").rglob("*.parquet"):
+        assert part.read_bytes() == (tmp_path / "again" / part.relative_to(tmp_path / "data")).read_bytes()

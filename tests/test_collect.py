@@ -300,3 +300,56 @@ def test_checkpoint_modules_sample_and_log_their_probability(tmp_path, key):
     collect(again, progress=None, modules=modules)  # torch seeded per batch: the same samples
     for part in (tmp_path / "data").rglob("*.parquet"):
         assert part.read_bytes() == (tmp_path / "again" / part.relative_to(tmp_path / "data")).read_bytes()
+
+
+# -- what collect writes, damaged, is refused naming file, column and row ------------------------
+
+
+@pytest.fixture
+def collected(tmp_path):
+    plan, _ = plan_from_arguments(tiny(), tmp_path / "data", 1, 0, 0.1, ["myopic"])
+    collect(plan, progress=None)
+    return tmp_path / "data" / "system" / "part-00000.parquet"
+
+
+def rewrite(path, change):
+    import json
+
+    import pyarrow as pa
+
+    table = pq.read_table(path)
+    table = change(table, json.loads(table.schema.metadata[b"marl_rec.offline"]), pa)
+    pq.write_table(table, path)
+
+
+def set_row(table, column, row, value, pa):
+    values = table.column(column).to_pylist()
+    values[row] = value
+    index = table.column_names.index(column)
+    return table.set_column(index, column, pa.array(values, type=table.schema.field(column).type))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, meta, pa: set_row(t, "reward", 3, float("nan"), pa), "column 'reward', row 3: not a finite number"),
+    (lambda t, meta, pa: set_row(t, "action", 2, [0, 1, 99], pa), "column 'action', row 2: an index >= M"),
+    (lambda t, meta, pa: set_row(t, "propensity", 4, 0.0, pa), "column 'propensity', row 4"),
+    (lambda t, meta, pa: t.drop_columns(["left"]), "column 'left': missing"),
+    (lambda t, meta, pa: t.replace_schema_metadata(
+        {b"marl_rec.offline": __import__("json").dumps({**meta, "schema_version": 2}).encode()}), "schema version 2"),
+])
+def test_damaged_collected_files_are_refused_by_name(collected, change, message):
+    rewrite(collected, change)
+    with pytest.raises(ConfigError, match=re_escape(str(collected))) as err:
+        check_dataset(collected.parents[1], ["system", "creator"])
+    assert message in str(err.value)
+
+
+def test_a_role_the_experiment_lacks_is_refused(collected):
+    with pytest.raises(ConfigError, match="role 'creator' is not a role of the experiment"):
+        check_dataset(collected.parents[1], ["system"])
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)

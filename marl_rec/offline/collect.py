@@ -158,7 +158,6 @@ class BehaviourActor:
 
     role: object  # the Role (for from_behaviour and its action space)
     behaviour: object
-    name: str
     epsilon: float
 
     def __post_init__(self):
@@ -496,7 +495,7 @@ def build_actors(plan: CollectPlan, runner: RoundRunner, modules: dict | None) -
                                                                 runner.roles[role].action_space, plan.gamma).action)
             continue
         behaviour = module.behaviour if module is not None else build_behaviour(plan.exp, role, plan.behaviours[role])
-        actors[role] = BehaviourActor(runner.roles[role], behaviour, plan.behaviours.get(role, ""), plan.epsilon)
+        actors[role] = BehaviourActor(runner.roles[role], behaviour, plan.epsilon)
     return actors
 
 

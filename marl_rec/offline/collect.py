@@ -248,13 +248,15 @@ class Decisions:
             raise RuntimeError(f"collect: no reward for {missing[0]} at the end of round {self.step}")
         infos = [outcome.infos[a] for a in self.agents]
         ended = set(outcome.terminated)
+        clicked = [i.get("clicked", -1) for i in infos]  # -1 and 0 for roles without users' responses
+        watch = [i.get("watch", 0.0) for i in infos]
+        if np.ndim(clicked[0]):  # a platform's are per user: -1 and its users' total watch (a row holds one number)
+            clicked, watch = [-1] * len(infos), [float(np.sum(w)) for w in watch]
         self.outcome = {
             "reward": np.array([outcome.rewards[a] for a in self.agents], np.float32),
             "team_reward": np.array([i["team_reward"] for i in infos], np.float32),
-            # a platform's responses are per user: -1 and its users' total watch (a row holds one number)
-            "clicked": np.array([i.get("clicked", -1) if np.ndim(i.get("clicked", -1)) == 0 else -1 for i in infos],
-                                np.int16),
-            "watch": np.array([np.sum(i.get("watch", 0.0)) for i in infos], np.float32),
+            "clicked": np.array(clicked, np.int16),
+            "watch": np.array(watch, np.float32),
             "left": np.array([a in ended for a in self.agents], bool),
         }
 

@@ -442,12 +442,17 @@ def check_seeds(exp: ExperimentConfig, seed: int, episodes: int) -> None:
 
 
 def plan_checkpoint(exp: ExperimentConfig, folder: str | Path):
-    """(the checkpoint verified, its saved experiment) whose env must be the experiment's."""
+    """(the checkpoint verified, its saved experiment) whose env must be the experiment's. What a
+    checkpoint not signed by this user names is not imported (only marl-rec and the allowed plug-ins)."""
+    from marl_rec.envs.registry import only_imports_from
+    from marl_rec.plugins import loaded_plugins
     from marl_rec.rllib.checkpoint import find_experiment, latest_checkpoint, verify
 
     checked = verify(latest_checkpoint(folder))  # every file as its manifest lists it, before any is read
-    saved = find_experiment(checked)
-    if saved.env_config() != exp.env_config():
+    with contextlib.nullcontext() if checked.signed else only_imports_from(loaded_plugins()):
+        saved = find_experiment(checked)
+        same_env = saved.env_config() == exp.env_config()
+    if not same_env:
         raise ConfigError(f"--checkpoint {folder}: its run's env ({checked.folder}, experiment {saved.name!r}) is not "
                           f"the env of {exp.source} with the --set flags given; collect logs the env the modules were "
                           "trained in: give that experiment (or the same env overrides)")

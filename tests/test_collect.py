@@ -175,7 +175,8 @@ def test_same_seed_same_files_and_resume_continues(tmp_path, monkeypatch):
     assert result.batches_skipped == 1 and len(result.team_returns) == 2
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-    with pytest.raises(ConfigError, match="written by collect with other arguments"):
+    assert collect(plan, progress=None).summary()[0].startswith("[collect] nothing to run: all 3 batch(es)")
+    with pytest.raises(ConfigError, match=r"written by collect with other arguments \(epsilon: 0.1 there, 0.2 now\)"):
         plan_from_arguments(exp, tmp_path / "b", 3, 0, 0.2, ["myopic"])
 
 

@@ -476,10 +476,12 @@ def batches_done(plan: CollectPlan, roles: list[str]) -> int:
     for role in roles:
         files = sorted((out / role).glob(PART_GLOB))
         for path in files:
-            if read_layout(path).source != source:
-                raise ConfigError(f"--out {out}: {path} was written by collect with other arguments "
-                                  f"({read_layout(path).source}); to continue it give the same ones, else give an "
-                                  "empty or new folder")
+            there = read_layout(path).source
+            if there != source:
+                differ = "; ".join(f"{key}: {there.get(key)!r} there, {source.get(key)!r} now"
+                                   for key in sorted(set(there) | set(source)) if there.get(key) != source.get(key))
+                raise ConfigError(f"--out {out}: {path} was written by collect with other arguments ({differ}); to "
+                                  "continue it give the same ones, else give an empty or new folder")
         names = {p.name for p in files}
         counts.append(next(b for b in range(len(plan.batches()) + 1) if part_name(b) not in names))
     return min(counts)
@@ -520,12 +522,14 @@ class CollectResult:
         team = np.asarray(self.team_returns)
         se = team.std(ddof=1) / np.sqrt(len(team)) if len(team) > 1 else 0.0
         decisions = sum(self.rows.values())
+        if not len(team):
+            return [f"[collect] nothing to run: all {self.batches_skipped} batch(es) of episodes were complete already",
+                    f"[collect] dataset: {self.out} (checked; docs/offline.md reads it)"]
         lines = [f"[collect] {len(team)} episodes logged in {self.seconds:.1f} s "
                  f"({decisions / max(self.seconds, 1e-9):.0f} decisions/s): "
                  + ", ".join(f"{role} {n} rows" for role, n in self.rows.items())]
-        if len(team):
-            lines.append(f"[collect] mean team return of the logged episodes {team.mean():.3f} ± {se:.3f} (standard "
-                         "error)")
+        lines.append(f"[collect] mean team return of the logged episodes {team.mean():.3f} ± {se:.3f} (standard "
+                     "error)")
         if self.batches_skipped:
             lines.append(f"[collect] {self.batches_skipped} batch(es) were complete already and were kept")
         lines.append(f"[collect] dataset: {self.out} (checked; docs/offline.md reads it)")

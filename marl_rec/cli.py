@@ -400,6 +400,37 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_collect(args) -> int:
+    """``marl-rec collect``: log episodes (behaviours or a checkpoint) or a calibration's training log
+    in the logged-decision format (docs/offline.md); every argument checked before anything runs."""
+    from pathlib import Path
+
+    from marl_rec.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, parse_sets(args.set), args.plugin)
+    off = exp.offline  # the experiment's defaults for every flag not given
+    out = args.out or off.data
+    if not out:
+        raise ConfigError(f"collect needs --out DATA (or offline.data in {exp.source})")
+    seed = off.seed if args.seed is None else args.seed
+    if args.calibration:
+        from marl_rec.offline.real_logs import collect_calibration
+
+        print(collect_calibration(Path(args.calibration), Path(out), exp, seed))
+        return 0
+    from marl_rec.offline.collect import collect, plan_from_arguments
+
+    behaviours = args.behaviour or ([off.behaviour] if off.behaviour and not args.checkpoint else None)
+    plan, modules = plan_from_arguments(exp, out, args.episodes or off.episodes, seed,
+                                        off.epsilon if args.epsilon is None else args.epsilon, behaviours,
+                                        args.checkpoint)
+    print(f"[collect] {exp.name}: {', '.join(f'{r}: {b}' for r, b in plan.behaviours.items())}; {plan.episodes} "
+          f"episodes on seeds {plan.seed}..{plan.seed + plan.episodes - 1}, epsilon {plan.epsilon}; into {plan.out}",
+          flush=True)
+    print("\n".join(collect(plan, progress=lambda line: print(line, flush=True), modules=modules).summary()))
+    return 0
+
+
 def cmd_validate(args) -> int:
     from marl_rec.data.holdout_report import validate
 
@@ -459,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="import MODULE first (it registers parts, roles, behaviours, modules); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_evaluate, add_run_commands, add_folder_commands, add_bench, add_calibrate, add_validate,
-                add_pretrain):
+                add_collect, add_pretrain):
         add(sub, plugin)
     return parser
 
@@ -605,6 +636,33 @@ def add_validate(sub, plugin) -> None:
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override of the simulated episodes (dotted keys), e.g. user.interest_drift=0.05")
     val.set_defaults(func=cmd_validate)
+
+
+def add_collect(sub, plugin) -> None:
+    """``collect``: logged decisions of behaviours, a trained run, or a calibration's log."""
+    col = sub.add_parser("collect", parents=[plugin], help="log every agent decision of episodes (behaviours or a "
+                                                          "trained run) as Parquet for offline training "
+                                                          "(docs/offline.md)")
+    col.add_argument("experiment", help="experiments/<name>.yaml or a shipped experiment's name: the env that runs")
+    who = col.add_mutually_exclusive_group()  # none: offline.behaviour
+    who.add_argument("--behaviour", nargs="+", metavar="NAME",
+                     help="behaviours (registry BEHAVIOURS) acting for the roles they play; other external roles "
+                          "act by the env's behaviour (default: offline.behaviour)")
+    who.add_argument("--checkpoint", metavar="DIR", help="a trained run (its folder or a checkpoint): its modules "
+                                                         "sample")
+    who.add_argument("--calibration", metavar="CAL", help="a marl-rec calibrate folder: its training log")
+    col.add_argument("--episodes", type=bounded(int, 1), help="episodes to log (>= 1; default offline.episodes, "
+                                                               "else 100)")
+    col.add_argument("--out", metavar="DATA", help="the dataset folder (new, empty, or this collect's own to "
+                                                   "continue; default offline.data)")
+    col.add_argument("--epsilon", type=bounded(float, 0.0, 1.0), default=None,
+                     help="exploration of deterministic behaviours: a uniformly random valid action with this "
+                          "probability (default offline.epsilon, else 0.1)")
+    col.add_argument("--seed", type=SEED, default=None, help="seed of the first episode (episode e: seed + e); keep "
+                                                             "clear of the held-out evaluation seeds (default "
+                                                             "offline.seed, else 0)")
+    col.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (dotted keys)")
+    col.set_defaults(func=cmd_collect)
 
 
 def add_pretrain(sub, plugin) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -654,6 +655,20 @@ class ExperimentConfig(_Section):
                 raise ConfigError(f"{self.source}: 'compare.variants.{label}' must be a mapping of dotted keys")
             self.with_overrides(overrides, f"{self.source}: 'compare.variants.{label}'", memory=True)
 
+    def with_absolute_init(self) -> ExperimentConfig:
+        """This experiment with every ``modules.<role>.init`` folder, its own and its compare
+        variants', absolute from the working directory: Tune runs each trial in a folder of its
+        own, where a relative folder would name nothing."""
+        def absolute(value):
+            return os.path.abspath(value) if isinstance(value, str) and value else value
+
+        own = {f"modules.{role}.init": absolute(m.init) for role, m in self.module_sections().items() if m.init}
+        variants = {label: {key: absolute(value) if str(key).endswith(".init") else value
+                            for key, value in (overrides or {}).items()}
+                    for label, overrides in self.compare.variants.items()}
+        exp = self.with_overrides(own) if own else self
+        return dataclasses.replace(exp, compare=dataclasses.replace(exp.compare, variants=variants))
+
     def with_overrides(self, overrides: Mapping[str, Any], where: str | None = None,
                        memory: bool = False) -> ExperimentConfig:
         """This experiment with dotted-key ``overrides`` applied and validated; with ``memory``
@@ -852,6 +867,15 @@ def experiment_path(name: str | Path) -> Path:
 
 
 def load_experiment(
+    name: str | Path, overrides: Mapping[str, Any] | None = None, plugins: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
+    """An experiment file (or a shipped experiment's name) with ``--set`` overrides, validated,
+    plug-ins imported first (see :func:`_read_experiment`); its ``modules.<role>.init`` folders
+    made absolute from the working directory (:meth:`ExperimentConfig.with_absolute_init`)."""
+    return _read_experiment(name, overrides, plugins).with_absolute_init()
+
+
+def _read_experiment(
     path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
     """Read an experiment YAML (``yaml.safe_load``), apply ``--set`` overrides, import the

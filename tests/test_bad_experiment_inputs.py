@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from marl_rec.cli import main, parse_sets
 from marl_rec.envs.config import ConfigError
@@ -253,8 +254,8 @@ def shipped():
 @pytest.mark.parametrize("path", shipped(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_experiment_validates_and_its_memory_check_is_fast(path, request, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "plugins"))
-    overrides = ({"env.calibration": request.getfixturevalue("synthetic_calibration")}
-                 if path.stem == "calibrated" else {})
+    needs_calibration = "calibration" in (yaml.safe_load(path.read_text()).get("env") or {})
+    overrides = {"env.calibration": request.getfixturevalue("synthetic_calibration")} if needs_calibration else {}
     exp = load_experiment(path, overrides)
     exp.check_memory()  # imports done
     start = time.monotonic()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import load_experiment
@@ -12,8 +13,8 @@ EXPERIMENTS = sorted(Path(__file__).resolve().parent.parent.joinpath("experiment
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_shipped_experiments_validate(path, request):
-    overrides = ({"env.calibration": request.getfixturevalue("synthetic_calibration")}
-                 if path.stem == "calibrated" else {})
+    needs_calibration = "calibration" in (yaml.safe_load(path.read_text()).get("env") or {})
+    overrides = {"env.calibration": request.getfixturevalue("synthetic_calibration")} if needs_calibration else {}
     exp = load_experiment(path, overrides)
     assert exp.name == path.stem and exp.trained_roles()
 

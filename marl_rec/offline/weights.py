@@ -95,20 +95,3 @@ def start_from_pretrained(algo, exp) -> list[str]:
         algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
     return list(initial)
 
-
-def absolute_initial_weights(exp):
-    """``exp`` with every ``modules.<role>.init`` folder, its own and its compare variants', made
-    absolute from this process's working directory: Tune runs each trial in a folder of its own,
-    where a relative folder would name nothing."""
-    import dataclasses
-    import os
-
-    def absolute(value):
-        return os.path.abspath(value) if isinstance(value, str) and value else value
-
-    own = {f"modules.{role}.init": absolute(m.init) for role, m in exp.module_sections().items() if m.init}
-    variants = {label: {key: absolute(value) if str(key).endswith(".init") else value
-                        for key, value in (overrides or {}).items()}
-                for label, overrides in exp.compare.variants.items()}
-    exp = exp.with_overrides(own) if own else exp
-    return dataclasses.replace(exp, compare=dataclasses.replace(exp.compare, variants=variants))

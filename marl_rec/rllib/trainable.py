@@ -22,7 +22,7 @@ import yaml
 from marl_rec.envs.metrics import METRICS
 from marl_rec.experiment import ExperimentConfig, RunStopped
 from marl_rec.files import write_file
-from marl_rec.offline.weights import absolute_initial_weights, check_initial_weights, start_from_pretrained
+from marl_rec.offline.weights import check_initial_weights, start_from_pretrained
 from marl_rec.rllib.callbacks import REPORTED
 from marl_rec.rllib.checkpoint import (ALGORITHM_DIR, VerifiedCheckpoint, build_modules, learner_weights,
                                        old_unsigned_files, prepare_resume, resume_point, save_checkpoint,
@@ -32,6 +32,16 @@ from marl_rec.rllib.sessions import EXPERIMENT_FILE, RaySession, RunFolder, chec
     trial_resources
 from marl_rec.rllib.stopping import (STOP_FILE, STOP_NOW, run_stop, stop_callback, stop_on_signals, stop_reached,
                                      wait_to_be_stopped)
+
+
+def signed_now(run: Path, unsigned: frozenset[str]) -> bool:
+    """Sign the run folder; False when a file vanished under it (Tune replacing its state files,
+    under load): the next step signs again."""
+    try:
+        sign_run(run, exclude=unsigned)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _signing_callback(unsigned: frozenset[str] = frozenset()):
@@ -82,8 +92,7 @@ def _signing_callback(unsigned: frozenset[str] = frozenset()):
                     seen.append((name, (run / name).stat().st_mtime_ns, (run / name).stat().st_size))
                 except OSError:  # removed meanwhile
                     continue
-            if seen != self.seen:
-                sign_run(run, exclude=unsigned)
+            if seen != self.seen and signed_now(run, unsigned):
                 self.seen = seen
 
         def get_state(self):
@@ -247,7 +256,6 @@ def run_trials(exp: ExperimentConfig, param_space: dict[str, Any], folder: RunFo
     not checked again). ``resources`` defaults to :func:`marl_rec.rllib.sessions.trial_resources`.
     Ray is started (or joined) through ``session``."""
     resources = resources or trial_resources(exp)  # every check before Ray starts
-    exp = absolute_initial_weights(exp)  # the trials run in folders of their own
     check_initial_weights(exp)
     if not session.address:
         # before Ray starts: a request that cannot fit waits forever

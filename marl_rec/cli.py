@@ -413,10 +413,13 @@ def cmd_collect(args) -> int:
     if not out:
         raise ConfigError(f"collect needs --out DATA (or offline.data in {exp.source})")
     seed = off.seed if args.seed is None else args.seed
-    if args.calibration:
+    calibration = args.calibration or (off.from_calibration and not (args.behaviour or args.checkpoint)
+                                       and exp.env.get("calibration"))
+    if calibration:
         from marl_rec.offline.real_logs import collect_calibration
 
-        print(collect_calibration(Path(args.calibration), Path(out), exp, seed))
+        print(f"[collect] {exp.name}: the training log of {calibration} into {out}", flush=True)
+        print(collect_calibration(Path(calibration), Path(out), exp, seed))
         return 0
     from marl_rec.offline.collect import collect, plan_from_arguments
 

@@ -257,7 +257,9 @@ class OfflineSection(_Section):
     ``marl-rec pretrain`` for this experiment (docs/offline.md); a compare variant starts from the
     pre-trained weights with ``modules.<role>.init: <pretrained>``."""
 
-    behaviour: str = spec("", "the behaviour collect logs (registry BEHAVIOURS; '' = each role's own)")
+    behaviour: str = spec("", "the behaviour collect logs (registry BEHAVIOURS)")
+    from_calibration: bool = spec(False, "collect replays env.calibration's training log (scenario calibrated) "
+                                         "instead of running episodes")
     epsilon: float = spec(0.1, "collect's exploration: a uniformly random action with this probability", low=0.0,
                           high=1.0)
     episodes: int = spec(100, "episodes collect logs", low=1)

@@ -111,8 +111,27 @@ def tiny_overrides(raw: dict, command: str, results_dir: Path, calibration: str 
         sets["tune.search_space"] = cut
     if "calibration" in (raw.get("env") or {}):
         sets["env.calibration"] = calibration
+    sets.update(offline_overrides(raw, results_dir, variants))
     sets["results_dir"] = str(results_dir)
     return [flag for key, value in sets.items() for flag in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def offline_overrides(raw: dict, results_dir: Path, variants: dict) -> dict:
+    """For a file with logged data (an ``offline:`` section): collect and pretrain write into
+    ``results_dir`` on a tiny budget (a few episodes, one epoch, half of them held out), and every
+    ``modules.<role>.init`` of its variants names the tiny pre-trained folder."""
+    if not raw.get("offline"):
+        return {}
+    pretrained = results_dir / "pretrained"
+    sets = {"offline.data": str(results_dir / "data"), "offline.pretrained": str(pretrained),
+            "offline.episodes": 6, "offline.pretrain": {"epochs": 1, "holdout": 0.5}}
+    if raw["offline"].get("from_calibration"):
+        sets["env.num_creators"] = 0  # a real log's catalogue is its items: nobody publishes
+    if any(str(key).endswith(".init") for overrides in variants.values() for key in (overrides or {})):
+        sets["compare.variants"] = {label: {key: str(pretrained) if str(key).endswith(".init") else value
+                                            for key, value in {**(overrides or {}), **shrunk(overrides or {})}.items()}
+                                    for label, overrides in variants.items()}
+    return sets
 
 
 def commands(raw: dict) -> list[str]:
@@ -183,6 +202,9 @@ def test_shipped_experiment_runs_end_to_end(path, tmp_path, request):
     for command in commands(raw):
         results = tmp_path / command
         overrides = tiny_overrides(raw, command, results, calibration)
+        if raw.get("offline"):  # its logged data first, as its comment says a user runs it
+            assert main(["collect", str(path), *overrides]) == 0, f"marl-rec collect {path}"
+            assert main(["pretrain", str(path), *overrides, "--episodes", "2"]) == 0, f"marl-rec pretrain {path}"
         assert main([command, str(path), *overrides]) == 0, f"marl-rec {command} {path} {' '.join(overrides)}"
         folder = results / raw.get("name", path.stem)
         CHECKS[command](folder, raw)

@@ -374,6 +374,14 @@ def cmd_bench(args) -> int:
     from marl_rec.bench import TRAIN_EXPERIMENTS, BenchError, run_env_benchmarks, run_train_benchmarks
 
     try:
+        if args.target == "pretrain":
+            from marl_rec.bench.pretrain import bench_pretrain
+
+            if not args.data:
+                raise ConfigError("bench pretrain needs --data DATA (a dataset of the experiment's system decisions)")
+            print(bench_pretrain((args.experiment or ["offline_online"])[0], args.data, iterations=args.iterations,
+                                 repeats=args.repeats))
+            return 0
         if args.target == "env":
             print(run_env_benchmarks(args.seconds, against=args.against, recsim=args.recsim, repeats=args.repeats,
                                      recsim_script=args.recsim_script))
@@ -575,7 +583,7 @@ def add_folder_commands(sub, plugin) -> None:
 def add_bench(sub, plugin) -> None:
     """``bench``: throughput benchmarks."""
     bench = sub.add_parser("bench", parents=[plugin], help="throughput benchmarks")
-    bench.add_argument("target", choices=["env", "train"])
+    bench.add_argument("target", choices=["env", "train", "pretrain"])
     bench.add_argument("--seconds", type=bounded(float, 0.1), default=5.0,
                        help="env: measuring time per figure and side, split over --repeats (each (c) figure a "
                             "quarter of it)")
@@ -583,8 +591,10 @@ def add_bench(sub, plugin) -> None:
                        help="train: an experiment to time (repeatable; default quickstart.yaml and throughput.yaml)")
     bench.add_argument("--iterations", type=bounded(int, 1), default=10,
                        help="train: timed iterations after one warm-up (10 cover a whole 100-round episode of each "
-                            "of 32 envs)")
+                            "of 32 envs); pretrain: the learner's iterations per measurement")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: overrides")
+    bench.add_argument("--data", metavar="DATA", help="pretrain: logged decisions of the experiment's system role "
+                                                      "(marl-rec collect)")
     bench.add_argument("--against", metavar="TREE",
                        help="a marl-rec source tree (e.g. git worktree add --detach DIR COMMIT) measured side by side "
                             "with this checkout in the same run, alternating; each figure with the ratio ours / TREE")

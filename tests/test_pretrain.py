@@ -104,6 +104,13 @@ def test_collect_pretrain_then_train_from_the_weights(tiny, tmp_path, capsys):
     finally:
         ray.shutdown()
 
+    # the benchmark: pre-training steps beside the learner's updates on the same module
+    capsys.readouterr()
+    assert main(["bench", "pretrain", "--experiment", str(tiny), "--data", str(data), "--iterations", "1",
+                 "--repeats", "1"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny_offline |")]
+    assert len(row) == 1 and row[0].endswith("x |"), row
+
 
 def test_weights_of_another_module_are_refused_before_ray_starts(tiny, tmp_path, capsys):
     from safetensors.torch import save_file

@@ -73,3 +73,14 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(Exception, match="could not determine a constructor"):
         load_experiment(write(tmp_path, "name: !!python/object/apply:os.system ['echo hacked']"))
+
+
+def test_the_progress_eta_follows_the_nearest_stop(tmp_path):
+    from marl_rec.rllib.train import stop_eta
+
+    exp = load_experiment(write(tmp_path, "stop: {training_iteration: 1000, num_env_steps_sampled_lifetime: 4000}"))
+    # 10 s per iteration since iteration 1; 400 steps per iteration: 4000 steps at iteration 10, 5 iterations left
+    assert stop_eta(exp, 5, 2000, (1, 0.0), 40.0, 0) == "  eta     50s"
+    assert stop_eta(exp, 1, 400, (1, 0.0), 0.0, 0) == ""  # no pace yet
+    exp = load_experiment(write(tmp_path, "stop: {training_iteration: 8, time_total_s: 300}"))
+    assert stop_eta(exp, 5, 2000, (1, 0.0), 40.0, 120.0) == "  eta<=    180s"

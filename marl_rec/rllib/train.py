@@ -15,6 +15,24 @@ if TYPE_CHECKING:
     from marl_rec.rllib.output import ThirdPartyLog
 
 
+def stop_eta(exp: ExperimentConfig, iteration: int, steps: float, first: tuple[int, float], now: float,
+             seconds: float) -> str:
+    """The progress line's time left: the nearest of the iteration and env-step stops at the pace
+    since the trial's first result (that iteration also built the algorithm), or the time stop
+    (an upper bound). Empty without an estimate (past a stop a resume extended, say)."""
+    stop = exp.stop
+    if stop.time_total_s:
+        return f"  eta<= {max(stop.time_total_s - seconds, 0):6.0f}s"
+    if iteration <= first[0]:
+        return ""
+    per_iteration = (now - first[1]) / (iteration - first[0])
+    left = [stop.training_iteration - iteration] if stop.training_iteration else []
+    if stop.num_env_steps_sampled_lifetime and steps:
+        left.append((stop.num_env_steps_sampled_lifetime - steps) / (steps / iteration))
+    left = [n for n in left if n >= 0]
+    return f"  eta {per_iteration * min(left):6.0f}s" if left else ""
+
+
 def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None = None):
     """A Tune callback printing a line per trial iteration; ``label(trial)`` names the trial
     (a sweep's values, a comparison's variant and seed) when a run has several."""
@@ -32,13 +50,8 @@ def progress_callback(exp: ExperimentConfig, label: Callable[[Any], str] | None 
             now = time.time()
             elapsed = now - self.start
             first = self.first.setdefault(trial.trial_id, (it, now))
-            eta = ""
-            # the first iteration also built the algorithm; past the stop (a resume extended it) no estimate
-            if exp.stop.training_iteration and first[0] < it <= exp.stop.training_iteration:
-                per_iteration = (now - first[1]) / (it - first[0])
-                eta = f"  eta {per_iteration * (exp.stop.training_iteration - it):6.0f}s"
-            if exp.stop.time_total_s:
-                eta = f"  eta<= {max(exp.stop.time_total_s - result.get('time_total_s', 0), 0):6.0f}s"
+            eta = stop_eta(exp, it, result.get("num_env_steps_sampled_lifetime", 0), first, now,
+                           result.get("time_total_s", 0))
 
             def fmt(metric, spec=".2f"):  # the trial reports flat_result's keys, NaN before an episode ended
                 value = result.get(f"env_runners/{metric}", float("nan"))

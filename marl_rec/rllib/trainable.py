@@ -195,8 +195,8 @@ class TrialLoop:
         # every key in every row, Tune's should_checkpoint too (it sets it only on rows with a checkpoint): after
         # a resume, Tune's CSV logger writes a trial's rows in the order of the keys of its first new row, under
         # the header of the file's first row
-        metrics = {**flat_result(result, self.head_columns), "node_id": self.node, **faults, **self.no_point, **self.lines,
-                   "stopping": False, SHOULD_CHECKPOINT: False}
+        metrics = {**flat_result(result, self.head_columns), "node_id": self.node, **faults, **self.no_point,
+                   **self.lines, "stopping": False, SHOULD_CHECKPOINT: False}
         self.iteration, self.seconds = self.iteration + 1, self.seconds + time.time() - start
         done = stop_reached(exp, self.iteration, metrics["num_env_steps_sampled_lifetime"], self.seconds)
         stopping = not done and self.stop_file.exists()  # the user asked the run to stop: checkpoint this iteration

@@ -203,3 +203,40 @@ def test_ppo_with_heads_logs_each_loss_in_progress_csv(tmp_path):
         assert all(np.isfinite(values)), (name, values)
     click = [float(row["learners/system/heads/click_loss"]) for row in rows]
     assert min(click[2:]) < click[0], click  # the click head learns
+
+
+@pytest.mark.slow
+def test_sampled_clicks_are_the_items_the_next_observation_has_consumed():
+    """On RLlib's own sampled episodes: the item at the clicked slate position of action t is in
+    the user's history at observation t + 1 (so clicked of step t belongs to action t)."""
+    import ray
+
+    from marl_rec.bench.heads import _stacked
+    from marl_rec.rllib.builder import build_algorithm_config
+    from marl_rec.rllib.heads_learner import episode_responses
+
+    raw = {"env": {**TINY_ENV, "roles": ["system"]},
+           "algorithm": {"name": "PPO", "training": {"train_batch_size_per_learner": 64, "minibatch_size": 64}},
+           "modules": {"system": {"type": "transformer", "model_config": TINY_MODEL, "heads": {"click": 1.0}}},
+           "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 1}}
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        algo = build_algorithm_config(ExperimentConfig.from_dict(raw, source="<test>").validate()).build_algo()
+        episodes = algo.env_runner.sample(num_timesteps=60, random_actions=False)
+        algo.stop()
+    finally:
+        ray.shutdown()
+    found = clicks = 0
+    for episode in episodes:
+        for sa_episode in episode.agent_episodes.values():
+            n = len(sa_episode)
+            obs = _stacked(sa_episode.get_observations(slice(0, n + 1)))
+            slates = np.asarray(sa_episode.get_actions(slice(0, n))).reshape(n, -1)
+            clicked = episode_responses(sa_episode)[CLICKED]
+            d = obs["history"].shape[-1] - 1
+            for t in np.flatnonzero(clicked >= 0):
+                item = obs["candidates"][t, slates[t, clicked[t]], :d]
+                history = obs["history"][t + 1][obs["history_mask"][t + 1] > 0.5][:, :d]
+                clicks += 1
+                found += bool(np.isclose(history, item, atol=1e-5).all(-1).any())
+    assert clicks > 20 and found == clicks

@@ -22,11 +22,10 @@ HEADS_ON = {"click": 1.0, "watch": 0.5, "leave": 0.5}
 
 
 def _experiment(path: str, role: str, heads: Mapping | None, overrides: Mapping | None):
-    from marl_rec.envs.config import merge_overrides
     from marl_rec.experiment import load_experiment
 
-    sets = {"resources.num_env_runners": 0, f"modules.{role}.heads": dict(heads or {})}
-    return load_experiment(path, merge_overrides(dict(overrides or {}), sets))
+    sets = {**dict(overrides or {}), "resources.num_env_runners": 0, f"modules.{role}.heads": dict(heads or {})}
+    return load_experiment(path, sets)
 
 
 def _start_ray() -> None:

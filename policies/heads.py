@@ -5,7 +5,7 @@ encoder (``SlateScorerModule``), next to the policy and value heads:
 
 | head  | reads                          | predicts                                                   |
 |-------|--------------------------------|------------------------------------------------------------|
-| click | each candidate's output (M, w) | logit that the user clicks the candidate if shown          |
+| click | each candidate's output (M, w) | logit that the user clicks the candidate if shown first    |
 | watch | each candidate's output (M, w) | minutes the user watches the candidate if they click it    |
 | leave | the user summary (w,)          | logit that the user leaves the platform this round         |
 
@@ -14,6 +14,13 @@ logged data in pre-training, ``marl_rec.offline.pretrain``) with :func:`response
 weighted sum (:func:`weighted_response_loss`) is added to the algorithm's own loss. The encoder
 is shared, so the heads shape the representation the policy reads (the multi-task idea of
 rating/ranking/behaviour heads over one network); the policy does not read their predictions.
+
+Position: the users' choice model lowers a candidate's click logit by its slate position
+(``MultinomialLogitChoice``: − position_bias · k), so the click head learns one logit offset per
+slate position (``click_position``, (…, K), starting at 0) beside the candidates' own logits, as
+position-bias aware click models do (Guo et al. 2019, "PAL", RecSys): the shown candidate at
+position k scores ``click[m] + click_position[k]`` (:func:`shown_click_logits`), and ``click`` is
+the candidate's logit at the first position, which ranking can use without knowing where it goes.
 
 Shapes: ``…`` is (B,) for a per-user system agent and (B, U) for a platform agent (U users per
 sample). M candidates, K slate positions.
@@ -59,9 +66,10 @@ class ResponseHeads(nn.Module):
     """One linear layer per configured head over the encoder's width (``nn.ModuleDict``, so
     they train, move and save with the module)."""
 
-    def __init__(self, width: int, names):
+    def __init__(self, width: int, names, slate_size: int):
         super().__init__()
         self.layers = nn.ModuleDict({name: nn.Linear(width, 1) for name in HEADS if name in names})
+        self.click_position = nn.Parameter(torch.zeros(slate_size)) if "click" in names else None
 
     def forward(self, candidates: torch.Tensor, summary: torch.Tensor) -> dict[str, torch.Tensor]:
         """candidates (…, M, width), summary (…, width) -> the predictions of :func:`response_predictions`."""
@@ -71,22 +79,34 @@ class ResponseHeads(nn.Module):
             out[name] = layer(features).squeeze(-1).float()
         if "watch" in out:
             out["watch"] = WATCH_SCALE * out["watch"]
+        if self.click_position is not None:  # batch-shaped (a view), like every other prediction
+            out["click_position"] = self.click_position.float().expand(*summary.shape[:-1], -1)
         return out
 
     @staticmethod
-    def parameter_count(width: int, names) -> int:
-        return sum(width + 1 for name in HEADS if name in names)
+    def parameter_count(width: int, names, slate_size: int) -> int:
+        return sum(width + 1 for name in HEADS if name in names) + (slate_size if "click" in names else 0)
 
 
 def response_predictions(module, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The response heads' predictions for a batch of observations: ``click`` (…, M) logits per
-    candidate, ``watch`` (…, M) predicted minutes if clicked, ``leave`` (…,) logit that the user
+    candidate (at the first slate position) and ``click_position`` (…, K) each position's
+    offset, ``watch`` (…, M) predicted minutes if clicked, ``leave`` (…,) logit that the user
     leaves this round; only the heads the module has. One encoder pass."""
     if getattr(module, "response_heads", None) is None:
         raise ValueError(f"{type(module).__name__} has no response heads (modules.<role>.heads)")
     candidates, summary = module._encode(obs)
     with autocast(module, module.mixed_precision):
         return module.response_heads(candidates, summary)
+
+
+def shown_click_logits(predictions: Mapping[str, torch.Tensor], slate: torch.Tensor) -> torch.Tensor:
+    """(…, K) click logits of the shown candidates at their slate positions: the candidate's
+    logit plus its position's offset (when the predictions have one)."""
+    logits = predictions["click"].gather(-1, slate.long())
+    if "click_position" in predictions:
+        logits = logits + predictions["click_position"]
+    return logits
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -115,7 +135,7 @@ def response_losses(predictions: Mapping[str, torch.Tensor], slate: torch.Tensor
     rows = torch.ones_like(clicked, dtype=torch.float32) if mask is None else mask.float()
     losses = {}
     if "click" in predictions:
-        shown_logits = predictions["click"].gather(-1, slate)  # (…, K)
+        shown_logits = shown_click_logits(predictions, slate)  # (…, K)
         positions = torch.arange(slate.shape[-1], device=slate.device)
         labels = (positions == clicked.unsqueeze(-1)).float()
         bce = F.binary_cross_entropy_with_logits(shown_logits, labels, reduction="none")

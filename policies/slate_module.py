@@ -160,7 +160,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         heads = linear_size(width, 1) + linear_size(width, 1)  # policy, value
         if isinstance(action_space, spaces.Discrete):
             heads += linear_size(width, 1)  # per-candidate Q-values
-        heads += ModuleSize(ResponseHeads.parameter_count(width, options.heads), 0)
+        heads += ModuleSize(ResponseHeads.parameter_count(width, options.heads, dims.slate_size), 0)
         per_user = encoder.activations + 2 * dims.num_candidates  # and the policy logits, then masked
         size = ModuleSize(encoder.parameters + heads.parameters, per_user * max(dims.num_users, 1))
         if (options.critic == "state" and isinstance(observation_space, spaces.Dict)
@@ -196,7 +196,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
         # the users' responses (policies/heads.py), beside self.heads so the target copies leave them out
         heads = check_heads(self.options.heads, type(self).__name__, "model_config.heads.")
-        self.response_heads = ResponseHeads(width, heads) if heads else None
+        self.response_heads = ResponseHeads(width, heads, self.dims.slate_size) if heads else None
         self.platform = self.dims.num_users > 0
         if self.platform:
             self.action_dist_cls = platform_slate_distribution_cls(self.dims.slate_size)

@@ -58,6 +58,15 @@ def test_losses_match_hand_computed_bce_and_squared_error():
     assert total.item() == pytest.approx(click + 0.5 * watch, rel=1e-6)
 
 
+def test_click_position_offsets_add_to_the_shown_candidates_logits():
+    """The choice model's position bias: position k's offset adds to the logit of the candidate shown there."""
+    predictions = {"click": PREDICTIONS["click"], "click_position": torch.tensor([[0.0, -1.0], [0.0, -1.0]])}
+    losses = response_losses(predictions, SLATE, CLICKED_POSITIONS, WATCHED, LEFT_ROUND)
+    # row 0: logits 2 + 0 (label 0), 1 - 1 (label 1); row 1: 0.5 + 0, 0 - 1 (labels 0)
+    click = (softplus(2.0) + softplus(0.0) - 0.0 + softplus(0.5) + softplus(-1.0)) / 4
+    assert losses["click"].item() == pytest.approx(click, rel=1e-6)
+
+
 def test_masked_rows_carry_no_label():
     losses = response_losses(PREDICTIONS, SLATE, CLICKED_POSITIONS, WATCHED, LEFT_ROUND, mask=torch.tensor([0.0, 1.0]))
     assert losses["click"].item() == pytest.approx((softplus(0.5) + softplus(0.0)) / 2, rel=1e-6)
@@ -168,12 +177,13 @@ def test_heads_add_only_their_own_layers_and_predict_from_one_pass():
     heads = SlateTransformerModule(**spaces, model_config={**TINY_MODEL, "heads": {"click": 1.0, "leave": 0.0}})
     count = sum(p.numel() for p in plain.parameters())
     assert count == 3_090  # the module without heads, as before heads existed
-    assert sum(p.numel() for p in heads.parameters()) == count + 2 * (16 + 1)  # a Linear(d_model, 1) per head
+    k = heads.dims.slate_size  # and the click head's offset per slate position
+    assert sum(p.numel() for p in heads.parameters()) == count + 2 * (16 + 1) + k  # a Linear(d_model, 1) per head
     assert not any("response" in key for key in plain.state_dict())
     obs, _ = env.reset(seed=1)
     batch = {k: torch.as_tensor(np.stack([obs[a][k] for a in sorted(obs)])) for k in obs["system_0"]}
     predictions = response_predictions(heads, batch)
-    assert set(predictions) == {"click", "leave"}
+    assert set(predictions) == {"click", "click_position", "leave"}
     assert predictions["click"].shape == (4, batch["action_mask"].shape[1]) and predictions["leave"].shape == (4,)
 
 

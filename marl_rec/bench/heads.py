@@ -86,10 +86,10 @@ def _stacked(observations) -> dict[str, np.ndarray]:
 
 def shown_click_scores(module, episodes, role: str = "system") -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of every shown candidate in ``episodes``: the click head's logit and
-    whether the user clicked it (rows of users who had left left out)."""
+    whether the user clicked it (its logit at the position it was shown; rows of users who had left left out)."""
     import torch
 
-    from marl_rec.policies.heads import response_predictions
+    from marl_rec.policies.heads import response_predictions, shown_click_logits
     from marl_rec.rllib.heads_learner import CLICKED, RESPONDED, episode_responses
 
     scores, labels = [], []
@@ -102,8 +102,7 @@ def shown_click_scores(module, episodes, role: str = "system") -> tuple[np.ndarr
             slate = np.asarray(sa_episode.get_actions(slice(0, n))).reshape(*obs["action_mask"].shape[:-1], -1)
             responses = episode_responses(sa_episode)
             with torch.no_grad():
-                logits = response_predictions(module, obs)["click"].numpy()
-            shown = np.take_along_axis(logits, slate, -1)
+                shown = shown_click_logits(response_predictions(module, obs), torch.as_tensor(slate)).numpy()
             clicked = np.arange(slate.shape[-1]) == responses[CLICKED][..., None]
             keep = responses[RESPONDED] > 0.5
             scores.append(shown[keep].ravel())

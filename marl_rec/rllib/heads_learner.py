@@ -105,7 +105,8 @@ class ResponseHeadsLearner:
         weights = module.options.heads if getattr(module, "response_heads", None) is not None else {}
         if not weights or CLICKED not in batch:
             return loss
-        predictions = {name: fwd_out[RESPONSE_PREDICTION.format(name)] for name in weights}
+        prefix = RESPONSE_PREDICTION.format("")
+        predictions = {key[len(prefix):]: value for key, value in fwd_out.items() if key.startswith(prefix)}
         mask = batch[RESPONDED].float()
         if Columns.LOSS_MASK in batch:  # the bootstrap step an algorithm appended counts for nothing
             loss_mask = batch[Columns.LOSS_MASK].float()

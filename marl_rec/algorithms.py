@@ -44,6 +44,10 @@ class AlgorithmTraits:
     """Its ``training(replay_buffer_config=...)``: the buffer its multi-agent form needs (None: RLlib's default)."""
     rollout_fragment_length: int | None = None
     """Env steps per sampled fragment (None: RLlib's default, ``"auto"``)."""
+    response_heads: bool = True
+    """Its learner sees the sampled episodes with their infos, so ``modules.<role>.heads`` can add
+    the response heads' losses to its loss (marl_rec.rllib.heads_learner); False refuses heads
+    before Ray starts (DQN: its replay buffer keeps no infos)."""
 
     def changed(self) -> list[str]:
         """The names of the traits that differ from :data:`NO_ADJUSTMENTS` (for messages)."""
@@ -57,7 +61,7 @@ NO_ADJUSTMENTS = AlgorithmTraits()
 Q_LEARNING = AlgorithmTraits(
     discrete_actions_only=True, q_module=True,
     replay_buffer_config=MappingProxyType({"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000}),
-    rollout_fragment_length=50)
+    rollout_fragment_length=50, response_heads=False)
 
 # The registry: name -> RLlib AlgorithmConfig class (imported on first use). A plug-in adds one
 # with ``@ALGORITHMS.register("MY_ALGO")`` on an AlgorithmConfig subclass, or names it as

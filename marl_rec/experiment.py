@@ -164,6 +164,12 @@ class ModuleSection(_Section):
     model_config: dict = spec({}, "the module's model_config (its class's model_config_schema)")
     init: str = spec("", "a folder of pre-trained weights (written by marl-rec pretrain) the module starts from "
                          "instead of random ones; '' for none")
+    heads: dict = spec({}, "response heads on the shared encoder, head -> loss weight: {click: w, watch: w, leave: w} "
+                           "(system-role modules; policies/heads.py)")
+
+    def full_model_config(self) -> dict:
+        """The model_config the module is built with: its own, plus ``heads`` when set."""
+        return {**self.model_config, "heads": dict(self.heads)} if self.heads else dict(self.model_config)
 
 
 @dataclass(frozen=True)
@@ -368,9 +374,29 @@ class ExperimentConfig(_Section):
                 raise ConfigError(f"{self.source}: 'modules.{role}.type': {cls.__qualname__} declares no "
                                   "model_config_schema (a marl_rec.policies.common.ModelConfig section)")
             options = schema.from_dict(section.model_config, self.source, prefix=f"modules.{role}.model_config.")
+            if section.heads:
+                self.check_heads(role, section, cls)
             # a module's own checks against the env (e.g. the fixed module's behaviour)
             if hasattr(cls, "check_config"):
                 cls.check_config(options, self.env_config(), role, f"{self.source}: 'modules.{role}'")
+
+    def check_heads(self, role: str, section: ModuleSection, cls: type) -> None:
+        """``modules.<role>.heads``: known heads with finite weights >= 0, on a module type that
+        has response heads, under an algorithm whose learner can train them."""
+        from marl_rec.policies.heads import check_heads
+
+        where = f"'modules.{role}.heads'"
+        if not getattr(cls, "supports_response_heads", False):
+            raise ConfigError(f"{self.source}: {where}: module type {section.type!r} ({cls.__qualname__}) has no "
+                              "response heads; they are for the system-role modules (transformer, mlp)")
+        try:
+            check_heads(section.heads, self.source, f"modules.{role}.heads.")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not self.algorithm_traits().response_heads:
+            raise ConfigError(f"{self.source}: {where}: {self.algorithm.name} cannot train response heads (trait "
+                              "response_heads is False: its learner sees no infos); use PPO, APPO or IMPALA, "
+                              "or leave out heads")
 
     def check_local_resources(self) -> None:
         """Before a local Ray starts: the CPUs and GPUs one trial needs exist on this machine
@@ -587,7 +613,7 @@ class ExperimentConfig(_Section):
             cls = self.module_class(role, section)
             if not hasattr(cls, "module_size"):
                 continue  # a module that does not declare its size (the fixed module has no tensors)
-            options = cls.model_config_schema.from_dict(section.model_config, self.source,
+            options = cls.model_config_schema.from_dict(section.full_model_config(), self.source,
                                                         prefix=f"modules.{role}.model_config.")
             player = ROLES.get(role)(config, role_params.get(role))
             size = cls.module_size(options, player.observation_space, player.action_space)

@@ -33,6 +33,7 @@ from torch import nn
 from marl_rec.envs.recommenders import myopic_from_affinity
 from marl_rec.envs.config import spec
 from marl_rec.envs.features import user_feature_dim
+from marl_rec.policies.heads import ResponseHeads, check_heads
 from marl_rec.policies.common import (EncoderHeadsTargets, ModelConfig, ModuleSize, autocast, dict_boxes, linear_size,
                                       mask_logits, mlp, mlp_size, module_options, options)
 from marl_rec.policies.slate_distribution import platform_slate_distribution_cls, slate_distribution_cls
@@ -43,6 +44,8 @@ SYSTEM_OBSERVATION = (
 )
 # user sequences per slice of a value pass without embeddings (see ``compute_values``)
 VALUE_PASS_SEQUENCES = 512
+
+RESPONSE_PREDICTION = "response_{}"  # _forward_train's key of a response head's predictions
 
 SYSTEM_ACTION = "Slate(M, K) = MultiDiscrete([M] * K), or Discrete(M) for a single-item slate"
 
@@ -108,6 +111,8 @@ class SlateModelConfig(ModelConfig):
     critic: str = spec("local", "value from the module's own observation ('local') or from the global state "
                                 "(needs the env option state_in_observations; MAPPO)", choices=("local", "state"))
     critic_hidden: int = spec(128, "hidden width of the state critic's MLP (critic: state)", low=1)
+    heads: dict = spec({}, "response heads on the shared encoder, head -> loss weight ({click, watch, leave}; "
+                           "policies/heads.py); set from modules.<role>.heads")
 
 
 class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, QNetAPI,
@@ -131,6 +136,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
     model_config_schema = SlateModelConfig
     q_learning = False  # True in the QLearningHead variants
     q_variant: str | None = None  # MODULES name of this module's DQN variant
+    supports_response_heads = True  # modules.<role>.heads (policies/heads.py) may be set
 
     def build_encoder(self, dims: SlateDims) -> tuple[nn.Module, int]:
         raise NotImplementedError
@@ -154,6 +160,7 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         heads = linear_size(width, 1) + linear_size(width, 1)  # policy, value
         if isinstance(action_space, spaces.Discrete):
             heads += linear_size(width, 1)  # per-candidate Q-values
+        heads += ModuleSize(ResponseHeads.parameter_count(width, options.heads, dims.slate_size), 0)
         per_user = encoder.activations + 2 * dims.num_candidates  # and the policy logits, then masked
         size = ModuleSize(encoder.parameters + heads.parameters, per_user * max(dims.num_users, 1))
         if (options.critic == "state" and isinstance(observation_space, spaces.Dict)
@@ -187,6 +194,9 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
             self.heads["state_value"] = mlp(state_dim, [hidden, hidden], 1)
         if self.single_item:
             self.heads["q"] = nn.Linear(width, 1)  # per-candidate Q-values
+        # the users' responses (policies/heads.py), beside self.heads so the target copies leave them out
+        heads = check_heads(self.options.heads, type(self).__name__, "model_config.heads.")
+        self.response_heads = ResponseHeads(width, heads, self.dims.slate_size) if heads else None
         self.platform = self.dims.num_users > 0
         if self.platform:
             self.action_dist_cls = platform_slate_distribution_cls(self.dims.slate_size)
@@ -263,10 +273,15 @@ class SlateScorerModule(EncoderHeadsTargets, TorchRLModule, ValueFunctionAPI, Ta
         obs = batch[Columns.OBS]
         candidates, summary = self._encode(obs)
         # the summary goes to compute_values(embeddings=...) so PPO encodes each observation once
-        return {
+        out = {
             Columns.ACTION_DIST_INPUTS: self._policy_logits(obs, candidates),
             Columns.EMBEDDINGS: self._value_features(obs, summary),
         }
+        if self.response_heads is not None:  # from the same pass: the heads' losses cost no second encoding
+            with autocast(self, self.mixed_precision):
+                predictions = self.response_heads(candidates, summary)
+            out.update({RESPONSE_PREDICTION.format(name): value for name, value in predictions.items()})
+        return out
 
     # -- API mixins --------------------------------------------------------------------------
 

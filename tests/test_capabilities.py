@@ -60,7 +60,7 @@ def test_builtin_traits_are_declared_per_entry():
     assert algorithm_traits("DQN") is Q_LEARNING
     assert all(algorithm_traits(name) is NO_ADJUSTMENTS for name in ("PPO", "APPO", "IMPALA"))
     assert Q_LEARNING.changed() == ["discrete_actions_only", "q_module", "replay_buffer_config",
-                                    "rollout_fragment_length"]
+                                    "rollout_fragment_length", "response_heads"]
 
 
 def test_a_plugin_q_learner_gets_the_adjustments_dqn_gets(plugin_algorithms):

@@ -14,6 +14,7 @@ from marl_rec.envs.config import ConfigError
 from marl_rec.experiment import ExperimentConfig
 from marl_rec.rllib.callbacks import RecommenderMetricsCallback
 from marl_rec.rllib.env import ENV_NAME, EcosystemRLlibEnv
+from marl_rec.rllib.heads_learner import with_response_heads
 
 
 def role_of(agent_id: str, episode=None, **kwargs) -> str:
@@ -39,7 +40,7 @@ def env_config(exp: ExperimentConfig) -> dict[str, Any]:
 def module_specs(exp: ExperimentConfig) -> MultiRLModuleSpec:
     specs = {}
     for role, section in exp.module_sections().items():
-        model_config = dict(section.model_config)
+        model_config = section.full_model_config()
         if section.type == "fixed":
             model_config.setdefault("policy", "random" if role == "system" else "behaviour")
             model_config.setdefault("seed", exp.seed)
@@ -96,6 +97,7 @@ def build_algorithm_config(exp: ExperimentConfig) -> AlgorithmConfig:
     )
     config = fault_tolerance(config, exp)
     config = with_traits(config, exp.algorithm_traits())
+    config = with_response_heads(config, exp)
     training = dict(exp.algorithm.training)  # its keys were checked with the experiment (check_training)
     if training:
         config = config.training(**training)

@@ -106,8 +106,10 @@ def _signing_callback(unsigned: frozenset[str] = frozenset()):
 # -- the trainable ----------------------------------------------------------------------------
 
 
-def flat_result(result: dict) -> dict[str, float]:
-    """The numbers a trial reports per iteration (nested RLlib keys joined with '/')."""
+def flat_result(result: dict, head_columns: tuple[str, ...] = ()) -> dict[str, float]:
+    """The numbers a trial reports per iteration (nested RLlib keys joined with '/'), with the
+    response heads' losses ``head_columns`` (``learners/<module>/heads/<head>_loss``, NaN on an
+    iteration without a learner update)."""
     runners = result.get("env_runners", {})
     # every key from the first row on (NaN until an episode has ended): progress.csv's columns
     # are those of the first result
@@ -115,6 +117,10 @@ def flat_result(result: dict) -> dict[str, float]:
     out["num_env_steps_sampled_lifetime"] = float(result.get("num_env_steps_sampled_lifetime", 0))
     if "training_iteration" in result:  # RLlib's count, restored with its checkpoint: Tune's restarts
         out["training_iteration"] = int(result["training_iteration"])  # from the checkpoint *it* knows
+    learners = result.get("learners", {})
+    for column in head_columns:
+        _, module, key = column.split("/", 2)
+        out[column] = float(learners.get(module, {}).get(key, float("nan")))
     return out
 
 
@@ -159,6 +165,7 @@ class TrialLoop:
         import ray
 
         from marl_rec.rllib.evaluation import behaviour_curve_lines
+        from marl_rec.rllib.heads_learner import head_loss_columns
 
         self.exp, self.algo, self.stop_file = exp, algo, stop_file
         self.modules = build_modules(exp)  # inference copies: the weights export and the greedy curve
@@ -168,6 +175,7 @@ class TrialLoop:
         self.no_point = {f"greedy/{m}": float("nan") for m in (*METRICS, "team_return_se")} if self.every else {}
         self.lines = behaviour_curve_lines(exp) if self.every else {}
         self.iteration, self.seconds = 0, 0.0
+        self.head_columns = head_loss_columns(exp)  # every row, from the first (progress.csv's columns)
         self.node = ray.get_runtime_context().get_node_id()  # which cluster node ran this trial
 
     def restore(self, checkpoint: VerifiedCheckpoint | None) -> None:
@@ -199,8 +207,8 @@ class TrialLoop:
         # every key in every row, Tune's should_checkpoint too (it sets it only on rows with a checkpoint): after
         # a resume, Tune's CSV logger writes a trial's rows in the order of the keys of its first new row, under
         # the header of the file's first row
-        metrics = {**flat_result(result), "node_id": self.node, **faults, **self.no_point, **self.lines,
-                   "stopping": False, SHOULD_CHECKPOINT: False}
+        metrics = {**flat_result(result, self.head_columns), "node_id": self.node, **faults, **self.no_point,
+                   **self.lines, "stopping": False, SHOULD_CHECKPOINT: False}
         self.iteration, self.seconds = self.iteration + 1, self.seconds + time.time() - start
         done = stop_reached(exp, self.iteration, metrics["num_env_steps_sampled_lifetime"], self.seconds)
         stopping = not done and self.stop_file.exists()  # the user asked the run to stop: checkpoint this iteration

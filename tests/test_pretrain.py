@@ -126,3 +126,14 @@ def test_weights_of_another_module_are_refused_before_ray_starts(tiny, tmp_path,
 def test_options_default_as_documented():
     options = PretrainOptions()
     assert (options.epochs, options.batch_size, options.holdout, options.patience) == (20, 256, 0.1, 3)
+
+
+def test_the_objective_adds_each_head_with_its_weight():
+    from marl_rec.offline.pretrain import objective
+
+    terms = {"policy": torch.tensor(2.0), "value": torch.tensor(4.0), "heads/click": torch.tensor(0.5),
+             "heads/leave": torch.tensor(0.25), "agreement": torch.tensor(0.9)}
+    options = PretrainOptions(value_weight=0.5)
+    # 2 + 0.5 * 4 + 2 * 0.5 (click; leave has no weight: not a head of this module) = 5
+    assert float(objective(terms, options, {"click": 2.0})) == 5.0
+    assert float(objective(terms, options)) == 4.0

@@ -143,11 +143,35 @@ def decision_losses(module, batch: dict[str, np.ndarray], layout: Layout, value_
     if isinstance(module, ValueFunctionAPI):
         values = module.compute_values({Columns.OBS: obs}).float().reshape(-1)
         terms["value"] = ((values - returns) ** 2).mean() / value_scale
+    if getattr(module, "response_heads", None) is not None and actions.dim() == 2:
+        terms.update(head_terms(module, obs, actions, batch))
     return terms
 
 
-def objective(terms: dict, options: PretrainOptions) -> torch.Tensor:
-    return terms["policy"] + options.value_weight * terms.get("value", 0.0)
+def head_terms(module, obs: dict, slates: torch.Tensor, batch: dict[str, np.ndarray]) -> dict:
+    """The response heads' losses on the logged responses (``clicked``, ``watch``, ``left``), as
+    ``heads/<name>``; they join the objective with the module's ``heads`` weights."""
+    from marl_rec.policies.heads import response_losses, response_predictions
+
+    clicked, watch, left = (torch.from_numpy(np.array(batch[name], dtype)) for name, dtype in
+                            (("clicked", np.int64), ("watch", np.float32), ("left", np.float32)))
+    losses = response_losses(response_predictions(module, obs), slates, clicked, watch, left)
+    return {f"heads/{name}": loss for name, loss in losses.items()}
+
+
+def objective(terms: dict, options: PretrainOptions, heads: dict | None = None) -> torch.Tensor:
+    """The loss minimised: policy + value_weight · value + each response head's weight · its loss."""
+    total = terms["policy"] + options.value_weight * terms.get("value", 0.0)
+    for name, weight in (heads or {}).items():
+        if f"heads/{name}" in terms:
+            total = total + weight * terms[f"heads/{name}"]
+    return total
+
+
+def head_weights(module) -> dict[str, float]:
+    """The module's response heads and their loss weights (modules.<role>.heads), if any."""
+    options = getattr(module, "options", None)
+    return dict(getattr(options, "heads", None) or {})
 
 
 def held_out_figures(module, held, layout: Layout, options: PretrainOptions, value_scale: float) -> dict[str, float]:
@@ -159,12 +183,34 @@ def held_out_figures(module, held, layout: Layout, options: PretrainOptions, val
         for batch in held.iter_batches(batch_size=4 * options.batch_size, batch_format="numpy"):
             n = len(batch["episode"])
             terms = decision_losses(module, batch, layout, value_scale)
-            terms["loss"] = objective(terms, options)
+            terms["loss"] = objective(terms, options, head_weights(module))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * n
             rows += n
     module.train()
     return {name: total / max(rows, 1) for name, total in sums.items()}
+
+
+def held_out_click_auc(module, held, layout: Layout, batch_size: int) -> float:
+    """The click head's AUC on the held-out decisions: its logit for each shown candidate (at its
+    slate position) against whether the user clicked it. NaN without a click head."""
+    from marl_rec.policies.heads import click_auc, response_predictions, shown_click_logits
+
+    if "click" not in head_weights(module):
+        return float("nan")
+    scores, labels = [], []
+    module.eval()
+    with torch.no_grad():
+        for batch in held.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            obs, slates, _ = module_tensors(batch, layout)
+            if slates.dim() != 2:
+                return float("nan")
+            logits = shown_click_logits(response_predictions(module, obs), slates).float().numpy()
+            clicked = np.asarray(batch["clicked"], np.int64)
+            scores.append(logits.reshape(-1))
+            labels.append((np.arange(slates.shape[1])[None, :] == clicked[:, None]).reshape(-1))
+    module.train()
+    return float(click_auc(np.concatenate(scores), np.concatenate(labels)))
 
 
 def return_scale(train) -> float:
@@ -183,7 +229,7 @@ def train_epoch(module, optimiser, train, layout: Layout, options: PretrainOptio
                                  local_shuffle_seed=options.seed * 1000 + epoch)
     for batch in batches:
         start = time.perf_counter()
-        loss = objective(decision_losses(module, batch, layout, value_scale), options)
+        loss = objective(decision_losses(module, batch, layout, value_scale), options, head_weights(module))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -230,6 +276,10 @@ def fit_role(module, role: str, layout: Layout, files: list[Path], rows: int, op
                 break
     module.load_state_dict(best_state)
     result.decisions_per_second = seen / max(busy_total, 1e-9)
+    auc = held_out_click_auc(module, held, layout, 4 * options.batch_size)
+    if auc == auc:
+        result.best["click_auc"] = auc
+        print(f"  {role}: click head's AUC on the held-out decisions {auc:.3f}", file=stream, flush=True)
     return result
 
 
@@ -237,6 +287,7 @@ def figures_text(figures: dict[str, float]) -> str:
     parts = [f"nll {figures['policy']:.4f}", f"top-1 agreement {figures['agreement']:.3f}"]
     if "value" in figures:
         parts.append(f"value loss {figures['value']:.4f}")
+    parts += [f"{name.split('/')[1]} head {value:.4f}" for name, value in figures.items() if name.startswith("heads/")]
     return ", ".join(parts)
 
 

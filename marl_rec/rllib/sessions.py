@@ -193,10 +193,12 @@ def check_resumed_experiment(exp: ExperimentConfig, path: Path) -> bool:
     saved_file = path / EXPERIMENT_FILE
     if not saved_file.is_file():
         return False
-    from marl_rec.experiment import load_yaml, read_text
+    from marl_rec.experiment import load_yaml, read_text, renamed_keys
 
     saved = load_yaml(read_text(saved_file, "YAML experiment file"), str(saved_file))
-    saved = _flatten(saved if isinstance(saved, dict) else {})
+    # read as an experiment: a key added since the run started counts as its default, not as changed
+    saved = _flatten(ExperimentConfig.from_dict(renamed_keys(saved if isinstance(saved, dict) else {}),
+                                                source=str(saved_file)).to_dict())
     given = _flatten(exp.to_dict())
     differ = sorted(k for k in set(saved) | set(given) if saved.get(k, "(unset)") != given.get(k, "(unset)"))
     # name and results_dir place the folder: a run folder copied or renamed resumes where it now is

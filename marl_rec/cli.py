@@ -77,6 +77,10 @@ def train_locked(exp, args, checked) -> int:
     print(f"[{exp.name}] {exp.algorithm.name} on {exp.scenario}; modules "
           f"{ {r: m.type for r, m in exp.module_sections().items()} }; training {exp.trained_roles()}; "
           f"results in {folder}", flush=True)
+    starts = {r: m.init for r, m in exp.module_sections().items() if m.init}
+    if starts and not args.resume:
+        print(f"[{exp.name}] starting from pre-trained weights: "
+              + ", ".join(f"{r} <- {path}" for r, path in starts.items()), flush=True)
     with third_party_log(folder) as log:  # known-harmless Ray/RLlib/gymnasium messages
         result = train(exp, address=args.address, resume=args.resume, dashboard=args.dashboard, log=log,
                        folder=checked)
@@ -470,7 +474,7 @@ def cmd_pretrain(args) -> int:
         missing = "--data" if data is None else "--out"
         raise ConfigError(f"pretrain needs {missing} (or offline.{'data' if data is None else 'pretrained'} in "
                           f"{exp.source})")
-    check_out(out, args.overwrite)
+    check_out(out, args.overwrite, data)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{exp.name}] pre-training {exp.trained_roles()} on {data} into {out}", flush=True)
     with third_party_log(out) as log:

@@ -51,6 +51,11 @@ def test_out_is_refused_when_it_holds_weights_or_is_a_link(tmp_path):
     with pytest.raises(ConfigError, match="holds pre-trained weights already"):
         check_out(tmp_path / "pre", overwrite=False)
     check_out(tmp_path / "pre", overwrite=True)
+    (tmp_path / "data" / "system").mkdir(parents=True)
+    (tmp_path / "data" / "system" / "part-00000.parquet").write_bytes(b"")
+    for out in (tmp_path / "data", tmp_path / "data" / "weights"):  # the dataset itself, or a folder inside it
+        with pytest.raises(ConfigError, match="a dataset folder"):
+            check_out(out, overwrite=True, data=tmp_path / "data")
     (tmp_path / "link").symlink_to(tmp_path / "pre")
     with pytest.raises(ConfigError, match="a symbolic link"):
         check_out(tmp_path / "link", overwrite=True)
@@ -76,6 +81,10 @@ def test_collect_pretrain_then_train_from_the_weights(tiny, tmp_path, capsys):
     assert result["role"] == "system" and result["best_epoch"] >= 1
     assert best["policy"] < first["policy"] + 1e-9  # the kept epoch is the best held-out one
     assert (pre / "system.safetensors").is_file() and (pre / "evaluation.md").is_file()
+    # one seed, one pre-trained module: the same data and options give the same weights
+    assert main(["pretrain", str(tiny), "--data", str(data), "--out", str(tmp_path / "again"), "--epochs", "4",
+                 "--lr", "0.01", "--episodes", "0"]) == 0
+    assert (tmp_path / "again" / "system.safetensors").read_bytes() == (pre / "system.safetensors").read_bytes()
     out = capsys.readouterr().out
     assert "pretrained (system: mlp)" in out and "myopic" in out
 

@@ -85,12 +85,14 @@ def read_split(files: list[Path], options: PretrainOptions):
 
 
 def quiet_data() -> None:
-    """Ray Data's progress bars and per-dataset log lines off: the epoch lines say how it goes."""
+    """Ray Data in file order (reproducible batches), its progress bars and per-dataset log lines off
+    (the epoch lines say how it goes)."""
     import logging
 
     import ray.data
 
     context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # blocks in file order: the same seed, the same batches
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -244,7 +246,7 @@ def fit_role(module, role: str, layout: Layout, files: list[Path], rows: int, op
              stream=sys.stdout) -> RoleResult:
     """Fit one module on its role's decisions with early stopping on the held-out loss; the module
     ends with its best epoch's weights."""
-    torch.manual_seed(options.seed)
+    torch.manual_seed(options.seed + 1)  # dropout, if any; the initial weights were drawn in pretrain()
     train, held = read_split(files, options)
     train_rows, held_rows = train.count(), held.count()
     if not train_rows or not held_rows:
@@ -351,9 +353,16 @@ def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
-def check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool, data: Path | None = None) -> None:
+    """``--out`` may be written: not a link, not weights already (unless ``overwrite``), not a
+    dataset (pre-trained weights in it would make it neither a dataset nor weights)."""
     if out.is_symlink():
         raise ConfigError(f"--out {out}: a symbolic link; give a folder of your own")
+    inside = data is not None and (out.resolve() == data.resolve() or data.resolve() in out.resolve().parents
+                                   or out.resolve() in data.resolve().parents)
+    if inside or (out.is_dir() and (any(out.glob("part-*.parquet")) or any(out.glob("*/part-*.parquet")))):
+        raise ConfigError(f"--out {out}: a dataset folder (or one holding --data {data}); write the pre-trained "
+                          "weights to a folder of their own")
     if (out / SUMMARY_FILE).exists() and not overwrite:
         raise ConfigError(f"--out {out}: holds pre-trained weights already ({SUMMARY_FILE}); choose another folder "
                           "or pass --overwrite")
@@ -370,8 +379,9 @@ def pretrain(exp: ExperimentConfig, data: str | Path, out: str | Path, options: 
     from marl_rec.rllib.sessions import RaySession
 
     out, data = Path(out), Path(data)
-    check_out(out, overwrite)
+    check_out(out, overwrite, data)
     checked, roles = check_data(exp, data)
+    torch.manual_seed(options.seed)  # the initial weights: one seed, one pre-trained module
     modules = build_modules(exp)
     (session or RaySession()).start(exp)
     if options.threads:

@@ -114,7 +114,9 @@ class Layout:
         expected = Layout.of_spaces(self.role, observation_space, action_space, self.gamma)
         if expected.observation != self.observation:
             raise OfflineDataError(f"{where}: observations were logged with shapes {self.observation}; the "
-                                   f"experiment's role {self.role!r} observes {expected.observation}")
+                                   f"experiment's role {self.role!r} observes {expected.observation}: use the env "
+                                   f"settings the data was collected with (its layout's source: "
+                                   f"{self.source.get('env', '?')})")
         if expected.action != self.action:
             raise OfflineDataError(f"{where}: actions were logged with shape {self.action}; the experiment's "
                                    f"role {self.role!r} acts with shape {expected.action} ({action_space})")
@@ -203,7 +205,9 @@ def read_layout(path: Path) -> Layout:
     except Exception as err:  # noqa: BLE001 - any unreadable file is bad input, named
         raise OfflineDataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
     if METADATA_KEY not in meta:
-        raise OfflineDataError(f"{path}: no {METADATA_KEY.decode()!r} metadata; not written by marl-rec collect")
+        raise OfflineDataError(f"{path}: no {METADATA_KEY.decode()!r} metadata: not written by marl-rec collect, or "
+                               "re-saved without it (pandas' to_parquet drops it; write an edited table back with "
+                               "pyarrow.parquet.write_table(table, path) keeping the original schema's metadata)")
     layout = Layout.from_json(meta[METADATA_KEY], str(path))
     if layout.schema_version != SCHEMA_VERSION:
         raise OfflineDataError(f"{path}: schema version {layout.schema_version}; this marl-rec reads version "
@@ -273,7 +277,8 @@ def _first_bad(where: str, column: str, bad: np.ndarray, why: str, values: np.nd
     rows = np.flatnonzero(bad)
     if len(rows):
         row = int(rows[0])
-        raise OfflineDataError(f"{where}, column {column!r}, row {row}: {why} (value {values[row]!r}); "
+        value = np.asarray(values[row]).tolist()  # a plain number or list, not numpy's repr
+        raise OfflineDataError(f"{where}, column {column!r}, row {row}: {why} (value {value!r}); "
                                f"{len(rows)} such row(s) in the file")
 
 

@@ -68,8 +68,19 @@ def tiny(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def no_ray():
+    """No Ray before the test (the CLI starts its own, as for a user) and none left after it (the
+    benchmark's Ray would be a later test's, with other settings)."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.slow
-def test_collect_pretrain_then_train_from_the_weights(tiny, tmp_path, capsys):
+def test_collect_pretrain_then_train_from_the_weights(tiny, tmp_path, capsys, no_ray):
     data, pre = tmp_path / "data", tmp_path / "pre"
     assert main(["collect", str(tiny), "--behaviour", "myopic", "--epsilon", "0.1", "--episodes", "12",
                  "--out", str(data)]) == 0

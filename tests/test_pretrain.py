@@ -70,13 +70,19 @@ def tiny(tmp_path) -> Path:
 
 @pytest.fixture
 def no_ray():
-    """No Ray before the test (the CLI starts its own, as for a user) and none left after it (the
-    benchmark's Ray would be a later test's, with other settings)."""
+    """As for a user: no Ray before the test (the CLI starts its own) and no plug-in loaded by an
+    earlier test module (the CLI's Ray checks its workers import every loaded plug-in); none of
+    the test's Ray is left after it (the benchmark's would be a later test's, with other settings)."""
     import ray
 
+    from marl_rec import plugins
+
     ray.shutdown()
+    loaded = list(plugins._loaded)
+    plugins._loaded[:] = []
     yield
     ray.shutdown()
+    plugins._loaded[:] = loaded
 
 
 @pytest.mark.slow

@@ -30,6 +30,25 @@ def plugins_loaded_per_test():
     plugins._loaded[:] = before
 
 
+def checkpoint_one_iteration(exp, folder) -> None:
+    """Train ``exp`` one iteration (sampling in the driver, a local Ray of 2 CPUs started and shut
+    down here) and save the checkpoint layout into ``folder`` (created)."""
+    import ray
+
+    from marl_rec.rllib.builder import build_algorithm_config
+    from marl_rec.rllib.checkpoint import save_checkpoint
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        algo = build_algorithm_config(exp).build_algo()
+        algo.train()
+        folder.mkdir(parents=True)
+        save_checkpoint(folder, algo, exp, iteration=1, time_total_s=1.0)
+        algo.stop()
+    finally:
+        ray.shutdown()
+
+
 def train_in_local_ray(exp, iterations: int = 2) -> list[dict]:
     """The results of ``iterations`` training iterations of experiment ``exp``, sampling in the
     driver, in a local Ray of 2 CPUs started and shut down here."""

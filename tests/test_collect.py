@@ -263,12 +263,9 @@ def test_cli_collects_and_summarises(tiny_yaml, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_checkpoint_modules_sample_and_log_their_probability(tmp_path, key):
-    import ray
     import torch
+    from conftest import checkpoint_one_iteration
     from ray.rllib.core.columns import Columns
-
-    from marl_rec.rllib.builder import build_algorithm_config
-    from marl_rec.rllib.checkpoint import save_checkpoint
 
     exp = tiny({**TINY_ENV, "roles": ["system", "creator"]},
                algorithm={"name": "PPO", "training": {"train_batch_size_per_learner": 32, "minibatch_size": 32,
@@ -276,16 +273,8 @@ def test_checkpoint_modules_sample_and_log_their_probability(tmp_path, key):
                modules={"system": {"type": "mlp", "model_config": {"hidden_dims": [16]}},
                         "creator": {"type": "fixed", "model_config": {"policy": "behaviour"}}},
                train_roles=["system"], resources={"num_env_runners": 0, "num_envs_per_env_runner": 1})
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        algo = build_algorithm_config(exp).build_algo()
-        algo.train()
-        folder = tmp_path / "run" / "trial_0" / "checkpoint_000001"
-        folder.mkdir(parents=True)
-        save_checkpoint(folder, algo, exp, iteration=1, time_total_s=1.0)
-        algo.stop()
-    finally:
-        ray.shutdown()
+    folder = tmp_path / "run" / "trial_0" / "checkpoint_000001"
+    checkpoint_one_iteration(exp, folder)
     plan, modules = plan_from_arguments(exp, tmp_path / "data", 2, 0, 0.1, checkpoint=folder)
     assert plan.behaviours == {"system": "module mlp", "creator": "viability_publisher"}
     collect(plan, progress=None, modules=modules)

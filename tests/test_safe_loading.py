@@ -12,7 +12,7 @@ import yaml
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from conftest import TINY_RUN  # noqa: E402
+from conftest import TINY_RUN, checkpoint_one_iteration  # noqa: E402
 from marl_rec.envs.config import ConfigError  # noqa: E402
 from marl_rec.rllib import safety  # noqa: E402
 
@@ -135,30 +135,21 @@ def test_a_forged_manifest_is_refused(key, tmp_path):
 def checkpoint(tmp_path_factory):
     """A one-iteration PPO checkpoint in marl-rec's layout, and the actions and metrics RLlib's
     own (unpickling) restore gives."""
-    import ray
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 
     from marl_rec.experiment import ExperimentConfig
-    from marl_rec.rllib.builder import build_algorithm_config, env_config
+    from marl_rec.rllib.builder import env_config
     from marl_rec.rllib.env import EcosystemRLlibEnv
     from marl_rec.rllib.evaluation import evaluate_modules, greedy_actions
-    from marl_rec.rllib.checkpoint import ALGORITHM_DIR, save_checkpoint
+    from marl_rec.rllib.checkpoint import ALGORITHM_DIR
 
     root = tmp_path_factory.mktemp("ckpt")
     old_key = os.environ.get(safety.KEY_ENV)
     os.environ[safety.KEY_ENV] = str(root / "checkpoint.key")
     raw = {**yaml.safe_load(TINY_RUN), "name": "safe", "resources": {"num_env_runners": 0}}
     exp = ExperimentConfig.from_dict(raw, source="<test>").validate()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        algo = build_algorithm_config(exp).build_algo()
-        algo.train()
-        folder = root / "run" / "trial_0" / "checkpoint_000000"
-        folder.mkdir(parents=True)
-        save_checkpoint(folder, algo, exp, iteration=1, time_total_s=1.0)
-        algo.stop()
-    finally:
-        ray.shutdown()
+    folder = root / "run" / "trial_0" / "checkpoint_000000"
+    checkpoint_one_iteration(exp, folder)
     rllib = MultiRLModule.from_checkpoint(folder / ALGORITHM_DIR / "learner_group" / "learner" / "rl_module")
     env = EcosystemRLlibEnv(env_config(exp))
     observations, _ = env.reset(seed=3)
